@@ -1,0 +1,110 @@
+//! The command line (DESIGN §5): one module per command group, named after the
+//! Exchange cmdlets they mirror.
+
+mod check_config;
+mod init;
+mod mailbox;
+mod queue;
+mod serve;
+mod track;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::directory::{Directory, builtin};
+
+#[derive(Parser)]
+#[command(name = "mailflow", version, about = "An organisation mail server built on the Exchange transport pipeline")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The organisation file (default ./mailflow.toml, else the built-in organisation).
+    #[arg(long, global = true, env = "MAILFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The server to act on (default: the only server).
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run every service of one server.
+    Serve,
+    /// Write a working single-server organisation file.
+    Init(init::InitArgs),
+    /// Validate an organisation file.
+    CheckConfig,
+    /// Search the message tracking logs (Get-MessageTrackingLog).
+    Track(track::TrackArgs),
+    /// Transport queues (Get-Queue, Retry-Queue, Suspend-Queue, Resume-Queue).
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// Mailboxes (Get-Mailbox, New-MailboxExportRequest).
+    #[command(subcommand)]
+    Mailbox(mailbox::MailboxCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = cli.global;
+    match cli.command {
+        Command::Serve => serve::run(&g),
+        Command::Init(a) => init::run(a),
+        Command::CheckConfig => check_config::run(&g),
+        Command::Track(a) => track::run(&g, a),
+        Command::Queue(c) => queue::run(&g, c),
+        Command::Mailbox(c) => mailbox::run(&g, c),
+    }
+}
+
+/// Loads the organisation: `--config`, else `./mailflow.toml`, else the built-in one.
+pub fn load_directory(g: &Global) -> anyhow::Result<Directory> {
+    let path = match &g.config {
+        Some(p) => Some(p.clone()),
+        None if Path::new("mailflow.toml").exists() => Some(PathBuf::from("mailflow.toml")),
+        None => None,
+    };
+    match path {
+        Some(p) => Directory::load(&p).map_err(|e| anyhow::anyhow!("{e}")),
+        None => Directory::parse(&builtin::builtin_text(), "<built-in>", PathBuf::from("."))
+            .map_err(|e| anyhow::anyhow!("{e}")),
+    }
+}
+
+/// Prints rows as an aligned table with a header.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{:<w$}  ", c, w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}

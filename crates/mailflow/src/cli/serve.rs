@@ -1,0 +1,144 @@
+//! `mailflow serve`: every service of one server in one process (DESIGN §1).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use mailflow_smtp::SessionConfig;
+
+use super::{Global, load_directory};
+use crate::context::ServerContext;
+use crate::frontend::FrontendSession;
+use crate::logs::LoggingLevel;
+use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
+use crate::net::orgauth::OrgSecret;
+use crate::net::receive::{AuthPolicy, ReceiveConnector};
+use crate::transport::TransportService;
+use crate::transport::receive::TransportReceive;
+
+pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
+    let dir = Arc::new(load_directory(g)?);
+    let server = dir.choose_server(g.server.as_deref())?.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(dir, server))
+}
+
+async fn serve(dir: Arc<crate::directory::Directory>, server: crate::directory::Server) -> anyhow::Result<ExitCode> {
+    // DESIGN §1: required once the organisation has two servers; a lone server makes one.
+    let lone = dir.org.servers.len() == 1;
+    let secret = OrgSecret::load(&dir.secret_path(), lone)?;
+    let data_dir = dir.data_dir(&server);
+    let (cert, key) = match (&server.tls_certificate, &server.tls_key) {
+        (Some(c), Some(k)) => (dir.path(c), dir.path(k)),
+        _ => {
+            let c = data_dir.join("certs").join(format!("{}.pem", server.name.to_lowercase()));
+            let k = data_dir.join("certs").join(format!("{}.key", server.name.to_lowercase()));
+            crate::net::tls::ensure_self_signed(&c, &k, &server.fqdn)?;
+            (c, k)
+        }
+    };
+    let tls = crate::net::tls::server_config(&cert, &key)?;
+    let ctx = Arc::new(ServerContext::new(dir.clone(), server.clone(), secret.clone())?);
+    let transport = TransportService::start(ctx.clone())?;
+    let stores = Arc::new(Stores::open(&ctx)?);
+    let org_servers = Arc::new(dir.servers().map(|s| s.name.clone()).collect::<Vec<_>>());
+    let org_auth = AuthPolicy::OrgServers { secret: secret.clone(), servers: org_servers };
+    let settings = &dir.org.transport;
+    let org = &dir.org.organization;
+    let ip = ctx.bind_ip();
+    let session = |max_size: u64, max_recipients: usize| SessionConfig {
+        hostname: server.fqdn.clone(),
+        banner: format!("{} mailflow ESMTP MAIL Service ready", server.fqdn),
+        max_message_size: max_size,
+        max_recipients,
+        ..SessionConfig::default()
+    };
+    let connector = |name: String, port: u16, session: SessionConfig, auth: AuthPolicy, log: Option<crate::logs::protocol::ProtocolLog>, handler: crate::net::receive::HandlerFactory| ReceiveConnector {
+        id: format!("{}\\{}", server.name, name).into(),
+        bind: SocketAddr::new(ip, port),
+        session,
+        tls: Some(tls.clone()),
+        auth,
+        protocol_log: log,
+        inactivity_timeout: settings.connection_inactivity_timeout,
+        connection_timeout: settings.connection_timeout,
+        max_connections: 5000,
+        handler,
+    };
+    let verbose = |level: LoggingLevel, log: &crate::logs::protocol::ProtocolLog| (level == LoggingLevel::Verbose).then(|| log.clone());
+    // Internal hops carry what the first hop accepted plus headers: ExchangeServers
+    // bypass the size limit (reference §1.5), so allow generous headroom.
+    let internal_size = org.max_message_size.saturating_mul(2);
+
+    let fe_ctx = ctx.clone();
+    let frontend = connector(
+        format!("Default Frontend {}", server.name),
+        server.ports.frontend,
+        session(org.max_message_size, 200),
+        AuthPolicy::None,
+        verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
+        Arc::new(move || Box::new(FrontendSession::new(fe_ctx.clone()))),
+    );
+    let t = transport.clone();
+    let hub = connector(
+        format!("Default {}", server.name),
+        server.ports.transport,
+        session(internal_size, 5000),
+        org_auth.clone(),
+        verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
+        Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
+    );
+    let (md_ctx, md_stores) = (ctx.clone(), stores.clone());
+    let delivery = connector(
+        format!("Default Mailbox Delivery {}", server.name),
+        server.ports.mailbox_delivery,
+        session(internal_size, 5000),
+        org_auth.clone(),
+        verbose(settings.mailbox_delivery_connector_protocol_logging, &ctx.mailbox_receive_log),
+        Arc::new(move || Box::new(MailboxDeliverySession::new(md_ctx.clone(), md_stores.clone()))),
+    );
+    // Downstream first, so the first message through :25 finds everything listening.
+    let (delivery_addr, _d) = delivery.bind().await?;
+    let (hub_addr, _h) = hub.bind().await?;
+    let (fe_addr, _f) = frontend.bind().await?;
+    let admin_addr = crate::admin::start(SocketAddr::new(ip, server.ports.admin), transport.clone()).await?;
+
+    println!("mailflow {} — server {} ({}) of organisation {:?}", env!("CARGO_PKG_VERSION"), server.name, server.fqdn, org.name);
+    println!("  organisation file:  {}", dir.source);
+    println!("  accepted domains:   {}", org.accepted_domains.join(", "));
+    println!("  mailboxes:          {}", dir.mailboxes().map(|m| m.address.as_str()).collect::<Vec<_>>().join(", "));
+    println!("  data folder:        {}", data_dir.display());
+    println!("  listening:");
+    println!("    {fe_addr:<22} Default Frontend {} (Front End Transport, SMTP for the internet)", server.name);
+    println!("    {hub_addr:<22} Default {} (Transport)", server.name);
+    println!("    {delivery_addr:<22} Default Mailbox Delivery {} (Mailbox Transport Delivery)", server.name);
+    println!("    {admin_addr:<22} admin API (http)");
+    println!("  try: swaks --to {} --server {fe_addr}", dir.mailboxes().nth(1).or(dir.mailboxes().next()).map(|m| m.address.as_str()).unwrap_or("someone@example"));
+    tracing::info!("ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    ctx.flush_logs();
+    transport.queues.db.barrier().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,357 @@
+//! The organisation file (DESIGN §2): plain data, deserialized once and validated.
+//!
+//! Array-of-tables entries are wrapped in [`Spanned`] so validation errors can name the
+//! line of the entry and of the offending key.
+
+use serde::{Deserialize, Deserializer};
+use std::time::Duration;
+use toml::Spanned;
+
+use crate::logs::LoggingLevel;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgFile {
+    pub organization: Organization,
+    #[serde(default)]
+    pub transport: TransportSettings,
+    #[serde(default)]
+    pub sites: Vec<Spanned<Site>>,
+    #[serde(default)]
+    pub site_links: Vec<Spanned<SiteLink>>,
+    #[serde(default)]
+    pub servers: Vec<Spanned<Server>>,
+    #[serde(default)]
+    pub dags: Vec<Spanned<Dag>>,
+    #[serde(default)]
+    pub databases: Vec<Spanned<Database>>,
+    #[serde(default)]
+    pub mailboxes: Vec<Spanned<Mailbox>>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<Group>>,
+    #[serde(default)]
+    pub send_connectors: Vec<Spanned<SendConnector>>,
+    #[serde(default)]
+    pub receive_connectors: Vec<Spanned<ReceiveConnector>>,
+    /// Mail flow rules: parsed by a later release; kept so files stay valid.
+    #[serde(default)]
+    pub transport_rules: Vec<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organization {
+    pub name: String,
+    /// Servers authenticate to each other with a key derived from this file's bytes.
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    pub accepted_domains: Vec<String>,
+    /// Set-TransportConfig MaxReceiveSize/MaxSendSize.
+    #[serde(default = "default_max_message_size", deserialize_with = "de_size")]
+    pub max_message_size: u64,
+    /// Set-TransportConfig MaxRecipientEnvelopeLimit.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients_per_message: usize,
+    /// MaxHopCount: `Received:` headers (reference §11.3).
+    #[serde(default = "default_max_hop_count")]
+    pub max_hop_count: usize,
+    /// MaxLocalHopCount.
+    #[serde(default = "default_max_local_hop_count")]
+    pub max_local_hop_count: usize,
+}
+
+fn default_max_message_size() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_max_recipients() -> usize {
+    500
+}
+fn default_max_hop_count() -> usize {
+    30
+}
+fn default_max_local_hop_count() -> usize {
+    8
+}
+
+/// Retry, expiration and timeout settings of the Transport service (reference §6),
+/// organisation-wide. Durations are written like `90s`, `5m`, `4h`, `2d`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportSettings {
+    pub queue_glitch_retry_count: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub queue_glitch_retry_interval: Duration,
+    pub transient_failure_retry_count: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub transient_failure_retry_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub outbound_connection_failure_retry_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub mailbox_delivery_queue_retry_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub message_expiration_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub delay_notification_timeout: Duration,
+    /// Receive connectors' ConnectionInactivityTimeout (5 min on Mailbox servers).
+    #[serde(deserialize_with = "de_duration")]
+    pub connection_inactivity_timeout: Duration,
+    /// Receive connectors' ConnectionTimeout (absolute, 10 min).
+    #[serde(deserialize_with = "de_duration")]
+    pub connection_timeout: Duration,
+    /// IntraOrgConnectorProtocolLoggingLevel (Set-TransportService).
+    pub intra_org_connector_protocol_logging: LoggingLevel,
+    /// MailboxDeliveryConnectorProtocolLoggingLevel (Set-MailboxTransportService).
+    pub mailbox_delivery_connector_protocol_logging: LoggingLevel,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        TransportSettings {
+            queue_glitch_retry_count: 4,
+            queue_glitch_retry_interval: min(1),
+            transient_failure_retry_count: 6,
+            transient_failure_retry_interval: min(5),
+            outbound_connection_failure_retry_interval: min(10),
+            mailbox_delivery_queue_retry_interval: min(5),
+            message_expiration_timeout: min(2 * 24 * 60),
+            delay_notification_timeout: min(4 * 60),
+            connection_inactivity_timeout: min(5),
+            connection_timeout: min(10),
+            intra_org_connector_protocol_logging: LoggingLevel::None,
+            mailbox_delivery_connector_protocol_logging: LoggingLevel::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub name: String,
+    #[serde(default)]
+    pub hub_site: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteLink {
+    pub sites: Vec<String>,
+    /// Exchange's default site link cost is 100.
+    #[serde(default = "default_link_cost")]
+    pub cost: u32,
+}
+
+fn default_link_cost() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub name: String,
+    #[serde(default)]
+    pub site: Option<String>,
+    pub fqdn: String,
+    /// Where other servers reach this one.
+    pub address: String,
+    /// Where this server's listeners bind; defaults to `address`.
+    #[serde(default)]
+    pub bind: Option<String>,
+    pub data_dir: String,
+    #[serde(default)]
+    pub ports: Ports,
+    /// PEM certificate and key for STARTTLS; made (self-signed) at start if absent.
+    #[serde(default)]
+    pub tls_certificate: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// Protocol logging of `Default Frontend <server>` (Verbose by default, reference §1.2).
+    #[serde(default = "verbose")]
+    pub frontend_protocol_logging: LoggingLevel,
+    /// Protocol logging of `Default <server>` (None by default).
+    #[serde(default)]
+    pub transport_protocol_logging: LoggingLevel,
+}
+
+fn verbose() -> LoggingLevel {
+    LoggingLevel::Verbose
+}
+
+/// Every listener of a server (DESIGN §1), Exchange's ports by default.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    pub frontend: u16,
+    pub client_frontend: u16,
+    pub client_proxy: u16,
+    pub outbound_proxy: u16,
+    pub transport: u16,
+    pub mailbox_delivery: u16,
+    pub admin: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            frontend: 25,
+            client_frontend: 587,
+            client_proxy: 465,
+            outbound_proxy: 717,
+            transport: 2525,
+            mailbox_delivery: 475,
+            admin: 8025,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dag {
+    pub name: String,
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub name: String,
+    /// Activation preference; the first is active at start.
+    pub copies: Vec<String>,
+    #[serde(default = "sqlite")]
+    pub store: String,
+}
+
+fn sqlite() -> String {
+    "sqlite".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mailbox {
+    pub address: String,
+    pub database: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub address: String,
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub expansion_server: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressSpace {
+    pub domain: String,
+    #[serde(default = "one")]
+    pub cost: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendConnector {
+    pub name: String,
+    pub address_spaces: Vec<AddressSpace>,
+    #[serde(default)]
+    pub source_servers: Vec<String>,
+    #[serde(default)]
+    pub smart_hosts: Vec<String>,
+    #[serde(default)]
+    pub front_end_proxy: bool,
+    #[serde(default = "opportunistic")]
+    pub tls: String,
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub max_message_size: Option<u64>,
+    #[serde(default)]
+    pub protocol_logging: LoggingLevel,
+}
+
+fn opportunistic() -> String {
+    "opportunistic".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveConnector {
+    pub name: String,
+    pub server: String,
+    /// `frontend` or `transport`.
+    pub service: String,
+    pub bind: String,
+    #[serde(default)]
+    pub remote_ranges: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub protocol_logging: LoggingLevel,
+    #[serde(default)]
+    pub tls: Option<String>,
+}
+
+/// Sizes like `10MB`, `36MB`, `512KB` or a plain byte count. Exchange's MB is 1024² bytes
+/// (its limits read "10 MB (10,485,760 bytes)"), so units here are binary.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" | "KIB" => 1024,
+        "MB" | "MIB" => 1024 * 1024,
+        "GB" | "GIB" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Int(u64),
+    Text(String),
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match SizeValue::deserialize(d)? {
+        SizeValue::Int(n) => Ok(n),
+        SizeValue::Text(s) => parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid size {s:?}: expected e.g. \"10MB\""))
+        }),
+    }
+}
+
+fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("invalid duration {s:?} ({e}): expected e.g. \"5m\""))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_are_binary() {
+        assert_eq!(parse_size("10MB"), Some(10 * 1024 * 1024));
+        assert_eq!(parse_size("512 KB"), Some(512 * 1024));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("5XB"), None);
+    }
+}

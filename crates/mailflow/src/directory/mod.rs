@@ -1,0 +1,452 @@
+//! The directory: the organisation file loaded, validated and indexed, playing the part
+//! Active Directory plays for Exchange (recipient → mailbox → database → server).
+
+pub mod builtin;
+pub mod config;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+pub use config::*;
+
+/// A configuration error that names file, line and key (DESIGN §2).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}:{line}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+/// All the errors of one file, each on its own line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// What a recipient address resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipient {
+    Mailbox(usize),
+    Group(usize),
+}
+
+/// The loaded organisation.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    pub org: OrgFile,
+    /// The file it came from (for messages), or `<built-in>`.
+    pub source: String,
+    /// Relative paths in the file are relative to this folder.
+    pub base_dir: PathBuf,
+    addresses: HashMap<String, Recipient>,
+    accepted: HashSet<String>,
+}
+
+impl Directory {
+    /// Reads and validates an organisation file.
+    pub fn load(path: &Path) -> Result<Directory, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: source.clone(),
+                line: 0,
+                key: "-".into(),
+                message: format!("cannot read the organisation file: {e}"),
+            }])
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Directory::parse(&text, &source, base)
+    }
+
+    /// Parses and validates organisation-file text.
+    pub fn parse(text: &str, source: &str, base_dir: PathBuf) -> Result<Directory, ConfigErrors> {
+        let org: OrgFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+            let key = e
+                .span()
+                .map(|s| key_at(text, s.start))
+                .unwrap_or_else(|| "-".into());
+            ConfigErrors(vec![ConfigError {
+                file: source.into(),
+                line,
+                key,
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let mut v = Validator { text, source, errors: Vec::new() };
+        v.validate(&org);
+        if !v.errors.is_empty() {
+            return Err(ConfigErrors(v.errors));
+        }
+        let mut addresses = HashMap::new();
+        for (i, m) in org.mailboxes.iter().enumerate() {
+            addresses.insert(m.get_ref().address.to_lowercase(), Recipient::Mailbox(i));
+            for a in &m.get_ref().aliases {
+                addresses.insert(a.to_lowercase(), Recipient::Mailbox(i));
+            }
+        }
+        for (i, g) in org.groups.iter().enumerate() {
+            addresses.insert(g.get_ref().address.to_lowercase(), Recipient::Group(i));
+        }
+        let accepted = org
+            .organization
+            .accepted_domains
+            .iter()
+            .map(|d| d.to_lowercase())
+            .collect();
+        Ok(Directory {
+            org,
+            source: source.into(),
+            base_dir,
+            addresses,
+            accepted,
+        })
+    }
+
+    /// The organisation's default domain (the first accepted domain).
+    pub fn default_domain(&self) -> &str {
+        self.org
+            .organization
+            .accepted_domains
+            .first()
+            .map(String::as_str)
+            .unwrap_or("localhost")
+    }
+
+    pub fn is_accepted_domain(&self, domain: &str) -> bool {
+        self.accepted.contains(&domain.to_ascii_lowercase())
+    }
+
+    /// Looks an address up (case-insensitively), like the categorizer's AD lookup.
+    pub fn lookup(&self, address: &str) -> Option<Recipient> {
+        self.addresses.get(&address.to_lowercase()).copied()
+    }
+
+    pub fn mailbox(&self, i: usize) -> &Mailbox {
+        self.org.mailboxes[i].get_ref()
+    }
+    pub fn group(&self, i: usize) -> &Group {
+        self.org.groups[i].get_ref()
+    }
+    pub fn mailboxes(&self) -> impl Iterator<Item = &Mailbox> {
+        self.org.mailboxes.iter().map(|m| m.get_ref())
+    }
+    pub fn servers(&self) -> impl Iterator<Item = &Server> {
+        self.org.servers.iter().map(|s| s.get_ref())
+    }
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers().find(|s| s.name.eq_ignore_ascii_case(name))
+    }
+    pub fn databases(&self) -> impl Iterator<Item = &Database> {
+        self.org.databases.iter().map(|d| d.get_ref())
+    }
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases().find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+    pub fn send_connectors(&self) -> impl Iterator<Item = &SendConnector> {
+        self.org.send_connectors.iter().map(|c| c.get_ref())
+    }
+
+    /// Picks this process's server: the named one, else the only one.
+    pub fn choose_server(&self, name: Option<&str>) -> anyhow::Result<&Server> {
+        match name {
+            Some(n) => self.server(n).ok_or_else(|| {
+                anyhow::anyhow!("{}: no server named {n:?} in the organisation", self.source)
+            }),
+            None => {
+                let mut all = self.servers();
+                match (all.next(), all.next()) {
+                    (Some(s), None) => Ok(s),
+                    (None, _) => anyhow::bail!("{}: the organisation has no server", self.source),
+                    _ => anyhow::bail!(
+                        "{}: the organisation has several servers; say which with --server",
+                        self.source
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Resolves a path from the file (relative to the file's folder).
+    pub fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    /// A server's data folder.
+    pub fn data_dir(&self, server: &Server) -> PathBuf {
+        self.path(&server.data_dir)
+    }
+
+    /// The organisation secret file (DESIGN §1).
+    pub fn secret_path(&self) -> PathBuf {
+        match &self.org.organization.secret_file {
+            Some(p) => self.path(p),
+            None => self.path("secret.key"),
+        }
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key written at a byte offset (for parse errors), e.g. `max_message_size`.
+fn key_at(text: &str, offset: usize) -> String {
+    let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    if key.is_empty() { "-".into() } else { key.trim_matches(['[', ']']).to_string() }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    /// Records an error on `key` of the table entry that starts at `span`.
+    fn err<T>(&mut self, entry: &toml::Spanned<T>, table: &str, key: &str, message: String) {
+        self.err_at(entry.span(), table, key, message);
+    }
+
+    fn err_at(&mut self, span: std::ops::Range<usize>, table: &str, key: &str, message: String) {
+        let line = self.key_line(span, key);
+        self.errors.push(ConfigError {
+            file: self.source.into(),
+            line,
+            key: format!("{table}.{key}"),
+            message,
+        });
+    }
+
+    /// The line of `key` inside an entry (the entry's header line when not written).
+    fn key_line(&self, span: std::ops::Range<usize>, key: &str) -> usize {
+        let header = line_of(self.text, span.start);
+        for (i, line) in self.text.lines().enumerate().skip(header) {
+            let t = line.trim_start();
+            if t.starts_with('[') {
+                break;
+            }
+            if let Some(rest) = t.strip_prefix(key)
+                && rest.trim_start().starts_with('=')
+            {
+                return i + 1;
+            }
+        }
+        header
+    }
+
+    fn validate(&mut self, org: &OrgFile) {
+        let sites: HashSet<&str> = org.sites.iter().map(|s| s.get_ref().name.as_str()).collect();
+        let servers: HashSet<String> =
+            org.servers.iter().map(|s| s.get_ref().name.to_lowercase()).collect();
+        let databases: HashSet<String> =
+            org.databases.iter().map(|d| d.get_ref().name.to_lowercase()).collect();
+        if org.organization.accepted_domains.is_empty() {
+            self.errors.push(ConfigError {
+                file: self.source.into(),
+                line: self.text.lines().position(|l| l.trim() == "[organization]").map_or(1, |i| i + 1),
+                key: "organization.accepted_domains".into(),
+                message: "at least one accepted domain is required".into(),
+            });
+        }
+        if org.servers.is_empty() {
+            self.errors.push(ConfigError {
+                file: self.source.into(),
+                line: 1,
+                key: "servers".into(),
+                message: "the organisation needs at least one [[servers]] entry".into(),
+            });
+        }
+        let mut seen = HashSet::new();
+        for s in &org.servers {
+            let v = s.get_ref();
+            if !seen.insert(v.name.to_lowercase()) {
+                self.err(s, "servers", "name", format!("duplicate server name {:?}", v.name));
+            }
+            if let Some(site) = &v.site
+                && !sites.contains(site.as_str())
+            {
+                self.err(s, "servers", "site", format!("unknown site {site:?}"));
+            }
+            if v.address.parse::<std::net::IpAddr>().is_err() {
+                self.err(s, "servers", "address", format!("{:?} is not an IP address", v.address));
+            }
+            if let Some(b) = &v.bind
+                && b.parse::<std::net::IpAddr>().is_err()
+            {
+                self.err(s, "servers", "bind", format!("{b:?} is not an IP address"));
+            }
+            let p = v.ports;
+            let ports = [p.frontend, p.client_frontend, p.client_proxy, p.outbound_proxy, p.transport, p.mailbox_delivery, p.admin];
+            let unique: HashSet<u16> = ports.iter().copied().collect();
+            if unique.len() != ports.len() {
+                self.err(s, "servers", "ports", "two listeners of one server share a port".into());
+            }
+        }
+        for d in &org.dags {
+            for m in &d.get_ref().servers {
+                if !servers.contains(&m.to_lowercase()) {
+                    self.err(d, "dags", "servers", format!("unknown server {m:?}"));
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for d in &org.databases {
+            let v = d.get_ref();
+            if !seen.insert(v.name.to_lowercase()) {
+                self.err(d, "databases", "name", format!("duplicate database name {:?}", v.name));
+            }
+            if v.copies.is_empty() {
+                self.err(d, "databases", "copies", "a database needs at least one copy".into());
+            }
+            for c in &v.copies {
+                if !servers.contains(&c.to_lowercase()) {
+                    self.err(d, "databases", "copies", format!("unknown server {c:?}"));
+                }
+            }
+            if v.store != "sqlite" && !v.store.starts_with("postgres://") && !v.store.starts_with("postgresql://") {
+                self.err(d, "databases", "store", format!("{:?}: expected \"sqlite\" or \"postgres://…\"", v.store));
+            }
+        }
+        let mut seen_addr = HashSet::new();
+        let accepted: Vec<String> =
+            org.organization.accepted_domains.iter().map(|d| d.to_lowercase()).collect();
+        let mut check_addr = |v: &mut Self, span: std::ops::Range<usize>, table: &str, key: &str, addr: &str| {
+            if mailflow_smtp::Address::parse(addr, true).is_err() {
+                v.err_at(span.clone(), table, key, format!("{addr:?} is not an email address"));
+                return;
+            }
+            let domain = addr.rsplit('@').next().unwrap_or("").to_lowercase();
+            if !accepted.contains(&domain) {
+                v.err_at(span.clone(), table, key, format!("{addr:?} is not in an accepted domain"));
+            }
+            if !seen_addr.insert(addr.to_lowercase()) {
+                v.err_at(span.clone(), table, key, format!("address {addr:?} is used twice"));
+            }
+        };
+        for m in &org.mailboxes {
+            let v = m.get_ref();
+            check_addr(self, m.span(), "mailboxes", "address", &v.address);
+            for a in &v.aliases {
+                check_addr(self, m.span(), "mailboxes", "aliases", a);
+            }
+            if !databases.contains(&v.database.to_lowercase()) {
+                self.err(m, "mailboxes", "database", format!("unknown database {:?}", v.database));
+            }
+        }
+        for g in &org.groups {
+            let v = g.get_ref();
+            check_addr(self, g.span(), "groups", "address", &v.address);
+            for member in &v.members {
+                if mailflow_smtp::Address::parse(member, true).is_err() {
+                    self.err(g, "groups", "members", format!("{member:?} is not an email address"));
+                }
+            }
+            if let Some(s) = &v.expansion_server
+                && !servers.contains(&s.to_lowercase())
+            {
+                self.err(g, "groups", "expansion_server", format!("unknown server {s:?}"));
+            }
+        }
+        for c in &org.send_connectors {
+            let v = c.get_ref();
+            if v.address_spaces.is_empty() {
+                self.err(c, "send_connectors", "address_spaces", "at least one address space is required".into());
+            }
+            for s in &v.source_servers {
+                if !servers.contains(&s.to_lowercase()) {
+                    self.err(c, "send_connectors", "source_servers", format!("unknown server {s:?}"));
+                }
+            }
+            if v.tls != "opportunistic" && v.tls != "required" {
+                self.err(c, "send_connectors", "tls", format!("{:?}: expected \"opportunistic\" or \"required\"", v.tls));
+            }
+        }
+        for r in &org.receive_connectors {
+            let v = r.get_ref();
+            if !servers.contains(&v.server.to_lowercase()) {
+                self.err(r, "receive_connectors", "server", format!("unknown server {:?}", v.server));
+            }
+            if v.bind.parse::<std::net::SocketAddr>().is_err() {
+                self.err(r, "receive_connectors", "bind", format!("{:?} is not IP:port", v.bind));
+            }
+            if v.service != "frontend" && v.service != "transport" {
+                self.err(r, "receive_connectors", "service", format!("{:?}: expected \"frontend\" or \"transport\"", v.service));
+            }
+        }
+        for l in &org.site_links {
+            for s in &l.get_ref().sites {
+                if !sites.contains(s.as_str()) {
+                    self.err(l, "site_links", "sites", format!("unknown site {s:?}"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[organization]
+name = "contoso"
+accepted_domains = ["contoso.test"]
+max_message_size = "10MB"
+
+[[servers]]
+name = "MBX1"
+fqdn = "mbx1.contoso.test"
+address = "127.0.0.1"
+data_dir = "data/MBX1"
+
+[[databases]]
+name = "DB01"
+copies = ["MBX1"]
+
+[[mailboxes]]
+address = "alice@contoso.test"
+database = "DB01"
+aliases = ["a.smith@contoso.test"]
+
+[[groups]]
+address = "sales@contoso.test"
+members = ["alice@contoso.test", "ext@fabrikam.test"]
+"#;
+
+    #[test]
+    fn loads_and_resolves() {
+        let d = Directory::parse(GOOD, "org.toml", PathBuf::from("/x")).unwrap();
+        assert_eq!(d.lookup("A.Smith@Contoso.test"), Some(Recipient::Mailbox(0)));
+        assert_eq!(d.lookup("sales@contoso.test"), Some(Recipient::Group(0)));
+        assert!(d.is_accepted_domain("CONTOSO.test"));
+        assert_eq!(d.org.organization.max_message_size, 10 * 1024 * 1024);
+        assert_eq!(d.data_dir(d.choose_server(None).unwrap()), PathBuf::from("/x/data/MBX1"));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let bad = GOOD.replace("database = \"DB01\"", "database = \"DB99\"");
+        let e = Directory::parse(&bad, "org.toml", PathBuf::from(".")).unwrap_err();
+        let line = bad.lines().position(|l| l.contains("DB99")).unwrap() + 1;
+        assert_eq!(e.0[0].to_string(), format!("org.toml:{line}: mailboxes.database: unknown database \"DB99\""));
+
+        let bad = GOOD.replace("max_message_size = \"10MB\"", "max_message_size = \"lots\"");
+        let e = Directory::parse(&bad, "org.toml", PathBuf::from(".")).unwrap_err();
+        assert_eq!(e.0[0].line, 5);
+        assert_eq!(e.0[0].key, "max_message_size");
+
+        let bad = GOOD.replace("fqdn =", "fqdm =");
+        let e = Directory::parse(&bad, "org.toml", PathBuf::from(".")).unwrap_err();
+        assert!(e.to_string().contains("fqdm"), "{e}");
+    }
+}

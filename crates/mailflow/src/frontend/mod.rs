@@ -1,0 +1,161 @@
+//! Front End Transport (DESIGN §1, reference §2): a stateless proxy on
+//! `Default Frontend <server>` (:25). It checks recipients against the directory, picks
+//! one Transport server, relays the transaction in real time, and answers 250 to the
+//! content only after Transport did. No queue, nothing on disk but logs.
+
+pub mod hub_selector;
+pub mod proxy;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mailflow_smtp::data::DotStuffer;
+use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+
+use crate::context::ServerContext;
+use crate::directory::Recipient;
+use crate::net::receive::{SessionInfo, SmtpHandler};
+use proxy::Proxy;
+
+/// The `Default Frontend <server>` policy for one client session.
+pub struct FrontendSession {
+    ctx: Arc<ServerContext>,
+    from: Option<Address>,
+    params: MailParams,
+    recipients: Vec<(Address, RcptParams)>,
+    /// The proxy session to a Transport service, kept for the client's next message.
+    proxy: Option<Proxy>,
+    /// Content is being relayed through `proxy`.
+    relaying: Option<DotStuffer>,
+    /// A relay write failed mid-content; the end-of-data reply will be 4xx.
+    relay_failed: bool,
+}
+
+impl FrontendSession {
+    pub fn new(ctx: Arc<ServerContext>) -> FrontendSession {
+        FrontendSession {
+            ctx,
+            from: None,
+            params: MailParams::default(),
+            recipients: Vec::new(),
+            proxy: None,
+            relaying: None,
+            relay_failed: false,
+        }
+    }
+
+    fn unavailable(detail: &str) -> Reply {
+        // Reference §2: a transient reply so the sender retries.
+        Reply::new(451, Enhanced(4, 4, 0), format!("Unable to reach a Transport service; try again later ({detail})"))
+    }
+}
+
+#[async_trait]
+impl SmtpHandler for FrontendSession {
+    async fn mail(&mut self, _info: &SessionInfo, from: Option<Address>, params: MailParams) -> Reply {
+        self.from = from;
+        self.params = params;
+        self.recipients.clear();
+        Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+    }
+
+    async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
+        let dir = &self.ctx.dir;
+        if !dir.is_accepted_domain(&to.domain) {
+            // Anonymous clients hold no SMTP-Accept-Any-Recipient: never relay.
+            return Reply::new(550, Enhanced(5, 7, 54), "SMTP; Unable to relay recipient in non-accepted domain");
+        }
+        match dir.lookup(&to.key()) {
+            Some(Recipient::Mailbox(_) | Recipient::Group(_)) => {
+                self.recipients.push((to, params));
+                Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+            }
+            None if to.local.eq_ignore_ascii_case("postmaster") => {
+                self.recipients.push((to, params));
+                Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+            }
+            None => Reply::new(550, Enhanced(5, 1, 1), "RESOLVER.ADR.ExRecipNotFound; not found"),
+        }
+    }
+
+    async fn data_start(&mut self, info: &SessionInfo) -> Reply {
+        let target = match hub_selector::choose(&self.ctx, &self.recipients) {
+            Some(t) => t,
+            None => return Self::unavailable("no Transport server in the organisation"),
+        };
+        if self.proxy.as_ref().is_none_or(|p| p.target != target) {
+            if let Some(old) = self.proxy.take() {
+                old.close().await;
+            }
+            match Proxy::connect(&self.ctx, target).await {
+                Ok(p) => self.proxy = Some(p),
+                Err(e) => return Self::unavailable(&e.to_string()),
+            }
+        }
+        let Some(proxy) = self.proxy.as_mut() else { return Self::unavailable("no proxy") };
+        match proxy.begin(self.from.as_ref(), &self.params, &self.recipients).await {
+            Ok(()) => {}
+            Err(reply) => {
+                self.proxy = None;
+                return reply;
+            }
+        }
+        // This hop's Received: header goes first (reference §11.3: `via Frontend Transport`).
+        let received = crate::net::received_header(
+            info.helo.as_deref().unwrap_or("unknown"),
+            info.remote.ip(),
+            self.ctx.fqdn(),
+            info.local.ip(),
+            info.tls.as_deref(),
+            env!("CARGO_PKG_VERSION"),
+            Some("Frontend Transport"),
+        );
+        let mut stuffer = DotStuffer::default();
+        if proxy.write_content(&mut stuffer, received.as_bytes()).await.is_err() {
+            self.proxy = None;
+            return Self::unavailable("connection to Transport lost");
+        }
+        self.relaying = Some(stuffer);
+        self.relay_failed = false;
+        Reply::plain(354, "Start mail input; end with <CRLF>.<CRLF>")
+    }
+
+    async fn data(&mut self, chunk: Vec<u8>) {
+        if self.relay_failed {
+            return;
+        }
+        if let (Some(proxy), Some(stuffer)) = (self.proxy.as_mut(), self.relaying.as_mut())
+            && proxy.write_content(stuffer, &chunk).await.is_err()
+        {
+            self.relay_failed = true;
+        }
+    }
+
+    async fn data_end(&mut self, _info: &SessionInfo) -> Reply {
+        let stuffer = self.relaying.take();
+        let reply = match (self.proxy.as_mut(), stuffer) {
+            (Some(proxy), Some(stuffer)) if !self.relay_failed => match proxy.finish(&stuffer).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.proxy = None;
+                    Self::unavailable(&e.to_string())
+                }
+            },
+            _ => {
+                self.proxy = None;
+                Self::unavailable("connection to Transport lost")
+            }
+        };
+        self.recipients.clear();
+        reply
+    }
+
+    async fn reset(&mut self) {
+        self.recipients.clear();
+        if self.relaying.take().is_some() {
+            // Mid-content: the proxy session cannot be reused; dropping it aborts the
+            // transaction at Transport, which acknowledges nothing.
+            self.proxy = None;
+        }
+    }
+}

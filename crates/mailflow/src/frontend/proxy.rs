@@ -1,0 +1,100 @@
+//! The proxy session from Front End to a Transport service through the implicit
+//! `Inbound Proxy Internal Send Connector` (reference §1.7).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mailflow_smtp::data::DotStuffer;
+use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+
+use crate::context::ServerContext;
+use crate::logs::protocol::ProtocolSession;
+use crate::net::client::{ClientError, SmtpClient};
+use crate::net::orgauth;
+
+pub const INBOUND_PROXY_SEND_CONNECTOR: &str = "Inbound Proxy Internal Send Connector";
+
+/// Short: a Transport service that does not answer quickly is treated as down, so the
+/// client gets its 4xx at once rather than after its own timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Proxy {
+    pub target: SocketAddr,
+    client: SmtpClient,
+}
+
+impl Proxy {
+    pub async fn connect(ctx: &ServerContext, target: SocketAddr) -> Result<Proxy, ClientError> {
+        let log = ctx.frontend_send_log.session(INBOUND_PROXY_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target);
+        let log = if ctx.server.frontend_protocol_logging == crate::logs::LoggingLevel::Verbose { log } else { ProtocolSession::disabled() };
+        let mut client = SmtpClient::connect(target, ctx.fqdn(), CONNECT_TIMEOUT, log).await?;
+        client.timeout_for_commands(COMMAND_TIMEOUT);
+        client.auth_plain(orgauth::FRONTEND, ctx.name(), &ctx.secret.password(ctx.name())).await?;
+        Ok(Proxy { target, client })
+    }
+
+    /// Sends the envelope and DATA; Ok when Transport answered 354.
+    pub async fn begin(&mut self, from: Option<&Address>, params: &MailParams, recipients: &[(Address, RcptParams)]) -> Result<(), Reply> {
+        let mut mail = format!("MAIL FROM:<{}>", from.map(|a| a.to_string()).unwrap_or_default());
+        if let Some(size) = params.size {
+            mail.push_str(&format!(" SIZE={size}"));
+        }
+        match params.body {
+            mailflow_smtp::Body::SevenBit => {}
+            mailflow_smtp::Body::EightBitMime => mail.push_str(" BODY=8BITMIME"),
+            mailflow_smtp::Body::BinaryMime => mail.push_str(" BODY=BINARYMIME"),
+        }
+        if params.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if let Some(ret) = params.ret {
+            mail.push_str(&format!(" RET={}", format!("{ret:?}").to_uppercase()));
+        }
+        if let Some(envid) = &params.envid {
+            mail.push_str(&format!(" ENVID={envid}"));
+        }
+        let rcpts: Vec<String> = recipients
+            .iter()
+            .map(|(a, p)| {
+                let mut line = format!("RCPT TO:<{a}>");
+                if !p.notify.is_empty() {
+                    line.push_str(&format!(" NOTIFY={}", p.notify.join(",")));
+                }
+                if let Some(orcpt) = &p.orcpt {
+                    line.push_str(&format!(" ORCPT={orcpt}"));
+                }
+                line
+            })
+            .collect();
+        let unavailable = |e: ClientError| Reply::new(451, Enhanced(4, 4, 0), format!("Unable to reach a Transport service; try again later ({e})"));
+        let (mail_reply, rcpt_replies, data) = self.client.envelope(&mail, &rcpts, true).await.map_err(unavailable)?;
+        if !mail_reply.is_positive() {
+            return Err(mail_reply);
+        }
+        // Every recipient was accepted by us; if Transport disagrees about one, the
+        // client must retry rather than lose that recipient silently.
+        if let Some(refused) = rcpt_replies.iter().find(|r| !r.is_positive()) {
+            let _ = self.client.reset().await;
+            return Err(Reply::new(451, Enhanced(4, 4, 0), format!("Transport refused a recipient; try again later ({refused})")));
+        }
+        match data {
+            Some(r) if r.code == 354 => Ok(()),
+            Some(r) => Err(r),
+            None => Err(Reply::new(451, Enhanced(4, 4, 0), "Transport did not accept the content")),
+        }
+    }
+
+    pub async fn write_content(&mut self, stuffer: &mut DotStuffer, content: &[u8]) -> Result<(), ClientError> {
+        self.client.data_chunk(stuffer, content).await
+    }
+
+    /// Ends the content; Transport's reply is the client's reply.
+    pub async fn finish(&mut self, stuffer: &DotStuffer) -> Result<Reply, ClientError> {
+        self.client.finish_data(stuffer).await
+    }
+
+    pub async fn close(self) {
+        self.client.quit().await;
+    }
+}

@@ -1,0 +1,122 @@
+//! Reading and editing the header block of a message as raw bytes. Services need a few
+//! header facts (Message-Id, Subject, hop count) and small edits (prepend, strip) on the
+//! exact bytes they pass on, so this works on the wire form rather than a parsed tree;
+//! decoding (RFC 2047 subjects) is left to mail-parser.
+
+/// Length of the header block including the blank line, or the whole content when the
+/// message has no body separator.
+pub fn header_len(content: &[u8]) -> usize {
+    if content.starts_with(b"\r\n") {
+        return 2;
+    }
+    content
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(content.len())
+}
+
+/// Each header field as (name, raw bytes of the whole field including folded lines and
+/// the final CRLF).
+pub fn fields(content: &[u8]) -> Vec<(&str, &[u8])> {
+    let head = &content[..header_len(content)];
+    let mut out: Vec<(&str, &[u8])> = Vec::new();
+    let mut start = 0;
+    let mut pos = 0;
+    while pos < head.len() {
+        let end = head[pos..].windows(2).position(|w| w == b"\r\n").map(|p| pos + p + 2).unwrap_or(head.len());
+        let line = &head[pos..end];
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation && pos != start {
+            push_field(&mut out, &head[start..pos]);
+            start = pos;
+        }
+        if line == b"\r\n" {
+            start = end;
+        }
+        pos = end;
+    }
+    if start < head.len() {
+        push_field(&mut out, &head[start..]);
+    }
+    out
+}
+
+fn push_field<'a>(out: &mut Vec<(&'a str, &'a [u8])>, raw: &'a [u8]) {
+    let name = raw.iter().position(|&b| b == b':').and_then(|i| std::str::from_utf8(&raw[..i]).ok());
+    if let Some(name) = name {
+        out.push((name.trim(), raw));
+    }
+}
+
+/// The unfolded value of the first field called `name`.
+pub fn get(content: &[u8], name: &str) -> Option<String> {
+    fields(content).into_iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, raw)| {
+        let colon = raw.iter().position(|&b| b == b':').unwrap_or(0);
+        String::from_utf8_lossy(&raw[colon + 1..]).replace("\r\n", "").trim().to_string()
+    })
+}
+
+/// How many fields are called `name` (hop counting uses `Received`).
+pub fn count(content: &[u8], name: &str) -> usize {
+    fields(content).iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+}
+
+/// The content without the header fields whose names start with `prefix`
+/// (case-insensitive), e.g. the header firewall's `X-MS-Exchange-Organization-`.
+pub fn strip_prefixed(content: &[u8], prefix: &str) -> Option<Vec<u8>> {
+    let fields = fields(content);
+    let matches = |n: &str| n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix);
+    if !fields.iter().any(|(n, _)| matches(n)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(content.len());
+    for (n, raw) in &fields {
+        if !matches(n) {
+            out.extend_from_slice(raw);
+        }
+    }
+    let head = header_len(content);
+    if head >= 2 && content[..head].ends_with(b"\r\n\r\n") || head == 2 {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&content[head..]);
+    Some(out)
+}
+
+/// The decoded Subject (RFC 2047) for tracking logs and the store.
+pub fn subject(content: &[u8]) -> String {
+    let head = &content[..header_len(content)];
+    mail_parser::MessageParser::new()
+        .parse_headers(head)
+        .and_then(|m| m.subject().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The address of `Sender:` or else `From:` (tracking's sender-address, reference §7.3).
+pub fn sender_address(content: &[u8]) -> String {
+    let head = &content[..header_len(content)];
+    let Some(m) = mail_parser::MessageParser::new().parse_headers(head) else { return String::new() };
+    let first = |a: Option<&mail_parser::Address>| a.and_then(|a| a.first()).and_then(|a| a.address()).map(str::to_string);
+    first(m.sender()).or_else(|| first(m.from())).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"Received: from a\r\n by b; date\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nX-MS-Exchange-Organization-Network-Message-Id: forged\r\nFrom: Alice <alice@x.test>\r\n\r\nbody\r\nX-Not-A-Header: no\r\n";
+
+    #[test]
+    fn reads_and_edits_headers() {
+        assert_eq!(count(MSG, "received"), 1);
+        assert_eq!(get(MSG, "Received").unwrap(), "from a by b; date");
+        assert_eq!(subject(MSG), "café");
+        assert_eq!(sender_address(MSG), "alice@x.test");
+        let stripped = strip_prefixed(MSG, "X-MS-Exchange-Organization-").unwrap();
+        assert!(!String::from_utf8_lossy(&stripped).contains("forged"));
+        assert!(stripped.ends_with(b"\r\n\r\nbody\r\nX-Not-A-Header: no\r\n"));
+        assert_eq!(stripped.len(), MSG.len() - b"X-MS-Exchange-Organization-Network-Message-Id: forged\r\n".len());
+        assert!(strip_prefixed(&stripped, "X-MS-Exchange-Organization-").is_none());
+    }
+}

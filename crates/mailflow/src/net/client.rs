@@ -1,0 +1,260 @@
+//! The SMTP client of the implicit send connectors (Front End → Transport, Transport →
+//! Mailbox Delivery): connect, EHLO, authenticate as an organisation server, and send
+//! transactions with PIPELINING, streaming content with dot-stuffing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use mailflow_smtp::data::DotStuffer;
+use mailflow_smtp::{Reply, parse_reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::stream::Stream;
+use crate::logs::protocol::ProtocolSession;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("connection to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("remote closed the connection")]
+    Closed,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server refused the session (greeting, EHLO or AUTH): its reply.
+    #[error("{0}")]
+    Refused(Reply),
+}
+
+impl ClientError {
+    /// The reply to record as a queue's last error.
+    pub fn as_reply(&self) -> Reply {
+        use mailflow_smtp::Enhanced;
+        match self {
+            ClientError::Refused(r) => r.clone(),
+            ClientError::Connect(..) | ClientError::Timeout(_) => {
+                Reply::new(451, Enhanced(4, 4, 1), format!("Connection timed out or refused: {self}"))
+            }
+            _ => Reply::new(451, Enhanced(4, 4, 2), format!("Connection dropped: {self}")),
+        }
+    }
+}
+
+pub struct SmtpClient {
+    stream: Stream,
+    buf: Vec<u8>,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    /// EHLO keywords the server offered, upper-cased (`PIPELINING`, `SIZE 1000`, …).
+    pub extensions: Vec<String>,
+    pub greeting: Reply,
+    log: ProtocolSession,
+    timeout: Duration,
+}
+
+impl SmtpClient {
+    /// Connects, reads the greeting and sends EHLO.
+    pub async fn connect(
+        addr: SocketAddr,
+        helo: &str,
+        timeout: Duration,
+        log: ProtocolSession,
+    ) -> Result<SmtpClient, ClientError> {
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout(addr))?
+            .map_err(|e| ClientError::Connect(addr, e))?;
+        tcp.set_nodelay(true)?;
+        let local = tcp.local_addr()?;
+        let mut c = SmtpClient {
+            stream: Stream::Plain(tcp),
+            buf: Vec::with_capacity(4096),
+            remote: addr,
+            local,
+            extensions: Vec::new(),
+            greeting: Reply::plain(220, ""),
+            log,
+            timeout,
+        };
+        c.log.connect();
+        let greeting = c.read_reply().await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Refused(greeting));
+        }
+        c.greeting = greeting;
+        let ehlo = c.command(&format!("EHLO {helo}")).await?;
+        if ehlo.code != 250 {
+            return Err(ClientError::Refused(ehlo));
+        }
+        c.extensions = ehlo.lines.iter().skip(1).map(|l| l.to_ascii_uppercase()).collect();
+        Ok(c)
+    }
+
+    /// The timeout for each command's reply from now on (connect used its own).
+    pub fn timeout_for_commands(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    pub fn has_extension(&self, name: &str) -> bool {
+        self.extensions.iter().any(|e| e.split(' ').next() == Some(name))
+    }
+
+    /// AUTH PLAIN (authzid, user, password); the credentials are never logged.
+    pub async fn auth_plain(&mut self, authzid: &str, user: &str, password: &str) -> Result<(), ClientError> {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{authzid}\0{user}\0{password}"));
+        self.log.sent("AUTH PLAIN ****");
+        self.write(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+        let reply = self.read_reply().await?;
+        if reply.code != 235 {
+            return Err(ClientError::Refused(reply));
+        }
+        Ok(())
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn command(&mut self, line: &str) -> Result<Reply, ClientError> {
+        self.log.sent(line);
+        self.write(format!("{line}\r\n").as_bytes()).await?;
+        self.read_reply().await
+    }
+
+    /// MAIL and every RCPT in one write (RFC 2920), then the replies in order. With
+    /// `with_data`, DATA is pipelined too and its reply is returned as the last element.
+    pub async fn envelope(
+        &mut self,
+        mail: &str,
+        rcpts: &[String],
+        with_data: bool,
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), ClientError> {
+        let pipelining = self.has_extension("PIPELINING");
+        let mut lines = vec![mail.to_string()];
+        lines.extend(rcpts.iter().cloned());
+        if with_data {
+            lines.push("DATA".into());
+        }
+        if !pipelining {
+            let mail_reply = self.command(&lines[0]).await?;
+            let mut rcpt_replies = Vec::new();
+            if mail_reply.is_positive() {
+                for l in &lines[1..=rcpts.len()] {
+                    rcpt_replies.push(self.command(l).await?);
+                }
+            }
+            let data = if with_data && mail_reply.is_positive() && rcpt_replies.iter().any(Reply::is_positive) {
+                Some(self.command("DATA").await?)
+            } else {
+                None
+            };
+            return Ok((mail_reply, rcpt_replies, data));
+        }
+        let mut out = String::new();
+        for l in &lines {
+            self.log.sent(l);
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+        self.write(out.as_bytes()).await?;
+        let mail_reply = self.read_reply().await?;
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            rcpt_replies.push(self.read_reply().await?);
+        }
+        let data = if with_data { Some(self.read_reply().await?) } else { None };
+        Ok((mail_reply, rcpt_replies, data))
+    }
+
+    /// Writes message content after a 354, dot-stuffed; call repeatedly, then
+    /// [`SmtpClient::finish_data`].
+    pub async fn data_chunk(&mut self, stuffer: &mut DotStuffer, content: &[u8]) -> Result<(), ClientError> {
+        let mut out = Vec::with_capacity(content.len() + 64);
+        stuffer.stuff(content, &mut out);
+        self.write(&out).await
+    }
+
+    /// Ends the content and reads the end-of-data reply.
+    pub async fn finish_data(&mut self, stuffer: &DotStuffer) -> Result<Reply, ClientError> {
+        let mut out = Vec::new();
+        stuffer.finish(&mut out);
+        self.write(&out).await?;
+        self.log.sent("<message content>");
+        self.read_reply().await
+    }
+
+    /// One whole transaction with the content in memory. Returns the per-recipient
+    /// replies (after the DATA reply, each accepted recipient gets the final reply).
+    pub async fn send_message(
+        &mut self,
+        mail: &str,
+        rcpts: &[String],
+        content: &[u8],
+    ) -> Result<(Reply, Vec<Reply>), ClientError> {
+        let (mail_reply, rcpt_replies, data) = self.envelope(mail, rcpts, true).await?;
+        if !mail_reply.is_positive() {
+            let _ = self.reset().await;
+            return Ok((mail_reply.clone(), vec![mail_reply; rcpts.len()]));
+        }
+        let data = data.unwrap_or_else(|| Reply::plain(554, "no valid recipients"));
+        if data.code != 354 {
+            if rcpt_replies.iter().any(Reply::is_positive) {
+                let _ = self.reset().await;
+            }
+            let finals = rcpt_replies
+                .into_iter()
+                .map(|r| if r.is_positive() { data.clone() } else { r })
+                .collect();
+            return Ok((data, finals));
+        }
+        let mut stuffer = DotStuffer::default();
+        self.data_chunk(&mut stuffer, content).await?;
+        let end = self.finish_data(&stuffer).await?;
+        let finals = rcpt_replies
+            .into_iter()
+            .map(|r| if r.is_positive() { end.clone() } else { r })
+            .collect();
+        Ok((end, finals))
+    }
+
+    pub async fn reset(&mut self) -> Result<Reply, ClientError> {
+        self.command("RSET").await
+    }
+
+    pub async fn quit(mut self) {
+        let _ = self.command("QUIT").await;
+        self.log.disconnect("Local");
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        tokio::time::timeout(self.timeout, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| ClientError::Timeout(self.remote))??;
+        Ok(())
+    }
+
+    /// Reads one reply, waiting at most the command timeout.
+    pub async fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        loop {
+            match parse_reply(&self.buf) {
+                Ok(Some((reply, used))) => {
+                    self.buf.drain(..used);
+                    self.log.received(&reply.one_line());
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| ClientError::Timeout(self.remote))??;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The Transport service (DESIGN §1, reference §3): the only service with a queue.
+//! SMTP Receive on `Default <server>` → Submission queue (durable) → categorizer →
+//! one delivery queue per next hop → SMTP Send through the implicit
+//! `Intra-Organization SMTP Send Connector`.
+
+pub mod categorizer;
+pub mod queue;
+pub mod receive;
+pub mod routing;
+pub mod send;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use crate::context::ServerContext;
+use crate::logs::tracking::TrackingEvent;
+use queue::store::{QueueDb, QueuedRecipient, RecipientState};
+use queue::{Item, QueuedMessage, Queues, RetryPolicy};
+
+/// The implicit send connector's name in tracking and protocol logs (reference §1.7).
+pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connector";
+
+/// A running Transport service.
+pub struct TransportService {
+    pub ctx: Arc<ServerContext>,
+    pub queues: Arc<Queues>,
+    submit_tx: mpsc::UnboundedSender<(Arc<QueuedMessage>, Vec<QueuedRecipient>)>,
+}
+
+impl TransportService {
+    /// Opens the queue database, resumes every queue, and starts the categorizer.
+    pub fn start(ctx: Arc<ServerContext>) -> anyhow::Result<Arc<TransportService>> {
+        let (db, loaded) = QueueDb::open(&ctx.data_dir.join("Queue").join("mail.db"))?;
+        let policy = retry_policy(&ctx);
+        let send_ctx = ctx.clone();
+        let send_db = db.clone();
+        let queues = Arc::new(Queues::new(
+            db,
+            ctx.name(),
+            Box::new(move |q| send::start_transmitter(send_ctx.clone(), send_db.clone(), q, policy.clone())),
+        ));
+        let (submit_tx, submit_rx) = mpsc::unbounded_channel();
+        let service = Arc::new(TransportService { ctx: ctx.clone(), queues: queues.clone(), submit_tx });
+        tokio::spawn(categorizer_loop(service.clone(), submit_rx));
+        // Resume: uncategorized messages go back to the categorizer, the rest to their
+        // delivery queues (routing is redone: the configuration may have changed).
+        let count = loaded.len();
+        for m in loaded {
+            let pending: Vec<QueuedRecipient> = m
+                .recipients
+                .into_iter()
+                .filter(|r| matches!(r.state, RecipientState::Submitted | RecipientState::Ready))
+                .collect();
+            if pending.is_empty() {
+                queues.db.delete(m.id);
+                continue;
+            }
+            let msg = QueuedMessage::new(m.id, m.envelope, m.content, 0);
+            service.submit(msg, pending);
+        }
+        if count > 0 {
+            tracing::info!(count, "resumed messages from the queue database");
+        }
+        Ok(service)
+    }
+
+    /// Hands an accepted (durable) message to the categorizer via the Submission queue.
+    pub fn submit(&self, msg: Arc<QueuedMessage>, recipients: Vec<QueuedRecipient>) {
+        self.queues.submission.fetch_add(1, Ordering::Relaxed);
+        let _ = self.submit_tx.send((msg, recipients));
+    }
+}
+
+fn retry_policy(ctx: &ServerContext) -> RetryPolicy {
+    let t = &ctx.dir.org.transport;
+    RetryPolicy {
+        glitch_count: t.queue_glitch_retry_count,
+        glitch_interval: t.queue_glitch_retry_interval,
+        transient_count: t.transient_failure_retry_count,
+        transient_interval: t.transient_failure_retry_interval,
+        failure_interval: t.outbound_connection_failure_retry_interval,
+    }
+}
+
+/// The tracking event every Transport row starts from.
+pub fn tracking_event(ctx: &ServerContext, msg: &QueuedMessage, event_id: &str, source: &str) -> TrackingEvent {
+    let e = &msg.envelope;
+    TrackingEvent {
+        server_ip: ctx.ip.to_string(),
+        server_hostname: ctx.fqdn().to_string(),
+        source: source.into(),
+        event_id: event_id.into(),
+        internal_message_id: msg.id.to_string(),
+        message_id: e.message_id.clone(),
+        network_message_id: e.network_message_id.clone(),
+        total_bytes: msg.content.len() as u64,
+        message_subject: e.subject.clone(),
+        sender_address: e.sender_header.clone(),
+        return_path: if e.return_path.is_empty() { "<>".into() } else { e.return_path.clone() },
+        message_info: e.received_at.clone(),
+        directionality: e.directionality.clone(),
+        transport_traffic_type: "Email".into(),
+        ..Default::default()
+    }
+}
+
+/// Takes one message at a time from the Submission queue (reference §3.1).
+async fn categorizer_loop(
+    service: Arc<TransportService>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<QueuedMessage>, Vec<QueuedRecipient>)>,
+) {
+    let ctx = &service.ctx;
+    while let Some((msg, recipients)) = rx.recv().await {
+        let result = categorizer::categorize(ctx, recipients);
+        for (resolved, original) in &result.resolved {
+            let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
+            ev.recipient_address = vec![resolved.clone()];
+            ev.related_recipient_address = original.clone();
+            ctx.tracking_transport.log(ev);
+        }
+        for (group, members) in &result.expanded {
+            let mut ev = tracking_event(ctx, &msg, "EXPAND", "ROUTING");
+            ev.recipient_address = members.clone();
+            ev.related_recipient_address = group.clone();
+            ctx.tracking_transport.log(ev);
+        }
+        let mut all: Vec<QueuedRecipient> = Vec::new();
+        for (r, reply) in &result.failed {
+            let mut ev = tracking_event(ctx, &msg, "FAIL", "ROUTING");
+            ev.recipient_address = vec![r.address.clone()];
+            ev.recipient_status = vec![reply.one_line()];
+            ctx.tracking_transport.log(ev);
+            all.push(r.clone());
+        }
+        let pending: usize = result.routed.iter().map(|(_, r)| r.len()).sum();
+        for (_, rs) in &result.routed {
+            all.extend(rs.iter().cloned());
+        }
+        let msg = QueuedMessage::new(msg.id, msg.envelope.clone(), msg.content.clone(), pending);
+        service.queues.submission.fetch_sub(1, Ordering::Relaxed);
+        if pending == 0 {
+            // Every recipient failed: nothing to deliver (NDRs arrive with outbound DSNs).
+            service.queues.db.delete(msg.id);
+            continue;
+        }
+        service.queues.db.categorized(msg.id, all);
+        for (hop, recipients) in result.routed {
+            let queue = service.queues.queue_for(&hop);
+            queue.push(Item { message: msg.clone(), recipients, not_before: None });
+        }
+    }
+}

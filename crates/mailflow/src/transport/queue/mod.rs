@@ -1,0 +1,413 @@
+//! Transport's queues (reference §3.3–3.5): the Submission queue (messages not yet
+//! categorized), one delivery queue per next hop, and the Unreachable queue. The queue
+//! database ([`store::QueueDb`]) is the durable truth; this module is the in-memory view
+//! that schedules delivery: statuses, retry times and the items waiting in each queue.
+
+pub mod store;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use self::store::{Envelope, QueueDb, QueuedRecipient};
+
+/// A message in the Transport service, shared by the delivery queues its recipients
+/// were bifurcated into. When the last recipient is done it leaves the queue database.
+pub struct QueuedMessage {
+    /// The per-server internal message id (tracking's internal-message-id).
+    pub id: i64,
+    pub envelope: Envelope,
+    pub content: Arc<[u8]>,
+    /// Recipients not yet delivered or failed, across all queues.
+    pending: AtomicUsize,
+}
+
+impl QueuedMessage {
+    pub fn new(id: i64, envelope: Envelope, content: Arc<[u8]>, pending: usize) -> Arc<QueuedMessage> {
+        Arc::new(QueuedMessage { id, envelope, content, pending: AtomicUsize::new(pending) })
+    }
+
+    /// Marks `n` recipients finished; true when that was the last of them.
+    pub fn finish(&self, n: usize) -> bool {
+        n > 0 && self.pending.fetch_sub(n, Ordering::AcqRel) == n
+    }
+}
+
+/// DeliveryType of a queue (reference §3.4), the ones this release creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum DeliveryType {
+    SmtpDeliveryToMailbox,
+    DnsConnectorDelivery,
+    SmartHostConnectorDelivery,
+    Unreachable,
+}
+
+impl DeliveryType {
+    pub fn is_external(self) -> bool {
+        matches!(self, DeliveryType::DnsConnectorDelivery | DeliveryType::SmartHostConnectorDelivery)
+    }
+}
+
+/// Where a recipient goes: the NextHopSolutionKey (reference §3.4) plus how to get there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NextHop {
+    pub delivery_type: DeliveryType,
+    /// NextHopDomain: the queue's name (a database name, a domain…).
+    pub domain: String,
+    /// The send connector, for external next hops.
+    pub connector: Option<String>,
+    /// Mailbox Transport Delivery endpoint, for mailbox next hops.
+    pub target: Option<SocketAddr>,
+}
+
+impl NextHop {
+    pub fn key(&self) -> String {
+        format!("{:?}:{}", self.delivery_type, self.domain)
+    }
+    pub fn unreachable() -> NextHop {
+        NextHop { delivery_type: DeliveryType::Unreachable, domain: "Unreachable Domain".into(), connector: None, target: None }
+    }
+}
+
+/// Queue status (reference §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum QueueStatus {
+    Active,
+    Ready,
+    Retry,
+    Suspended,
+}
+
+/// Recipients of one message waiting in one delivery queue.
+pub struct Item {
+    pub message: Arc<QueuedMessage>,
+    pub recipients: Vec<QueuedRecipient>,
+    /// Not before this time (a per-recipient transient failure).
+    pub not_before: Option<Instant>,
+}
+
+struct QueueState {
+    items: VecDeque<Item>,
+    /// Messages being transmitted right now.
+    in_flight: usize,
+    suspended: bool,
+    last_error: Option<String>,
+    retry_count: u32,
+    next_retry: Option<(Instant, SystemTime)>,
+}
+
+/// One delivery queue.
+pub struct DeliveryQueue {
+    /// Identity number: `Server\<n>` as Get-Queue shows it.
+    pub number: u32,
+    pub next_hop: NextHop,
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+/// What `queue list` shows (Get-Queue properties, reference §3.5).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueueInfo {
+    pub identity: String,
+    pub delivery_type: String,
+    pub status: QueueStatus,
+    pub message_count: usize,
+    pub next_hop_domain: String,
+    pub next_hop_category: String,
+    pub last_error: Option<String>,
+    pub next_retry_time: Option<String>,
+}
+
+/// Retry intervals (reference §6): glitch retries, then transient ones, then the
+/// outbound-connection-failure interval until expiry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub glitch_count: u32,
+    pub glitch_interval: Duration,
+    pub transient_count: u32,
+    pub transient_interval: Duration,
+    pub failure_interval: Duration,
+}
+
+impl RetryPolicy {
+    pub fn interval(&self, attempt: u32) -> Duration {
+        if attempt < self.glitch_count {
+            self.glitch_interval
+        } else if attempt < self.glitch_count + self.transient_count {
+            self.transient_interval
+        } else {
+            self.failure_interval
+        }
+    }
+}
+
+impl DeliveryQueue {
+    fn new(number: u32, next_hop: NextHop) -> DeliveryQueue {
+        DeliveryQueue {
+            number,
+            next_hop,
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                in_flight: 0,
+                suspended: false,
+                last_error: None,
+                retry_count: 0,
+                next_retry: None,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, item: Item) {
+        self.lock().items.push_back(item);
+        self.notify.notify_one();
+    }
+
+    /// Puts items back at the front after a failed connection (order kept).
+    pub fn requeue_front(&self, items: Vec<Item>) {
+        let mut s = self.lock();
+        for item in items.into_iter().rev() {
+            s.items.push_front(item);
+        }
+    }
+
+    /// Waits until this queue may transmit and has a due item.
+    pub async fn wait_for_work(&self) {
+        loop {
+            let sleep_until = {
+                let s = self.lock();
+                let now = Instant::now();
+                if s.suspended {
+                    None
+                } else if let Some((at, _)) = s.next_retry.filter(|(at, _)| *at > now) {
+                    Some(at)
+                } else if s.items.iter().any(|i| i.not_before.is_none_or(|t| t <= now)) {
+                    return;
+                } else {
+                    s.items.iter().filter_map(|i| i.not_before).min()
+                }
+            };
+            match sleep_until {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = self.notify.notified() => {}
+                    }
+                }
+                None => self.notify.notified().await,
+            }
+        }
+    }
+
+    /// Takes the next due item, if the queue may transmit.
+    pub fn pop(&self) -> Option<Item> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        if s.suspended || s.next_retry.is_some_and(|(at, _)| at > now) {
+            return None;
+        }
+        let pos = s.items.iter().position(|i| i.not_before.is_none_or(|t| t <= now))?;
+        let item = s.items.remove(pos)?;
+        s.in_flight += 1;
+        Some(item)
+    }
+
+    /// A transmission attempt ended (whatever its outcome).
+    pub fn done(&self) {
+        let mut s = self.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+    }
+
+    /// The next hop answered: the queue leaves Retry.
+    pub fn connected(&self) {
+        let mut s = self.lock();
+        s.retry_count = 0;
+        s.next_retry = None;
+        s.last_error = None;
+    }
+
+    /// The connection failed: status Retry until the next retry time.
+    pub fn connection_failed(&self, error: String, policy: &RetryPolicy) {
+        let mut s = self.lock();
+        let wait = policy.interval(s.retry_count);
+        s.retry_count += 1;
+        s.last_error = Some(error);
+        s.next_retry = Some((Instant::now() + wait, SystemTime::now() + wait));
+    }
+
+    /// Records an error without putting the queue in Retry (e.g. a queue with no
+    /// transmitter yet).
+    pub fn set_last_error(&self, error: &str) {
+        self.lock().last_error = Some(error.to_string());
+    }
+
+    pub fn set_suspended(&self, suspended: bool) {
+        self.lock().suspended = suspended;
+        self.notify.notify_waiters();
+    }
+
+    /// Retry-Queue: retry now (only meaningful in Retry).
+    pub fn retry_now(&self) {
+        self.lock().next_retry = None;
+        self.notify.notify_waiters();
+    }
+
+    pub fn info(&self, server: &str) -> QueueInfo {
+        let s = self.lock();
+        let now = Instant::now();
+        let status = if s.suspended {
+            QueueStatus::Suspended
+        } else if s.next_retry.is_some_and(|(at, _)| at > now) {
+            QueueStatus::Retry
+        } else if s.in_flight > 0 {
+            QueueStatus::Active
+        } else {
+            QueueStatus::Ready
+        };
+        let (delivery_type, category) = match self.next_hop.delivery_type {
+            DeliveryType::Unreachable => ("Unreachable".to_string(), "Internal"),
+            t if t.is_external() => (format!("{t:?}"), "External"),
+            t => (format!("{t:?}"), "Internal"),
+        };
+        let identity = match self.next_hop.delivery_type {
+            DeliveryType::Unreachable => format!("{server}\\Unreachable"),
+            _ => format!("{server}\\{}", self.number),
+        };
+        QueueInfo {
+            identity,
+            delivery_type,
+            status,
+            message_count: s.items.len() + s.in_flight,
+            next_hop_domain: self.next_hop.domain.clone(),
+            next_hop_category: category.into(),
+            last_error: s.last_error.clone(),
+            next_retry_time: s.next_retry.filter(|(at, _)| *at > now).map(|(_, t)| {
+                chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%dT%H:%M:%SZ").to_string()
+            }),
+        }
+    }
+}
+
+/// All delivery queues of the server, created on demand per next hop.
+pub struct Queues {
+    pub db: QueueDb,
+    server: String,
+    inner: Mutex<QueuesInner>,
+    /// Messages accepted but not yet categorized (the Submission queue's count).
+    pub submission: AtomicUsize,
+    /// Starts a transmitter for a new queue (set by the Transport service).
+    on_new_queue: Box<dyn Fn(Arc<DeliveryQueue>) + Send + Sync>,
+}
+
+struct QueuesInner {
+    by_key: HashMap<String, Arc<DeliveryQueue>>,
+    next_number: u32,
+}
+
+impl Queues {
+    pub fn new(db: QueueDb, server: &str, on_new_queue: Box<dyn Fn(Arc<DeliveryQueue>) + Send + Sync>) -> Queues {
+        Queues {
+            db,
+            server: server.to_string(),
+            inner: Mutex::new(QueuesInner { by_key: HashMap::new(), next_number: 1 }),
+            submission: AtomicUsize::new(0),
+            on_new_queue,
+        }
+    }
+
+    /// The queue for a next hop, created (and its transmitter started) if new.
+    pub fn queue_for(&self, next_hop: &NextHop) -> Arc<DeliveryQueue> {
+        let key = next_hop.key();
+        let (queue, created) = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(q) = inner.by_key.get(&key) {
+                (q.clone(), false)
+            } else {
+                let number = inner.next_number;
+                inner.next_number += 1;
+                let q = Arc::new(DeliveryQueue::new(number, next_hop.clone()));
+                inner.by_key.insert(key, q.clone());
+                (q, true)
+            }
+        };
+        if created {
+            (self.on_new_queue)(queue.clone());
+        }
+        queue
+    }
+
+    pub fn all(&self) -> Vec<Arc<DeliveryQueue>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = inner.by_key.values().cloned().collect();
+        v.sort_by_key(|q| q.number);
+        v
+    }
+
+    /// Get-Queue: the Submission queue, then every delivery queue (Unreachable only
+    /// when it holds messages, as Exchange hides it when empty).
+    pub fn list(&self) -> Vec<QueueInfo> {
+        let mut out = vec![QueueInfo {
+            identity: format!("{}\\Submission", self.server),
+            delivery_type: "Undefined".into(),
+            status: QueueStatus::Ready,
+            message_count: self.submission.load(Ordering::Relaxed),
+            next_hop_domain: "Submission".into(),
+            next_hop_category: "Internal".into(),
+            last_error: None,
+            next_retry_time: None,
+        }];
+        for q in self.all() {
+            let info = q.info(&self.server);
+            if q.next_hop.delivery_type == DeliveryType::Unreachable && info.message_count == 0 {
+                continue;
+            }
+            out.push(info);
+        }
+        out
+    }
+
+    /// Finds a queue by identity (`Server\3`, `3`, `Unreachable`) or next-hop domain.
+    pub fn find(&self, identity: &str) -> Option<Arc<DeliveryQueue>> {
+        let id = identity.rsplit('\\').next().unwrap_or(identity);
+        self.all().into_iter().find(|q| {
+            q.number.to_string() == id
+                || q.next_hop.domain.eq_ignore_ascii_case(id)
+                || (id.eq_ignore_ascii_case("Unreachable") && q.next_hop.delivery_type == DeliveryType::Unreachable)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_ladder_follows_the_reference() {
+        let p = RetryPolicy {
+            glitch_count: 4,
+            glitch_interval: Duration::from_secs(60),
+            transient_count: 6,
+            transient_interval: Duration::from_secs(300),
+            failure_interval: Duration::from_secs(600),
+        };
+        let ladder: Vec<u64> = (0..12).map(|i| p.interval(i).as_secs()).collect();
+        assert_eq!(ladder, [60, 60, 60, 60, 300, 300, 300, 300, 300, 300, 600, 600]);
+    }
+
+    #[test]
+    fn message_finishes_once_all_parts_are_done() {
+        let m = QueuedMessage::new(1, Envelope::default(), Arc::from(&b""[..]), 3);
+        assert!(!m.finish(2));
+        assert!(m.finish(1));
+    }
+}

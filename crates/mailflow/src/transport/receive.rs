@@ -1,0 +1,183 @@
+//! SMTP Receive of the Transport service: the `Default <server>` receive connector
+//! (:2525). Only organisation servers may submit here (DESIGN §1). A message is
+//! acknowledged with 250 only once it is durable in the queue database.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+
+use super::TransportService;
+use super::queue::QueuedMessage;
+use super::queue::store::{Envelope, QueuedRecipient, RecipientState};
+use crate::logs::tracking::now_timestamp;
+use crate::message;
+use crate::net::orgauth;
+use crate::net::receive::{SessionInfo, SmtpHandler};
+
+/// Headers only organisation servers may set; stripped from anything that entered the
+/// organisation elsewhere (the header firewall, reference §1.5).
+pub const ORG_HEADER_PREFIX: &str = "X-MS-Exchange-Organization-";
+pub const NETWORK_MESSAGE_ID_HEADER: &str = "X-MS-Exchange-Organization-Network-Message-Id";
+
+pub struct TransportReceive {
+    service: Arc<TransportService>,
+    from: Option<Address>,
+    params: MailParams,
+    recipients: Vec<QueuedRecipient>,
+    content: Vec<u8>,
+}
+
+impl TransportReceive {
+    pub fn new(service: Arc<TransportService>) -> TransportReceive {
+        TransportReceive {
+            service,
+            from: None,
+            params: MailParams::default(),
+            recipients: Vec::new(),
+            content: Vec::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl SmtpHandler for TransportReceive {
+    async fn mail(&mut self, _info: &SessionInfo, from: Option<Address>, params: MailParams) -> Reply {
+        self.from = from;
+        self.params = params;
+        Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+    }
+
+    async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
+        // ExchangeServers hold SMTP-Accept-Any-Recipient: the categorizer decides.
+        if self.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&to.to_string())) {
+            return Reply::new(250, Enhanced(2, 1, 5), "Recipient OK");
+        }
+        self.recipients.push(QueuedRecipient {
+            address: to.to_string(),
+            orcpt: params.orcpt,
+            notify: params.notify,
+            next_hop: None,
+            state: RecipientState::Submitted,
+            last_error: None,
+        });
+        Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+    }
+
+    async fn data_start(&mut self, _info: &SessionInfo) -> Reply {
+        self.content.clear();
+        Reply::plain(354, "Start mail input; end with <CRLF>.<CRLF>")
+    }
+
+    async fn data(&mut self, chunk: Vec<u8>) {
+        if self.content.is_empty() {
+            self.content = chunk;
+        } else {
+            self.content.extend_from_slice(&chunk);
+        }
+    }
+
+    async fn data_end(&mut self, info: &SessionInfo) -> Reply {
+        let reply = self.accept(info).await;
+        self.reset().await;
+        reply
+    }
+
+    async fn reset(&mut self) {
+        self.from = None;
+        self.params = MailParams::default();
+        self.recipients.clear();
+        self.content = Vec::new();
+    }
+}
+
+impl TransportReceive {
+    async fn accept(&mut self, info: &SessionInfo) -> Reply {
+        let ctx = &self.service.ctx;
+        let org = &ctx.dir.org.organization;
+        let content = std::mem::take(&mut self.content);
+        // Reference §11.3: MaxHopCount counts Received: fields; 5.4.6 ends a loop.
+        if message::count(&content, "Received") >= org.max_hop_count {
+            return Reply::new(554, Enhanced(5, 4, 6), "Hop count exceeded - possible mail loop");
+        }
+        // Only another Transport service is trusted with organisation headers; what a
+        // Front End proxies came from outside and passes the header firewall.
+        let trusted = info.org_server.as_ref().is_some_and(|(_, service)| service == orgauth::HUB);
+        let content = if trusted {
+            content
+        } else {
+            message::strip_prefixed(&content, ORG_HEADER_PREFIX).unwrap_or(content)
+        };
+        let existing_network_id = if trusted { message::get(&content, NETWORK_MESSAGE_ID_HEADER) } else { None };
+        let network_message_id = existing_network_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let mut prefix = crate::net::received_header(
+            info.helo.as_deref().unwrap_or("unknown"),
+            info.remote.ip(),
+            ctx.fqdn(),
+            info.local.ip(),
+            info.tls.as_deref(),
+            env!("CARGO_PKG_VERSION"),
+            None,
+        );
+        if existing_network_id.is_none() {
+            prefix.push_str(&format!("{NETWORK_MESSAGE_ID_HEADER}: {network_message_id}\r\n"));
+        }
+        let message_id = match message::get(&content, "Message-ID") {
+            Some(id) if !id.is_empty() => id,
+            _ => {
+                // Reference §7.3: Exchange assigns <GUID@ServerFQDN> when missing.
+                let id = format!("<{}@{}>", uuid::Uuid::new_v4(), ctx.fqdn());
+                prefix.push_str(&format!("Message-ID: {id}\r\n"));
+                id
+            }
+        };
+        let mut full = Vec::with_capacity(prefix.len() + content.len());
+        full.extend_from_slice(prefix.as_bytes());
+        full.extend_from_slice(&content);
+        let full: Arc<[u8]> = full.into();
+        let envelope = Envelope {
+            return_path: self.from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            network_message_id,
+            message_id: message_id.clone(),
+            subject: message::subject(&full),
+            sender_header: message::sender_address(&full),
+            received_at: now_timestamp(),
+            client_ip: info.remote.ip().to_string(),
+            client_hostname: info.helo.clone().unwrap_or_default(),
+            body: match self.params.body {
+                mailflow_smtp::Body::SevenBit => String::new(),
+                mailflow_smtp::Body::EightBitMime => "8BITMIME".into(),
+                mailflow_smtp::Body::BinaryMime => "BINARYMIME".into(),
+            },
+            smtputf8: self.params.smtputf8,
+            ret: self.params.ret.map(|r| format!("{r:?}").to_uppercase()),
+            envid: self.params.envid.clone(),
+            directionality: if trusted { "Originating".into() } else { "Incoming".into() },
+        };
+        let recipients = std::mem::take(&mut self.recipients);
+        let queues = &self.service.queues;
+        let id = match queues.db.insert(envelope.clone(), full.clone(), recipients.clone()).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!("queue database insert failed: {e}");
+                return Reply::new(451, Enhanced(4, 3, 1), "Insufficient system resources");
+            }
+        };
+        let msg = QueuedMessage::new(id, envelope, full, 0);
+        let mut ev = super::tracking_event(ctx, &msg, "RECEIVE", "SMTP");
+        ev.client_ip = info.remote.ip().to_string();
+        ev.client_hostname = info.helo.clone().unwrap_or_default();
+        ev.server_ip = info.local.ip().to_string();
+        ev.connector_id = info.connector.to_string();
+        ev.source_context = info.session_id.clone();
+        ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
+        ev.recipient_status = Vec::new();
+        ctx.tracking_transport.log(ev);
+        self.service.submit(msg, recipients);
+        Reply::new(
+            250,
+            Enhanced(2, 6, 0),
+            format!("{message_id} [InternalId={id}, Hostname={}] Queued mail for delivery", ctx.fqdn()),
+        )
+    }
+}
