@@ -288,3 +288,19 @@ fn auth_plain_and_login() {
     assert!(h.events.contains(&"auth alice".to_string()));
     assert!(h.session.is_authenticated());
 }
+
+#[test]
+fn each_protocol_error_counts_towards_the_limit() {
+    let mut h = Harness::new(config());
+    h.feed(b"EHLO c\r\nHELLO THERE\r\n", 100);
+    let mut long = b"NOOP ".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 10 * 1024));
+    long.extend_from_slice(b"\r\n");
+    h.feed(&long, 1460);
+    h.feed(b"NOOP\r\n", 100);
+    h.feed(b"\x00\xff\xfe junk\r\n", 100);
+    h.feed(b"WHAT\r\n", 100);
+    assert!(!h.session.is_closed(), "{}", h.output);
+    h.feed(b"RCPT TO:<a@b.test>\r\n", 100);
+    assert!(h.output.contains("421 4.7.0"), "{}", h.output);
+}

@@ -1,0 +1,335 @@
+//! Test helpers: start the real `mailflow` binary on free loopback ports with an
+//! organisation file written for the test, talk to it with real clients, and clean up.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailflow");
+
+/// Free loopback ports, reserved by binding and released just before use.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Ports {
+    pub frontend: u16,
+    pub transport: u16,
+    pub mailbox_delivery: u16,
+    pub admin: u16,
+    others: [u16; 3],
+}
+
+impl Ports {
+    pub fn new() -> Ports {
+        let p = free_ports(7);
+        Ports { frontend: p[0], transport: p[1], mailbox_delivery: p[2], admin: p[3], others: [p[4], p[5], p[6]] }
+    }
+    fn toml(&self) -> String {
+        format!(
+            "[servers.ports]\nfrontend = {}\nclient_frontend = {}\nclient_proxy = {}\noutbound_proxy = {}\ntransport = {}\nmailbox_delivery = {}\nadmin = {}\n",
+            self.frontend, self.others[0], self.others[1], self.others[2], self.transport, self.mailbox_delivery, self.admin
+        )
+    }
+}
+
+/// The standard test organisation: contoso.test with alice (alias a.smith), bob,
+/// carol, a group with an external member and a nested loop, and an Internet send
+/// connector. `extra` is appended (more servers, databases…).
+pub fn org_file(ports: &Ports, extra: &str) -> String {
+    format!(
+        r#"[organization]
+name = "contoso"
+secret_file = "secret.key"
+accepted_domains = ["contoso.test"]
+max_message_size = "1MB"
+
+[transport]
+queue_glitch_retry_interval = "1s"
+transient_failure_retry_interval = "2s"
+outbound_connection_failure_retry_interval = "2s"
+intra_org_connector_protocol_logging = "verbose"
+mailbox_delivery_connector_protocol_logging = "verbose"
+
+[[sites]]
+name = "Site-A"
+
+[[servers]]
+name = "MBX1"
+site = "Site-A"
+fqdn = "mbx1.contoso.test"
+address = "127.0.0.1"
+data_dir = "data/MBX1"
+transport_protocol_logging = "verbose"
+{ports}
+[[databases]]
+name = "DB01"
+copies = ["MBX1"]
+
+[[mailboxes]]
+address = "alice@contoso.test"
+database = "DB01"
+aliases = ["a.smith@contoso.test"]
+
+[[mailboxes]]
+address = "bob@contoso.test"
+database = "DB01"
+
+[[mailboxes]]
+address = "carol@contoso.test"
+database = "DB01"
+
+[[groups]]
+address = "sales@contoso.test"
+members = ["alice@contoso.test", "a.smith@contoso.test", "bob@contoso.test", "ext@fabrikam.test", "team@contoso.test"]
+
+[[groups]]
+address = "team@contoso.test"
+members = ["sales@contoso.test", "bob@contoso.test"]
+
+[[send_connectors]]
+name = "Internet"
+address_spaces = [{{ domain = "*", cost = 1 }}]
+source_servers = ["MBX1"]
+{extra}"#,
+        ports = ports.toml()
+    )
+}
+
+/// A running `mailflow serve`.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub ports: Ports,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with("")
+    }
+
+    pub fn start_with(extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = Ports::new();
+        std::fs::write(dir.path().join("mailflow.toml"), org_file(&ports, extra)).unwrap();
+        std::fs::write(dir.path().join("secret.key"), "00112233445566778899aabbccddeeff\n").unwrap();
+        let mut s = Server { dir, ports, child: None };
+        s.spawn();
+        s
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("mailflow.toml")
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(self.config())
+            .args(["--server", "MBX1"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mailflow serve");
+        self.child = Some(child);
+        let port = self.ports.frontend;
+        wait_for("the Front End to listen", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Runs a CLI command against this server's organisation file.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).arg("--config").arg(self.config()).args(args).output().unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        assert!(out.status.success(), "mailflow {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("mailflow {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The messages of a mailbox folder, as exported (.eml bytes, in delivery order).
+    pub fn export(&self, address: &str) -> Vec<Vec<u8>> {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = self.cli(&["mailbox", "export", address, "--folder", "Inbox", "--out", out_dir.path().to_str().unwrap()]);
+        assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut files: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+    }
+
+    pub fn inbox_count(&self, address: &str) -> u64 {
+        let list = self.cli_json(&["mailbox", "list"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["PrimarySmtpAddress"].as_str() == Some(address))
+            .map(|m| m["InboxItems"].as_u64().unwrap())
+            .unwrap_or(0)
+    }
+
+    pub fn wait_inbox(&self, address: &str, count: u64) {
+        wait_for(&format!("{count} messages in {address}'s Inbox"), Duration::from_secs(60), || {
+            (self.inbox_count(address) >= count).then_some(())
+        });
+    }
+
+    /// Tracking events (Get-MessageTrackingLog) with extra filter arguments.
+    pub fn track(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut all = vec!["track", "--result-size", "0"];
+        all.extend_from_slice(args);
+        self.cli_json(&all).as_array().unwrap().clone()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data/MBX1")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- serve.log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A minimal line-oriented SMTP client for protocol tests.
+pub struct Smtp {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl Smtp {
+    pub fn connect(port: u16) -> Smtp {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut s = Smtp { reader, stream };
+        let greeting = s.read_reply();
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        s
+    }
+
+    /// Reads one reply (all lines), returns it with CRLFs.
+    pub fn read_reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    /// One message; returns the final reply. `body` must use CRLF.
+    pub fn send(&mut self, from: &str, to: &[&str], content: &str) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert!(r.starts_with("250"), "MAIL: {r}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert!(r.starts_with("250"), "RCPT {t}: {r}");
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "DATA: {r}");
+        let stuffed = content.replace("\r\n.", "\r\n..");
+        self.send_raw(stuffed.as_bytes());
+        self.send_raw(b"\r\n.\r\n");
+        self.read_reply()
+    }
+
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+pub fn message(subject: &str, body: &str) -> String {
+    format!("From: Sender <sender@fabrikam.test>\r\nTo: someone@contoso.test\r\nSubject: {subject}\r\nMessage-ID: <{}@fabrikam.test>\r\n\r\n{body}", subject.replace(' ', "-"))
+}
+
+/// The part of a message after its header block.
+pub fn body_of(eml: &[u8]) -> &[u8] {
+    let pos = eml.windows(4).position(|w| w == b"\r\n\r\n").expect("header/body separator");
+    &eml[pos + 4..]
+}
+
+pub fn header_values(eml: &[u8], name: &str) -> Vec<String> {
+    let head = String::from_utf8_lossy(&eml[..eml.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]).replace("\r\n ", " ");
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+pub fn file_text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}

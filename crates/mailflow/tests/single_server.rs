@@ -1,0 +1,329 @@
+//! Single-server mail flow, end to end, with real sockets and real clients:
+//! Front End :25 → Transport :2525 → Mailbox Delivery :475 → mailbox database.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn events_of(server: &Server, subject: &str) -> Vec<(String, String)> {
+    server
+        .track(&["--subject", subject])
+        .iter()
+        .map(|e| (e["EventId"].as_str().unwrap().to_string(), e["Source"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn python_smtplib_and_swaks_deliver_same_body_with_received_headers_and_tracking() {
+    let server = Server::start();
+    let port = server.ports.frontend;
+    // Python's smtplib, with a body that needs dot-stuffing and 8-bit text.
+    let body = "Line one\r\n.leading dot line\r\n..two dots\r\nCaf\u{e9} au lait\r\n";
+    let script = format!(
+        r#"
+import smtplib, sys
+msg = ("From: Sender <sender@fabrikam.test>\r\nTo: alice@contoso.test\r\nSubject: smtplib probe\r\n"
+       "Message-ID: <smtplib-probe@fabrikam.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + {body:?}).encode("utf-8")
+with smtplib.SMTP("127.0.0.1", {port}, timeout=30) as s:
+    s.ehlo("client.fabrikam.test")
+    s.sendmail("sender@fabrikam.test", ["alice@contoso.test"], msg, mail_options=["BODY=8BITMIME"])
+"#
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "smtplib: {}", String::from_utf8_lossy(&out.stderr));
+
+    // swaks, inside STARTTLS (the certificate is self-signed, made at start).
+    let out = Command::new("swaks")
+        .args(["--to", "bob@contoso.test", "--from", "sender@fabrikam.test", "--server", &format!("127.0.0.1:{port}")])
+        .args(["--tls", "--header", "Subject: swaks probe", "--body", "swaks body line\n.dot line"])
+        .output()
+        .expect("swaks is installed by scripts/test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "swaks: {text}");
+    assert!(text.contains("250 2.6.0"), "swaks got no 250 2.6.0: {text}");
+
+    server.wait_inbox("alice@contoso.test", 1);
+    server.wait_inbox("bob@contoso.test", 1);
+    let alice = server.export("alice@contoso.test");
+    assert_eq!(alice.len(), 1);
+    assert_eq!(body_of(&alice[0]), body.as_bytes(), "body bytes changed in transit");
+    let received = header_values(&alice[0], "Received");
+    assert_eq!(received.len(), 3, "one Received per hop: {received:#?}");
+    assert!(received[0].contains("via Mailbox Transport"), "{received:#?}");
+    assert!(received[2].contains("via Frontend Transport") && received[2].starts_with("from client.fabrikam.test"), "{received:#?}");
+
+    let bob = server.export("bob@contoso.test");
+    assert_eq!(bob.len(), 1);
+    // swaks ends its body with blank lines of its own; the dot-stuffed line arrives intact.
+    assert!(body_of(&bob[0]).starts_with(b"swaks body line\r\n.dot line\r\n"), "{:?}", String::from_utf8_lossy(&bob[0]));
+    let received = header_values(&bob[0], "Received");
+    assert!(received[2].contains("version=TLS1_"), "TLS not recorded in the Front End hop: {received:#?}");
+
+    let events = events_of(&server, "smtplib probe");
+    let ids: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(ids, ["RECEIVE", "SEND", "RECEIVE", "DELIVER"], "{events:?}");
+    assert_eq!(events[3].1, "STOREDRIVER");
+    let deliver = server.track(&["--event-id", "DELIVER", "--recipients", "alice@contoso.test"]);
+    assert_eq!(deliver.len(), 1);
+    assert_eq!(deliver[0]["MessageId"], "<smtplib-probe@fabrikam.test>");
+    let receive = server.track(&["--event-id", "RECEIVE", "--subject", "smtplib probe"]);
+    assert_eq!(receive[0]["ConnectorId"], "MBX1\\Default MBX1");
+    assert_eq!(receive[1]["ConnectorId"], "MBX1\\Default Mailbox Delivery MBX1");
+
+    // The table form works too, with the server stopped (it only reads files).
+    let mut server = server;
+    server.stop();
+    let out = server.cli(&["track", "--sender", "sender@fabrikam.test"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("Timestamp") && table.contains("DELIVER") && table.contains("swaks probe"), "{table}");
+}
+
+#[test]
+fn tracking_log_files_have_exchange_headers_and_protocol_logs_record_sessions() {
+    let server = Server::start();
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    let r = c.send("sender@fabrikam.test", &["carol@contoso.test"], &message("log probe", "hello\r\n"));
+    assert!(r.starts_with("250 2.6.0"), "{r}");
+    c.cmd("QUIT");
+    server.wait_inbox("carol@contoso.test", 1);
+    // Tracking files: MSGTRK (Transport) and MSGTRKMD (Mailbox Delivery), 5 header lines.
+    let dir = server.data_dir().join("Logs/MessageTracking");
+    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert!(names.iter().any(|n| n.starts_with("MSGTRK2") && n.ends_with(".LOG")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("MSGTRKMD")), "{names:?}");
+    let text = file_text(&dir.join(names.iter().find(|n| n.starts_with("MSGTRK2")).unwrap()));
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines[0], "#Software: Microsoft Exchange Server");
+    assert!(lines[1].starts_with("#Version: 15."));
+    assert_eq!(lines[2], "#Log-type: Message Tracking Log");
+    assert!(lines[3].starts_with("#Date: "));
+    assert!(lines[4].starts_with("#Fields: date-time,client-ip,client-hostname,server-ip,server-hostname,source-context,connector-id,source,event-id,"));
+    assert!(lines[4].ends_with(",custom-data,transport-traffic-type,log-id,schema-version"));
+    // Protocol log of Default Frontend (Verbose by default): the session's lines.
+    let recv_dir = server.data_dir().join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
+    let recv: String = std::fs::read_dir(&recv_dir).unwrap().map(|e| file_text(&e.unwrap().path())).collect();
+    assert!(recv.contains("#Log-type: SMTP Receive Protocol Log"), "{recv}");
+    assert!(recv.contains("MBX1\\Default Frontend MBX1"), "{recv}");
+    for needle in [",+,", ",<,EHLO client.fabrikam.test", ",>,220 ", ",>,\"250 2.6.0", ",-,"] {
+        assert!(recv.contains(needle), "missing {needle:?} in:\n{recv}");
+    }
+    let send_dir = server.data_dir().join("Logs/FrontEnd/ProtocolLog/SmtpSend");
+    let send: String = std::fs::read_dir(&send_dir).unwrap().map(|e| file_text(&e.unwrap().path())).collect();
+    assert!(send.contains("Inbound Proxy Internal Send Connector") && send.contains("AUTH PLAIN ****"), "{send}");
+    assert!(!send.contains("AUTH PLAIN A"), "credentials must never be logged");
+}
+
+#[test]
+fn alias_and_group_deliver_once_to_each_member_and_external_member_waits_in_its_queue() {
+    let server = Server::start();
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    // alice is reached three ways (alias, group member, member by alias); bob twice
+    // (sales and the nested team group, which loops back to sales).
+    let r = c.send("sender@fabrikam.test", &["a.smith@contoso.test", "sales@contoso.test"], &message("group probe", "to the group\r\n"));
+    assert!(r.starts_with("250"), "{r}");
+    server.wait_inbox("alice@contoso.test", 1);
+    server.wait_inbox("bob@contoso.test", 1);
+    // Give a wrong second copy time to show up before counting.
+    let deliver = wait_for("both DELIVER events", Duration::from_secs(10), || {
+        let d = server.track(&["--event-id", "DELIVER", "--subject", "group probe"]);
+        (d.len() >= 2).then_some(d)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.export("alice@contoso.test").len(), 1);
+    assert_eq!(server.export("bob@contoso.test").len(), 1);
+    assert_eq!(server.export("carol@contoso.test").len(), 0);
+    assert_eq!(deliver.len(), 2);
+    let expand = server.track(&["--event-id", "EXPAND", "--subject", "group probe"]);
+    let groups: Vec<&str> = expand.iter().map(|e| e["RelatedRecipientAddress"].as_str().unwrap()).collect();
+    assert_eq!(groups, ["sales@contoso.test", "team@contoso.test"]);
+    let resolve = server.track(&["--event-id", "RESOLVE", "--subject", "group probe"]);
+    assert!(resolve.iter().any(|e| e["RelatedRecipientAddress"] == "a.smith@contoso.test" && e["Recipients"][0] == "alice@contoso.test"), "{resolve:?}");
+    // The external member waits in a queue named for its domain.
+    let queues = server.cli_json(&["queue", "list"]);
+    let ext = queues.as_array().unwrap().iter().find(|q| q["NextHopDomain"] == "fabrikam.test").unwrap_or_else(|| panic!("no fabrikam.test queue: {queues:#}"));
+    assert_eq!(ext["MessageCount"], 1);
+    assert_eq!(ext["DeliveryType"], "DnsConnectorDelivery");
+    let table = String::from_utf8_lossy(&server.cli(&["queue", "list"]).stdout).to_string();
+    assert!(table.contains("MBX1\\Submission") && table.contains("fabrikam.test"), "{table}");
+}
+
+#[test]
+fn bad_input_gets_precise_replies_and_the_server_stays_up() {
+    let server = Server::start();
+    let mut c = Smtp::connect(server.ports.frontend);
+    assert!(c.cmd("EHLO client.fabrikam.test").contains("250-SIZE 1048576"));
+    assert!(c.cmd("MAIL FROM:<sender@fabrikam.test>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<nobody@contoso.test>");
+    assert!(r.starts_with("550 5.1.1 "), "unknown recipient: {r}");
+    let r = c.cmd("RCPT TO:<victim@example.org>");
+    assert!(r.starts_with("550 5.7.54 "), "relay: {r}");
+    assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let big = "x".repeat(1000) + "\r\n";
+    for _ in 0..1100 {
+        c.send_raw(big.as_bytes());
+    }
+    c.send_raw(b".\r\n");
+    let r = c.read_reply();
+    assert!(r.starts_with("552 5.3.4 "), "oversized: {r}");
+    // A declared size over the limit is refused at MAIL.
+    let r = c.cmd("MAIL FROM:<sender@fabrikam.test> SIZE=5000000");
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    // Garbage and a 10 KB command line: 5xx, and the session goes on.
+    assert!(c.cmd("HELLO THERE").starts_with("500 5.3.3"));
+    let long = format!("NOOP {}", "a".repeat(10 * 1024));
+    assert!(c.cmd(&long).starts_with("500 5.5.2"), "long line");
+    assert!(c.cmd("NOOP").starts_with("250"));
+    // Binary junk: still a clean answer.
+    c.send_raw(b"\x00\xff\xfe junk\r\n");
+    assert!(c.read_reply().starts_with("500"));
+    assert!(c.cmd("WHAT").starts_with("500"));
+    // The fifth error is answered, then the session closes with 421 (MaxProtocolErrors).
+    assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("503 5.5.1"));
+    let r = c.read_reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    assert!(c.is_closed());
+    // Nothing was delivered, and the server still serves others.
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    let r = c.send("sender@fabrikam.test", &["alice@contoso.test"], &message("after abuse", "fine\r\n"));
+    assert!(r.starts_with("250"), "{r}");
+    server.wait_inbox("alice@contoso.test", 1);
+    assert_eq!(server.export("alice@contoso.test").len(), 1);
+}
+
+#[test]
+fn internal_listeners_refuse_clients_that_are_not_organisation_servers() {
+    let server = Server::start();
+    for port in [server.ports.transport, server.ports.mailbox_delivery] {
+        let mut c = Smtp::connect(port);
+        c.cmd("EHLO stranger.example");
+        let r = c.cmd("MAIL FROM:<evil@example.org>");
+        assert!(r.starts_with("530 5.7.1 Client was not authenticated"), "port {port}: {r}");
+        // A wrong organisation key is refused too (AUTH PLAIN \0MBX1\0bad).
+        let r = c.cmd("AUTH PLAIN AE1CWDEAYmFk");
+        assert!(r.starts_with("535 5.7.8"), "port {port}: {r}");
+    }
+}
+
+#[test]
+fn frontend_answers_4xx_at_once_when_no_transport_service_answers() {
+    // dave's database is active on MBX2, whose Transport is not running: Front End must
+    // not hold the client until a timeout.
+    let p = free_ports(7);
+    let extra = format!(
+        r#"
+[[servers]]
+name = "MBX2"
+site = "Site-A"
+fqdn = "mbx2.contoso.test"
+address = "127.0.0.1"
+data_dir = "data/MBX2"
+[servers.ports]
+frontend = {}
+client_frontend = {}
+client_proxy = {}
+outbound_proxy = {}
+transport = {}
+mailbox_delivery = {}
+admin = {}
+
+[[databases]]
+name = "DB02"
+copies = ["MBX2"]
+
+[[mailboxes]]
+address = "dave@contoso.test"
+database = "DB02"
+"#,
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    );
+    let server = Server::start_with(&extra);
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    assert!(c.cmd("MAIL FROM:<sender@fabrikam.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<dave@contoso.test>").starts_with("250"));
+    let started = Instant::now();
+    let r = c.cmd("DATA");
+    let took = started.elapsed();
+    assert!(r.starts_with("451 4.4.0"), "{r}");
+    assert!(took < Duration::from_secs(4), "4xx took {took:?}");
+    // The session survives, and mail for a reachable Transport still flows.
+    c.cmd("RSET");
+    let r = c.send("sender@fabrikam.test", &["alice@contoso.test"], &message("still flowing", "ok\r\n"));
+    assert!(r.starts_with("250"), "{r}");
+}
+
+#[test]
+fn kill_9_after_250_then_restart_delivers_each_message_exactly_once() {
+    let mut server = Server::start();
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    assert!(c.send("sender@fabrikam.test", &["carol@contoso.test"], &message("warm up", "x\r\n")).starts_with("250"));
+    server.wait_inbox("carol@contoso.test", 1);
+    // Hold the mailbox queue so accepted messages are certainly still queued at the kill.
+    let out = server.cli(&["queue", "suspend", "DB01"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..5 {
+        let r = c.send("sender@fabrikam.test", &["carol@contoso.test"], &message(&format!("held {i}"), "x\r\n"));
+        assert!(r.starts_with("250 2.6.0"), "{r}");
+    }
+    // Then messages in full flow, killing right after the last 250.
+    for i in 0..20 {
+        let r = c.send("sender@fabrikam.test", &["carol@contoso.test", "bob@contoso.test"], &message(&format!("flowing {i}"), "y\r\n"));
+        assert!(r.starts_with("250 2.6.0"), "{r}");
+    }
+    server.kill9();
+    server.spawn();
+    server.wait_inbox("carol@contoso.test", 26);
+    server.wait_inbox("bob@contoso.test", 20);
+    std::thread::sleep(Duration::from_secs(1));
+    let subjects = |addr: &str| -> Vec<String> {
+        let mut s: Vec<String> = server.export(addr).iter().map(|m| header_values(m, "Subject")[0].clone()).collect();
+        s.sort();
+        s
+    };
+    let carol = subjects("carol@contoso.test");
+    let mut expected: Vec<String> = (0..5).map(|i| format!("held {i}")).chain((0..20).map(|i| format!("flowing {i}"))).chain(["warm up".to_string()]).collect();
+    expected.sort();
+    assert_eq!(carol, expected, "carol: every message exactly once");
+    assert_eq!(subjects("bob@contoso.test").len(), 20);
+    let queues = server.cli_json(&["queue", "list"]);
+    let total: u64 = queues.as_array().unwrap().iter().map(|q| q["MessageCount"].as_u64().unwrap()).sum();
+    assert_eq!(total, 0, "queues drained: {queues:#}");
+}
+
+#[test]
+fn fifty_concurrent_sessions_of_twenty_messages_each_are_delivered_exactly_once() {
+    let server = Server::start();
+    let port = server.ports.frontend;
+    let threads: Vec<_> = (0..50)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Smtp::connect(port);
+                c.cmd(&format!("EHLO client{t}.fabrikam.test"));
+                for m in 0..20 {
+                    let r = c.send("sender@fabrikam.test", &["bob@contoso.test"], &message(&format!("load {t}-{m}"), "payload\r\n"));
+                    assert!(r.starts_with("250 2.6.0"), "session {t} message {m}: {r}");
+                }
+                c.cmd("QUIT");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    server.wait_inbox("bob@contoso.test", 1000);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut subjects: Vec<String> = server.export("bob@contoso.test").iter().map(|m| header_values(m, "Subject")[0].clone()).collect();
+    assert_eq!(subjects.len(), 1000);
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 1000, "a message was delivered twice");
+}
