@@ -556,7 +556,8 @@ impl Session {
         if self.tx.bdat_started {
             return self.error(r(503, (5, 5, 1), "Bad sequence of commands"));
         }
-        if !self.tx.smtputf8 && !(to.local.is_ascii() && to.domain.is_ascii()) {
+        let ascii = to.local.is_ascii() && to.domain.is_ascii();
+        if !self.tx.smtputf8 && !ascii {
             self.send(r(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
             return None;
         }
@@ -718,7 +719,7 @@ impl Session {
                 "Encryption required for requested authentication mechanism",
             ));
         }
-        if !self.config.auth_mechanisms.iter().any(|m| *m == mechanism) {
+        if !self.config.auth_mechanisms.contains(&mechanism) {
             return self.error(r(504, (5, 7, 4), "Unrecognized authentication type"));
         }
         match (mechanism.as_str(), initial) {

@@ -28,7 +28,11 @@ impl ActiveCopies {
     }
 
     pub fn active_server(&self, database: &str) -> Option<String> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&database.to_lowercase()).cloned()
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&database.to_lowercase())
+            .cloned()
     }
 }
 
@@ -73,16 +77,29 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
-    pub fn new(dir: Arc<Directory>, server: Server, secret: OrgSecret) -> anyhow::Result<ServerContext> {
+    pub fn new(
+        dir: Arc<Directory>,
+        server: Server,
+        secret: OrgSecret,
+    ) -> anyhow::Result<ServerContext> {
         let data_dir = dir.data_dir(&server);
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data folder {}: {e}", data_dir.display()))?;
+        std::fs::create_dir_all(&data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data folder {}: {e}", data_dir.display())
+        })?;
         let paths = LogPaths::new(&data_dir);
         let ip: IpAddr = server.address.parse()?;
         let proto = |p: &PathBuf, d| ProtocolLog::open(p, d, LOG_FILE_SIZE);
         Ok(ServerContext {
-            tracking_transport: TrackingLog::open(&paths.message_tracking, TrackingService::Transport, LOG_FILE_SIZE)?,
-            tracking_delivery: TrackingLog::open(&paths.message_tracking, TrackingService::MailboxDelivery, LOG_FILE_SIZE)?,
+            tracking_transport: TrackingLog::open(
+                &paths.message_tracking,
+                TrackingService::Transport,
+                LOG_FILE_SIZE,
+            )?,
+            tracking_delivery: TrackingLog::open(
+                &paths.message_tracking,
+                TrackingService::MailboxDelivery,
+                LOG_FILE_SIZE,
+            )?,
             frontend_receive_log: proto(&paths.frontend_receive, Direction::Receive)?,
             frontend_send_log: proto(&paths.frontend_send, Direction::Send)?,
             hub_receive_log: proto(&paths.hub_receive, Direction::Receive)?,
@@ -106,23 +123,39 @@ impl ServerContext {
 
     /// Where this server's listeners bind.
     pub fn bind_ip(&self) -> IpAddr {
-        self.server.bind.as_deref().and_then(|b| b.parse().ok()).unwrap_or(self.ip)
+        self.server
+            .bind
+            .as_deref()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(self.ip)
     }
 
     /// Where another server's Transport service listens.
     pub fn transport_endpoint(server: &Server) -> Option<SocketAddr> {
-        Some(SocketAddr::new(server.address.parse().ok()?, server.ports.transport))
+        Some(SocketAddr::new(
+            server.address.parse().ok()?,
+            server.ports.transport,
+        ))
     }
 
     /// Where another server's Mailbox Transport Delivery listens.
     pub fn mailbox_delivery_endpoint(server: &Server) -> Option<SocketAddr> {
-        Some(SocketAddr::new(server.address.parse().ok()?, server.ports.mailbox_delivery))
+        Some(SocketAddr::new(
+            server.address.parse().ok()?,
+            server.ports.mailbox_delivery,
+        ))
     }
 
     pub fn flush_logs(&self) {
         self.tracking_transport.flush();
         self.tracking_delivery.flush();
-        for l in [&self.frontend_receive_log, &self.frontend_send_log, &self.hub_receive_log, &self.hub_send_log, &self.mailbox_receive_log] {
+        for l in [
+            &self.frontend_receive_log,
+            &self.frontend_send_log,
+            &self.hub_receive_log,
+            &self.hub_send_log,
+            &self.mailbox_receive_log,
+        ] {
             l.flush();
         }
     }

@@ -24,7 +24,11 @@ pub fn fields(content: &[u8]) -> Vec<(&str, &[u8])> {
     let mut start = 0;
     let mut pos = 0;
     while pos < head.len() {
-        let end = head[pos..].windows(2).position(|w| w == b"\r\n").map(|p| pos + p + 2).unwrap_or(head.len());
+        let end = head[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| pos + p + 2)
+            .unwrap_or(head.len());
         let line = &head[pos..end];
         let continuation = matches!(line.first(), Some(b' ' | b'\t'));
         if !continuation && pos != start {
@@ -43,7 +47,10 @@ pub fn fields(content: &[u8]) -> Vec<(&str, &[u8])> {
 }
 
 fn push_field<'a>(out: &mut Vec<(&'a str, &'a [u8])>, raw: &'a [u8]) {
-    let name = raw.iter().position(|&b| b == b':').and_then(|i| std::str::from_utf8(&raw[..i]).ok());
+    let name = raw
+        .iter()
+        .position(|&b| b == b':')
+        .and_then(|i| std::str::from_utf8(&raw[..i]).ok());
     if let Some(name) = name {
         out.push((name.trim(), raw));
     }
@@ -51,22 +58,32 @@ fn push_field<'a>(out: &mut Vec<(&'a str, &'a [u8])>, raw: &'a [u8]) {
 
 /// The unfolded value of the first field called `name`.
 pub fn get(content: &[u8], name: &str) -> Option<String> {
-    fields(content).into_iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, raw)| {
-        let colon = raw.iter().position(|&b| b == b':').unwrap_or(0);
-        String::from_utf8_lossy(&raw[colon + 1..]).replace("\r\n", "").trim().to_string()
-    })
+    fields(content)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, raw)| {
+            let colon = raw.iter().position(|&b| b == b':').unwrap_or(0);
+            String::from_utf8_lossy(&raw[colon + 1..])
+                .replace("\r\n", "")
+                .trim()
+                .to_string()
+        })
 }
 
 /// How many fields are called `name` (hop counting uses `Received`).
 pub fn count(content: &[u8], name: &str) -> usize {
-    fields(content).iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+    fields(content)
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .count()
 }
 
 /// The content without the header fields whose names start with `prefix`
 /// (case-insensitive), e.g. the header firewall's `X-MS-Exchange-Organization-`.
 pub fn strip_prefixed(content: &[u8], prefix: &str) -> Option<Vec<u8>> {
     let fields = fields(content);
-    let matches = |n: &str| n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix);
+    let matches =
+        |n: &str| n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix);
     if !fields.iter().any(|(n, _)| matches(n)) {
         return None;
     }
@@ -96,9 +113,17 @@ pub fn subject(content: &[u8]) -> String {
 /// The address of `Sender:` or else `From:` (tracking's sender-address, reference §7.3).
 pub fn sender_address(content: &[u8]) -> String {
     let head = &content[..header_len(content)];
-    let Some(m) = mail_parser::MessageParser::new().parse_headers(head) else { return String::new() };
-    let first = |a: Option<&mail_parser::Address>| a.and_then(|a| a.first()).and_then(|a| a.address()).map(str::to_string);
-    first(m.sender()).or_else(|| first(m.from())).unwrap_or_default()
+    let Some(m) = mail_parser::MessageParser::new().parse_headers(head) else {
+        return String::new();
+    };
+    let first = |a: Option<&mail_parser::Address>| {
+        a.and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_string)
+    };
+    first(m.sender())
+        .or_else(|| first(m.from()))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -116,7 +141,10 @@ mod tests {
         let stripped = strip_prefixed(MSG, "X-MS-Exchange-Organization-").unwrap();
         assert!(!String::from_utf8_lossy(&stripped).contains("forged"));
         assert!(stripped.ends_with(b"\r\n\r\nbody\r\nX-Not-A-Header: no\r\n"));
-        assert_eq!(stripped.len(), MSG.len() - b"X-MS-Exchange-Organization-Network-Message-Id: forged\r\n".len());
+        assert_eq!(
+            stripped.len(),
+            MSG.len() - b"X-MS-Exchange-Organization-Network-Message-Id: forged\r\n".len()
+        );
         assert!(strip_prefixed(&stripped, "X-MS-Exchange-Organization-").is_none());
     }
 }

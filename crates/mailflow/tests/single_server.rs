@@ -12,7 +12,12 @@ fn events_of(server: &Server, subject: &str) -> Vec<(String, String)> {
     server
         .track(&["--subject", subject])
         .iter()
-        .map(|e| (e["EventId"].as_str().unwrap().to_string(), e["Source"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["EventId"].as_str().unwrap().to_string(),
+                e["Source"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -32,13 +37,34 @@ with smtplib.SMTP("127.0.0.1", {port}, timeout=30) as s:
     s.sendmail("sender@fabrikam.test", ["alice@contoso.test"], msg, mail_options=["BODY=8BITMIME"])
 "#
     );
-    let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
-    assert!(out.status.success(), "smtplib: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // swaks, inside STARTTLS (the certificate is self-signed, made at start).
     let out = Command::new("swaks")
-        .args(["--to", "bob@contoso.test", "--from", "sender@fabrikam.test", "--server", &format!("127.0.0.1:{port}")])
-        .args(["--tls", "--header", "Subject: swaks probe", "--body", "swaks body line\n.dot line"])
+        .args([
+            "--to",
+            "bob@contoso.test",
+            "--from",
+            "sender@fabrikam.test",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "--tls",
+            "--header",
+            "Subject: swaks probe",
+            "--body",
+            "swaks body line\n.dot line",
+        ])
         .output()
         .expect("swaks is installed by scripts/test");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -49,36 +75,67 @@ with smtplib.SMTP("127.0.0.1", {port}, timeout=30) as s:
     server.wait_inbox("bob@contoso.test", 1);
     let alice = server.export("alice@contoso.test");
     assert_eq!(alice.len(), 1);
-    assert_eq!(body_of(&alice[0]), body.as_bytes(), "body bytes changed in transit");
+    assert_eq!(
+        body_of(&alice[0]),
+        body.as_bytes(),
+        "body bytes changed in transit"
+    );
     let received = header_values(&alice[0], "Received");
     assert_eq!(received.len(), 3, "one Received per hop: {received:#?}");
-    assert!(received[0].contains("via Mailbox Transport"), "{received:#?}");
-    assert!(received[2].contains("via Frontend Transport") && received[2].starts_with("from client.fabrikam.test"), "{received:#?}");
+    assert!(
+        received[0].contains("via Mailbox Transport"),
+        "{received:#?}"
+    );
+    assert!(
+        received[2].contains("via Frontend Transport")
+            && received[2].starts_with("from client.fabrikam.test"),
+        "{received:#?}"
+    );
 
     let bob = server.export("bob@contoso.test");
     assert_eq!(bob.len(), 1);
     // swaks ends its body with blank lines of its own; the dot-stuffed line arrives intact.
-    assert!(body_of(&bob[0]).starts_with(b"swaks body line\r\n.dot line\r\n"), "{:?}", String::from_utf8_lossy(&bob[0]));
+    assert!(
+        body_of(&bob[0]).starts_with(b"swaks body line\r\n.dot line\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&bob[0])
+    );
     let received = header_values(&bob[0], "Received");
-    assert!(received[2].contains("version=TLS1_"), "TLS not recorded in the Front End hop: {received:#?}");
+    assert!(
+        received[2].contains("version=TLS1_"),
+        "TLS not recorded in the Front End hop: {received:#?}"
+    );
 
     let events = events_of(&server, "smtplib probe");
     let ids: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(ids, ["RECEIVE", "SEND", "RECEIVE", "DELIVER"], "{events:?}");
     assert_eq!(events[3].1, "STOREDRIVER");
-    let deliver = server.track(&["--event-id", "DELIVER", "--recipients", "alice@contoso.test"]);
+    let deliver = server.track(&[
+        "--event-id",
+        "DELIVER",
+        "--recipients",
+        "alice@contoso.test",
+    ]);
     assert_eq!(deliver.len(), 1);
     assert_eq!(deliver[0]["MessageId"], "<smtplib-probe@fabrikam.test>");
     let receive = server.track(&["--event-id", "RECEIVE", "--subject", "smtplib probe"]);
     assert_eq!(receive[0]["ConnectorId"], "MBX1\\Default MBX1");
-    assert_eq!(receive[1]["ConnectorId"], "MBX1\\Default Mailbox Delivery MBX1");
+    assert_eq!(
+        receive[1]["ConnectorId"],
+        "MBX1\\Default Mailbox Delivery MBX1"
+    );
 
     // The table form works too, with the server stopped (it only reads files).
     let mut server = server;
     server.stop();
     let out = server.cli(&["track", "--sender", "sender@fabrikam.test"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.starts_with("Timestamp") && table.contains("DELIVER") && table.contains("swaks probe"), "{table}");
+    assert!(
+        table.starts_with("Timestamp")
+            && table.contains("DELIVER")
+            && table.contains("swaks probe"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -86,15 +143,27 @@ fn tracking_log_files_have_exchange_headers_and_protocol_logs_record_sessions() 
     let server = Server::start();
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.fabrikam.test");
-    let r = c.send("sender@fabrikam.test", &["carol@contoso.test"], &message("log probe", "hello\r\n"));
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["carol@contoso.test"],
+        &message("log probe", "hello\r\n"),
+    );
     assert!(r.starts_with("250 2.6.0"), "{r}");
     c.cmd("QUIT");
     server.wait_inbox("carol@contoso.test", 1);
     // Tracking files: MSGTRK (Transport) and MSGTRKMD (Mailbox Delivery), 5 header lines.
     let dir = server.data_dir().join("Logs/MessageTracking");
-    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
-    assert!(names.iter().any(|n| n.starts_with("MSGTRK2") && n.ends_with(".LOG")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("MSGTRK2") && n.ends_with(".LOG")),
+        "{names:?}"
+    );
     assert!(names.iter().any(|n| n.starts_with("MSGTRKMD")), "{names:?}");
     let text = file_text(&dir.join(names.iter().find(|n| n.starts_with("MSGTRK2")).unwrap()));
     let lines: Vec<&str> = text.split("\r\n").collect();
@@ -105,17 +174,40 @@ fn tracking_log_files_have_exchange_headers_and_protocol_logs_record_sessions() 
     assert!(lines[4].starts_with("#Fields: date-time,client-ip,client-hostname,server-ip,server-hostname,source-context,connector-id,source,event-id,"));
     assert!(lines[4].ends_with(",custom-data,transport-traffic-type,log-id,schema-version"));
     // Protocol log of Default Frontend (Verbose by default): the session's lines.
-    let recv_dir = server.data_dir().join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
-    let recv: String = std::fs::read_dir(&recv_dir).unwrap().map(|e| file_text(&e.unwrap().path())).collect();
-    assert!(recv.contains("#Log-type: SMTP Receive Protocol Log"), "{recv}");
+    let recv_dir = server
+        .data_dir()
+        .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
+    let recv: String = std::fs::read_dir(&recv_dir)
+        .unwrap()
+        .map(|e| file_text(&e.unwrap().path()))
+        .collect();
+    assert!(
+        recv.contains("#Log-type: SMTP Receive Protocol Log"),
+        "{recv}"
+    );
     assert!(recv.contains("MBX1\\Default Frontend MBX1"), "{recv}");
-    for needle in [",+,", ",<,EHLO client.fabrikam.test", ",>,220 ", ",>,\"250 2.6.0", ",-,"] {
+    for needle in [
+        ",+,",
+        ",<,EHLO client.fabrikam.test",
+        ",>,220 ",
+        ",>,\"250 2.6.0",
+        ",-,",
+    ] {
         assert!(recv.contains(needle), "missing {needle:?} in:\n{recv}");
     }
     let send_dir = server.data_dir().join("Logs/FrontEnd/ProtocolLog/SmtpSend");
-    let send: String = std::fs::read_dir(&send_dir).unwrap().map(|e| file_text(&e.unwrap().path())).collect();
-    assert!(send.contains("Inbound Proxy Internal Send Connector") && send.contains("AUTH PLAIN ****"), "{send}");
-    assert!(!send.contains("AUTH PLAIN A"), "credentials must never be logged");
+    let send: String = std::fs::read_dir(&send_dir)
+        .unwrap()
+        .map(|e| file_text(&e.unwrap().path()))
+        .collect();
+    assert!(
+        send.contains("Inbound Proxy Internal Send Connector") && send.contains("AUTH PLAIN ****"),
+        "{send}"
+    );
+    assert!(
+        !send.contains("AUTH PLAIN A"),
+        "credentials must never be logged"
+    );
 }
 
 #[test]
@@ -125,7 +217,11 @@ fn alias_and_group_deliver_once_to_each_member_and_external_member_waits_in_its_
     c.cmd("EHLO client.fabrikam.test");
     // alice is reached three ways (alias, group member, member by alias); bob twice
     // (sales and the nested team group, which loops back to sales).
-    let r = c.send("sender@fabrikam.test", &["a.smith@contoso.test", "sales@contoso.test"], &message("group probe", "to the group\r\n"));
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["a.smith@contoso.test", "sales@contoso.test"],
+        &message("group probe", "to the group\r\n"),
+    );
     assert!(r.starts_with("250"), "{r}");
     server.wait_inbox("alice@contoso.test", 1);
     server.wait_inbox("bob@contoso.test", 1);
@@ -140,24 +236,44 @@ fn alias_and_group_deliver_once_to_each_member_and_external_member_waits_in_its_
     assert_eq!(server.export("carol@contoso.test").len(), 0);
     assert_eq!(deliver.len(), 2);
     let expand = server.track(&["--event-id", "EXPAND", "--subject", "group probe"]);
-    let groups: Vec<&str> = expand.iter().map(|e| e["RelatedRecipientAddress"].as_str().unwrap()).collect();
+    let groups: Vec<&str> = expand
+        .iter()
+        .map(|e| e["RelatedRecipientAddress"].as_str().unwrap())
+        .collect();
     assert_eq!(groups, ["sales@contoso.test", "team@contoso.test"]);
     let resolve = server.track(&["--event-id", "RESOLVE", "--subject", "group probe"]);
-    assert!(resolve.iter().any(|e| e["RelatedRecipientAddress"] == "a.smith@contoso.test" && e["Recipients"][0] == "alice@contoso.test"), "{resolve:?}");
+    assert!(
+        resolve
+            .iter()
+            .any(|e| e["RelatedRecipientAddress"] == "a.smith@contoso.test"
+                && e["Recipients"][0] == "alice@contoso.test"),
+        "{resolve:?}"
+    );
     // The external member waits in a queue named for its domain.
     let queues = server.cli_json(&["queue", "list"]);
-    let ext = queues.as_array().unwrap().iter().find(|q| q["NextHopDomain"] == "fabrikam.test").unwrap_or_else(|| panic!("no fabrikam.test queue: {queues:#}"));
+    let ext = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["NextHopDomain"] == "fabrikam.test")
+        .unwrap_or_else(|| panic!("no fabrikam.test queue: {queues:#}"));
     assert_eq!(ext["MessageCount"], 1);
     assert_eq!(ext["DeliveryType"], "DnsConnectorDelivery");
     let table = String::from_utf8_lossy(&server.cli(&["queue", "list"]).stdout).to_string();
-    assert!(table.contains("MBX1\\Submission") && table.contains("fabrikam.test"), "{table}");
+    assert!(
+        table.contains("MBX1\\Submission") && table.contains("fabrikam.test"),
+        "{table}"
+    );
 }
 
 #[test]
 fn bad_input_gets_precise_replies_and_the_server_stays_up() {
     let server = Server::start();
     let mut c = Smtp::connect(server.ports.frontend);
-    assert!(c.cmd("EHLO client.fabrikam.test").contains("250-SIZE 1048576"));
+    assert!(
+        c.cmd("EHLO client.fabrikam.test")
+            .contains("250-SIZE 1048576")
+    );
     assert!(c.cmd("MAIL FROM:<sender@fabrikam.test>").starts_with("250"));
     let r = c.cmd("RCPT TO:<nobody@contoso.test>");
     assert!(r.starts_with("550 5.1.1 "), "unknown recipient: {r}");
@@ -185,14 +301,31 @@ fn bad_input_gets_precise_replies_and_the_server_stays_up() {
     assert!(c.read_reply().starts_with("500"));
     assert!(c.cmd("WHAT").starts_with("500"));
     // The fifth error is answered, then the session closes with 421 (MaxProtocolErrors).
-    assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("503 5.5.1"));
+    assert!(
+        c.cmd("RCPT TO:<alice@contoso.test>")
+            .starts_with("503 5.5.1")
+    );
     let r = c.read_reply();
     assert!(r.starts_with("421 4.7.0"), "{r}");
     assert!(c.is_closed());
+    // A message that has looped (30 Received: fields) is refused with 5.4.6.
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    let looped = "Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n".repeat(30)
+        + &message("looped", "loop\r\n");
+    let r = c.send("sender@fabrikam.test", &["alice@contoso.test"], &looped);
+    assert!(
+        r.starts_with("554 5.4.6 Hop count exceeded - possible mail loop"),
+        "{r}"
+    );
     // Nothing was delivered, and the server still serves others.
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.fabrikam.test");
-    let r = c.send("sender@fabrikam.test", &["alice@contoso.test"], &message("after abuse", "fine\r\n"));
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["alice@contoso.test"],
+        &message("after abuse", "fine\r\n"),
+    );
     assert!(r.starts_with("250"), "{r}");
     server.wait_inbox("alice@contoso.test", 1);
     assert_eq!(server.export("alice@contoso.test").len(), 1);
@@ -205,7 +338,10 @@ fn internal_listeners_refuse_clients_that_are_not_organisation_servers() {
         let mut c = Smtp::connect(port);
         c.cmd("EHLO stranger.example");
         let r = c.cmd("MAIL FROM:<evil@example.org>");
-        assert!(r.starts_with("530 5.7.1 Client was not authenticated"), "port {port}: {r}");
+        assert!(
+            r.starts_with("530 5.7.1 Client was not authenticated"),
+            "port {port}: {r}"
+        );
         // A wrong organisation key is refused too (AUTH PLAIN \0MBX1\0bad).
         let r = c.cmd("AUTH PLAIN AE1CWDEAYmFk");
         assert!(r.starts_with("535 5.7.8"), "port {port}: {r}");
@@ -256,7 +392,11 @@ database = "DB02"
     assert!(took < Duration::from_secs(4), "4xx took {took:?}");
     // The session survives, and mail for a reachable Transport still flows.
     c.cmd("RSET");
-    let r = c.send("sender@fabrikam.test", &["alice@contoso.test"], &message("still flowing", "ok\r\n"));
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["alice@contoso.test"],
+        &message("still flowing", "ok\r\n"),
+    );
     assert!(r.starts_with("250"), "{r}");
 }
 
@@ -265,18 +405,37 @@ fn kill_9_after_250_then_restart_delivers_each_message_exactly_once() {
     let mut server = Server::start();
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.fabrikam.test");
-    assert!(c.send("sender@fabrikam.test", &["carol@contoso.test"], &message("warm up", "x\r\n")).starts_with("250"));
+    assert!(
+        c.send(
+            "sender@fabrikam.test",
+            &["carol@contoso.test"],
+            &message("warm up", "x\r\n")
+        )
+        .starts_with("250")
+    );
     server.wait_inbox("carol@contoso.test", 1);
     // Hold the mailbox queue so accepted messages are certainly still queued at the kill.
     let out = server.cli(&["queue", "suspend", "DB01"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for i in 0..5 {
-        let r = c.send("sender@fabrikam.test", &["carol@contoso.test"], &message(&format!("held {i}"), "x\r\n"));
+        let r = c.send(
+            "sender@fabrikam.test",
+            &["carol@contoso.test"],
+            &message(&format!("held {i}"), "x\r\n"),
+        );
         assert!(r.starts_with("250 2.6.0"), "{r}");
     }
     // Then messages in full flow, killing right after the last 250.
     for i in 0..20 {
-        let r = c.send("sender@fabrikam.test", &["carol@contoso.test", "bob@contoso.test"], &message(&format!("flowing {i}"), "y\r\n"));
+        let r = c.send(
+            "sender@fabrikam.test",
+            &["carol@contoso.test", "bob@contoso.test"],
+            &message(&format!("flowing {i}"), "y\r\n"),
+        );
         assert!(r.starts_with("250 2.6.0"), "{r}");
     }
     server.kill9();
@@ -285,17 +444,30 @@ fn kill_9_after_250_then_restart_delivers_each_message_exactly_once() {
     server.wait_inbox("bob@contoso.test", 20);
     std::thread::sleep(Duration::from_secs(1));
     let subjects = |addr: &str| -> Vec<String> {
-        let mut s: Vec<String> = server.export(addr).iter().map(|m| header_values(m, "Subject")[0].clone()).collect();
+        let mut s: Vec<String> = server
+            .export(addr)
+            .iter()
+            .map(|m| header_values(m, "Subject")[0].clone())
+            .collect();
         s.sort();
         s
     };
     let carol = subjects("carol@contoso.test");
-    let mut expected: Vec<String> = (0..5).map(|i| format!("held {i}")).chain((0..20).map(|i| format!("flowing {i}"))).chain(["warm up".to_string()]).collect();
+    let mut expected: Vec<String> = (0..5)
+        .map(|i| format!("held {i}"))
+        .chain((0..20).map(|i| format!("flowing {i}")))
+        .chain(["warm up".to_string()])
+        .collect();
     expected.sort();
     assert_eq!(carol, expected, "carol: every message exactly once");
     assert_eq!(subjects("bob@contoso.test").len(), 20);
     let queues = server.cli_json(&["queue", "list"]);
-    let total: u64 = queues.as_array().unwrap().iter().map(|q| q["MessageCount"].as_u64().unwrap()).sum();
+    let total: u64 = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["MessageCount"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 0, "queues drained: {queues:#}");
 }
 
@@ -309,7 +481,11 @@ fn fifty_concurrent_sessions_of_twenty_messages_each_are_delivered_exactly_once(
                 let mut c = Smtp::connect(port);
                 c.cmd(&format!("EHLO client{t}.fabrikam.test"));
                 for m in 0..20 {
-                    let r = c.send("sender@fabrikam.test", &["bob@contoso.test"], &message(&format!("load {t}-{m}"), "payload\r\n"));
+                    let r = c.send(
+                        "sender@fabrikam.test",
+                        &["bob@contoso.test"],
+                        &message(&format!("load {t}-{m}"), "payload\r\n"),
+                    );
                     assert!(r.starts_with("250 2.6.0"), "session {t} message {m}: {r}");
                 }
                 c.cmd("QUIT");
@@ -321,7 +497,11 @@ fn fifty_concurrent_sessions_of_twenty_messages_each_are_delivered_exactly_once(
     }
     server.wait_inbox("bob@contoso.test", 1000);
     std::thread::sleep(Duration::from_millis(500));
-    let mut subjects: Vec<String> = server.export("bob@contoso.test").iter().map(|m| header_values(m, "Subject")[0].clone()).collect();
+    let mut subjects: Vec<String> = server
+        .export("bob@contoso.test")
+        .iter()
+        .map(|m| header_values(m, "Subject")[0].clone())
+        .collect();
     assert_eq!(subjects.len(), 1000);
     subjects.sort();
     subjects.dedup();

@@ -12,7 +12,10 @@ use axum::{Json, Router};
 use crate::transport::TransportService;
 use crate::transport::queue::QueueInfo;
 
-pub async fn start(addr: SocketAddr, transport: Arc<TransportService>) -> anyhow::Result<SocketAddr> {
+pub async fn start(
+    addr: SocketAddr,
+    transport: Arc<TransportService>,
+) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
         .route("/api/health", get(|| async { "ok" }))
         .route("/api/queues", get(list_queues))
@@ -46,7 +49,12 @@ async fn queue_action(
         "retry" => queue.retry_now(),
         "suspend" => queue.set_suspended(true),
         "resume" => queue.set_suspended(false),
-        _ => return Err((StatusCode::BAD_REQUEST, format!("unknown action {action:?}: retry, suspend or resume"))),
+        _ => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("unknown action {action:?}: retry, suspend or resume"),
+            ));
+        }
     }
     Ok(Json(queue.info(t.ctx.name())))
 }

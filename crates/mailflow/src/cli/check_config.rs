@@ -7,7 +7,9 @@ use super::Global;
 use crate::directory::Directory;
 
 pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
-    let Some(path) = g.config.clone().or_else(|| Some("mailflow.toml".into())) else { unreachable!() };
+    let Some(path) = g.config.clone().or_else(|| Some("mailflow.toml".into())) else {
+        unreachable!()
+    };
     match Directory::load(&path) {
         Ok(d) => {
             println!(

@@ -58,12 +58,18 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
         tls: Some((&cert, &key)),
     });
     // Validate before writing, so a bad --domain or --mailbox never leaves a broken file.
-    Directory::parse(&text, &file.display().to_string(), a.dir.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Directory::parse(&text, &file.display().to_string(), a.dir.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::write(&file, &text)?;
     OrgSecret::load(&a.dir.join("secret.key"), true)?;
     let fqdn = format!("{}.{}", server.to_lowercase(), a.domain);
     crate::net::tls::ensure_self_signed(&a.dir.join(&cert), &a.dir.join(&key), &fqdn)?;
-    println!("Wrote {} (server {server}, domain {}, {} mailboxes)", file.display(), a.domain, mailboxes.len());
+    println!(
+        "Wrote {} (server {server}, domain {}, {} mailboxes)",
+        file.display(),
+        a.domain,
+        mailboxes.len()
+    );
     println!("Start it with: mailflow serve --config {}", file.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -24,23 +24,41 @@ pub enum MailboxCommand {
 }
 
 /// Opens the database file of `database` on the server holding its first copy.
-fn open_database(dir: &Directory, database: &str) -> anyhow::Result<Option<std::sync::Arc<dyn MailboxStore>>> {
-    let db = dir.database(database).ok_or_else(|| anyhow::anyhow!("unknown database {database:?}"))?;
-    let Some(server) = db.copies.first().and_then(|s| dir.server(s)) else { return Ok(None) };
-    let path = dir.data_dir(server).join("Databases").join(format!("{}.db", db.name));
+fn open_database(
+    dir: &Directory,
+    database: &str,
+) -> anyhow::Result<Option<std::sync::Arc<dyn MailboxStore>>> {
+    let db = dir
+        .database(database)
+        .ok_or_else(|| anyhow::anyhow!("unknown database {database:?}"))?;
+    let Some(server) = db.copies.first().and_then(|s| dir.server(s)) else {
+        return Ok(None);
+    };
+    let path = dir
+        .data_dir(server)
+        .join("Databases")
+        .join(format!("{}.db", db.name));
     if db.store == "sqlite" && !path.exists() {
         return Ok(None);
     }
-    Ok(Some(open_store(&db.store, &path).map_err(|e| anyhow::anyhow!("database {}: {e}", db.name))?))
+    Ok(Some(open_store(&db.store, &path).map_err(|e| {
+        anyhow::anyhow!("database {}: {e}", db.name)
+    })?))
 }
 
 pub fn run(g: &Global, cmd: MailboxCommand) -> anyhow::Result<ExitCode> {
     let dir = load_directory(g)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cmd {
             MailboxCommand::List => list(&dir, g.json).await,
-            MailboxCommand::Export { address, folder, out } => export(&dir, &address, &folder, &out).await,
+            MailboxCommand::Export {
+                address,
+                folder,
+                out,
+            } => export(&dir, &address, &folder, &out).await,
         }
     })
 }
@@ -53,10 +71,24 @@ async fn list(dir: &Directory, json: bool) -> anyhow::Result<ExitCode> {
             Some(store) => store.counts().await.map_err(|e| anyhow::anyhow!("{e}"))?,
             None => Vec::new(),
         };
-        for m in dir.mailboxes().filter(|m| m.database.eq_ignore_ascii_case(&db.name)) {
-            let count = |f: Folder| counts.iter().find(|c| c.mailbox.eq_ignore_ascii_case(&m.address) && c.folder == f).map_or(0, |c| c.items);
+        for m in dir
+            .mailboxes()
+            .filter(|m| m.database.eq_ignore_ascii_case(&db.name))
+        {
+            let count = |f: Folder| {
+                counts
+                    .iter()
+                    .find(|c| c.mailbox.eq_ignore_ascii_case(&m.address) && c.folder == f)
+                    .map_or(0, |c| c.items)
+            };
             let (inbox, sent) = (count(Folder::Inbox), count(Folder::SentItems));
-            rows.push(vec![m.address.clone(), m.aliases.join(","), db.name.clone(), inbox.to_string(), sent.to_string()]);
+            rows.push(vec![
+                m.address.clone(),
+                m.aliases.join(","),
+                db.name.clone(),
+                inbox.to_string(),
+                sent.to_string(),
+            ]);
             values.push(serde_json::json!({
                 "PrimarySmtpAddress": m.address, "EmailAddresses": m.aliases, "Database": db.name,
                 "InboxItems": inbox, "SentItems": sent,
@@ -66,12 +98,26 @@ async fn list(dir: &Directory, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&values)?);
     } else {
-        print_table(&["PrimarySmtpAddress", "Aliases", "Database", "Inbox", "SentItems"], &rows);
+        print_table(
+            &[
+                "PrimarySmtpAddress",
+                "Aliases",
+                "Database",
+                "Inbox",
+                "SentItems",
+            ],
+            &rows,
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn export(dir: &Directory, address: &str, folder: &str, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn export(
+    dir: &Directory,
+    address: &str,
+    folder: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     let folder: Folder = folder.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let Some(crate::directory::Recipient::Mailbox(i)) = dir.lookup(address) else {
         anyhow::bail!("{address:?} is not a mailbox of the organisation");
@@ -79,12 +125,21 @@ async fn export(dir: &Directory, address: &str, folder: &str, out: &std::path::P
     let mailbox = dir.mailbox(i);
     std::fs::create_dir_all(out)?;
     let Some(store) = open_database(dir, &mailbox.database)? else {
-        println!("0 messages exported (database {} is empty)", mailbox.database);
+        println!(
+            "0 messages exported (database {} is empty)",
+            mailbox.database
+        );
         return Ok(ExitCode::SUCCESS);
     };
-    let items = store.list(&mailbox.address.to_lowercase(), folder).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let items = store
+        .list(&mailbox.address.to_lowercase(), folder)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     for item in &items {
-        let content = store.content(item.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let content = store
+            .content(item.id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         std::fs::write(out.join(format!("{:06}.eml", item.id)), content)?;
     }
     println!("{} messages exported to {}", items.len(), out.display());

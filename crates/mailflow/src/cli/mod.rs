@@ -16,7 +16,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::directory::{Directory, builtin};
 
 #[derive(Parser)]
-#[command(name = "mailflow", version, about = "An organisation mail server built on the Exchange transport pipeline")]
+#[command(
+    name = "mailflow",
+    version,
+    about = "An organisation mail server built on the Exchange transport pipeline"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -24,7 +24,11 @@ pub enum QueueCommand {
 pub fn admin_url(g: &Global) -> anyhow::Result<String> {
     let dir = load_directory(g)?;
     let server = dir.choose_server(g.server.as_deref())?;
-    let host = server.bind.as_deref().filter(|b| *b != "0.0.0.0").unwrap_or(&server.address);
+    let host = server
+        .bind
+        .as_deref()
+        .filter(|b| *b != "0.0.0.0")
+        .unwrap_or(&server.address);
     Ok(format!("http://{host}:{}", server.ports.admin))
 }
 
@@ -38,10 +42,23 @@ fn agent() -> ureq::Agent {
 
 pub fn run(g: &Global, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
     let base = admin_url(g)?;
-    let unreachable = |e: ureq::Error| anyhow::anyhow!("cannot reach the server's admin API at {base}: {e} (is `mailflow serve` running?)");
+    let unreachable = |e: ureq::Error| {
+        anyhow::anyhow!(
+            "cannot reach the server's admin API at {base}: {e} (is `mailflow serve` running?)"
+        )
+    };
     let rows: Vec<Value> = match cmd {
-        QueueCommand::List => agent().get(&format!("{base}/api/queues")).call().map_err(unreachable)?.body_mut().read_json()?,
-        QueueCommand::Retry { identity } | QueueCommand::Suspend { identity } | QueueCommand::Resume { identity } if false => {
+        QueueCommand::List => agent()
+            .get(&format!("{base}/api/queues"))
+            .call()
+            .map_err(unreachable)?
+            .body_mut()
+            .read_json()?,
+        QueueCommand::Retry { identity }
+        | QueueCommand::Suspend { identity }
+        | QueueCommand::Resume { identity }
+            if false =>
+        {
             let _ = identity;
             unreachable!()
         }
@@ -53,7 +70,10 @@ pub fn run(g: &Global, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 QueueCommand::List => unreachable!(),
             };
             let id = identity.replace('\\', "%5C");
-            let mut resp = agent().post(&format!("{base}/api/queues/{id}/{action}")).send_empty().map_err(unreachable)?;
+            let mut resp = agent()
+                .post(&format!("{base}/api/queues/{id}/{action}"))
+                .send_empty()
+                .map_err(unreachable)?;
             if !resp.status().is_success() {
                 anyhow::bail!("{}", resp.body_mut().read_to_string()?);
             }
@@ -72,12 +92,31 @@ pub fn run(g: &Global, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|q| {
-            ["Identity", "DeliveryType", "Status", "MessageCount", "NextHopDomain", "NextRetryTime", "LastError"]
-                .iter()
-                .map(|k| s(q, k))
-                .collect()
+            [
+                "Identity",
+                "DeliveryType",
+                "Status",
+                "MessageCount",
+                "NextHopDomain",
+                "NextRetryTime",
+                "LastError",
+            ]
+            .iter()
+            .map(|k| s(q, k))
+            .collect()
         })
         .collect();
-    print_table(&["Identity", "DeliveryType", "Status", "MessageCount", "NextHopDomain", "NextRetryTime", "LastError"], &table);
+    print_table(
+        &[
+            "Identity",
+            "DeliveryType",
+            "Status",
+            "MessageCount",
+            "NextHopDomain",
+            "NextRetryTime",
+            "LastError",
+        ],
+        &table,
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -19,11 +19,16 @@ use crate::transport::receive::TransportReceive;
 pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
     let dir = Arc::new(load_directory(g)?);
     let server = dir.choose_server(g.server.as_deref())?.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(dir, server))
 }
 
-async fn serve(dir: Arc<crate::directory::Directory>, server: crate::directory::Server) -> anyhow::Result<ExitCode> {
+async fn serve(
+    dir: Arc<crate::directory::Directory>,
+    server: crate::directory::Server,
+) -> anyhow::Result<ExitCode> {
     // DESIGN §1: required once the organisation has two servers; a lone server makes one.
     let lone = dir.org.servers.len() == 1;
     let secret = OrgSecret::load(&dir.secret_path(), lone)?;
@@ -31,18 +36,29 @@ async fn serve(dir: Arc<crate::directory::Directory>, server: crate::directory::
     let (cert, key) = match (&server.tls_certificate, &server.tls_key) {
         (Some(c), Some(k)) => (dir.path(c), dir.path(k)),
         _ => {
-            let c = data_dir.join("certs").join(format!("{}.pem", server.name.to_lowercase()));
-            let k = data_dir.join("certs").join(format!("{}.key", server.name.to_lowercase()));
+            let c = data_dir
+                .join("certs")
+                .join(format!("{}.pem", server.name.to_lowercase()));
+            let k = data_dir
+                .join("certs")
+                .join(format!("{}.key", server.name.to_lowercase()));
             crate::net::tls::ensure_self_signed(&c, &k, &server.fqdn)?;
             (c, k)
         }
     };
     let tls = crate::net::tls::server_config(&cert, &key)?;
-    let ctx = Arc::new(ServerContext::new(dir.clone(), server.clone(), secret.clone())?);
+    let ctx = Arc::new(ServerContext::new(
+        dir.clone(),
+        server.clone(),
+        secret.clone(),
+    )?);
     let transport = TransportService::start(ctx.clone())?;
     let stores = Arc::new(Stores::open(&ctx)?);
     let org_servers = Arc::new(dir.servers().map(|s| s.name.clone()).collect::<Vec<_>>());
-    let org_auth = AuthPolicy::OrgServers { secret: secret.clone(), servers: org_servers };
+    let org_auth = AuthPolicy::OrgServers {
+        secret: secret.clone(),
+        servers: org_servers,
+    };
     let settings = &dir.org.transport;
     let org = &dir.org.organization;
     let ip = ctx.bind_ip();
@@ -53,19 +69,27 @@ async fn serve(dir: Arc<crate::directory::Directory>, server: crate::directory::
         max_recipients,
         ..SessionConfig::default()
     };
-    let connector = |name: String, port: u16, session: SessionConfig, auth: AuthPolicy, log: Option<crate::logs::protocol::ProtocolLog>, handler: crate::net::receive::HandlerFactory| ReceiveConnector {
-        id: format!("{}\\{}", server.name, name).into(),
-        bind: SocketAddr::new(ip, port),
-        session,
-        tls: Some(tls.clone()),
-        auth,
-        protocol_log: log,
-        inactivity_timeout: settings.connection_inactivity_timeout,
-        connection_timeout: settings.connection_timeout,
-        max_connections: 5000,
-        handler,
+    let connector =
+        |name: String,
+         port: u16,
+         session: SessionConfig,
+         auth: AuthPolicy,
+         log: Option<crate::logs::protocol::ProtocolLog>,
+         handler: crate::net::receive::HandlerFactory| ReceiveConnector {
+            id: format!("{}\\{}", server.name, name).into(),
+            bind: SocketAddr::new(ip, port),
+            session,
+            tls: Some(tls.clone()),
+            auth,
+            protocol_log: log,
+            inactivity_timeout: settings.connection_inactivity_timeout,
+            connection_timeout: settings.connection_timeout,
+            max_connections: 5000,
+            handler,
+        };
+    let verbose = |level: LoggingLevel, log: &crate::logs::protocol::ProtocolLog| {
+        (level == LoggingLevel::Verbose).then(|| log.clone())
     };
-    let verbose = |level: LoggingLevel, log: &crate::logs::protocol::ProtocolLog| (level == LoggingLevel::Verbose).then(|| log.clone());
     // Internal hops carry what the first hop accepted plus headers: ExchangeServers
     // bypass the size limit (reference §1.5), so allow generous headroom.
     let internal_size = org.max_message_size.saturating_mul(2);
@@ -74,7 +98,12 @@ async fn serve(dir: Arc<crate::directory::Directory>, server: crate::directory::
     let frontend = connector(
         format!("Default Frontend {}", server.name),
         server.ports.frontend,
-        session(org.max_message_size, 200),
+        // Default Frontend takes 200 recipients (reference §1.2), never more than the
+        // organisation's envelope limit.
+        session(
+            org.max_message_size,
+            org.max_recipients_per_message.min(200),
+        ),
         AuthPolicy::None,
         verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
         Arc::new(move || Box::new(FrontendSession::new(fe_ctx.clone()))),
@@ -94,26 +123,60 @@ async fn serve(dir: Arc<crate::directory::Directory>, server: crate::directory::
         server.ports.mailbox_delivery,
         session(internal_size, 5000),
         org_auth.clone(),
-        verbose(settings.mailbox_delivery_connector_protocol_logging, &ctx.mailbox_receive_log),
-        Arc::new(move || Box::new(MailboxDeliverySession::new(md_ctx.clone(), md_stores.clone()))),
+        verbose(
+            settings.mailbox_delivery_connector_protocol_logging,
+            &ctx.mailbox_receive_log,
+        ),
+        Arc::new(move || {
+            Box::new(MailboxDeliverySession::new(
+                md_ctx.clone(),
+                md_stores.clone(),
+            ))
+        }),
     );
     // Downstream first, so the first message through :25 finds everything listening.
     let (delivery_addr, _d) = delivery.bind().await?;
     let (hub_addr, _h) = hub.bind().await?;
     let (fe_addr, _f) = frontend.bind().await?;
-    let admin_addr = crate::admin::start(SocketAddr::new(ip, server.ports.admin), transport.clone()).await?;
+    let admin_addr =
+        crate::admin::start(SocketAddr::new(ip, server.ports.admin), transport.clone()).await?;
 
-    println!("mailflow {} — server {} ({}) of organisation {:?}", env!("CARGO_PKG_VERSION"), server.name, server.fqdn, org.name);
+    println!(
+        "mailflow {} — server {} ({}) of organisation {:?}",
+        env!("CARGO_PKG_VERSION"),
+        server.name,
+        server.fqdn,
+        org.name
+    );
     println!("  organisation file:  {}", dir.source);
     println!("  accepted domains:   {}", org.accepted_domains.join(", "));
-    println!("  mailboxes:          {}", dir.mailboxes().map(|m| m.address.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "  mailboxes:          {}",
+        dir.mailboxes()
+            .map(|m| m.address.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("  data folder:        {}", data_dir.display());
     println!("  listening:");
-    println!("    {fe_addr:<22} Default Frontend {} (Front End Transport, SMTP for the internet)", server.name);
+    println!(
+        "    {fe_addr:<22} Default Frontend {} (Front End Transport, SMTP for the internet)",
+        server.name
+    );
     println!("    {hub_addr:<22} Default {} (Transport)", server.name);
-    println!("    {delivery_addr:<22} Default Mailbox Delivery {} (Mailbox Transport Delivery)", server.name);
+    println!(
+        "    {delivery_addr:<22} Default Mailbox Delivery {} (Mailbox Transport Delivery)",
+        server.name
+    );
     println!("    {admin_addr:<22} admin API (http)");
-    println!("  try: swaks --to {} --server {fe_addr}", dir.mailboxes().nth(1).or(dir.mailboxes().next()).map(|m| m.address.as_str()).unwrap_or("someone@example"));
+    println!(
+        "  try: swaks --to {} --server {fe_addr}",
+        dir.mailboxes()
+            .nth(1)
+            .or(dir.mailboxes().next())
+            .map(|m| m.address.as_str())
+            .unwrap_or("someone@example")
+    );
     tracing::info!("ready");
 
     shutdown_signal().await;
@@ -127,13 +190,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

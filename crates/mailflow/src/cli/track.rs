@@ -48,7 +48,9 @@ fn parse_time(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
     }
-    anyhow::bail!("cannot read the time {s:?}: use RFC 3339 (2026-11-24T10:00:00Z) or YYYY-MM-DD [HH:MM:SS] in UTC")
+    anyhow::bail!(
+        "cannot read the time {s:?}: use RFC 3339 (2026-11-24T10:00:00Z) or YYYY-MM-DD [HH:MM:SS] in UTC"
+    )
 }
 
 pub fn run(g: &Global, a: TrackArgs) -> anyhow::Result<ExitCode> {
@@ -57,7 +59,10 @@ pub fn run(g: &Global, a: TrackArgs) -> anyhow::Result<ExitCode> {
         Some(name) => vec![dir.choose_server(Some(name))?.clone()],
         None => dir.servers().cloned().collect(),
     };
-    let dirs: Vec<_> = servers.iter().map(|s| LogPaths::new(&dir.data_dir(s)).message_tracking).collect();
+    let dirs: Vec<_> = servers
+        .iter()
+        .map(|s| LogPaths::new(&dir.data_dir(s)).message_tracking)
+        .collect();
     let filter = TrackingFilter {
         sender: a.sender,
         recipients: a.recipients,
@@ -88,6 +93,16 @@ pub fn run(g: &Global, a: TrackArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print_table(&["Timestamp", "EventId", "Source", "Sender", "Recipients", "MessageSubject"], &rows);
+    print_table(
+        &[
+            "Timestamp",
+            "EventId",
+            "Source",
+            "Sender",
+            "Recipients",
+            "MessageSubject",
+        ],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -78,7 +78,11 @@ impl Directory {
                 message: e.message().trim().to_string(),
             }])
         })?;
-        let mut v = Validator { text, source, errors: Vec::new() };
+        let mut v = Validator {
+            text,
+            source,
+            errors: Vec::new(),
+        };
         v.validate(&org);
         if !v.errors.is_empty() {
             return Err(ConfigErrors(v.errors));
@@ -106,16 +110,6 @@ impl Directory {
             addresses,
             accepted,
         })
-    }
-
-    /// The organisation's default domain (the first accepted domain).
-    pub fn default_domain(&self) -> &str {
-        self.org
-            .organization
-            .accepted_domains
-            .first()
-            .map(String::as_str)
-            .unwrap_or("localhost")
     }
 
     pub fn is_accepted_domain(&self, domain: &str) -> bool {
@@ -175,7 +169,11 @@ impl Directory {
     /// Resolves a path from the file (relative to the file's folder).
     pub fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     /// A server's data folder.
@@ -199,10 +197,16 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// The key written at a byte offset (for parse errors), e.g. `max_message_size`.
 fn key_at(text: &str, offset: usize) -> String {
-    let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
     let line = text[start..].lines().next().unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim();
-    if key.is_empty() { "-".into() } else { key.trim_matches(['[', ']']).to_string() }
+    if key.is_empty() {
+        "-".into()
+    } else {
+        key.trim_matches(['[', ']']).to_string()
+    }
 }
 
 struct Validator<'a> {
@@ -245,15 +249,29 @@ impl Validator<'_> {
     }
 
     fn validate(&mut self, org: &OrgFile) {
-        let sites: HashSet<&str> = org.sites.iter().map(|s| s.get_ref().name.as_str()).collect();
-        let servers: HashSet<String> =
-            org.servers.iter().map(|s| s.get_ref().name.to_lowercase()).collect();
-        let databases: HashSet<String> =
-            org.databases.iter().map(|d| d.get_ref().name.to_lowercase()).collect();
+        let sites: HashSet<&str> = org
+            .sites
+            .iter()
+            .map(|s| s.get_ref().name.as_str())
+            .collect();
+        let servers: HashSet<String> = org
+            .servers
+            .iter()
+            .map(|s| s.get_ref().name.to_lowercase())
+            .collect();
+        let databases: HashSet<String> = org
+            .databases
+            .iter()
+            .map(|d| d.get_ref().name.to_lowercase())
+            .collect();
         if org.organization.accepted_domains.is_empty() {
             self.errors.push(ConfigError {
                 file: self.source.into(),
-                line: self.text.lines().position(|l| l.trim() == "[organization]").map_or(1, |i| i + 1),
+                line: self
+                    .text
+                    .lines()
+                    .position(|l| l.trim() == "[organization]")
+                    .map_or(1, |i| i + 1),
                 key: "organization.accepted_domains".into(),
                 message: "at least one accepted domain is required".into(),
             });
@@ -270,7 +288,12 @@ impl Validator<'_> {
         for s in &org.servers {
             let v = s.get_ref();
             if !seen.insert(v.name.to_lowercase()) {
-                self.err(s, "servers", "name", format!("duplicate server name {:?}", v.name));
+                self.err(
+                    s,
+                    "servers",
+                    "name",
+                    format!("duplicate server name {:?}", v.name),
+                );
             }
             if let Some(site) = &v.site
                 && !sites.contains(site.as_str())
@@ -278,7 +301,12 @@ impl Validator<'_> {
                 self.err(s, "servers", "site", format!("unknown site {site:?}"));
             }
             if v.address.parse::<std::net::IpAddr>().is_err() {
-                self.err(s, "servers", "address", format!("{:?} is not an IP address", v.address));
+                self.err(
+                    s,
+                    "servers",
+                    "address",
+                    format!("{:?} is not an IP address", v.address),
+                );
             }
             if let Some(b) = &v.bind
                 && b.parse::<std::net::IpAddr>().is_err()
@@ -286,10 +314,23 @@ impl Validator<'_> {
                 self.err(s, "servers", "bind", format!("{b:?} is not an IP address"));
             }
             let p = v.ports;
-            let ports = [p.frontend, p.client_frontend, p.client_proxy, p.outbound_proxy, p.transport, p.mailbox_delivery, p.admin];
+            let ports = [
+                p.frontend,
+                p.client_frontend,
+                p.client_proxy,
+                p.outbound_proxy,
+                p.transport,
+                p.mailbox_delivery,
+                p.admin,
+            ];
             let unique: HashSet<u16> = ports.iter().copied().collect();
             if unique.len() != ports.len() {
-                self.err(s, "servers", "ports", "two listeners of one server share a port".into());
+                self.err(
+                    s,
+                    "servers",
+                    "ports",
+                    "two listeners of one server share a port".into(),
+                );
             }
         }
         for d in &org.dags {
@@ -303,36 +344,74 @@ impl Validator<'_> {
         for d in &org.databases {
             let v = d.get_ref();
             if !seen.insert(v.name.to_lowercase()) {
-                self.err(d, "databases", "name", format!("duplicate database name {:?}", v.name));
+                self.err(
+                    d,
+                    "databases",
+                    "name",
+                    format!("duplicate database name {:?}", v.name),
+                );
             }
             if v.copies.is_empty() {
-                self.err(d, "databases", "copies", "a database needs at least one copy".into());
+                self.err(
+                    d,
+                    "databases",
+                    "copies",
+                    "a database needs at least one copy".into(),
+                );
             }
             for c in &v.copies {
                 if !servers.contains(&c.to_lowercase()) {
                     self.err(d, "databases", "copies", format!("unknown server {c:?}"));
                 }
             }
-            if v.store != "sqlite" && !v.store.starts_with("postgres://") && !v.store.starts_with("postgresql://") {
-                self.err(d, "databases", "store", format!("{:?}: expected \"sqlite\" or \"postgres://…\"", v.store));
+            if v.store != "sqlite"
+                && !v.store.starts_with("postgres://")
+                && !v.store.starts_with("postgresql://")
+            {
+                self.err(
+                    d,
+                    "databases",
+                    "store",
+                    format!("{:?}: expected \"sqlite\" or \"postgres://…\"", v.store),
+                );
             }
         }
         let mut seen_addr = HashSet::new();
-        let accepted: Vec<String> =
-            org.organization.accepted_domains.iter().map(|d| d.to_lowercase()).collect();
-        let mut check_addr = |v: &mut Self, span: std::ops::Range<usize>, table: &str, key: &str, addr: &str| {
-            if mailflow_smtp::Address::parse(addr, true).is_err() {
-                v.err_at(span.clone(), table, key, format!("{addr:?} is not an email address"));
-                return;
-            }
-            let domain = addr.rsplit('@').next().unwrap_or("").to_lowercase();
-            if !accepted.contains(&domain) {
-                v.err_at(span.clone(), table, key, format!("{addr:?} is not in an accepted domain"));
-            }
-            if !seen_addr.insert(addr.to_lowercase()) {
-                v.err_at(span.clone(), table, key, format!("address {addr:?} is used twice"));
-            }
-        };
+        let accepted: Vec<String> = org
+            .organization
+            .accepted_domains
+            .iter()
+            .map(|d| d.to_lowercase())
+            .collect();
+        let mut check_addr =
+            |v: &mut Self, span: std::ops::Range<usize>, table: &str, key: &str, addr: &str| {
+                if mailflow_smtp::Address::parse(addr, true).is_err() {
+                    v.err_at(
+                        span.clone(),
+                        table,
+                        key,
+                        format!("{addr:?} is not an email address"),
+                    );
+                    return;
+                }
+                let domain = addr.rsplit('@').next().unwrap_or("").to_lowercase();
+                if !accepted.contains(&domain) {
+                    v.err_at(
+                        span.clone(),
+                        table,
+                        key,
+                        format!("{addr:?} is not in an accepted domain"),
+                    );
+                }
+                if !seen_addr.insert(addr.to_lowercase()) {
+                    v.err_at(
+                        span.clone(),
+                        table,
+                        key,
+                        format!("address {addr:?} is used twice"),
+                    );
+                }
+            };
         for m in &org.mailboxes {
             let v = m.get_ref();
             check_addr(self, m.span(), "mailboxes", "address", &v.address);
@@ -340,7 +419,12 @@ impl Validator<'_> {
                 check_addr(self, m.span(), "mailboxes", "aliases", a);
             }
             if !databases.contains(&v.database.to_lowercase()) {
-                self.err(m, "mailboxes", "database", format!("unknown database {:?}", v.database));
+                self.err(
+                    m,
+                    "mailboxes",
+                    "database",
+                    format!("unknown database {:?}", v.database),
+                );
             }
         }
         for g in &org.groups {
@@ -348,39 +432,79 @@ impl Validator<'_> {
             check_addr(self, g.span(), "groups", "address", &v.address);
             for member in &v.members {
                 if mailflow_smtp::Address::parse(member, true).is_err() {
-                    self.err(g, "groups", "members", format!("{member:?} is not an email address"));
+                    self.err(
+                        g,
+                        "groups",
+                        "members",
+                        format!("{member:?} is not an email address"),
+                    );
                 }
             }
             if let Some(s) = &v.expansion_server
                 && !servers.contains(&s.to_lowercase())
             {
-                self.err(g, "groups", "expansion_server", format!("unknown server {s:?}"));
+                self.err(
+                    g,
+                    "groups",
+                    "expansion_server",
+                    format!("unknown server {s:?}"),
+                );
             }
         }
         for c in &org.send_connectors {
             let v = c.get_ref();
             if v.address_spaces.is_empty() {
-                self.err(c, "send_connectors", "address_spaces", "at least one address space is required".into());
+                self.err(
+                    c,
+                    "send_connectors",
+                    "address_spaces",
+                    "at least one address space is required".into(),
+                );
             }
             for s in &v.source_servers {
                 if !servers.contains(&s.to_lowercase()) {
-                    self.err(c, "send_connectors", "source_servers", format!("unknown server {s:?}"));
+                    self.err(
+                        c,
+                        "send_connectors",
+                        "source_servers",
+                        format!("unknown server {s:?}"),
+                    );
                 }
             }
             if v.tls != "opportunistic" && v.tls != "required" {
-                self.err(c, "send_connectors", "tls", format!("{:?}: expected \"opportunistic\" or \"required\"", v.tls));
+                self.err(
+                    c,
+                    "send_connectors",
+                    "tls",
+                    format!("{:?}: expected \"opportunistic\" or \"required\"", v.tls),
+                );
             }
         }
         for r in &org.receive_connectors {
             let v = r.get_ref();
             if !servers.contains(&v.server.to_lowercase()) {
-                self.err(r, "receive_connectors", "server", format!("unknown server {:?}", v.server));
+                self.err(
+                    r,
+                    "receive_connectors",
+                    "server",
+                    format!("unknown server {:?}", v.server),
+                );
             }
             if v.bind.parse::<std::net::SocketAddr>().is_err() {
-                self.err(r, "receive_connectors", "bind", format!("{:?} is not IP:port", v.bind));
+                self.err(
+                    r,
+                    "receive_connectors",
+                    "bind",
+                    format!("{:?} is not IP:port", v.bind),
+                );
             }
             if v.service != "frontend" && v.service != "transport" {
-                self.err(r, "receive_connectors", "service", format!("{:?}: expected \"frontend\" or \"transport\"", v.service));
+                self.err(
+                    r,
+                    "receive_connectors",
+                    "service",
+                    format!("{:?}: expected \"frontend\" or \"transport\"", v.service),
+                );
             }
         }
         for l in &org.site_links {
@@ -426,11 +550,17 @@ members = ["alice@contoso.test", "ext@fabrikam.test"]
     #[test]
     fn loads_and_resolves() {
         let d = Directory::parse(GOOD, "org.toml", PathBuf::from("/x")).unwrap();
-        assert_eq!(d.lookup("A.Smith@Contoso.test"), Some(Recipient::Mailbox(0)));
+        assert_eq!(
+            d.lookup("A.Smith@Contoso.test"),
+            Some(Recipient::Mailbox(0))
+        );
         assert_eq!(d.lookup("sales@contoso.test"), Some(Recipient::Group(0)));
         assert!(d.is_accepted_domain("CONTOSO.test"));
         assert_eq!(d.org.organization.max_message_size, 10 * 1024 * 1024);
-        assert_eq!(d.data_dir(d.choose_server(None).unwrap()), PathBuf::from("/x/data/MBX1"));
+        assert_eq!(
+            d.data_dir(d.choose_server(None).unwrap()),
+            PathBuf::from("/x/data/MBX1")
+        );
     }
 
     #[test]
@@ -438,7 +568,10 @@ members = ["alice@contoso.test", "ext@fabrikam.test"]
         let bad = GOOD.replace("database = \"DB01\"", "database = \"DB99\"");
         let e = Directory::parse(&bad, "org.toml", PathBuf::from(".")).unwrap_err();
         let line = bad.lines().position(|l| l.contains("DB99")).unwrap() + 1;
-        assert_eq!(e.0[0].to_string(), format!("org.toml:{line}: mailboxes.database: unknown database \"DB99\""));
+        assert_eq!(
+            e.0[0].to_string(),
+            format!("org.toml:{line}: mailboxes.database: unknown database \"DB99\"")
+        );
 
         let bad = GOOD.replace("max_message_size = \"10MB\"", "max_message_size = \"lots\"");
         let e = Directory::parse(&bad, "org.toml", PathBuf::from(".")).unwrap_err();

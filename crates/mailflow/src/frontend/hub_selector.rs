@@ -24,5 +24,7 @@ pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Opti
     // No mailbox recipient: a random Transport server of the local site.
     let local_site = ctx.server.site.clone();
     let candidates: Vec<_> = dir.servers().filter(|s| s.site == local_site).collect();
-    candidates.choose(&mut rand::rng()).and_then(|s| ServerContext::transport_endpoint(s))
+    candidates
+        .choose(&mut rand::rng())
+        .and_then(|s| ServerContext::transport_endpoint(s))
 }

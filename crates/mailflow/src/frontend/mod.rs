@@ -46,13 +46,22 @@ impl FrontendSession {
 
     fn unavailable(detail: &str) -> Reply {
         // Reference §2: a transient reply so the sender retries.
-        Reply::new(451, Enhanced(4, 4, 0), format!("Unable to reach a Transport service; try again later ({detail})"))
+        Reply::new(
+            451,
+            Enhanced(4, 4, 0),
+            format!("Unable to reach a Transport service; try again later ({detail})"),
+        )
     }
 }
 
 #[async_trait]
 impl SmtpHandler for FrontendSession {
-    async fn mail(&mut self, _info: &SessionInfo, from: Option<Address>, params: MailParams) -> Reply {
+    async fn mail(
+        &mut self,
+        _info: &SessionInfo,
+        from: Option<Address>,
+        params: MailParams,
+    ) -> Reply {
         self.from = from;
         self.params = params;
         self.recipients.clear();
@@ -63,7 +72,11 @@ impl SmtpHandler for FrontendSession {
         let dir = &self.ctx.dir;
         if !dir.is_accepted_domain(&to.domain) {
             // Anonymous clients hold no SMTP-Accept-Any-Recipient: never relay.
-            return Reply::new(550, Enhanced(5, 7, 54), "SMTP; Unable to relay recipient in non-accepted domain");
+            return Reply::new(
+                550,
+                Enhanced(5, 7, 54),
+                "SMTP; Unable to relay recipient in non-accepted domain",
+            );
         }
         match dir.lookup(&to.key()) {
             Some(Recipient::Mailbox(_) | Recipient::Group(_)) => {
@@ -74,7 +87,11 @@ impl SmtpHandler for FrontendSession {
                 self.recipients.push((to, params));
                 Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
             }
-            None => Reply::new(550, Enhanced(5, 1, 1), "RESOLVER.ADR.ExRecipNotFound; not found"),
+            None => Reply::new(
+                550,
+                Enhanced(5, 1, 1),
+                "RESOLVER.ADR.ExRecipNotFound; not found",
+            ),
         }
     }
 
@@ -92,8 +109,13 @@ impl SmtpHandler for FrontendSession {
                 Err(e) => return Self::unavailable(&e.to_string()),
             }
         }
-        let Some(proxy) = self.proxy.as_mut() else { return Self::unavailable("no proxy") };
-        match proxy.begin(self.from.as_ref(), &self.params, &self.recipients).await {
+        let Some(proxy) = self.proxy.as_mut() else {
+            return Self::unavailable("no proxy");
+        };
+        match proxy
+            .begin(self.from.as_ref(), &self.params, &self.recipients)
+            .await
+        {
             Ok(()) => {}
             Err(reply) => {
                 self.proxy = None;
@@ -111,7 +133,11 @@ impl SmtpHandler for FrontendSession {
             Some("Frontend Transport"),
         );
         let mut stuffer = DotStuffer::default();
-        if proxy.write_content(&mut stuffer, received.as_bytes()).await.is_err() {
+        if proxy
+            .write_content(&mut stuffer, received.as_bytes())
+            .await
+            .is_err()
+        {
             self.proxy = None;
             return Self::unavailable("connection to Transport lost");
         }
@@ -134,13 +160,15 @@ impl SmtpHandler for FrontendSession {
     async fn data_end(&mut self, _info: &SessionInfo) -> Reply {
         let stuffer = self.relaying.take();
         let reply = match (self.proxy.as_mut(), stuffer) {
-            (Some(proxy), Some(stuffer)) if !self.relay_failed => match proxy.finish(&stuffer).await {
-                Ok(reply) => reply,
-                Err(e) => {
-                    self.proxy = None;
-                    Self::unavailable(&e.to_string())
+            (Some(proxy), Some(stuffer)) if !self.relay_failed => {
+                match proxy.finish(&stuffer).await {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        self.proxy = None;
+                        Self::unavailable(&e.to_string())
+                    }
                 }
-            },
+            }
             _ => {
                 self.proxy = None;
                 Self::unavailable("connection to Transport lost")

@@ -26,17 +26,39 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn connect(ctx: &ServerContext, target: SocketAddr) -> Result<Proxy, ClientError> {
-        let log = ctx.frontend_send_log.session(INBOUND_PROXY_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target);
-        let log = if ctx.server.frontend_protocol_logging == crate::logs::LoggingLevel::Verbose { log } else { ProtocolSession::disabled() };
+        let log = ctx.frontend_send_log.session(
+            INBOUND_PROXY_SEND_CONNECTOR,
+            SocketAddr::new(ctx.ip, 0),
+            target,
+        );
+        let log = if ctx.server.frontend_protocol_logging == crate::logs::LoggingLevel::Verbose {
+            log
+        } else {
+            ProtocolSession::disabled()
+        };
         let mut client = SmtpClient::connect(target, ctx.fqdn(), CONNECT_TIMEOUT, log).await?;
         client.timeout_for_commands(COMMAND_TIMEOUT);
-        client.auth_plain(orgauth::FRONTEND, ctx.name(), &ctx.secret.password(ctx.name())).await?;
+        client
+            .auth_plain(
+                orgauth::FRONTEND,
+                ctx.name(),
+                &ctx.secret.password(ctx.name()),
+            )
+            .await?;
         Ok(Proxy { target, client })
     }
 
     /// Sends the envelope and DATA; Ok when Transport answered 354.
-    pub async fn begin(&mut self, from: Option<&Address>, params: &MailParams, recipients: &[(Address, RcptParams)]) -> Result<(), Reply> {
-        let mut mail = format!("MAIL FROM:<{}>", from.map(|a| a.to_string()).unwrap_or_default());
+    pub async fn begin(
+        &mut self,
+        from: Option<&Address>,
+        params: &MailParams,
+        recipients: &[(Address, RcptParams)],
+    ) -> Result<(), Reply> {
+        let mut mail = format!(
+            "MAIL FROM:<{}>",
+            from.map(|a| a.to_string()).unwrap_or_default()
+        );
         if let Some(size) = params.size {
             mail.push_str(&format!(" SIZE={size}"));
         }
@@ -67,8 +89,18 @@ impl Proxy {
                 line
             })
             .collect();
-        let unavailable = |e: ClientError| Reply::new(451, Enhanced(4, 4, 0), format!("Unable to reach a Transport service; try again later ({e})"));
-        let (mail_reply, rcpt_replies, data) = self.client.envelope(&mail, &rcpts, true).await.map_err(unavailable)?;
+        let unavailable = |e: ClientError| {
+            Reply::new(
+                451,
+                Enhanced(4, 4, 0),
+                format!("Unable to reach a Transport service; try again later ({e})"),
+            )
+        };
+        let (mail_reply, rcpt_replies, data) = self
+            .client
+            .envelope(&mail, &rcpts, true)
+            .await
+            .map_err(unavailable)?;
         if !mail_reply.is_positive() {
             return Err(mail_reply);
         }
@@ -76,16 +108,28 @@ impl Proxy {
         // client must retry rather than lose that recipient silently.
         if let Some(refused) = rcpt_replies.iter().find(|r| !r.is_positive()) {
             let _ = self.client.reset().await;
-            return Err(Reply::new(451, Enhanced(4, 4, 0), format!("Transport refused a recipient; try again later ({refused})")));
+            return Err(Reply::new(
+                451,
+                Enhanced(4, 4, 0),
+                format!("Transport refused a recipient; try again later ({refused})"),
+            ));
         }
         match data {
             Some(r) if r.code == 354 => Ok(()),
             Some(r) => Err(r),
-            None => Err(Reply::new(451, Enhanced(4, 4, 0), "Transport did not accept the content")),
+            None => Err(Reply::new(
+                451,
+                Enhanced(4, 4, 0),
+                "Transport did not accept the content",
+            )),
         }
     }
 
-    pub async fn write_content(&mut self, stuffer: &mut DotStuffer, content: &[u8]) -> Result<(), ClientError> {
+    pub async fn write_content(
+        &mut self,
+        stuffer: &mut DotStuffer,
+        content: &[u8],
+    ) -> Result<(), ClientError> {
         self.client.data_chunk(stuffer, content).await
     }
 

@@ -98,6 +98,7 @@ impl ProtocolSession {
         ProtocolSession { inner: None }
     }
 
+    #[cfg(test)]
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
     }

@@ -26,6 +26,7 @@ const DEFAULT_RESULT_SIZE: usize = 1000;
 pub enum TrackingService {
     Transport,
     MailboxDelivery,
+    #[allow(dead_code)] // Mailbox Transport Submission (next release)
     MailboxSubmission,
 }
 

@@ -47,7 +47,9 @@ impl Stores {
 
 /// Where a SQLite mailbox database of this server lives.
 pub fn database_path(ctx: &ServerContext, database: &str) -> std::path::PathBuf {
-    ctx.data_dir.join("Databases").join(format!("{database}.db"))
+    ctx.data_dir
+        .join("Databases")
+        .join(format!("{database}.db"))
 }
 
 pub struct MailboxDeliverySession {
@@ -61,15 +63,30 @@ pub struct MailboxDeliverySession {
 
 impl MailboxDeliverySession {
     pub fn new(ctx: Arc<ServerContext>, stores: Arc<Stores>) -> MailboxDeliverySession {
-        MailboxDeliverySession { ctx, stores, from: None, recipients: Vec::new(), content: Vec::new() }
+        MailboxDeliverySession {
+            ctx,
+            stores,
+            from: None,
+            recipients: Vec::new(),
+            content: Vec::new(),
+        }
     }
 }
 
 #[async_trait]
 impl SmtpHandler for MailboxDeliverySession {
-    async fn mail(&mut self, info: &SessionInfo, from: Option<Address>, _params: MailParams) -> Reply {
+    async fn mail(
+        &mut self,
+        info: &SessionInfo,
+        from: Option<Address>,
+        _params: MailParams,
+    ) -> Reply {
         // Only Transport services deliver here (reference §1.2).
-        if info.org_server.as_ref().is_none_or(|(_, service)| service != orgauth::HUB) {
+        if info
+            .org_server
+            .as_ref()
+            .is_none_or(|(_, service)| service != orgauth::HUB)
+        {
             return Reply::new(530, Enhanced(5, 7, 1), "Client was not authenticated");
         }
         self.from = from;
@@ -79,11 +96,19 @@ impl SmtpHandler for MailboxDeliverySession {
     async fn rcpt(&mut self, _info: &SessionInfo, to: Address, _params: RcptParams) -> Reply {
         let dir = &self.ctx.dir;
         let Some(Recipient::Mailbox(i)) = dir.lookup(&to.key()) else {
-            return Reply::new(550, Enhanced(5, 1, 1), "RESOLVER.ADR.ExRecipNotFound; not found");
+            return Reply::new(
+                550,
+                Enhanced(5, 1, 1),
+                "RESOLVER.ADR.ExRecipNotFound; not found",
+            );
         };
         let mailbox = dir.mailbox(i);
         let active = self.ctx.active.active_server(&mailbox.database);
-        if active.as_deref().is_none_or(|s| !s.eq_ignore_ascii_case(self.ctx.name())) || self.stores.get(&mailbox.database).is_none() {
+        if active
+            .as_deref()
+            .is_none_or(|s| !s.eq_ignore_ascii_case(self.ctx.name()))
+            || self.stores.get(&mailbox.database).is_none()
+        {
             // Reference §5: the sender's routing is stale; it must route again.
             return Reply::new(
                 451,
@@ -95,8 +120,13 @@ impl SmtpHandler for MailboxDeliverySession {
                 ),
             );
         }
-        if !self.recipients.iter().any(|(a, _)| a.eq_ignore_ascii_case(&mailbox.address)) {
-            self.recipients.push((mailbox.address.to_lowercase(), mailbox.database.clone()));
+        if !self
+            .recipients
+            .iter()
+            .any(|(a, _)| a.eq_ignore_ascii_case(&mailbox.address))
+        {
+            self.recipients
+                .push((mailbox.address.to_lowercase(), mailbox.database.clone()));
         }
         Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
     }
@@ -145,7 +175,11 @@ impl MailboxDeliverySession {
         let message_id = message::get(&content, "Message-ID").unwrap_or_default();
         let subject = message::subject(&content);
         let sender = message::sender_address(&content);
-        let return_path = self.from.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "<>".into());
+        let return_path = self
+            .from
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "<>".into());
         let base = TrackingEvent {
             client_ip: info.remote.ip().to_string(),
             client_hostname: info.helo.clone().unwrap_or_default(),
@@ -182,7 +216,11 @@ impl MailboxDeliverySession {
         }
         for (db, items) in by_db {
             let Some(store) = self.stores.get(&db) else {
-                return Reply::new(451, Enhanced(4, 3, 2), format!("STOREDRV.Deliver; database {db} is not available"));
+                return Reply::new(
+                    451,
+                    Enhanced(4, 3, 2),
+                    format!("STOREDRV.Deliver; database {db} is not available"),
+                );
             };
             let mailboxes: Vec<String> = items.iter().map(|i| i.mailbox.clone()).collect();
             match store.commit(items).await {
@@ -191,7 +229,10 @@ impl MailboxDeliverySession {
                         let (event, status) = match result {
                             Committed::New(_) => ("DELIVER", "250 2.0.0 Delivered to Inbox"),
                             // Reference §5: duplicates are absorbed by the store.
-                            Committed::Duplicate(_) => ("DUPLICATEDELIVER", "250 2.0.0 Duplicate delivery suppressed"),
+                            Committed::Duplicate(_) => (
+                                "DUPLICATEDELIVER",
+                                "250 2.0.0 Duplicate delivery suppressed",
+                            ),
                         };
                         ctx.tracking_delivery.log(TrackingEvent {
                             event_id: event.into(),
@@ -205,10 +246,18 @@ impl MailboxDeliverySession {
                 }
                 Err(e) => {
                     tracing::error!(database = %db, "store driver commit failed: {e}");
-                    return Reply::new(451, Enhanced(4, 3, 2), format!("STOREDRV.Deliver; database {db} could not commit: {e}"));
+                    return Reply::new(
+                        451,
+                        Enhanced(4, 3, 2),
+                        format!("STOREDRV.Deliver; database {db} could not commit: {e}"),
+                    );
                 }
             }
         }
-        Reply::new(250, Enhanced(2, 0, 0), format!("{message_id} Delivered to mailbox database"))
+        Reply::new(
+            250,
+            Enhanced(2, 0, 0),
+            format!("{message_id} Delivered to mailbox database"),
+        )
     }
 }

@@ -37,10 +37,16 @@ impl ClientError {
         use mailflow_smtp::Enhanced;
         match self {
             ClientError::Refused(r) => r.clone(),
-            ClientError::Connect(..) | ClientError::Timeout(_) => {
-                Reply::new(451, Enhanced(4, 4, 1), format!("Connection timed out or refused: {self}"))
-            }
-            _ => Reply::new(451, Enhanced(4, 4, 2), format!("Connection dropped: {self}")),
+            ClientError::Connect(..) | ClientError::Timeout(_) => Reply::new(
+                451,
+                Enhanced(4, 4, 1),
+                format!("Connection timed out or refused: {self}"),
+            ),
+            _ => Reply::new(
+                451,
+                Enhanced(4, 4, 2),
+                format!("Connection dropped: {self}"),
+            ),
         }
     }
 }
@@ -91,7 +97,12 @@ impl SmtpClient {
         if ehlo.code != 250 {
             return Err(ClientError::Refused(ehlo));
         }
-        c.extensions = ehlo.lines.iter().skip(1).map(|l| l.to_ascii_uppercase()).collect();
+        c.extensions = ehlo
+            .lines
+            .iter()
+            .skip(1)
+            .map(|l| l.to_ascii_uppercase())
+            .collect();
         Ok(c)
     }
 
@@ -101,14 +112,23 @@ impl SmtpClient {
     }
 
     pub fn has_extension(&self, name: &str) -> bool {
-        self.extensions.iter().any(|e| e.split(' ').next() == Some(name))
+        self.extensions
+            .iter()
+            .any(|e| e.split(' ').next() == Some(name))
     }
 
     /// AUTH PLAIN (authzid, user, password); the credentials are never logged.
-    pub async fn auth_plain(&mut self, authzid: &str, user: &str, password: &str) -> Result<(), ClientError> {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{authzid}\0{user}\0{password}"));
+    pub async fn auth_plain(
+        &mut self,
+        authzid: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{authzid}\0{user}\0{password}"));
         self.log.sent("AUTH PLAIN ****");
-        self.write(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+        self.write(format!("AUTH PLAIN {token}\r\n").as_bytes())
+            .await?;
         let reply = self.read_reply().await?;
         if reply.code != 235 {
             return Err(ClientError::Refused(reply));
@@ -145,7 +165,10 @@ impl SmtpClient {
                     rcpt_replies.push(self.command(l).await?);
                 }
             }
-            let data = if with_data && mail_reply.is_positive() && rcpt_replies.iter().any(Reply::is_positive) {
+            let data = if with_data
+                && mail_reply.is_positive()
+                && rcpt_replies.iter().any(Reply::is_positive)
+            {
                 Some(self.command("DATA").await?)
             } else {
                 None
@@ -164,13 +187,21 @@ impl SmtpClient {
         for _ in rcpts {
             rcpt_replies.push(self.read_reply().await?);
         }
-        let data = if with_data { Some(self.read_reply().await?) } else { None };
+        let data = if with_data {
+            Some(self.read_reply().await?)
+        } else {
+            None
+        };
         Ok((mail_reply, rcpt_replies, data))
     }
 
     /// Writes message content after a 354, dot-stuffed; call repeatedly, then
     /// [`SmtpClient::finish_data`].
-    pub async fn data_chunk(&mut self, stuffer: &mut DotStuffer, content: &[u8]) -> Result<(), ClientError> {
+    pub async fn data_chunk(
+        &mut self,
+        stuffer: &mut DotStuffer,
+        content: &[u8],
+    ) -> Result<(), ClientError> {
         let mut out = Vec::with_capacity(content.len() + 64);
         stuffer.stuff(content, &mut out);
         self.write(&out).await

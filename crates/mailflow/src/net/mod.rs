@@ -11,7 +11,9 @@ pub mod tls;
 
 /// Exchange's `Received:` date format (RFC 5322 §3.3), e.g. `Thu, 9 Jun 2022 01:30:37 +0000`.
 pub fn rfc2822_now() -> String {
-    chrono::Utc::now().format("%a, %-d %b %Y %H:%M:%S +0000").to_string()
+    chrono::Utc::now()
+        .format("%a, %-d %b %Y %H:%M:%S +0000")
+        .to_string()
 }
 
 /// A `Received:` header line in the shape Exchange writes (reference §11.3).

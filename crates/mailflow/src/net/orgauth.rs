@@ -11,7 +11,6 @@ use std::path::Path;
 /// The mechanism name, and the services that may authenticate.
 pub const FRONTEND: &str = "FrontendTransport";
 pub const HUB: &str = "HubTransport";
-pub const SUBMISSION: &str = "MailboxSubmission";
 
 #[derive(Clone)]
 pub struct OrgSecret(Vec<u8>);
@@ -37,7 +36,10 @@ impl OrgSecret {
                 }
                 Ok(OrgSecret(text.into_bytes()))
             }
-            Err(e) => anyhow::bail!("{}: cannot read the organisation secret: {e}", path.display()),
+            Err(e) => anyhow::bail!(
+                "{}: cannot read the organisation secret: {e}",
+                path.display()
+            ),
         }
     }
 

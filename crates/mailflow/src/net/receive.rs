@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use mailflow_smtp::{Address, Enhanced, Event, MailParams, RcptParams, Reply, Session, SessionConfig};
+use mailflow_smtp::{
+    Address, Enhanced, Event, MailParams, RcptParams, Reply, Session, SessionConfig,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -35,7 +37,12 @@ pub struct SessionInfo {
 /// The policy of one receive connector. Every method answers with the SMTP reply.
 #[async_trait]
 pub trait SmtpHandler: Send {
-    async fn mail(&mut self, info: &SessionInfo, from: Option<Address>, params: MailParams) -> Reply;
+    async fn mail(
+        &mut self,
+        info: &SessionInfo,
+        from: Option<Address>,
+        params: MailParams,
+    ) -> Reply;
     async fn rcpt(&mut self, info: &SessionInfo, to: Address, params: RcptParams) -> Reply;
     /// Before content: `354`/2xx to go ahead.
     async fn data_start(&mut self, info: &SessionInfo) -> Reply;
@@ -56,7 +63,10 @@ pub enum AuthPolicy {
     None,
     /// Organisation servers only (ExchangeServer authentication), inside TLS except on
     /// loopback.
-    OrgServers { secret: OrgSecret, servers: Arc<Vec<String>> },
+    OrgServers {
+        secret: OrgSecret,
+        servers: Arc<Vec<String>>,
+    },
 }
 
 /// A configured receive connector, ready to run.
@@ -79,9 +89,13 @@ pub struct ReceiveConnector {
 impl ReceiveConnector {
     /// Binds the listener now (so a port clash fails the start), and returns the task.
     pub async fn bind(self) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = TcpListener::bind(self.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("receive connector {}: cannot listen on {}: {e}", self.id, self.bind))?;
+        let listener = TcpListener::bind(self.bind).await.map_err(|e| {
+            anyhow::anyhow!(
+                "receive connector {}: cannot listen on {}: {e}",
+                self.id,
+                self.bind
+            )
+        })?;
         let local = listener.local_addr()?;
         let this = Arc::new(self);
         let task = tokio::spawn(async move { this.accept_loop(listener).await });
@@ -93,7 +107,9 @@ impl ReceiveConnector {
         // backlog instead of exhausting memory.
         let permits = Arc::new(Semaphore::new(self.max_connections));
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, remote) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -189,8 +205,14 @@ impl ReceiveConnector {
                             in_transaction = false;
                         }
                         Event::StartTls => start_tls = true,
-                        Event::Auth { authzid, username, password, .. } => {
-                            let reply = self.authenticate(&mut info, &authzid, &username, &password, &mut log);
+                        Event::Auth {
+                            authzid,
+                            username,
+                            password,
+                            ..
+                        } => {
+                            let reply = self
+                                .authenticate(&mut info, &authzid, &username, &password, &mut log);
                             session.respond(reply);
                         }
                         Event::Close => {}
@@ -208,15 +230,21 @@ impl ReceiveConnector {
                 }
                 if start_tls {
                     let Some(tls) = &self.tls else { break };
-                    let Stream::Plain(tcp) = std::mem::replace(&mut stream, Stream::Closed) else { break };
+                    let Stream::Plain(tcp) = std::mem::replace(&mut stream, Stream::Closed) else {
+                        break;
+                    };
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-                    match tokio::time::timeout(self.inactivity_timeout, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(self.inactivity_timeout, acceptor.accept(tcp)).await
+                    {
                         Ok(Ok(tls_stream)) => {
                             stream = Stream::ServerTls(Box::new(tls_stream));
                             info.tls = stream.tls_description();
                             info.helo = None;
                             info.org_server = None;
-                            log.info(info.tls.as_deref().unwrap_or(""), "TLS negotiation succeeded");
+                            log.info(
+                                info.tls.as_deref().unwrap_or(""),
+                                "TLS negotiation succeeded",
+                            );
                             session.tls_established();
                             continue;
                         }
@@ -231,7 +259,9 @@ impl ReceiveConnector {
                     break;
                 }
                 let timeout = self.inactivity_timeout.min(
-                    self.connection_timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1)),
+                    self.connection_timeout
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(1)),
                 );
                 let n = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
                     Ok(r) => r?,
@@ -262,7 +292,11 @@ impl ReceiveConnector {
             handler.reset().await;
         }
         let _ = stream.shutdown().await;
-        log.disconnect(if session.is_closed() { "Local" } else { "Remote" });
+        log.disconnect(if session.is_closed() {
+            "Local"
+        } else {
+            "Remote"
+        });
         result
     }
 
@@ -284,7 +318,10 @@ impl ReceiveConnector {
         let known = servers.iter().any(|s| s.eq_ignore_ascii_case(server));
         if known && secret.verify(server, password) {
             info.org_server = Some((server.to_string(), service.to_string()));
-            log.info(&format!("{server} {service}"), "authenticated as an organisation server");
+            log.info(
+                &format!("{server} {service}"),
+                "authenticated as an organisation server",
+            );
             Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
         } else {
             Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")

@@ -9,7 +9,6 @@ use tokio::net::TcpStream;
 pub enum Stream {
     Plain(TcpStream),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// The socket was handed to a TLS handshake that failed; all I/O fails.
     Closed,
 }
@@ -19,32 +18,44 @@ impl Stream {
     pub fn tls_description(&self) -> Option<String> {
         let (proto, suite) = match self {
             Stream::Plain(_) | Stream::Closed => return None,
-            Stream::ServerTls(s) => (s.get_ref().1.protocol_version(), s.get_ref().1.negotiated_cipher_suite()),
-            Stream::ClientTls(s) => (s.get_ref().1.protocol_version(), s.get_ref().1.negotiated_cipher_suite()),
+            Stream::ServerTls(s) => (
+                s.get_ref().1.protocol_version(),
+                s.get_ref().1.negotiated_cipher_suite(),
+            ),
         };
-        let proto = proto.map(|p| format!("{p:?}").replace("TLSv1_", "TLS1_")).unwrap_or_default();
-        let suite = suite.map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        let proto = proto
+            .map(|p| format!("{p:?}").replace("TLSv1_", "TLS1_"))
+            .unwrap_or_default();
+        let suite = suite
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
         Some(format!("version={proto}, cipher={suite}"))
     }
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -52,7 +63,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -60,7 +70,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }

@@ -12,14 +12,17 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, hostname: &str) -> anyhow::Re
         return Ok(());
     }
     let names = vec![hostname.to_string(), "localhost".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    let certified = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed certificate")?;
     for p in [cert, key] {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    std::fs::write(cert, certified.cert.pem()).with_context(|| format!("writing {}", cert.display()))?;
-    std::fs::write(key, certified.signing_key.serialize_pem()).with_context(|| format!("writing {}", key.display()))?;
+    std::fs::write(cert, certified.cert.pem())
+        .with_context(|| format!("writing {}", cert.display()))?;
+    std::fs::write(key, certified.signing_key.serialize_pem())
+        .with_context(|| format!("writing {}", key.display()))?;
     Ok(())
 }
 
@@ -29,7 +32,8 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
         .with_context(|| format!("reading certificate {}", cert.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing certificate {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -39,10 +39,16 @@ impl TransportService {
         let queues = Arc::new(Queues::new(
             db,
             ctx.name(),
-            Box::new(move |q| send::start_transmitter(send_ctx.clone(), send_db.clone(), q, policy.clone())),
+            Box::new(move |q| {
+                send::start_transmitter(send_ctx.clone(), send_db.clone(), q, policy.clone())
+            }),
         ));
         let (submit_tx, submit_rx) = mpsc::unbounded_channel();
-        let service = Arc::new(TransportService { ctx: ctx.clone(), queues: queues.clone(), submit_tx });
+        let service = Arc::new(TransportService {
+            ctx: ctx.clone(),
+            queues: queues.clone(),
+            submit_tx,
+        });
         tokio::spawn(categorizer_loop(service.clone(), submit_rx));
         // Resume: uncategorized messages go back to the categorizer, the rest to their
         // delivery queues (routing is redone: the configuration may have changed).
@@ -85,7 +91,12 @@ fn retry_policy(ctx: &ServerContext) -> RetryPolicy {
 }
 
 /// The tracking event every Transport row starts from.
-pub fn tracking_event(ctx: &ServerContext, msg: &QueuedMessage, event_id: &str, source: &str) -> TrackingEvent {
+pub fn tracking_event(
+    ctx: &ServerContext,
+    msg: &QueuedMessage,
+    event_id: &str,
+    source: &str,
+) -> TrackingEvent {
     let e = &msg.envelope;
     TrackingEvent {
         server_ip: ctx.ip.to_string(),
@@ -98,7 +109,11 @@ pub fn tracking_event(ctx: &ServerContext, msg: &QueuedMessage, event_id: &str, 
         total_bytes: msg.content.len() as u64,
         message_subject: e.subject.clone(),
         sender_address: e.sender_header.clone(),
-        return_path: if e.return_path.is_empty() { "<>".into() } else { e.return_path.clone() },
+        return_path: if e.return_path.is_empty() {
+            "<>".into()
+        } else {
+            e.return_path.clone()
+        },
         message_info: e.received_at.clone(),
         directionality: e.directionality.clone(),
         transport_traffic_type: "Email".into(),
@@ -148,7 +163,11 @@ async fn categorizer_loop(
         service.queues.db.categorized(msg.id, all);
         for (hop, recipients) in result.routed {
             let queue = service.queues.queue_for(&hop);
-            queue.push(Item { message: msg.clone(), recipients, not_before: None });
+            queue.push(Item {
+                message: msg.clone(),
+                recipients,
+                not_before: None,
+            });
         }
     }
 }

@@ -42,7 +42,12 @@ impl TransportReceive {
 
 #[async_trait]
 impl SmtpHandler for TransportReceive {
-    async fn mail(&mut self, _info: &SessionInfo, from: Option<Address>, params: MailParams) -> Reply {
+    async fn mail(
+        &mut self,
+        _info: &SessionInfo,
+        from: Option<Address>,
+        params: MailParams,
+    ) -> Reply {
         self.from = from;
         self.params = params;
         Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
@@ -50,7 +55,11 @@ impl SmtpHandler for TransportReceive {
 
     async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
         // ExchangeServers hold SMTP-Accept-Any-Recipient: the categorizer decides.
-        if self.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&to.to_string())) {
+        if self
+            .recipients
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&to.to_string()))
+        {
             return Reply::new(250, Enhanced(2, 1, 5), "Recipient OK");
         }
         self.recipients.push(QueuedRecipient {
@@ -97,19 +106,42 @@ impl TransportReceive {
         let org = &ctx.dir.org.organization;
         let content = std::mem::take(&mut self.content);
         // Reference §11.3: MaxHopCount counts Received: fields; 5.4.6 ends a loop.
-        if message::count(&content, "Received") >= org.max_hop_count {
-            return Reply::new(554, Enhanced(5, 4, 6), "Hop count exceeded - possible mail loop");
+        // MaxLocalHopCount counts the Received: fields this server wrote.
+        let by_me = format!(" by {} ", ctx.fqdn());
+        let local_hops = message::fields(&content)
+            .iter()
+            .filter(|(n, raw)| {
+                n.eq_ignore_ascii_case("Received") && String::from_utf8_lossy(raw).contains(&by_me)
+            })
+            .count();
+        if message::count(&content, "Received") >= org.max_hop_count
+            || (org.max_local_hop_count > 0 && local_hops >= org.max_local_hop_count)
+        {
+            return Reply::new(
+                554,
+                Enhanced(5, 4, 6),
+                "Hop count exceeded - possible mail loop",
+            );
         }
         // Only another Transport service is trusted with organisation headers; what a
         // Front End proxies came from outside and passes the header firewall.
-        let trusted = info.org_server.as_ref().is_some_and(|(_, service)| service == orgauth::HUB);
+        let trusted = info
+            .org_server
+            .as_ref()
+            .is_some_and(|(_, service)| service == orgauth::HUB);
         let content = if trusted {
             content
         } else {
             message::strip_prefixed(&content, ORG_HEADER_PREFIX).unwrap_or(content)
         };
-        let existing_network_id = if trusted { message::get(&content, NETWORK_MESSAGE_ID_HEADER) } else { None };
-        let network_message_id = existing_network_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let existing_network_id = if trusted {
+            message::get(&content, NETWORK_MESSAGE_ID_HEADER)
+        } else {
+            None
+        };
+        let network_message_id = existing_network_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let mut prefix = crate::net::received_header(
             info.helo.as_deref().unwrap_or("unknown"),
             info.remote.ip(),
@@ -120,7 +152,9 @@ impl TransportReceive {
             None,
         );
         if existing_network_id.is_none() {
-            prefix.push_str(&format!("{NETWORK_MESSAGE_ID_HEADER}: {network_message_id}\r\n"));
+            prefix.push_str(&format!(
+                "{NETWORK_MESSAGE_ID_HEADER}: {network_message_id}\r\n"
+            ));
         }
         let message_id = match message::get(&content, "Message-ID") {
             Some(id) if !id.is_empty() => id,
@@ -136,7 +170,11 @@ impl TransportReceive {
         full.extend_from_slice(&content);
         let full: Arc<[u8]> = full.into();
         let envelope = Envelope {
-            return_path: self.from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            return_path: self
+                .from
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             network_message_id,
             message_id: message_id.clone(),
             subject: message::subject(&full),
@@ -152,11 +190,19 @@ impl TransportReceive {
             smtputf8: self.params.smtputf8,
             ret: self.params.ret.map(|r| format!("{r:?}").to_uppercase()),
             envid: self.params.envid.clone(),
-            directionality: if trusted { "Originating".into() } else { "Incoming".into() },
+            directionality: if trusted {
+                "Originating".into()
+            } else {
+                "Incoming".into()
+            },
         };
         let recipients = std::mem::take(&mut self.recipients);
         let queues = &self.service.queues;
-        let id = match queues.db.insert(envelope.clone(), full.clone(), recipients.clone()).await {
+        let id = match queues
+            .db
+            .insert(envelope.clone(), full.clone(), recipients.clone())
+            .await
+        {
             Ok(id) => id,
             Err(e) => {
                 tracing::error!("queue database insert failed: {e}");
@@ -177,7 +223,10 @@ impl TransportReceive {
         Reply::new(
             250,
             Enhanced(2, 6, 0),
-            format!("{message_id} [InternalId={id}, Hostname={}] Queued mail for delivery", ctx.fqdn()),
+            format!(
+                "{message_id} [InternalId={id}, Hostname={}] Queued mail for delivery",
+                ctx.fqdn()
+            ),
         )
     }
 }

@@ -12,8 +12,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mailflow");
 
 /// Free loopback ports, reserved by binding and released just before use.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// Polls `f` until it returns Some or the deadline passes.
@@ -41,12 +46,24 @@ pub struct Ports {
 impl Ports {
     pub fn new() -> Ports {
         let p = free_ports(7);
-        Ports { frontend: p[0], transport: p[1], mailbox_delivery: p[2], admin: p[3], others: [p[4], p[5], p[6]] }
+        Ports {
+            frontend: p[0],
+            transport: p[1],
+            mailbox_delivery: p[2],
+            admin: p[3],
+            others: [p[4], p[5], p[6]],
+        }
     }
     fn toml(&self) -> String {
         format!(
             "[servers.ports]\nfrontend = {}\nclient_frontend = {}\nclient_proxy = {}\noutbound_proxy = {}\ntransport = {}\nmailbox_delivery = {}\nadmin = {}\n",
-            self.frontend, self.others[0], self.others[1], self.others[2], self.transport, self.mailbox_delivery, self.admin
+            self.frontend,
+            self.others[0],
+            self.others[1],
+            self.others[2],
+            self.transport,
+            self.mailbox_delivery,
+            self.admin
         )
     }
 }
@@ -126,14 +143,28 @@ impl Server {
         Server::start_with("")
     }
 
+    /// Starts a server; if a port picked for it was taken meanwhile (parallel tests),
+    /// the server exits at bind and the start is retried with new ports.
     pub fn start_with(extra: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = Ports::new();
-        std::fs::write(dir.path().join("mailflow.toml"), org_file(&ports, extra)).unwrap();
-        std::fs::write(dir.path().join("secret.key"), "00112233445566778899aabbccddeeff\n").unwrap();
-        let mut s = Server { dir, ports, child: None };
-        s.spawn();
-        s
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let ports = Ports::new();
+            std::fs::write(dir.path().join("mailflow.toml"), org_file(&ports, extra)).unwrap();
+            std::fs::write(
+                dir.path().join("secret.key"),
+                "00112233445566778899aabbccddeeff\n",
+            )
+            .unwrap();
+            let mut s = Server {
+                dir,
+                ports,
+                child: None,
+            };
+            if s.try_spawn() {
+                return s;
+            }
+        }
+        panic!("mailflow serve did not start in 5 attempts");
     }
 
     pub fn config(&self) -> PathBuf {
@@ -141,18 +172,45 @@ impl Server {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
-        let child = Command::new(BIN)
+        assert!(
+            self.try_spawn(),
+            "mailflow serve did not start:\n{}",
+            self.log()
+        );
+    }
+
+    /// Starts the process and waits for its "ready" line; false if it exited first.
+    fn try_spawn(&mut self) -> bool {
+        let log_path = self.dir.path().join("serve.log");
+        let before = file_text(&log_path).matches("ready").count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(self.config())
             .args(["--server", "MBX1"])
+            .env("MAILFLOW_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start mailflow serve");
-        self.child = Some(child);
-        let port = self.ports.frontend;
-        wait_for("the Front End to listen", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+        let started = wait_for(
+            "mailflow serve to be ready or exit",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Some(false);
+                }
+                (file_text(&log_path).matches("ready").count() > before).then_some(true)
+            },
+        );
+        if started {
+            self.child = Some(child);
+        }
+        started
     }
 
     /// kill -9: no chance to flush anything.
@@ -165,7 +223,10 @@ impl Server {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -184,23 +245,52 @@ impl Server {
 
     /// Runs a CLI command against this server's organisation file.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--config").arg(self.config()).args(args).output().unwrap()
+        Command::new(BIN)
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.push("--json");
         let out = self.cli(&all);
-        assert!(out.status.success(), "mailflow {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("mailflow {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "mailflow {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "mailflow {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// The messages of a mailbox folder, as exported (.eml bytes, in delivery order).
     pub fn export(&self, address: &str) -> Vec<Vec<u8>> {
         let out_dir = tempfile::tempdir().unwrap();
-        let out = self.cli(&["mailbox", "export", address, "--folder", "Inbox", "--out", out_dir.path().to_str().unwrap()]);
-        assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut files: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        let out = self.cli(&[
+            "mailbox",
+            "export",
+            address,
+            "--folder",
+            "Inbox",
+            "--out",
+            out_dir.path().to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut files: Vec<_> = std::fs::read_dir(out_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         files.iter().map(|f| std::fs::read(f).unwrap()).collect()
     }
@@ -216,9 +306,11 @@ impl Server {
     }
 
     pub fn wait_inbox(&self, address: &str, count: u64) {
-        wait_for(&format!("{count} messages in {address}'s Inbox"), Duration::from_secs(60), || {
-            (self.inbox_count(address) >= count).then_some(())
-        });
+        wait_for(
+            &format!("{count} messages in {address}'s Inbox"),
+            Duration::from_secs(60),
+            || (self.inbox_count(address) >= count).then_some(()),
+        );
     }
 
     /// Tracking events (Get-MessageTrackingLog) with extra filter arguments.
@@ -251,7 +343,9 @@ pub struct Smtp {
 impl Smtp {
     pub fn connect(port: u16) -> Smtp {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut s = Smtp { reader, stream };
         let greeting = s.read_reply();
@@ -302,23 +396,33 @@ impl Smtp {
 
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
-        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         matches!(self.reader.read(&mut buf), Ok(0))
     }
 }
 
 pub fn message(subject: &str, body: &str) -> String {
-    format!("From: Sender <sender@fabrikam.test>\r\nTo: someone@contoso.test\r\nSubject: {subject}\r\nMessage-ID: <{}@fabrikam.test>\r\n\r\n{body}", subject.replace(' ', "-"))
+    format!(
+        "From: Sender <sender@fabrikam.test>\r\nTo: someone@contoso.test\r\nSubject: {subject}\r\nMessage-ID: <{}@fabrikam.test>\r\n\r\n{body}",
+        subject.replace(' ', "-")
+    )
 }
 
 /// The part of a message after its header block.
 pub fn body_of(eml: &[u8]) -> &[u8] {
-    let pos = eml.windows(4).position(|w| w == b"\r\n\r\n").expect("header/body separator");
+    let pos = eml
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header/body separator");
     &eml[pos + 4..]
 }
 
 pub fn header_values(eml: &[u8], name: &str) -> Vec<String> {
-    let head = String::from_utf8_lossy(&eml[..eml.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]).replace("\r\n ", " ");
+    let head =
+        String::from_utf8_lossy(&eml[..eml.windows(4).position(|w| w == b"\r\n\r\n").unwrap()])
+            .replace("\r\n ", " ");
     head.lines()
         .filter_map(|l| l.split_once(':'))
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -327,7 +431,13 @@ pub fn header_values(eml: &[u8], name: &str) -> Vec<String> {
 }
 
 pub fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 pub fn file_text(p: &Path) -> String {

@@ -46,7 +46,12 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
         out.routed[i].1.push(r);
     };
     while let Some(mut r) = work.pop_front() {
-        let domain = r.address.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
+        let domain = r
+            .address
+            .rsplit('@')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
         if !dir.is_accepted_domain(&domain) {
             if delivered_to.insert(r.address.to_lowercase()) {
                 route(&mut out, routing::external_next_hop(ctx, &domain), r);
@@ -57,12 +62,17 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
             Some(Recipient::Mailbox(i)) => {
                 let mailbox = dir.mailbox(i);
                 if !mailbox.address.eq_ignore_ascii_case(&r.address) {
-                    out.resolved.push((mailbox.address.clone(), r.address.clone()));
+                    out.resolved
+                        .push((mailbox.address.clone(), r.address.clone()));
                     r.address = mailbox.address.clone();
                 }
                 // The same mailbox reached twice (alias + group) gets one copy.
                 if delivered_to.insert(mailbox.address.to_lowercase()) {
-                    route(&mut out, routing::mailbox_next_hop(ctx, &mailbox.database), r);
+                    route(
+                        &mut out,
+                        routing::mailbox_next_hop(ctx, &mailbox.database),
+                        r,
+                    );
                 }
             }
             Some(Recipient::Group(g)) => {
@@ -72,7 +82,8 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
                     continue;
                 }
                 let group = dir.group(g);
-                out.expanded.push((group.address.clone(), group.members.clone()));
+                out.expanded
+                    .push((group.address.clone(), group.members.clone()));
                 for m in &group.members {
                     if work.len() + delivered_to.len() >= MAX_EXPANDED_RECIPIENTS {
                         break;
@@ -88,7 +99,11 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
                 }
             }
             None => {
-                let reply = Reply::new(550, Enhanced(5, 1, 1), "RESOLVER.ADR.ExRecipNotFound; not found");
+                let reply = Reply::new(
+                    550,
+                    Enhanced(5, 1, 1),
+                    "RESOLVER.ADR.ExRecipNotFound; not found",
+                );
                 r.state = RecipientState::Failed;
                 r.last_error = Some(reply.one_line());
                 out.failed.push((r, reply));

@@ -28,8 +28,18 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    pub fn new(id: i64, envelope: Envelope, content: Arc<[u8]>, pending: usize) -> Arc<QueuedMessage> {
-        Arc::new(QueuedMessage { id, envelope, content, pending: AtomicUsize::new(pending) })
+    pub fn new(
+        id: i64,
+        envelope: Envelope,
+        content: Arc<[u8]>,
+        pending: usize,
+    ) -> Arc<QueuedMessage> {
+        Arc::new(QueuedMessage {
+            id,
+            envelope,
+            content,
+            pending: AtomicUsize::new(pending),
+        })
     }
 
     /// Marks `n` recipients finished; true when that was the last of them.
@@ -49,7 +59,10 @@ pub enum DeliveryType {
 
 impl DeliveryType {
     pub fn is_external(self) -> bool {
-        matches!(self, DeliveryType::DnsConnectorDelivery | DeliveryType::SmartHostConnectorDelivery)
+        matches!(
+            self,
+            DeliveryType::DnsConnectorDelivery | DeliveryType::SmartHostConnectorDelivery
+        )
     }
 }
 
@@ -70,7 +83,12 @@ impl NextHop {
         format!("{:?}:{}", self.delivery_type, self.domain)
     }
     pub fn unreachable() -> NextHop {
-        NextHop { delivery_type: DeliveryType::Unreachable, domain: "Unreachable Domain".into(), connector: None, target: None }
+        NextHop {
+            delivery_type: DeliveryType::Unreachable,
+            domain: "Unreachable Domain".into(),
+            connector: None,
+            target: None,
+        }
     }
 }
 
@@ -191,7 +209,11 @@ impl DeliveryQueue {
                     None
                 } else if let Some((at, _)) = s.next_retry.filter(|(at, _)| *at > now) {
                     Some(at)
-                } else if s.items.iter().any(|i| i.not_before.is_none_or(|t| t <= now)) {
+                } else if s
+                    .items
+                    .iter()
+                    .any(|i| i.not_before.is_none_or(|t| t <= now))
+                {
                     return;
                 } else {
                     s.items.iter().filter_map(|i| i.not_before).min()
@@ -216,7 +238,10 @@ impl DeliveryQueue {
         if s.suspended || s.next_retry.is_some_and(|(at, _)| at > now) {
             return None;
         }
-        let pos = s.items.iter().position(|i| i.not_before.is_none_or(|t| t <= now))?;
+        let pos = s
+            .items
+            .iter()
+            .position(|i| i.not_before.is_none_or(|t| t <= now))?;
         let item = s.items.remove(pos)?;
         s.in_flight += 1;
         Some(item)
@@ -292,7 +317,9 @@ impl DeliveryQueue {
             next_hop_category: category.into(),
             last_error: s.last_error.clone(),
             next_retry_time: s.next_retry.filter(|(at, _)| *at > now).map(|(_, t)| {
-                chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .format("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string()
             }),
         }
     }
@@ -315,11 +342,18 @@ struct QueuesInner {
 }
 
 impl Queues {
-    pub fn new(db: QueueDb, server: &str, on_new_queue: Box<dyn Fn(Arc<DeliveryQueue>) + Send + Sync>) -> Queues {
+    pub fn new(
+        db: QueueDb,
+        server: &str,
+        on_new_queue: Box<dyn Fn(Arc<DeliveryQueue>) + Send + Sync>,
+    ) -> Queues {
         Queues {
             db,
             server: server.to_string(),
-            inner: Mutex::new(QueuesInner { by_key: HashMap::new(), next_number: 1 }),
+            inner: Mutex::new(QueuesInner {
+                by_key: HashMap::new(),
+                next_number: 1,
+            }),
             submission: AtomicUsize::new(0),
             on_new_queue,
         }
@@ -382,7 +416,8 @@ impl Queues {
         self.all().into_iter().find(|q| {
             q.number.to_string() == id
                 || q.next_hop.domain.eq_ignore_ascii_case(id)
-                || (id.eq_ignore_ascii_case("Unreachable") && q.next_hop.delivery_type == DeliveryType::Unreachable)
+                || (id.eq_ignore_ascii_case("Unreachable")
+                    && q.next_hop.delivery_type == DeliveryType::Unreachable)
         })
     }
 }
@@ -401,7 +436,10 @@ mod tests {
             failure_interval: Duration::from_secs(600),
         };
         let ladder: Vec<u64> = (0..12).map(|i| p.interval(i).as_secs()).collect();
-        assert_eq!(ladder, [60, 60, 60, 60, 300, 300, 300, 300, 300, 300, 600, 600]);
+        assert_eq!(
+            ladder,
+            [60, 60, 60, 60, 300, 300, 300, 300, 300, 300, 600, 600]
+        );
     }
 
     #[test]

@@ -92,17 +92,25 @@ pub struct Loaded {
 
 enum Op {
     Insert {
-        envelope: Envelope,
+        envelope: Box<Envelope>,
         content: Arc<[u8]>,
         recipients: Vec<QueuedRecipient>,
         done: oneshot::Sender<Result<i64, String>>,
     },
     /// Categorizer: the message's recipients become `recipients`.
-    Categorized { id: i64, recipients: Vec<QueuedRecipient> },
+    Categorized {
+        id: i64,
+        recipients: Vec<QueuedRecipient>,
+    },
     /// Final or retry state of some recipients (by address).
-    Recipients { id: i64, updates: Vec<(String, RecipientState, Option<String>)> },
+    Recipients {
+        id: i64,
+        updates: Vec<(String, RecipientState, Option<String>)>,
+    },
     /// All recipients done: the message leaves the queue.
-    Delete { id: i64 },
+    Delete {
+        id: i64,
+    },
     Barrier(oneshot::Sender<()>),
 }
 
@@ -142,8 +150,12 @@ impl QueueDb {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let conn = open(path).map_err(|e| anyhow::anyhow!("{}: cannot open the queue database: {e}", path.display()))?;
-        let loaded = load(&conn).map_err(|e| anyhow::anyhow!("{}: cannot read the queue database: {e}", path.display()))?;
+        let conn = open(path).map_err(|e| {
+            anyhow::anyhow!("{}: cannot open the queue database: {e}", path.display())
+        })?;
+        let loaded = load(&conn).map_err(|e| {
+            anyhow::anyhow!("{}: cannot read the queue database: {e}", path.display())
+        })?;
         // Bounded: a stalled disk pushes back on SMTP Receive instead of filling memory.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(8192);
         std::thread::Builder::new()
@@ -166,20 +178,30 @@ impl QueueDb {
     ) -> Result<i64, String> {
         let (done, wait) = oneshot::channel();
         let tx = self.tx.clone();
-        let op = Op::Insert { envelope, content, recipients, done };
+        let op = Op::Insert {
+            envelope: Box::new(envelope),
+            content,
+            recipients,
+            done,
+        };
         // `send` on a full channel blocks, so never on a runtime thread.
-        tokio::task::spawn_blocking(move || tx.send(op))
+        tokio::task::spawn_blocking(move || tx.send(op).map_err(|_| ()))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|_| "queue database writer stopped".to_string())?;
-        wait.await.map_err(|_| "queue database writer stopped".to_string())?
+            .map_err(|()| "queue database writer stopped".to_string())?;
+        wait.await
+            .map_err(|_| "queue database writer stopped".to_string())?
     }
 
     pub fn categorized(&self, id: i64, recipients: Vec<QueuedRecipient>) {
         self.send(Op::Categorized { id, recipients });
     }
 
-    pub fn update_recipients(&self, id: i64, updates: Vec<(String, RecipientState, Option<String>)>) {
+    pub fn update_recipients(
+        &self,
+        id: i64,
+        updates: Vec<(String, RecipientState, Option<String>)>,
+    ) {
         self.send(Op::Recipients { id, updates });
     }
 
@@ -199,11 +221,20 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<Loaded>> {
     let mut out = Vec::new();
     let mut msgs = conn.prepare("SELECT id, envelope, content FROM messages ORDER BY id")?;
     let mut rcpts = conn.prepare("SELECT detail, state FROM recipients WHERE message = ?1")?;
-    let rows = msgs.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
+    let rows = msgs.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
     for row in rows {
         let (id, envelope, content) = row?;
         let Ok(envelope) = serde_json::from_str::<Envelope>(&envelope) else {
-            tracing::error!(id, "queue database: unreadable envelope; message left in place");
+            tracing::error!(
+                id,
+                "queue database: unreadable envelope; message left in place"
+            );
             continue;
         };
         let recipients = rcpts
@@ -215,7 +246,12 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<Loaded>> {
                 Some(rcpt)
             })
             .collect();
-        out.push(Loaded { id, envelope, content: content.into(), recipients });
+        out.push(Loaded {
+            id,
+            envelope,
+            content: content.into(),
+            recipients,
+        });
     }
     Ok(out)
 }
@@ -234,7 +270,12 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>) {
             let tx = conn.transaction()?;
             for op in &batch {
                 match op {
-                    Op::Insert { envelope, content, recipients, .. } => {
+                    Op::Insert {
+                        envelope,
+                        content,
+                        recipients,
+                        ..
+                    } => {
                         let r = insert(&tx, envelope, content, recipients);
                         results.push(r.map_err(|e| e.to_string()));
                     }
@@ -296,13 +337,22 @@ fn insert(
     Ok(id)
 }
 
-fn put_recipients(tx: &rusqlite::Transaction, id: i64, recipients: &[QueuedRecipient]) -> rusqlite::Result<()> {
+fn put_recipients(
+    tx: &rusqlite::Transaction,
+    id: i64,
+    recipients: &[QueuedRecipient],
+) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO recipients (message, address, detail, state) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for r in recipients {
         let detail = serde_json::to_string(r).unwrap_or_default();
-        stmt.execute(params![id, r.address.to_lowercase(), detail, r.state.code()])?;
+        stmt.execute(params![
+            id,
+            r.address.to_lowercase(),
+            detail,
+            r.state.code()
+        ])?;
     }
     Ok(())
 }
@@ -312,7 +362,14 @@ mod tests {
     use super::*;
 
     fn rcpt(a: &str) -> QueuedRecipient {
-        QueuedRecipient { address: a.into(), orcpt: None, notify: vec![], next_hop: None, state: RecipientState::Submitted, last_error: None }
+        QueuedRecipient {
+            address: a.into(),
+            orcpt: None,
+            notify: vec![],
+            next_hop: None,
+            state: RecipientState::Submitted,
+            last_error: None,
+        }
     }
 
     #[tokio::test]
@@ -326,13 +383,24 @@ mod tests {
         for i in 0..50 {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
-                db.insert(Envelope { return_path: format!("s{i}@x.test"), ..Default::default() }, Arc::from(&b"hello"[..]), vec![rcpt("a@x.test"), rcpt("b@x.test")]).await
+                db.insert(
+                    Envelope {
+                        return_path: format!("s{i}@x.test"),
+                        ..Default::default()
+                    },
+                    Arc::from(&b"hello"[..]),
+                    vec![rcpt("a@x.test"), rcpt("b@x.test")],
+                )
+                .await
             }));
         }
         for t in tasks {
             ids.push(t.await.unwrap().unwrap());
         }
-        db.update_recipients(ids[0], vec![("A@x.test".into(), RecipientState::Delivered, None)]);
+        db.update_recipients(
+            ids[0],
+            vec![("A@x.test".into(), RecipientState::Delivered, None)],
+        );
         db.delete(ids[1]);
         db.barrier().await;
         drop(db);
@@ -340,7 +408,11 @@ mod tests {
         assert_eq!(loaded.len(), 49);
         let first = loaded.iter().find(|m| m.id == ids[0]).unwrap();
         assert_eq!(&first.content[..], b"hello");
-        let a = first.recipients.iter().find(|r| r.address == "a@x.test").unwrap();
+        let a = first
+            .recipients
+            .iter()
+            .find(|r| r.address == "a@x.test")
+            .unwrap();
         assert_eq!(a.state, RecipientState::Delivered);
         assert!(loaded.iter().all(|m| m.id != ids[1]));
     }

@@ -45,7 +45,10 @@ fn specificity(space: &str, domain: &str) -> Option<usize> {
 
 /// Send connector selection (reference §4.4): most specific address space, then lowest
 /// cost, then name.
-pub fn select_connector<'a>(connectors: impl Iterator<Item = &'a SendConnector>, domain: &str) -> Option<&'a SendConnector> {
+pub fn select_connector<'a>(
+    connectors: impl Iterator<Item = &'a SendConnector>,
+    domain: &str,
+) -> Option<&'a SendConnector> {
     connectors
         .filter_map(|c| {
             c.address_spaces
@@ -54,7 +57,11 @@ pub fn select_connector<'a>(connectors: impl Iterator<Item = &'a SendConnector>,
                 .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
                 .map(|(spec, cost)| (spec, cost, c))
         })
-        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(b.2.name.cmp(&a.2.name)))
+        .max_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(b.1.cmp(&a.1))
+                .then(b.2.name.cmp(&a.2.name))
+        })
         .map(|(_, _, c)| c)
 }
 
@@ -68,7 +75,11 @@ pub fn external_next_hop(ctx: &ServerContext, domain: &str) -> NextHop {
             } else {
                 DeliveryType::SmartHostConnectorDelivery
             },
-            domain: if c.smart_hosts.is_empty() { domain.to_ascii_lowercase() } else { c.smart_hosts.join(",") },
+            domain: if c.smart_hosts.is_empty() {
+                domain.to_ascii_lowercase()
+            } else {
+                c.smart_hosts.join(",")
+            },
             connector: Some(c.name.clone()),
             target: None,
         },
@@ -84,7 +95,13 @@ mod tests {
     fn conn(name: &str, spaces: &[(&str, u32)]) -> SendConnector {
         SendConnector {
             name: name.into(),
-            address_spaces: spaces.iter().map(|(d, c)| AddressSpace { domain: d.to_string(), cost: *c }).collect(),
+            address_spaces: spaces
+                .iter()
+                .map(|(d, c)| AddressSpace {
+                    domain: d.to_string(),
+                    cost: *c,
+                })
+                .collect(),
             source_servers: vec![],
             smart_hosts: vec![],
             front_end_proxy: false,
@@ -96,12 +113,21 @@ mod tests {
 
     #[test]
     fn most_specific_then_cheapest_then_name() {
-        let cs = [conn("Any", &[("*", 1)]), conn("Sub", &[("*.contoso.test", 5)]), conn("Exact", &[("mkt.contoso.test", 9)]), conn("B", &[("*", 1)])];
+        let cs = [
+            conn("Any", &[("*", 1)]),
+            conn("Sub", &[("*.contoso.test", 5)]),
+            conn("Exact", &[("mkt.contoso.test", 9)]),
+            conn("B", &[("*", 1)]),
+        ];
         let pick = |d| select_connector(cs.iter(), d).map(|c| c.name.as_str());
         assert_eq!(pick("mkt.contoso.test"), Some("Exact"));
         assert_eq!(pick("x.contoso.test"), Some("Sub"));
         assert_eq!(pick("contoso.test"), Some("Sub"));
         assert_eq!(pick("fabrikam.test"), Some("Any"));
-        assert_eq!(select_connector([conn("X", &[("contoso.test", 1)])].iter(), "fabrikam.test").map(|c| c.name.clone()), None);
+        assert_eq!(
+            select_connector([conn("X", &[("contoso.test", 1)])].iter(), "fabrikam.test")
+                .map(|c| c.name.clone()),
+            None
+        );
     }
 }

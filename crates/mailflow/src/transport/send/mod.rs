@@ -27,11 +27,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Starts what empties a new queue.
-pub fn start_transmitter(ctx: Arc<ServerContext>, db: QueueDb, queue: Arc<DeliveryQueue>, policy: RetryPolicy) {
+pub fn start_transmitter(
+    ctx: Arc<ServerContext>,
+    db: QueueDb,
+    queue: Arc<DeliveryQueue>,
+    policy: RetryPolicy,
+) {
     match queue.next_hop.delivery_type {
         DeliveryType::SmtpDeliveryToMailbox => {
             for _ in 0..MAILBOX_DELIVERY_CONNECTIONS {
-                tokio::spawn(mailbox_worker(ctx.clone(), db.clone(), queue.clone(), policy.clone()));
+                tokio::spawn(mailbox_worker(
+                    ctx.clone(),
+                    db.clone(),
+                    queue.clone(),
+                    policy.clone(),
+                ));
             }
         }
         DeliveryType::Unreachable => {
@@ -45,20 +55,34 @@ pub fn start_transmitter(ctx: Arc<ServerContext>, db: QueueDb, queue: Arc<Delive
 }
 
 /// Connects to Mailbox Transport Delivery and authenticates as this server's Transport.
-pub async fn connect_intra_org(ctx: &ServerContext, target: SocketAddr) -> Result<SmtpClient, ClientError> {
-    let log = if ctx.dir.org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose {
-        ctx.hub_send_log.session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
+pub async fn connect_intra_org(
+    ctx: &ServerContext,
+    target: SocketAddr,
+) -> Result<SmtpClient, ClientError> {
+    let log = if ctx.dir.org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose
+    {
+        ctx.hub_send_log
+            .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
     } else {
         ProtocolSession::disabled()
     };
     let mut client = SmtpClient::connect(target, ctx.fqdn(), CONNECT_TIMEOUT, log).await?;
     client.timeout_for_commands(COMMAND_TIMEOUT);
-    client.auth_plain(orgauth::HUB, ctx.name(), &ctx.secret.password(ctx.name())).await?;
+    client
+        .auth_plain(orgauth::HUB, ctx.name(), &ctx.secret.password(ctx.name()))
+        .await?;
     Ok(client)
 }
 
-async fn mailbox_worker(ctx: Arc<ServerContext>, db: QueueDb, queue: Arc<DeliveryQueue>, policy: RetryPolicy) {
-    let Some(target) = queue.next_hop.target else { return };
+async fn mailbox_worker(
+    ctx: Arc<ServerContext>,
+    db: QueueDb,
+    queue: Arc<DeliveryQueue>,
+    policy: RetryPolicy,
+) {
+    let Some(target) = queue.next_hop.target else {
+        return;
+    };
     loop {
         queue.wait_for_work().await;
         let mut client = match connect_intra_org(&ctx, target).await {
@@ -109,7 +133,11 @@ async fn deliver(
     if env.smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
-    let rcpts: Vec<String> = item.recipients.iter().map(|r| format!("RCPT TO:<{}>", r.address)).collect();
+    let rcpts: Vec<String> = item
+        .recipients
+        .iter()
+        .map(|r| format!("RCPT TO:<{}>", r.address))
+        .collect();
     // SEND is stamped when transmission starts, so it sorts before the next hop's
     // RECEIVE as in Exchange's sequence (reference §7.6).
     let sent_at = crate::logs::tracking::now_timestamp();
@@ -144,15 +172,31 @@ async fn deliver(
     let mut updates = Vec::new();
     if !delivered.is_empty() {
         ctx.tracking_transport.log(server_event("SEND", &delivered));
-        updates.extend(delivered.iter().map(|(r, _)| (r.address.clone(), RecipientState::Delivered, None)));
+        updates.extend(
+            delivered
+                .iter()
+                .map(|(r, _)| (r.address.clone(), RecipientState::Delivered, None)),
+        );
     }
     if !failed.is_empty() {
         ctx.tracking_transport.log(server_event("FAIL", &failed));
-        updates.extend(failed.iter().map(|(r, reply)| (r.address.clone(), RecipientState::Failed, Some(reply.one_line()))));
+        updates.extend(failed.iter().map(|(r, reply)| {
+            (
+                r.address.clone(),
+                RecipientState::Failed,
+                Some(reply.one_line()),
+            )
+        }));
     }
     if !deferred.is_empty() {
         ctx.tracking_transport.log(server_event("DEFER", &deferred));
-        updates.extend(deferred.iter().map(|(r, reply)| (r.address.clone(), RecipientState::Ready, Some(reply.one_line()))));
+        updates.extend(deferred.iter().map(|(r, reply)| {
+            (
+                r.address.clone(),
+                RecipientState::Ready,
+                Some(reply.one_line()),
+            )
+        }));
     }
     if !updates.is_empty() {
         db.update_recipients(msg.id, updates);
@@ -164,7 +208,11 @@ async fn deliver(
         let recipients = deferred.into_iter().map(|(r, _)| r).collect();
         // MessageRetryInterval-style per-recipient retry; the queue itself stays up.
         let not_before = Some(Instant::now() + policy.interval(0));
-        queue.push(Item { message: msg.clone(), recipients, not_before });
+        queue.push(Item {
+            message: msg.clone(),
+            recipients,
+            not_before,
+        });
     }
     Ok(())
 }
