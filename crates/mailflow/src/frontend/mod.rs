@@ -15,7 +15,7 @@ use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
 use crate::context::ServerContext;
 use crate::directory::Recipient;
 use crate::net::receive::{SessionInfo, SmtpHandler};
-use proxy::Proxy;
+use proxy::{BeginError, Proxy};
 
 /// The `Default Frontend <server>` policy for one client session.
 pub struct FrontendSession {
@@ -100,28 +100,46 @@ impl SmtpHandler for FrontendSession {
             Some(t) => t,
             None => return Self::unavailable("no Transport server in the organisation"),
         };
-        if self.proxy.as_ref().is_none_or(|p| p.target != target) {
-            if let Some(old) = self.proxy.take() {
-                old.close().await;
+        if self.proxy.as_ref().is_some_and(|p| p.target != target)
+            && let Some(old) = self.proxy.take()
+        {
+            old.close().await;
+        }
+        // A proxy session kept from the client's previous message may have been closed
+        // by Transport meanwhile: then one fresh connection is tried before giving up.
+        let mut attempts = if self.proxy.is_some() { 2 } else { 1 };
+        loop {
+            if self.proxy.is_none() {
+                match Proxy::connect(&self.ctx, target).await {
+                    Ok(p) => self.proxy = Some(p),
+                    Err(e) => return Self::unavailable(&e.to_string()),
+                }
             }
-            match Proxy::connect(&self.ctx, target).await {
-                Ok(p) => self.proxy = Some(p),
-                Err(e) => return Self::unavailable(&e.to_string()),
+            let Some(proxy) = self.proxy.as_mut() else {
+                return Self::unavailable("no proxy");
+            };
+            match proxy
+                .begin(self.from.as_ref(), &self.params, &self.recipients)
+                .await
+            {
+                Ok(()) => break,
+                Err(BeginError::Refused(reply)) => {
+                    // The proxy session's state is unknown after a refusal: start afresh.
+                    self.proxy = None;
+                    return reply;
+                }
+                Err(BeginError::Connection(e)) => {
+                    self.proxy = None;
+                    attempts -= 1;
+                    if attempts == 0 {
+                        return Self::unavailable(&e.to_string());
+                    }
+                }
             }
         }
         let Some(proxy) = self.proxy.as_mut() else {
             return Self::unavailable("no proxy");
         };
-        match proxy
-            .begin(self.from.as_ref(), &self.params, &self.recipients)
-            .await
-        {
-            Ok(()) => {}
-            Err(reply) => {
-                self.proxy = None;
-                return reply;
-            }
-        }
         // This hop's Received: header goes first (reference §11.3: `via Frontend Transport`).
         let received = crate::net::received_header(
             info.helo.as_deref().unwrap_or("unknown"),

@@ -47,14 +47,24 @@ impl Proxy {
             .await?;
         Ok(Proxy { target, client })
     }
+}
 
+/// Why a proxied transaction could not start.
+pub enum BeginError {
+    /// The connection to Transport failed (a pooled one may have timed out).
+    Connection(ClientError),
+    /// Transport answered; its reply goes to the client.
+    Refused(Reply),
+}
+
+impl Proxy {
     /// Sends the envelope and DATA; Ok when Transport answered 354.
     pub async fn begin(
         &mut self,
         from: Option<&Address>,
         params: &MailParams,
         recipients: &[(Address, RcptParams)],
-    ) -> Result<(), Reply> {
+    ) -> Result<(), BeginError> {
         let mut mail = format!(
             "MAIL FROM:<{}>",
             from.map(|a| a.to_string()).unwrap_or_default()
@@ -89,39 +99,32 @@ impl Proxy {
                 line
             })
             .collect();
-        let unavailable = |e: ClientError| {
-            Reply::new(
-                451,
-                Enhanced(4, 4, 0),
-                format!("Unable to reach a Transport service; try again later ({e})"),
-            )
-        };
         let (mail_reply, rcpt_replies, data) = self
             .client
             .envelope(&mail, &rcpts, true)
             .await
-            .map_err(unavailable)?;
+            .map_err(BeginError::Connection)?;
         if !mail_reply.is_positive() {
-            return Err(mail_reply);
+            return Err(BeginError::Refused(mail_reply));
         }
         // Every recipient was accepted by us; if Transport disagrees about one, the
         // client must retry rather than lose that recipient silently.
         if let Some(refused) = rcpt_replies.iter().find(|r| !r.is_positive()) {
             let _ = self.client.reset().await;
-            return Err(Reply::new(
+            return Err(BeginError::Refused(Reply::new(
                 451,
                 Enhanced(4, 4, 0),
                 format!("Transport refused a recipient; try again later ({refused})"),
-            ));
+            )));
         }
         match data {
             Some(r) if r.code == 354 => Ok(()),
-            Some(r) => Err(r),
-            None => Err(Reply::new(
+            Some(r) => Err(BeginError::Refused(r)),
+            None => Err(BeginError::Refused(Reply::new(
                 451,
                 Enhanced(4, 4, 0),
                 "Transport did not accept the content",
-            )),
+            ))),
         }
     }
 
