@@ -507,3 +507,55 @@ fn fifty_concurrent_sessions_of_twenty_messages_each_are_delivered_exactly_once(
     subjects.dedup();
     assert_eq!(subjects.len(), 1000, "a message was delivered twice");
 }
+
+/// AUTH PLAIN as an organisation server, as the Transport service does (DESIGN §1).
+fn auth_as_transport(c: &mut Smtp, server: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(b"00112233445566778899aabbccddeeff").unwrap();
+    mac.update(b"mailflow ExchangeServer authentication\0");
+    mac.update(server.to_lowercase().as_bytes());
+    let password = hex::encode(mac.finalize().into_bytes());
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(format!("HubTransport\0{server}\0{password}"));
+    c.cmd(&format!("AUTH PLAIN {token}"))
+}
+
+#[test]
+fn mailbox_delivery_takes_only_active_databases_and_absorbs_a_retried_delivery() {
+    let p = free_ports(7);
+    let extra = format!(
+        "\n[[servers]]\nname = \"MBX2\"\nsite = \"Site-A\"\nfqdn = \"mbx2.contoso.test\"\naddress = \"127.0.0.1\"\ndata_dir = \"data/MBX2\"\n[servers.ports]\nfrontend = {}\nclient_frontend = {}\nclient_proxy = {}\noutbound_proxy = {}\ntransport = {}\nmailbox_delivery = {}\nadmin = {}\n\n[[databases]]\nname = \"DB02\"\ncopies = [\"MBX2\"]\n\n[[mailboxes]]\naddress = \"dave@contoso.test\"\ndatabase = \"DB02\"\n",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    );
+    let server = Server::start_with(&extra);
+    let content = "X-MS-Exchange-Organization-Network-Message-Id: 0123456789abcdef0123456789abcdef\r\nSubject: retried delivery\r\nMessage-ID: <retried@contoso.test>\r\n\r\nonce\r\n";
+    for attempt in 0..2 {
+        let mut c = Smtp::connect(server.ports.mailbox_delivery);
+        c.cmd("EHLO mbx1.contoso.test");
+        assert!(auth_as_transport(&mut c, "MBX1").starts_with("235"));
+        assert!(c.cmd("MAIL FROM:<sender@fabrikam.test>").starts_with("250"));
+        // DB02's active copy is on MBX2: the sender must reroute.
+        let r = c.cmd("RCPT TO:<dave@contoso.test>");
+        assert!(r.starts_with("451 4.3.2 ") && r.contains("reroute"), "{r}");
+        assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send_raw(content.as_bytes());
+        c.send_raw(b".\r\n");
+        let r = c.read_reply();
+        assert!(r.starts_with("250"), "attempt {attempt}: {r}");
+    }
+    // The same message (same network message id) delivered twice: one copy.
+    server.wait_inbox("alice@contoso.test", 1);
+    let dup = wait_for(
+        "the duplicate to be absorbed",
+        Duration::from_secs(10),
+        || {
+            let d = server.track(&["--event-id", "DUPLICATEDELIVER"]);
+            (!d.is_empty()).then_some(d)
+        },
+    );
+    assert_eq!(dup[0]["Recipients"][0], "alice@contoso.test");
+    assert_eq!(server.export("alice@contoso.test").len(), 1);
+}
