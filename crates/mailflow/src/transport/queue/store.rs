@@ -11,6 +11,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::TrySendError;
 
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -118,6 +120,8 @@ enum Op {
 #[derive(Clone)]
 pub struct QueueDb {
     tx: std::sync::mpsc::SyncSender<Op>,
+    /// Committed transactions, to show that load shares fsyncs.
+    transactions: Arc<AtomicU64>,
 }
 
 const SCHEMA: &str = "
@@ -158,10 +162,14 @@ impl QueueDb {
         })?;
         // Bounded: a stalled disk pushes back on SMTP Receive instead of filling memory.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(8192);
+        let transactions = Arc::new(AtomicU64::new(0));
         std::thread::Builder::new()
             .name("queue-db-writer".into())
-            .spawn(move || writer(conn, rx))?;
-        Ok((QueueDb { tx }, loaded))
+            .spawn({
+                let transactions = transactions.clone();
+                move || writer(conn, rx, &transactions)
+            })?;
+        Ok((QueueDb { tx, transactions }, loaded))
     }
 
     fn send(&self, op: Op) {
@@ -177,18 +185,27 @@ impl QueueDb {
         recipients: Vec<QueuedRecipient>,
     ) -> Result<i64, String> {
         let (done, wait) = oneshot::channel();
-        let tx = self.tx.clone();
         let op = Op::Insert {
             envelope: Box::new(envelope),
             content,
             recipients,
             done,
         };
-        // `send` on a full channel blocks, so never on a runtime thread.
-        tokio::task::spawn_blocking(move || tx.send(op).map_err(|_| ()))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|()| "queue database writer stopped".to_string())?;
+        // Usually there is room; when 8192 operations wait, block (back pressure) on a
+        // blocking thread, never on the runtime.
+        match self.tx.try_send(op) {
+            Ok(()) => {}
+            Err(TrySendError::Full(op)) => {
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(op).map_err(|_| ()))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|()| "queue database writer stopped".to_string())?;
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err("queue database writer stopped".into());
+            }
+        }
         wait.await
             .map_err(|_| "queue database writer stopped".to_string())?
     }
@@ -207,6 +224,12 @@ impl QueueDb {
 
     pub fn delete(&self, id: i64) {
         self.send(Op::Delete { id });
+    }
+
+    /// Transactions committed so far.
+    #[cfg(test)]
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
     }
 
     /// Resolves when everything sent before it is committed (tests, shutdown).
@@ -256,7 +279,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<Loaded>> {
     Ok(out)
 }
 
-fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>) {
+fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions: &AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -298,7 +321,9 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>) {
                     Op::Barrier(_) => {}
                 }
             }
-            tx.commit()
+            tx.commit()?;
+            transactions.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         })();
         let mut results = results.into_iter();
         for op in batch {
@@ -397,6 +422,12 @@ mod tests {
         for t in tasks {
             ids.push(t.await.unwrap().unwrap());
         }
+        // Group commit: 50 concurrent inserts shared transactions (and fsyncs).
+        assert!(
+            db.transactions() < 50,
+            "{} transactions for 50 inserts",
+            db.transactions()
+        );
         db.update_recipients(
             ids[0],
             vec![("A@x.test".into(), RecipientState::Delivered, None)],
