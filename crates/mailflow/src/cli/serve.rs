@@ -183,6 +183,7 @@ async fn serve(
     tracing::info!("shutting down");
     ctx.flush_logs();
     transport.queues.db.barrier().await;
+    tracing::info!(transactions = transport.queues.db.transactions(), "queue database closed");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -226,8 +226,7 @@ impl QueueDb {
         self.send(Op::Delete { id });
     }
 
-    /// Transactions committed so far.
-    #[cfg(test)]
+    /// Transactions committed so far (logged at shutdown; compare with messages).
     pub fn transactions(&self) -> u64 {
         self.transactions.load(Ordering::Relaxed)
     }
