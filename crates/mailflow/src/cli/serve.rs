@@ -183,7 +183,10 @@ async fn serve(
     tracing::info!("shutting down");
     ctx.flush_logs();
     transport.queues.db.barrier().await;
-    tracing::info!(transactions = transport.queues.db.transactions(), "queue database closed");
+    tracing::info!(
+        transactions = transport.queues.db.transactions(),
+        "queue database closed"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
