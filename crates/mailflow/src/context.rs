@@ -2,7 +2,7 @@
 //! organisation secret, the active database copies and the log writers.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -10,13 +10,20 @@ use crate::directory::{Directory, Server};
 use crate::logs::protocol::{Direction, ProtocolLog};
 use crate::logs::tracking::{TrackingLog, TrackingService};
 use crate::net::orgauth::OrgSecret;
+use crate::transport::routing::RoutingView;
+use crate::transport::routing::topology::Topology;
 
 const LOG_FILE_SIZE: u64 = 10 * 1024 * 1024;
 
 /// Which server holds the active copy of each database (Active Manager's answer). At
-/// start the first copy in activation preference is active.
+/// start the first copy in activation preference is active, unless a switchover
+/// (`mailflow database move`) recorded another in the server's state file.
 #[derive(Default)]
-pub struct ActiveCopies(RwLock<HashMap<String, String>>);
+pub struct ActiveCopies {
+    map: RwLock<HashMap<String, String>>,
+    /// Where switchovers are recorded (`<data_dir>/active-copies.json`).
+    state_file: Option<PathBuf>,
+}
 
 impl ActiveCopies {
     pub fn from_directory(dir: &Directory) -> ActiveCopies {
@@ -24,15 +31,62 @@ impl ActiveCopies {
             .databases()
             .filter_map(|d| d.copies.first().map(|s| (d.name.to_lowercase(), s.clone())))
             .collect();
-        ActiveCopies(RwLock::new(map))
+        ActiveCopies {
+            map: RwLock::new(map),
+            state_file: None,
+        }
+    }
+
+    /// Like `from_directory`, then the switchovers recorded in `state_file` (for
+    /// databases and servers that still exist).
+    pub fn with_state(dir: &Directory, state_file: PathBuf) -> ActiveCopies {
+        let mut copies = ActiveCopies::from_directory(dir);
+        if let Ok(text) = std::fs::read_to_string(&state_file)
+            && let Ok(saved) = serde_json::from_str::<HashMap<String, String>>(&text)
+        {
+            for (db, server) in saved {
+                let valid = dir
+                    .database(&db)
+                    .is_some_and(|d| d.copies.iter().any(|c| c.eq_ignore_ascii_case(&server)));
+                if valid {
+                    copies.set_in_memory(&db, &server);
+                }
+            }
+        }
+        copies.state_file = Some(state_file);
+        copies
     }
 
     pub fn active_server(&self, database: &str) -> Option<String> {
-        self.0
+        self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&database.to_lowercase())
             .cloned()
+    }
+
+    fn set_in_memory(&self, database: &str, server: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(database.to_lowercase(), server.to_string());
+    }
+
+    /// Move-ActiveMailboxDatabase: `server` now holds the active copy (recorded so a
+    /// restart keeps it).
+    pub fn set(&self, database: &str, server: &str) {
+        self.set_in_memory(database, server);
+        if let Some(path) = &self.state_file {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let tmp = path.with_extension("tmp");
+            let written = serde_json::to_vec_pretty(&map)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| std::fs::write(&tmp, bytes))
+                .and_then(|()| std::fs::rename(&tmp, path));
+            if let Err(e) = written {
+                tracing::error!("cannot record the active copies in {}: {e}", path.display());
+            }
+        }
     }
 }
 
@@ -44,6 +98,7 @@ pub struct LogPaths {
     pub hub_receive: PathBuf,
     pub hub_send: PathBuf,
     pub mailbox_receive: PathBuf,
+    pub routing: PathBuf,
 }
 
 impl LogPaths {
@@ -56,6 +111,7 @@ impl LogPaths {
             hub_receive: logs.join("Hub/ProtocolLog/SmtpReceive"),
             hub_send: logs.join("Hub/ProtocolLog/SmtpSend"),
             mailbox_receive: logs.join("Mailbox/ProtocolLog/SmtpReceive/Delivery"),
+            routing: logs.join("Hub/Routing"),
         }
     }
 }
@@ -67,6 +123,7 @@ pub struct ServerContext {
     pub ip: IpAddr,
     pub secret: OrgSecret,
     pub active: ActiveCopies,
+    pub topology: Topology,
     pub tracking_transport: TrackingLog,
     pub tracking_delivery: TrackingLog,
     pub frontend_receive_log: ProtocolLog,
@@ -105,13 +162,24 @@ impl ServerContext {
             hub_receive_log: proto(&paths.hub_receive, Direction::Receive)?,
             hub_send_log: proto(&paths.hub_send, Direction::Send)?,
             mailbox_receive_log: proto(&paths.mailbox_receive, Direction::Receive)?,
-            active: ActiveCopies::from_directory(&dir),
+            active: ActiveCopies::with_state(&dir, data_dir.join("active-copies.json")),
+            topology: Topology::new(&dir),
             dir,
             server,
             data_dir,
             ip,
             secret,
         })
+    }
+
+    /// Routing as this server sees it now.
+    pub fn routing(&self) -> RoutingView<'_> {
+        RoutingView {
+            dir: &self.dir,
+            topology: &self.topology,
+            active: &self.active,
+            local: &self.server,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -128,22 +196,6 @@ impl ServerContext {
             .as_deref()
             .and_then(|b| b.parse().ok())
             .unwrap_or(self.ip)
-    }
-
-    /// Where another server's Transport service listens.
-    pub fn transport_endpoint(server: &Server) -> Option<SocketAddr> {
-        Some(SocketAddr::new(
-            server.address.parse().ok()?,
-            server.ports.transport,
-        ))
-    }
-
-    /// Where another server's Mailbox Transport Delivery listens.
-    pub fn mailbox_delivery_endpoint(server: &Server) -> Option<SocketAddr> {
-        Some(SocketAddr::new(
-            server.address.parse().ok()?,
-            server.ports.mailbox_delivery,
-        ))
     }
 
     pub fn flush_logs(&self) {

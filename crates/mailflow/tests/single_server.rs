@@ -350,14 +350,21 @@ fn internal_listeners_refuse_clients_that_are_not_organisation_servers() {
 
 #[test]
 fn frontend_answers_4xx_at_once_when_no_transport_service_answers() {
-    // dave's database is active on MBX2, whose Transport is not running: Front End must
-    // not hold the client until a timeout.
+    // dave's database is active on MBX2 in another site, whose Transport is not running:
+    // Front End must not hold the client until a timeout.
     let p = free_ports(7);
     let extra = format!(
         r#"
+[[sites]]
+name = "Site-B"
+
+[[site_links]]
+sites = ["Site-A", "Site-B"]
+cost = 10
+
 [[servers]]
 name = "MBX2"
-site = "Site-A"
+site = "Site-B"
 fqdn = "mbx2.contoso.test"
 address = "127.0.0.1"
 data_dir = "data/MBX2"

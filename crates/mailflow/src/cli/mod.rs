@@ -2,9 +2,11 @@
 //! Exchange cmdlets they mirror.
 
 mod check_config;
+mod database;
 mod init;
 mod mailbox;
 mod queue;
+mod route;
 mod serve;
 mod track;
 
@@ -57,6 +59,12 @@ pub enum Command {
     /// Mailboxes (Get-Mailbox, New-MailboxExportRequest).
     #[command(subcommand)]
     Mailbox(mailbox::MailboxCommand),
+    /// The routing table (destination, delivery group, next hop, cost, path).
+    #[command(subcommand)]
+    Route(route::RouteCommand),
+    /// Mailbox databases (Move-ActiveMailboxDatabase).
+    #[command(subcommand)]
+    Database(database::DatabaseCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -68,6 +76,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Track(a) => track::run(&g, a),
         Command::Queue(c) => queue::run(&g, c),
         Command::Mailbox(c) => mailbox::run(&g, c),
+        Command::Route(c) => route::run(&g, c),
+        Command::Database(c) => database::run(&g, c),
     }
 }
 

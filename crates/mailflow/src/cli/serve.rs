@@ -53,6 +53,11 @@ async fn serve(
         secret.clone(),
     )?);
     let transport = TransportService::start(ctx.clone())?;
+    crate::transport::routing::write_routing_log(
+        &crate::context::LogPaths::new(&data_dir).routing,
+        &server.name,
+        &ctx.routing().table(),
+    );
     let stores = Arc::new(Stores::open(&ctx)?);
     let org_servers = Arc::new(dir.servers().map(|s| s.name.clone()).collect::<Vec<_>>());
     let org_auth = AuthPolicy::OrgServers {
@@ -85,6 +90,12 @@ async fn serve(
             inactivity_timeout: settings.connection_inactivity_timeout,
             connection_timeout: settings.connection_timeout,
             max_connections: 5000,
+            default_domain: org
+                .accepted_domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or("localhost")
+                .into(),
             handler,
         };
     let verbose = |level: LoggingLevel, log: &crate::logs::protocol::ProtocolLog| {

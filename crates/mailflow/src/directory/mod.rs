@@ -118,7 +118,28 @@ impl Directory {
 
     /// Looks an address up (case-insensitively), like the categorizer's AD lookup.
     pub fn lookup(&self, address: &str) -> Option<Recipient> {
-        self.addresses.get(&address.to_lowercase()).copied()
+        let key = address.to_lowercase();
+        if let Some(r) = self.addresses.get(&key) {
+            return Some(*r);
+        }
+        // RFC 5321 §4.5.1: postmaster must be accepted for every domain; without a
+        // mailbox of that name it reaches administrator@ (else the first mailbox).
+        let (local, domain) = key.rsplit_once('@')?;
+        if local == "postmaster" && self.is_accepted_domain(domain) {
+            let admin = self
+                .org
+                .mailboxes
+                .iter()
+                .position(|m| {
+                    m.get_ref()
+                        .address
+                        .to_lowercase()
+                        .starts_with("administrator@")
+                })
+                .or((!self.org.mailboxes.is_empty()).then_some(0))?;
+            return Some(Recipient::Mailbox(admin));
+        }
+        None
     }
 
     pub fn mailbox(&self, i: usize) -> &Mailbox {
@@ -511,6 +532,94 @@ impl Validator<'_> {
             for s in &l.get_ref().sites {
                 if !sites.contains(s.as_str()) {
                     self.err(l, "site_links", "sites", format!("unknown site {s:?}"));
+                }
+            }
+        }
+        self.validate_topology(org);
+    }
+
+    /// Reference §4: every server in a site (once sites exist), every site reachable
+    /// over site links, and a database with several copies inside one DAG.
+    fn validate_topology(&mut self, org: &OrgFile) {
+        if !org.sites.is_empty() {
+            for s in &org.servers {
+                if s.get_ref().site.is_none() {
+                    self.err(
+                        s,
+                        "servers",
+                        "name",
+                        format!(
+                            "server {:?} is in no site (add site = \"…\")",
+                            s.get_ref().name
+                        ),
+                    );
+                }
+            }
+        }
+        // Sites with servers must reach each other; a site with no link is unreachable.
+        let used: Vec<&str> = org
+            .servers
+            .iter()
+            .filter_map(|s| s.get_ref().site.as_deref())
+            .collect();
+        if let Some(first) = used.first() {
+            let mut reached: HashSet<&str> = HashSet::from([*first]);
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for l in &org.site_links {
+                    let l = l.get_ref();
+                    if l.sites.iter().any(|s| reached.contains(s.as_str())) {
+                        for s in &l.sites {
+                            changed |= reached.insert(s.as_str());
+                        }
+                    }
+                }
+            }
+            for site in &org.sites {
+                let name = site.get_ref().name.as_str();
+                if used.contains(&name) && !reached.contains(name) {
+                    self.err(
+                        site,
+                        "sites",
+                        "name",
+                        format!(
+                            "site {name:?} is unreachable: no site link joins it to site {first:?}"
+                        ),
+                    );
+                }
+            }
+        }
+        let dag_of = |server: &str| {
+            org.dags
+                .iter()
+                .find(|d| {
+                    d.get_ref()
+                        .servers
+                        .iter()
+                        .any(|m| m.eq_ignore_ascii_case(server))
+                })
+                .map(|d| d.get_ref().name.clone())
+        };
+        for d in &org.databases {
+            let v = d.get_ref();
+            if v.copies.len() < 2 {
+                continue;
+            }
+            let dag = dag_of(&v.copies[0]);
+            for c in &v.copies {
+                if dag.is_none() || dag_of(c) != dag {
+                    let msg = match &dag {
+                        Some(dag) => {
+                            format!("copy on {c:?} is outside the DAG {dag:?} of the first copy")
+                        }
+                        None => format!(
+                            "a database with several copies needs its servers in one DAG ({:?} is in none)",
+                            v.copies[0]
+                        ),
+                    };
+                    self.err(d, "databases", "copies", msg);
+                    break;
                 }
             }
         }

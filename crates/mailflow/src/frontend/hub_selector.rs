@@ -1,30 +1,42 @@
-//! Which Transport server Front End proxies to (reference §2): for mailbox recipients a
-//! server holding the recipients' database (the delivery group), chosen from the first
-//! 20 recipients; otherwise a Transport server of the local site. Front End never
-//! bifurcates: one server per message.
+//! Which Transport server Front End proxies to (reference §2): for mailbox recipients,
+//! a server of the delivery group of their database, the group nearest by site chosen
+//! from the first 20 recipients; with no mailbox recipient, a random Transport server
+//! of the local site. Front End never bifurcates: one server per message. The result is
+//! an ordered list so that a server that does not answer is skipped.
 
 use std::net::SocketAddr;
 
 use mailflow_smtp::{Address, RcptParams};
-use rand::seq::IndexedRandom;
+use rand::seq::SliceRandom;
 
 use crate::context::ServerContext;
 use crate::directory::Recipient;
 
-pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Option<SocketAddr> {
+pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Vec<SocketAddr> {
     let dir = &ctx.dir;
-    for (to, _) in recipients.iter().take(20) {
-        if let Some(Recipient::Mailbox(i)) = dir.lookup(&to.key())
-            && let Some(server) = ctx.active.active_server(&dir.mailbox(i).database)
-            && let Some(server) = dir.server(&server)
-        {
-            return ServerContext::transport_endpoint(server);
-        }
+    let view = ctx.routing();
+    let nearest_group = recipients
+        .iter()
+        .take(20)
+        .filter_map(|(to, _)| match dir.lookup(&to.key()) {
+            Some(Recipient::Mailbox(i)) => Some(view.database_members(&dir.mailbox(i).database)),
+            _ => None,
+        })
+        .filter(|members| !members.is_empty())
+        .min_by_key(|members| view.distance_rank(members));
+    if let Some(members) = nearest_group {
+        return view
+            .by_distance(&members, true)
+            .into_iter()
+            .map(|(_, _, addr)| addr)
+            .collect();
     }
-    // No mailbox recipient: a random Transport server of the local site.
-    let local_site = ctx.server.site.clone();
-    let candidates: Vec<_> = dir.servers().filter(|s| s.site == local_site).collect();
-    candidates
-        .choose(&mut rand::rng())
-        .and_then(|s| ServerContext::transport_endpoint(s))
+    // No mailbox recipient: the local site's Transport servers in random order.
+    let mut local: Vec<SocketAddr> = view
+        .by_distance(&view.local_site_servers(), true)
+        .into_iter()
+        .map(|(_, _, addr)| addr)
+        .collect();
+    local.shuffle(&mut rand::rng());
+    local
 }

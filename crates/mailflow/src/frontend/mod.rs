@@ -96,24 +96,43 @@ impl SmtpHandler for FrontendSession {
     }
 
     async fn data_start(&mut self, info: &SessionInfo) -> Reply {
-        let target = match hub_selector::choose(&self.ctx, &self.recipients) {
-            Some(t) => t,
-            None => return Self::unavailable("no Transport server in the organisation"),
-        };
-        if self.proxy.as_ref().is_some_and(|p| p.target != target)
+        let targets = hub_selector::choose(&self.ctx, &self.recipients);
+        if targets.is_empty() {
+            return Self::unavailable("no Transport server for these recipients");
+        }
+        // Keep the proxy session of the client's previous message if it goes to one of
+        // the chosen servers; it may have been closed by Transport meanwhile, so a
+        // failure on it is retried on a fresh connection.
+        if self
+            .proxy
+            .as_ref()
+            .is_some_and(|p| !targets.contains(&p.target))
             && let Some(old) = self.proxy.take()
         {
             old.close().await;
         }
-        // A proxy session kept from the client's previous message may have been closed
-        // by Transport meanwhile: then one fresh connection is tried before giving up.
-        let mut attempts = if self.proxy.is_some() { 2 } else { 1 };
+        let mut candidates: Vec<std::net::SocketAddr> = match &self.proxy {
+            Some(p) => std::iter::once(p.target)
+                .chain(targets.iter().copied())
+                .collect(),
+            None => targets.clone(),
+        };
+        candidates.reverse();
+        let mut last_error = String::new();
         loop {
             if self.proxy.is_none() {
+                let Some(target) = candidates.pop() else {
+                    return Self::unavailable(&last_error);
+                };
                 match Proxy::connect(&self.ctx, target).await {
                     Ok(p) => self.proxy = Some(p),
-                    Err(e) => return Self::unavailable(&e.to_string()),
+                    Err(e) => {
+                        last_error = e.to_string();
+                        continue;
+                    }
                 }
+            } else {
+                candidates.pop();
             }
             let Some(proxy) = self.proxy.as_mut() else {
                 return Self::unavailable("no proxy");
@@ -130,10 +149,7 @@ impl SmtpHandler for FrontendSession {
                 }
                 Err(BeginError::Connection(e)) => {
                     self.proxy = None;
-                    attempts -= 1;
-                    if attempts == 0 {
-                        return Self::unavailable(&e.to_string());
-                    }
+                    last_error = e.to_string();
                 }
             }
         }

@@ -83,6 +83,8 @@ pub struct ReceiveConnector {
     pub connection_timeout: Duration,
     /// MaxInboundConnection (reference §1.2).
     pub max_connections: usize,
+    /// The domain `RCPT TO:<Postmaster>` stands for.
+    pub default_domain: Arc<str>,
     pub handler: HandlerFactory,
 }
 
@@ -184,8 +186,9 @@ impl ReceiveConnector {
                         }
                         Event::Rcpt { mut to, params } => {
                             if to.domain.is_empty() {
-                                // <Postmaster> without a domain (RFC 5321 §4.1.1.3).
-                                to.domain = self.session.hostname.clone();
+                                // <Postmaster> without a domain (RFC 5321 §4.1.1.3):
+                                // the organisation's default (first accepted) domain.
+                                to.domain = self.default_domain.to_string();
                             }
                             let reply = handler.rcpt(&info, to, params).await;
                             session.respond(reply);

@@ -26,7 +26,30 @@ pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connect
 pub struct TransportService {
     pub ctx: Arc<ServerContext>,
     pub queues: Arc<Queues>,
-    submit_tx: mpsc::UnboundedSender<(Arc<QueuedMessage>, Vec<QueuedRecipient>)>,
+    submit_tx: mpsc::UnboundedSender<Submission>,
+}
+
+/// An entry of the Submission queue.
+pub struct Submission {
+    pub message: Arc<QueuedMessage>,
+    pub recipients: Vec<QueuedRecipient>,
+    /// Recipients coming back from a delivery queue (a reroute): they are already
+    /// counted in the message's pending recipients and keep their other recipients.
+    pub resubmit: bool,
+}
+
+/// Puts recipients back through the categorizer (reroute after a switchover).
+#[derive(Clone)]
+pub struct Resubmitter(mpsc::UnboundedSender<Submission>);
+
+impl Resubmitter {
+    pub fn resubmit(&self, message: Arc<QueuedMessage>, recipients: Vec<QueuedRecipient>) {
+        let _ = self.0.send(Submission {
+            message,
+            recipients,
+            resubmit: true,
+        });
+    }
 }
 
 impl TransportService {
@@ -34,16 +57,18 @@ impl TransportService {
     pub fn start(ctx: Arc<ServerContext>) -> anyhow::Result<Arc<TransportService>> {
         let (db, loaded) = QueueDb::open(&ctx.data_dir.join("Queue").join("mail.db"))?;
         let policy = retry_policy(&ctx);
-        let send_ctx = ctx.clone();
-        let send_db = db.clone();
+        let (submit_tx, submit_rx) = mpsc::unbounded_channel();
+        let transmitter = send::Transmitter {
+            ctx: ctx.clone(),
+            db: db.clone(),
+            policy,
+            resubmit: Resubmitter(submit_tx.clone()),
+        };
         let queues = Arc::new(Queues::new(
             db,
             ctx.name(),
-            Box::new(move |q| {
-                send::start_transmitter(send_ctx.clone(), send_db.clone(), q, policy.clone())
-            }),
+            Box::new(move |q| transmitter.start(q)),
         ));
-        let (submit_tx, submit_rx) = mpsc::unbounded_channel();
         let service = Arc::new(TransportService {
             ctx: ctx.clone(),
             queues: queues.clone(),
@@ -63,7 +88,7 @@ impl TransportService {
                 queues.db.delete(m.id);
                 continue;
             }
-            let msg = QueuedMessage::new(m.id, m.envelope, m.content, 0);
+            let msg = QueuedMessage::new(m.id, m.envelope, m.content);
             service.submit(msg, pending);
         }
         if count > 0 {
@@ -75,7 +100,11 @@ impl TransportService {
     /// Hands an accepted (durable) message to the categorizer via the Submission queue.
     pub fn submit(&self, msg: Arc<QueuedMessage>, recipients: Vec<QueuedRecipient>) {
         self.queues.submission.fetch_add(1, Ordering::Relaxed);
-        let _ = self.submit_tx.send((msg, recipients));
+        let _ = self.submit_tx.send(Submission {
+            message: msg,
+            recipients,
+            resubmit: false,
+        });
     }
 }
 
@@ -124,10 +153,19 @@ pub fn tracking_event(
 /// Takes one message at a time from the Submission queue (reference §3.1).
 async fn categorizer_loop(
     service: Arc<TransportService>,
-    mut rx: mpsc::UnboundedReceiver<(Arc<QueuedMessage>, Vec<QueuedRecipient>)>,
+    mut rx: mpsc::UnboundedReceiver<Submission>,
 ) {
     let ctx = &service.ctx;
-    while let Some((msg, recipients)) = rx.recv().await {
+    while let Some(Submission {
+        message: msg,
+        recipients,
+        resubmit,
+    }) = rx.recv().await
+    {
+        let consumed = if resubmit { recipients.len() } else { 0 };
+        if !resubmit {
+            service.queues.submission.fetch_sub(1, Ordering::Relaxed);
+        }
         let result = categorizer::categorize(ctx, recipients);
         for (resolved, original) in &result.resolved {
             let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
@@ -149,18 +187,19 @@ async fn categorizer_loop(
             ctx.tracking_transport.log(ev);
             all.push(r.clone());
         }
-        let pending: usize = result.routed.iter().map(|(_, r)| r.len()).sum();
+        let routed: usize = result.routed.iter().map(|(_, r)| r.len()).sum();
         for (_, rs) in &result.routed {
             all.extend(rs.iter().cloned());
         }
-        let msg = QueuedMessage::new(msg.id, msg.envelope.clone(), msg.content.clone(), pending);
-        service.queues.submission.fetch_sub(1, Ordering::Relaxed);
-        if pending == 0 {
-            // Every recipient failed: nothing to deliver (NDRs arrive with outbound DSNs).
-            service.queues.db.delete(msg.id);
-            continue;
+        if resubmit {
+            // Only these recipients change; the message's others stay as they are.
+            service.queues.db.upsert_recipients(msg.id, all);
+        } else {
+            service.queues.db.categorized(msg.id, all);
         }
-        service.queues.db.categorized(msg.id, all);
+        // Add before subtracting, so the count cannot touch zero while recipients of
+        // this message are still to be delivered.
+        msg.add_pending(routed);
         for (hop, recipients) in result.routed {
             let queue = service.queues.queue_for(&hop);
             queue.push(Item {
@@ -168,6 +207,12 @@ async fn categorizer_loop(
                 recipients,
                 not_before: None,
             });
+        }
+        if routed == 0 && consumed == 0 && !resubmit {
+            // Every recipient failed: nothing to deliver (NDRs arrive with outbound DSNs).
+            service.queues.db.delete(msg.id);
+        } else if msg.finish(consumed) {
+            service.queues.db.delete(msg.id);
         }
     }
 }

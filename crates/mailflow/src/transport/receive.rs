@@ -209,7 +209,7 @@ impl TransportReceive {
                 return Reply::new(451, Enhanced(4, 3, 1), "Insufficient system resources");
             }
         };
-        let msg = QueuedMessage::new(id, envelope, full, 0);
+        let msg = QueuedMessage::new(id, envelope, full);
         let mut ev = super::tracking_event(ctx, &msg, "RECEIVE", "SMTP");
         ev.client_ip = info.remote.ip().to_string();
         ev.client_hostname = info.helo.clone().unwrap_or_default();

@@ -11,7 +11,6 @@ use crate::context::ServerContext;
 use crate::directory::Recipient;
 use crate::transport::queue::NextHop;
 use crate::transport::queue::store::{QueuedRecipient, RecipientState};
-use crate::transport::routing;
 
 /// The result of categorizing one message.
 #[derive(Default)]
@@ -31,6 +30,7 @@ const MAX_EXPANDED_RECIPIENTS: usize = 10_000;
 
 pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Categorized {
     let dir = &ctx.dir;
+    let view = ctx.routing();
     let mut out = Categorized::default();
     let mut hops: HashMap<String, usize> = HashMap::new();
     let mut delivered_to: HashSet<String> = HashSet::new();
@@ -54,7 +54,7 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
             .to_ascii_lowercase();
         if !dir.is_accepted_domain(&domain) {
             if delivered_to.insert(r.address.to_lowercase()) {
-                route(&mut out, routing::external_next_hop(ctx, &domain), r);
+                route(&mut out, view.route_external(&domain), r);
             }
             continue;
         }
@@ -68,11 +68,7 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
                 }
                 // The same mailbox reached twice (alias + group) gets one copy.
                 if delivered_to.insert(mailbox.address.to_lowercase()) {
-                    route(
-                        &mut out,
-                        routing::mailbox_next_hop(ctx, &mailbox.database),
-                        r,
-                    );
+                    route(&mut out, view.route_database(&mailbox.database).next_hop, r);
                 }
             }
             Some(Recipient::Group(g)) => {
@@ -82,6 +78,14 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
                     continue;
                 }
                 let group = dir.group(g);
+                // A group with an expansion server elsewhere is expanded there
+                // (server-list delivery group, reference §3.2).
+                if let Some(server) = &group.expansion_server
+                    && !view.is_local_server(server)
+                {
+                    route(&mut out, view.route_expansion_server(server).next_hop, r);
+                    continue;
+                }
                 out.expanded
                     .push((group.address.clone(), group.members.clone()));
                 for m in &group.members {

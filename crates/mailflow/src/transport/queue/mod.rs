@@ -6,7 +6,6 @@
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,18 +27,19 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    pub fn new(
-        id: i64,
-        envelope: Envelope,
-        content: Arc<[u8]>,
-        pending: usize,
-    ) -> Arc<QueuedMessage> {
+    pub fn new(id: i64, envelope: Envelope, content: Arc<[u8]>) -> Arc<QueuedMessage> {
         Arc::new(QueuedMessage {
             id,
             envelope,
             content,
-            pending: AtomicUsize::new(pending),
+            pending: AtomicUsize::new(0),
         })
+    }
+
+    /// Recipients entering delivery queues (the categorizer adds before it subtracts
+    /// what it consumed, so the count never reaches zero early).
+    pub fn add_pending(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Marks `n` recipients finished; true when that was the last of them.
@@ -48,10 +48,21 @@ impl QueuedMessage {
     }
 }
 
-/// DeliveryType of a queue (reference §3.4), the ones this release creates.
+/// DeliveryType of a queue (reference §3.4), the ones mailflow creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum DeliveryType {
+    /// A database on this server, in this server's DAG, or in this site outside DAGs.
     SmtpDeliveryToMailbox,
+    /// A database in a DAG this server is not a member of.
+    SmtpRelayToDag,
+    /// A database outside DAGs in another site.
+    SmtpRelayToMailboxDeliveryGroup,
+    /// A hub site on the least-cost path.
+    SmtpRelayToRemoteAdSite,
+    /// A distribution group's expansion server.
+    SmtpRelayToServers,
+    /// A send connector hosted on other source servers.
+    SmtpRelayToConnectorSourceServers,
     DnsConnectorDelivery,
     SmartHostConnectorDelivery,
     Unreachable,
@@ -66,16 +77,15 @@ impl DeliveryType {
     }
 }
 
-/// Where a recipient goes: the NextHopSolutionKey (reference §3.4) plus how to get there.
+/// Where a recipient goes: the NextHopSolutionKey (reference §3.4). Which server to
+/// connect to is resolved when connecting (see `routing::RoutingView::targets`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NextHop {
     pub delivery_type: DeliveryType,
-    /// NextHopDomain: the queue's name (a database name, a domain…).
+    /// NextHopDomain: the queue's name (a database, DAG, site, domain…).
     pub domain: String,
     /// The send connector, for external next hops.
     pub connector: Option<String>,
-    /// Mailbox Transport Delivery endpoint, for mailbox next hops.
-    pub target: Option<SocketAddr>,
 }
 
 impl NextHop {
@@ -87,7 +97,6 @@ impl NextHop {
             delivery_type: DeliveryType::Unreachable,
             domain: "Unreachable Domain".into(),
             connector: None,
-            target: None,
         }
     }
 }
@@ -264,6 +273,12 @@ impl DeliveryQueue {
     /// The connection failed: status Retry until the next retry time.
     pub fn connection_failed(&self, error: String, policy: &RetryPolicy) {
         let mut s = self.lock();
+        // Several connections of one queue fail together: one failed attempt, one step
+        // on the retry ladder.
+        if s.next_retry.is_some_and(|(at, _)| at > Instant::now()) {
+            s.last_error = Some(error);
+            return;
+        }
         let wait = policy.interval(s.retry_count);
         s.retry_count += 1;
         s.last_error = Some(error);
@@ -444,7 +459,8 @@ mod tests {
 
     #[test]
     fn message_finishes_once_all_parts_are_done() {
-        let m = QueuedMessage::new(1, Envelope::default(), Arc::from(&b""[..]), 3);
+        let m = QueuedMessage::new(1, Envelope::default(), Arc::from(&b""[..]));
+        m.add_pending(3);
         assert!(!m.finish(2));
         assert!(m.finish(1));
     }

@@ -104,6 +104,11 @@ enum Op {
         id: i64,
         recipients: Vec<QueuedRecipient>,
     },
+    /// Rerouted recipients: replaced one by one, the others untouched.
+    Upsert {
+        id: i64,
+        recipients: Vec<QueuedRecipient>,
+    },
     /// Final or retry state of some recipients (by address).
     Recipients {
         id: i64,
@@ -214,6 +219,10 @@ impl QueueDb {
         self.send(Op::Categorized { id, recipients });
     }
 
+    pub fn upsert_recipients(&self, id: i64, recipients: Vec<QueuedRecipient>) {
+        self.send(Op::Upsert { id, recipients });
+    }
+
     pub fn update_recipients(
         &self,
         id: i64,
@@ -305,6 +314,7 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions:
                         tx.execute("DELETE FROM recipients WHERE message = ?1", [id])?;
                         put_recipients(&tx, *id, recipients)?;
                     }
+                    Op::Upsert { id, recipients } => put_recipients(&tx, *id, recipients)?,
                     Op::Recipients { id, updates } => {
                         let mut stmt = tx.prepare_cached(
                             "UPDATE recipients SET state = ?3, detail = json_set(detail, '$.last_error', ?4) WHERE message = ?1 AND address = ?2",
