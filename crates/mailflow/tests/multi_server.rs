@@ -1,0 +1,338 @@
+//! Several servers of one organisation on loopback: least-cost routing between sites,
+//! hub sites, DAGs and switchovers, Front End hub selection, queueing at the point of
+//! failure.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+/// Sites A, B, C with links A–B 10, B–C 10 and A–C `ac`; one server per site; carol's
+/// database on SC. `team@` (no mailbox) makes Front End on SA use SA's Transport.
+fn three_sites(b_hub: bool, ac: u32) -> impl Fn(&HashMap<String, Ports>) -> String {
+    move |p| {
+        let mut org = format!(
+            r#"[organization]
+name = "contoso"
+secret_file = "secret.key"
+accepted_domains = ["contoso.test"]
+
+[transport]
+queue_glitch_retry_interval = "1s"
+transient_failure_retry_interval = "1s"
+outbound_connection_failure_retry_interval = "1s"
+
+[[sites]]
+name = "A"
+[[sites]]
+name = "B"
+hub_site = {b_hub}
+[[sites]]
+name = "C"
+
+[[site_links]]
+sites = ["A", "B"]
+cost = 10
+[[site_links]]
+sites = ["B", "C"]
+cost = 10
+[[site_links]]
+sites = ["A", "C"]
+cost = {ac}
+"#
+        );
+        for (name, site) in [("SA", "A"), ("SB", "B"), ("SC", "C")] {
+            org.push_str(&server_entry(name, site, &p[name]));
+        }
+        org.push_str(
+            r#"
+[[databases]]
+name = "DBC"
+copies = ["SC"]
+
+[[mailboxes]]
+address = "carol@contoso.test"
+database = "DBC"
+
+[[groups]]
+address = "team@contoso.test"
+members = ["carol@contoso.test"]
+"#,
+        );
+        org
+    }
+}
+
+fn route_to(cluster: &Cluster, server: &str, destination: &str) -> serde_json::Value {
+    let table = cluster.cli_json(&["--server", server, "route", "show"]);
+    table
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["Destination"] == destination)
+        .cloned()
+        .unwrap_or_else(|| panic!("no route to {destination}: {table:#}"))
+}
+
+#[test]
+fn site_links_price_paths_but_do_not_relay_unless_a_hub_site_is_on_the_path() {
+    // B is not a hub site: A→C costs 20 through B, but SA connects straight to SC.
+    let mut c = Cluster::new(&["SA", "SB", "SC"], three_sites(false, 30));
+    c.start_all();
+    let r = route_to(&c, "SA", "Database DBC");
+    assert_eq!(r["Cost"], 20);
+    assert_eq!(r["Path"], serde_json::json!(["A", "B", "C"]));
+    assert_eq!(
+        r["NextHop"],
+        "SmtpRelayToMailboxDeliveryGroup:Site:C;Version:15"
+    );
+    send_via(c.frontend("SA"), &["team@contoso.test"], "direct to C");
+    c.wait_delivered("direct to C", 1);
+    assert_eq!(
+        c.event_ids("SA", "direct to C"),
+        ["RECEIVE", "EXPAND", "SEND"]
+    );
+    assert!(
+        c.event_ids("SB", "direct to C").is_empty(),
+        "B must see nothing"
+    );
+    assert_eq!(
+        c.event_ids("SC", "direct to C"),
+        ["RECEIVE", "SEND", "RECEIVE", "DELIVER"]
+    );
+    let send = c.track(
+        Some("SA"),
+        &["--event-id", "SEND", "--subject", "direct to C"],
+    );
+    assert_eq!(send[0]["ServerHostname"], "sc.contoso.test");
+}
+
+#[test]
+fn a_hub_site_on_the_least_cost_path_is_a_stop_and_queues_while_the_destination_is_down() {
+    let mut c = Cluster::new(&["SA", "SB", "SC"], three_sites(true, 30));
+    c.start_all();
+    assert_eq!(
+        route_to(&c, "SA", "Database DBC")["NextHop"],
+        "SmtpRelayToRemoteAdSite:B"
+    );
+    send_via(c.frontend("SA"), &["team@contoso.test"], "through hub B");
+    c.wait_delivered("through hub B", 1);
+    assert_eq!(c.event_ids("SB", "through hub B"), ["RECEIVE", "SEND"]);
+    let send = c.track(
+        Some("SA"),
+        &["--event-id", "SEND", "--subject", "through hub B"],
+    );
+    assert_eq!(send[0]["ServerHostname"], "sb.contoso.test");
+
+    // Every server of C down: the message waits as close to C as possible, in B.
+    c.kill9("SC");
+    send_via(c.frontend("SA"), &["team@contoso.test"], "while C is down");
+    let queued = wait_for("the message to queue in B", Duration::from_secs(20), || {
+        c.queues("SB")
+            .into_iter()
+            .find(|q| q["NextHopDomain"] == "Site:C;Version:15" && q["MessageCount"] == 1)
+    });
+    assert_eq!(queued["Status"], "Retry", "{queued:#}");
+    assert!(
+        c.queues("SA").iter().all(|q| q["MessageCount"] == 0),
+        "A must have handed it to B"
+    );
+    c.start("SC");
+    c.wait_delivered("while C is down", 1);
+}
+
+#[test]
+fn a_cheaper_direct_link_skips_the_hub_site() {
+    let mut c = Cluster::new(&["SA", "SB", "SC"], three_sites(true, 15));
+    c.start_all();
+    let r = route_to(&c, "SA", "Database DBC");
+    assert_eq!(
+        (r["Cost"].clone(), r["Path"].clone()),
+        (serde_json::json!(15), serde_json::json!(["A", "C"]))
+    );
+    send_via(c.frontend("SA"), &["team@contoso.test"], "A to C directly");
+    c.wait_delivered("A to C directly", 1);
+    assert!(c.event_ids("SB", "A to C directly").is_empty());
+}
+
+#[test]
+fn without_a_hub_site_the_message_queues_in_the_source_site_and_flows_when_c_returns() {
+    let mut c = Cluster::new(&["SA", "SB", "SC"], three_sites(false, 30));
+    c.start_all();
+    c.kill9("SC");
+    send_via(c.frontend("SA"), &["team@contoso.test"], "C down, no hub");
+    let q = wait_for("the message to queue in A", Duration::from_secs(20), || {
+        c.queues("SA")
+            .into_iter()
+            .find(|q| q["MessageCount"] == 1 && q["Status"] == "Retry")
+    });
+    assert!(q["LastError"].as_str().unwrap().contains("4.4.1"), "{q:#}");
+    c.start("SC");
+    c.wait_delivered("C down, no hub", 1);
+    assert!(c.event_ids("SB", "C down, no hub").is_empty());
+}
+
+#[test]
+fn equal_cost_paths_are_decided_by_the_site_name_nearest_the_destination() {
+    // A–Y–Z and A–X–Z both cost 20 with one hub each way: X sorts first, so the
+    // message stops in X.
+    let org = |p: &HashMap<String, Ports>| {
+        let mut org = String::from(
+            "[organization]\nname = \"contoso\"\nsecret_file = \"secret.key\"\naccepted_domains = [\"contoso.test\"]\n\n[[sites]]\nname = \"A\"\n[[sites]]\nname = \"Y\"\nhub_site = true\n[[sites]]\nname = \"X\"\nhub_site = true\n[[sites]]\nname = \"Z\"\n",
+        );
+        for (a, b) in [("A", "Y"), ("Y", "Z"), ("A", "X"), ("X", "Z")] {
+            org.push_str(&format!(
+                "[[site_links]]\nsites = [\"{a}\", \"{b}\"]\ncost = 10\n"
+            ));
+        }
+        for (name, site) in [("SA", "A"), ("SX", "X"), ("SY", "Y"), ("SZ", "Z")] {
+            org.push_str(&server_entry(name, site, &p[name]));
+        }
+        org.push_str("\n[[databases]]\nname = \"DBZ\"\ncopies = [\"SZ\"]\n\n[[mailboxes]]\naddress = \"zoe@contoso.test\"\ndatabase = \"DBZ\"\n\n[[groups]]\naddress = \"zteam@contoso.test\"\nmembers = [\"zoe@contoso.test\"]\n");
+        org
+    };
+    let mut c = Cluster::new(&["SA", "SX", "SY", "SZ"], org);
+    c.start_all();
+    let r = route_to(&c, "SA", "Database DBZ");
+    assert_eq!(r["Path"], serde_json::json!(["A", "X", "Z"]));
+    assert_eq!(r["NextHop"], "SmtpRelayToRemoteAdSite:X");
+    send_via(c.frontend("SA"), &["zteam@contoso.test"], "tie break");
+    c.wait_delivered("tie break", 1);
+    assert_eq!(c.event_ids("SX", "tie break"), ["RECEIVE", "SEND"]);
+    assert!(c.event_ids("SY", "tie break").is_empty());
+}
+
+/// A DAG spanning sites A and B (M1, M2) holding DB01 (alice); M3 in site A and M4 in
+/// site B outside the DAG; bob's database DBB is on M4.
+fn dag_org(p: &HashMap<String, Ports>) -> String {
+    let mut org = String::from(
+        "[organization]\nname = \"contoso\"\nsecret_file = \"secret.key\"\naccepted_domains = [\"contoso.test\"]\n\n[transport]\nqueue_glitch_retry_interval = \"1s\"\n\n[[sites]]\nname = \"A\"\n[[sites]]\nname = \"B\"\n[[site_links]]\nsites = [\"A\", \"B\"]\ncost = 10\n",
+    );
+    for (name, site) in [("M1", "A"), ("M2", "B"), ("M3", "A"), ("M4", "B")] {
+        org.push_str(&server_entry(name, site, &p[name]));
+    }
+    org.push_str("\n[[dags]]\nname = \"DAG1\"\nservers = [\"M1\", \"M2\"]\n\n[[databases]]\nname = \"DB01\"\ncopies = [\"M1\", \"M2\"]\n\n[[databases]]\nname = \"DBB\"\ncopies = [\"M4\"]\n\n[[mailboxes]]\naddress = \"alice@contoso.test\"\ndatabase = \"DB01\"\n\n[[mailboxes]]\naddress = \"bob@contoso.test\"\ndatabase = \"DBB\"\n");
+    org
+}
+
+#[test]
+fn front_end_proxies_to_a_transport_server_of_the_recipients_delivery_group() {
+    let mut c = Cluster::new(&["M1", "M2", "M3", "M4"], dag_org);
+    c.start_all();
+    // M3 (site A, no DAG) receives mail for bob, whose database is on M4 in site B:
+    // its Front End proxies to a Transport server of site B's mailbox delivery group.
+    send_via(c.frontend("M3"), &["bob@contoso.test"], "front end picks B");
+    c.wait_delivered("front end picks B", 1);
+    for s in ["M1", "M3"] {
+        assert!(
+            c.event_ids(s, "front end picks B").is_empty(),
+            "{s}'s Transport must not be used"
+        );
+    }
+    let transport_receives: Vec<String> = ["M2", "M4"]
+        .iter()
+        .flat_map(|s| {
+            c.track(
+                Some(s),
+                &["--event-id", "RECEIVE", "--subject", "front end picks B"],
+            )
+        })
+        .map(|e| e["ConnectorId"].as_str().unwrap().to_string())
+        .filter(|id| !id.contains("Mailbox Delivery"))
+        .collect();
+    assert!(
+        transport_receives == ["M2\\Default M2"] || transport_receives == ["M4\\Default M4"],
+        "{transport_receives:?}"
+    );
+    // Alice's database is in the DAG: M3's Front End picks a DAG member.
+    send_via(
+        c.frontend("M3"),
+        &["alice@contoso.test"],
+        "front end picks the DAG",
+    );
+    c.wait_delivered("front end picks the DAG", 1);
+    assert!(c.event_ids("M3", "front end picks the DAG").is_empty());
+}
+
+#[test]
+fn database_move_switches_delivery_to_the_new_active_copy_and_in_flight_mail_arrives_once() {
+    let mut c = Cluster::new(&["M1", "M2", "M3", "M4"], dag_org);
+    c.start_all();
+    send_via(c.frontend("M1"), &["alice@contoso.test"], "before the move");
+    let d = c.wait_delivered("before the move", 1);
+    assert_eq!(d[0]["ServerHostname"], "m1.contoso.test");
+
+    // Hold M1's queue for DB01 so messages are in flight when the copy moves.
+    let out = c.cli(&["--server", "M1", "queue", "suspend", "DB01"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..5 {
+        send_via(
+            c.frontend("M1"),
+            &["alice@contoso.test"],
+            &format!("in flight {i}"),
+        );
+    }
+    wait_for("5 messages held on M1", Duration::from_secs(20), || {
+        c.queues("M1")
+            .into_iter()
+            .find(|q| q["NextHopDomain"] == "DB01" && q["MessageCount"] == 5)
+    });
+    let out = c.cli(&["database", "move", "DB01", "--to", "M2"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        route_to(&c, "M3", "Database DB01")["NextHop"],
+        "SmtpRelayToDag:DAG1"
+    );
+    let out = c.cli(&["--server", "M1", "queue", "resume", "DB01"]);
+    assert!(out.status.success());
+    // And more while everything flows, through both Front Ends.
+    for i in 0..5 {
+        send_via(
+            c.frontend(if i % 2 == 0 { "M1" } else { "M3" }),
+            &["alice@contoso.test"],
+            &format!("after move {i}"),
+        );
+    }
+    for i in 0..5 {
+        let d = c.wait_delivered(&format!("in flight {i}"), 1);
+        assert_eq!(
+            d[0]["ServerHostname"], "m2.contoso.test",
+            "delivered by the new active copy"
+        );
+        let d = c.wait_delivered(&format!("after move {i}"), 1);
+        assert_eq!(d[0]["ServerHostname"], "m2.contoso.test");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let all = c.track(
+        None,
+        &[
+            "--event-id",
+            "DELIVER",
+            "--recipients",
+            "alice@contoso.test",
+        ],
+    );
+    let mut subjects: Vec<&str> = all
+        .iter()
+        .map(|e| e["MessageSubject"].as_str().unwrap())
+        .collect();
+    subjects.sort();
+    let before = subjects.len();
+    subjects.dedup();
+    assert_eq!(
+        (before, subjects.len()),
+        (11, 11),
+        "each message exactly once: {subjects:?}"
+    );
+}
