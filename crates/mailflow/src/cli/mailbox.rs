@@ -41,9 +41,9 @@ fn open_database(
     if db.store == "sqlite" && !path.exists() {
         return Ok(None);
     }
-    Ok(Some(open_store(&db.store, &path).map_err(|e| {
-        anyhow::anyhow!("database {}: {e}", db.name)
-    })?))
+    Ok(Some(open_store(&db.store, &db.name, &path).map_err(
+        |e| anyhow::anyhow!("database {}: {e}", db.name),
+    )?))
 }
 
 pub fn run(g: &Global, cmd: MailboxCommand) -> anyhow::Result<ExitCode> {

@@ -105,6 +105,12 @@ pub struct TransportSettings {
     pub intra_org_connector_protocol_logging: LoggingLevel,
     /// MailboxDeliveryConnectorProtocolLoggingLevel (Set-MailboxTransportService).
     pub mailbox_delivery_connector_protocol_logging: LoggingLevel,
+    /// ExternalDNSServers: `ip` or `ip:port`; empty uses the system's resolvers.
+    pub external_dns_servers: Vec<String>,
+    /// MaxPerDomainOutboundConnections (reference §6 lists 20 and 40; we take 20).
+    pub max_per_domain_outbound_connections: usize,
+    /// MaxOutboundConnections.
+    pub max_outbound_connections: usize,
 }
 
 impl Default for TransportSettings {
@@ -123,6 +129,9 @@ impl Default for TransportSettings {
             connection_timeout: min(10),
             intra_org_connector_protocol_logging: LoggingLevel::None,
             mailbox_delivery_connector_protocol_logging: LoggingLevel::None,
+            external_dns_servers: Vec::new(),
+            max_per_domain_outbound_connections: 20,
+            max_outbound_connections: 1000,
         }
     }
 }
@@ -274,6 +283,13 @@ pub struct SendConnector {
     pub source_servers: Vec<String>,
     #[serde(default)]
     pub smart_hosts: Vec<String>,
+    /// Port for smart hosts and MX hosts (Exchange's `Port`, default 25).
+    #[serde(default = "smtp_port")]
+    pub port: u16,
+    /// Credentials for smart hosts (SmartHostAuthMechanism BasicAuth), sent only inside
+    /// TLS.
+    #[serde(default)]
+    pub smart_host_auth: Option<SmartHostAuth>,
     #[serde(default)]
     pub front_end_proxy: bool,
     #[serde(default = "opportunistic")]
@@ -282,6 +298,17 @@ pub struct SendConnector {
     pub max_message_size: Option<u64>,
     #[serde(default)]
     pub protocol_logging: LoggingLevel,
+}
+
+fn smtp_port() -> u16 {
+    25
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartHostAuth {
+    pub username: String,
+    pub password: String,
 }
 
 fn opportunistic() -> String {

@@ -33,7 +33,7 @@ impl Stores {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let store = super::store::open_store(&db.store, &path)
+            let store = super::store::open_store(&db.store, &db.name, &path)
                 .map_err(|e| anyhow::anyhow!("mailbox database {}: {e}", db.name))?;
             by_database.insert(db.name.to_lowercase(), store);
         }

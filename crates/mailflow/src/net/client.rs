@@ -106,6 +106,100 @@ impl SmtpClient {
         Ok(c)
     }
 
+    /// STARTTLS (RFC 3207) and EHLO again. The certificate is not verified: on the
+    /// internet, as Exchange and Postfix do by default, TLS here buys confidentiality
+    /// against passive listeners; organisation servers prove themselves with the
+    /// organisation key, not with certificates.
+    pub async fn starttls(&mut self, helo: &str, server_name: &str) -> Result<(), ClientError> {
+        let reply = self.command("STARTTLS").await?;
+        if reply.code != 220 {
+            return Err(ClientError::Refused(reply));
+        }
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+            return Err(ClientError::Protocol(
+                "STARTTLS on a stream that is not plain".into(),
+            ));
+        };
+        let connector = tokio_rustls::TlsConnector::from(super::tls::client_config());
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(self.remote.ip().into()));
+        let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| ClientError::Timeout(self.remote))?
+            .map_err(|e| ClientError::Protocol(format!("TLS handshake failed: {e}")))?;
+        self.stream = Stream::ClientTls(Box::new(tls));
+        self.buf.clear();
+        self.log.info(
+            &self.stream.tls_description().unwrap_or_default(),
+            "TLS negotiation succeeded",
+        );
+        let ehlo = self.command(&format!("EHLO {helo}")).await?;
+        if ehlo.code != 250 {
+            return Err(ClientError::Refused(ehlo));
+        }
+        self.extensions = ehlo
+            .lines
+            .iter()
+            .skip(1)
+            .map(|l| l.to_ascii_uppercase())
+            .collect();
+        Ok(())
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::ClientTls(_))
+    }
+
+    /// `version=…, cipher=…` once TLS is up.
+    pub fn tls_description(&self) -> Option<String> {
+        self.stream.tls_description()
+    }
+
+    /// The size limit the server announced with SIZE (RFC 1870), if any.
+    pub fn size_limit(&self) -> Option<u64> {
+        self.extensions
+            .iter()
+            .find_map(|e| e.strip_prefix("SIZE ").and_then(|n| n.trim().parse().ok()))
+            .filter(|&n: &u64| n > 0)
+    }
+
+    /// AUTH with the first mechanism both sides know (PLAIN, then LOGIN).
+    pub async fn authenticate(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        let offered = self
+            .extensions
+            .iter()
+            .find(|e| e.starts_with("AUTH "))
+            .cloned()
+            .unwrap_or_default();
+        if offered.split(' ').any(|m| m == "PLAIN") {
+            return self.auth_plain("", user, password).await;
+        }
+        if !offered.split(' ').any(|m| m == "LOGIN") {
+            return Err(ClientError::Protocol(
+                "the smart host offers neither AUTH PLAIN nor LOGIN".into(),
+            ));
+        }
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let r = self.command("AUTH LOGIN").await?;
+        if r.code != 334 {
+            return Err(ClientError::Refused(r));
+        }
+        self.log.sent("****");
+        self.write(format!("{}\r\n", b64(user)).as_bytes()).await?;
+        let r = self.read_reply().await?;
+        if r.code != 334 {
+            return Err(ClientError::Refused(r));
+        }
+        self.log.sent("****");
+        self.write(format!("{}\r\n", b64(password)).as_bytes())
+            .await?;
+        let r = self.read_reply().await?;
+        if r.code != 235 {
+            return Err(ClientError::Refused(r));
+        }
+        Ok(())
+    }
+
     /// The timeout for each command's reply from now on (connect used its own).
     pub fn timeout_for_commands(&mut self, timeout: Duration) {
         self.timeout = timeout;

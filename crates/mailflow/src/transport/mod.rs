@@ -27,6 +27,7 @@ pub struct TransportService {
     pub ctx: Arc<ServerContext>,
     pub queues: Arc<Queues>,
     submit_tx: mpsc::UnboundedSender<Submission>,
+    dsn: send::dsn::DsnSubmitter,
 }
 
 /// An entry of the Submission queue.
@@ -36,6 +37,8 @@ pub struct Submission {
     /// Recipients coming back from a delivery queue (a reroute): they are already
     /// counted in the message's pending recipients and keep their other recipients.
     pub resubmit: bool,
+    /// Counted in the Submission queue's message count (messages from SMTP Receive).
+    pub counted: bool,
 }
 
 /// Puts recipients back through the categorizer (reroute after a switchover).
@@ -48,6 +51,7 @@ impl Resubmitter {
             message,
             recipients,
             resubmit: true,
+            counted: false,
         });
     }
 }
@@ -58,11 +62,23 @@ impl TransportService {
         let (db, loaded) = QueueDb::open(&ctx.data_dir.join("Queue").join("mail.db"))?;
         let policy = retry_policy(&ctx);
         let (submit_tx, submit_rx) = mpsc::unbounded_channel();
+        let dsn = send::dsn::DsnSubmitter {
+            ctx: ctx.clone(),
+            db: db.clone(),
+            submit: submit_tx.clone(),
+        };
         let transmitter = send::Transmitter {
             ctx: ctx.clone(),
             db: db.clone(),
             policy,
             resubmit: Resubmitter(submit_tx.clone()),
+            dsn: dsn.clone(),
+            dns: Arc::new(send::dns::Dns::new(
+                &ctx.dir.org.transport.external_dns_servers,
+            )?),
+            outbound: Arc::new(tokio::sync::Semaphore::new(
+                ctx.dir.org.transport.max_outbound_connections.max(1),
+            )),
         };
         let queues = Arc::new(Queues::new(
             db,
@@ -73,6 +89,7 @@ impl TransportService {
             ctx: ctx.clone(),
             queues: queues.clone(),
             submit_tx,
+            dsn,
         });
         tokio::spawn(categorizer_loop(service.clone(), submit_rx));
         // Resume: uncategorized messages go back to the categorizer, the rest to their
@@ -104,6 +121,7 @@ impl TransportService {
             message: msg,
             recipients,
             resubmit: false,
+            counted: true,
         });
     }
 }
@@ -160,10 +178,11 @@ async fn categorizer_loop(
         message: msg,
         recipients,
         resubmit,
+        counted,
     }) = rx.recv().await
     {
         let consumed = if resubmit { recipients.len() } else { 0 };
-        if !resubmit {
+        if counted {
             service.queues.submission.fetch_sub(1, Ordering::Relaxed);
         }
         let result = categorizer::categorize(ctx, recipients);
@@ -186,6 +205,25 @@ async fn categorizer_loop(
             ev.recipient_status = vec![reply.one_line()];
             ctx.tracking_transport.log(ev);
             all.push(r.clone());
+        }
+        if !result.failed.is_empty() {
+            let list = result
+                .failed
+                .iter()
+                .map(|(r, reply)| {
+                    let d = send::dsn::DsnRecipient {
+                        address: r.address.clone(),
+                        orcpt: r.orcpt.clone(),
+                        diagnostic: reply.one_line(),
+                        remote_mta: None,
+                    };
+                    (r.clone(), d)
+                })
+                .collect();
+            service
+                .dsn
+                .report(send::dsn::DsnKind::Failed, &msg, list)
+                .await;
         }
         let routed: usize = result.routed.iter().map(|(_, r)| r.len()).sum();
         for (_, rs) in &result.routed {

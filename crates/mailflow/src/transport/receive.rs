@@ -69,6 +69,7 @@ impl SmtpHandler for TransportReceive {
             next_hop: None,
             state: RecipientState::Submitted,
             last_error: None,
+            delay_notified: false,
         });
         Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
     }

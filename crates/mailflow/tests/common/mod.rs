@@ -85,6 +85,9 @@ transient_failure_retry_interval = "2s"
 outbound_connection_failure_retry_interval = "2s"
 intra_org_connector_protocol_logging = "verbose"
 mailbox_delivery_connector_protocol_logging = "verbose"
+# No DNS on the test machine: a closed port makes MX lookups fail transiently, so
+# external recipients wait in their queue (outbound tests use smart hosts).
+external_dns_servers = ["127.0.0.1:9"]
 
 [[sites]]
 name = "Site-A"

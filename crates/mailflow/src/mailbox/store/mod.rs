@@ -6,8 +6,10 @@
 //! PostgreSQL backend (DESIGN §4) are interchangeable. The trait therefore names no
 //! backend type: items, folders and errors are our own.
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use std::fmt;
@@ -198,19 +200,24 @@ pub trait MailboxStore: Send + Sync {
     async fn move_item(&self, id: i64, to: Folder) -> Result<(), StoreError>;
 }
 
-/// Opens the mailbox database a server's configuration names.
+/// Opens the mailbox database `name` as a server's configuration describes it.
 ///
 /// `spec` is the backend: `"sqlite"` opens or creates the SQLite file at `path`; a
-/// `postgres://` URL selects PostgreSQL, which is not built yet. Opening does file I/O
-/// and schema checks, so call it at startup (or from `spawn_blocking`), not on a hot
-/// path.
-pub fn open_store(spec: &str, path: &Path) -> Result<Arc<dyn MailboxStore>, StoreError> {
+/// `postgres://` or `postgresql://` URL selects PostgreSQL, where `name` keys the
+/// database's rows (several mailbox databases may share one PostgreSQL database) and
+/// `path` is not used. Opening SQLite does file I/O and schema checks, so call this at
+/// startup (or from `spawn_blocking`), not on a hot path. Opening PostgreSQL only
+/// parses the URL: it connects (and creates its tables if missing) on first use, from
+/// whatever tokio runtime that use runs on.
+pub fn open_store(
+    spec: &str,
+    name: &str,
+    path: &Path,
+) -> Result<Arc<dyn MailboxStore>, StoreError> {
     if spec == "sqlite" {
         Ok(Arc::new(SqliteStore::open(path)?))
     } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        Err(StoreError::Unsupported(
-            "PostgreSQL mailbox databases are not built yet".to_owned(),
-        ))
+        Ok(Arc::new(PostgresStore::new(spec, name)?))
     } else {
         Err(StoreError::Unsupported(format!(
             "unknown mailbox database backend {spec:?}: expected \"sqlite\" or a postgres:// URL"
@@ -249,15 +256,32 @@ mod tests {
     }
 
     #[test]
-    fn postgres_and_unknown_specs_are_refused_clearly() {
+    fn postgres_urls_open_without_connecting_and_unknown_specs_are_refused() {
         let path = Path::new("unused.db");
-        match open_store("postgres://db.contoso.test/mailboxes", path) {
-            Err(StoreError::Unsupported(msg)) => assert!(msg.contains("PostgreSQL")),
+        // Nothing listens there: opening only parses, the first use connects.
+        for url in [
+            "postgres://mailflow@127.0.0.1:1/mailboxes",
+            "postgresql://db.contoso.test/mailboxes?application_name=ex01",
+        ] {
+            if let Err(e) = open_store(url, "DB01", path) {
+                panic!("{url}: {e}");
+            }
+        }
+        match open_store(
+            "postgres://db.contoso.test:notaport/mailboxes",
+            "DB01",
+            path,
+        ) {
+            Err(StoreError::Database(msg)) => assert!(msg.contains("PostgreSQL URL"), "{msg}"),
             Err(other) => panic!("unexpected error {other}"),
-            Ok(_) => panic!("postgres:// must be refused for now"),
+            Ok(_) => panic!("a malformed URL must be refused"),
         }
         assert!(matches!(
-            open_store("mysql", path),
+            open_store("postgres://db.contoso.test/m?sslmode=require", "DB01", path),
+            Err(StoreError::Unsupported(_))
+        ));
+        assert!(matches!(
+            open_store("mysql", "DB01", path),
             Err(StoreError::Unsupported(_))
         ));
     }

@@ -99,6 +99,7 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
                         next_hop: None,
                         state: RecipientState::Submitted,
                         last_error: None,
+                        delay_notified: false,
                     });
                 }
             }

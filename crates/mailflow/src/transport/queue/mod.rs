@@ -20,6 +20,9 @@ use self::store::{Envelope, QueueDb, QueuedRecipient};
 pub struct QueuedMessage {
     /// The per-server internal message id (tracking's internal-message-id).
     pub id: i64,
+    /// When the message entered this server (expiration and delay notices count from
+    /// here).
+    pub arrival: SystemTime,
     pub envelope: Envelope,
     pub content: Arc<[u8]>,
     /// Recipients not yet delivered or failed, across all queues.
@@ -28,8 +31,12 @@ pub struct QueuedMessage {
 
 impl QueuedMessage {
     pub fn new(id: i64, envelope: Envelope, content: Arc<[u8]>) -> Arc<QueuedMessage> {
+        let arrival = chrono::DateTime::parse_from_rfc3339(&envelope.received_at)
+            .map(SystemTime::from)
+            .unwrap_or_else(|_| SystemTime::now());
         Arc::new(QueuedMessage {
             id,
+            arrival,
             envelope,
             content,
             pending: AtomicUsize::new(0),
@@ -254,6 +261,40 @@ impl DeliveryQueue {
         let item = s.items.remove(pos)?;
         s.in_flight += 1;
         Some(item)
+    }
+
+    /// Removes the items of messages that arrived at or before `cutoff` (expired).
+    pub fn take_expired(&self, cutoff: SystemTime) -> Vec<Item> {
+        let mut s = self.lock();
+        let (expired, kept): (Vec<Item>, Vec<Item>) =
+            s.items.drain(..).partition(|i| i.message.arrival <= cutoff);
+        s.items = kept.into();
+        expired
+    }
+
+    /// Recipients owed a delay notice: their message arrived at or before `cutoff` and
+    /// none was sent yet. They are marked so the notice goes once.
+    pub fn take_delay_due(
+        &self,
+        cutoff: SystemTime,
+    ) -> Vec<(Arc<QueuedMessage>, Vec<QueuedRecipient>)> {
+        let mut s = self.lock();
+        let mut due = Vec::new();
+        for item in s.items.iter_mut().filter(|i| i.message.arrival <= cutoff) {
+            let fresh: Vec<QueuedRecipient> = item
+                .recipients
+                .iter_mut()
+                .filter(|r| !r.delay_notified)
+                .map(|r| {
+                    r.delay_notified = true;
+                    r.clone()
+                })
+                .collect();
+            if !fresh.is_empty() {
+                due.push((item.message.clone(), fresh));
+            }
+        }
+        due
     }
 
     /// A transmission attempt ended (whatever its outcome).

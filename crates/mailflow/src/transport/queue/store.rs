@@ -82,6 +82,9 @@ pub struct QueuedRecipient {
     pub next_hop: Option<String>,
     pub state: RecipientState,
     pub last_error: Option<String>,
+    /// A delay DSN was sent (once per recipient, reference §6).
+    #[serde(default)]
+    pub delay_notified: bool,
 }
 
 /// A message as loaded at start.
@@ -403,6 +406,7 @@ mod tests {
             next_hop: None,
             state: RecipientState::Submitted,
             last_error: None,
+            delay_notified: false,
         }
     }
 

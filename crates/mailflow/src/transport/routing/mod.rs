@@ -414,6 +414,8 @@ mod tests {
                 .collect(),
             source_servers: vec![],
             smart_hosts: vec![],
+            port: 25,
+            smart_host_auth: None,
             front_end_proxy: false,
             tls: "opportunistic".into(),
             max_message_size: None,

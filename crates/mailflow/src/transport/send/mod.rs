@@ -1,22 +1,32 @@
-//! SMTP Send: the transmitters that empty delivery queues through the implicit
-//! `Intra-Organization SMTP Send Connector` (reference §1.7): to Mailbox Transport
-//! Delivery for mailbox queues, to the Transport service of another server for relay
-//! queues (remote DAG, remote site, hub site, expansion server, connector source
-//! servers). Each connection carries up to `IntraOrgConnectorSmtpMaxMessagesPerConnection`
-//! messages; where to connect is asked of routing at each connection.
+//! SMTP Send: the transmitters that empty delivery queues. Internal queues go through
+//! the implicit `Intra-Organization SMTP Send Connector` (reference §1.7): to Mailbox
+//! Transport Delivery for mailbox queues, to another server's Transport service for
+//! relay queues. External queues go through their send connector to smart hosts or MX
+//! hosts. Each connection carries up to 20 messages; where to connect is decided at each
+//! connection. Beside each queue a sweeper expires old messages and sends delay notices.
+
+pub mod dns;
+pub mod dsn;
+pub mod outbound;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use mailflow_smtp::Reply;
+use mailflow_smtp::{Enhanced, Reply};
+use tokio::sync::Semaphore;
 
+use self::dns::Dns;
+use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
+use self::outbound::ConnectFailure;
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
-use super::queue::{DeliveryQueue, DeliveryType, Item, RetryPolicy};
+use super::queue::{DeliveryQueue, DeliveryType, Item, QueuedMessage, RetryPolicy};
+use super::receive::ORG_HEADER_PREFIX;
 use super::{INTRA_ORG_SEND_CONNECTOR, Resubmitter, tracking_event};
 use crate::context::ServerContext;
 use crate::logs::LoggingLevel;
 use crate::logs::protocol::ProtocolSession;
+use crate::message;
 use crate::net::client::{ClientError, SmtpClient};
 use crate::net::orgauth;
 
@@ -24,7 +34,7 @@ use crate::net::orgauth;
 const MAILBOX_DELIVERY_CONNECTIONS: usize = 20;
 /// Connections per relay queue to another Transport service.
 const RELAY_CONNECTIONS: usize = 10;
-/// IntraOrgConnectorSmtpMaxMessagesPerConnection (reference §1.7).
+/// SmtpMaxMessagesPerConnection (reference §1.6, §1.7).
 const MAX_MESSAGES_PER_CONNECTION: usize = 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -36,30 +46,39 @@ pub struct Transmitter {
     pub db: QueueDb,
     pub policy: RetryPolicy,
     pub resubmit: Resubmitter,
+    pub dsn: DsnSubmitter,
+    pub dns: Arc<Dns>,
+    /// MaxOutboundConnections across all external queues.
+    pub outbound: Arc<Semaphore>,
 }
 
 /// The server a connection reached.
 struct Peer {
-    fqdn: String,
+    host: String,
     client: SmtpClient,
+    /// The send connector for external peers (None: intra-organization).
+    connector: Option<String>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Transmitter {
-    /// Starts what empties a new queue.
+    /// Starts what empties a new queue, and its sweeper.
     pub fn start(&self, queue: Arc<DeliveryQueue>) {
+        tokio::spawn(self.clone().sweeper(queue.clone()));
         let workers = match queue.next_hop.delivery_type {
             DeliveryType::SmtpDeliveryToMailbox => MAILBOX_DELIVERY_CONNECTIONS,
             DeliveryType::Unreachable => {
+                // Reference §14.6: held, not bounced; it expires like any message.
                 queue.set_last_error("550 5.4.4 SMTPSEND.DNS.NonExistentDomain; no send connector matches the recipient's domain");
                 return;
             }
-            DeliveryType::DnsConnectorDelivery | DeliveryType::SmartHostConnectorDelivery => {
-                // Honest placeholder until outbound delivery exists: the mail waits here.
-                queue.set_last_error(
-                    "451 4.4.0 Outbound delivery through send connectors is not available in this release; the message waits in this queue",
-                );
-                return;
-            }
+            DeliveryType::DnsConnectorDelivery | DeliveryType::SmartHostConnectorDelivery => self
+                .ctx
+                .dir
+                .org
+                .transport
+                .max_per_domain_outbound_connections
+                .max(1),
             _ => RELAY_CONNECTIONS,
         };
         for _ in 0..workers {
@@ -67,29 +86,57 @@ impl Transmitter {
         }
     }
 
-    /// Connects to the first target of the next hop that answers.
-    async fn connect(&self, queue: &DeliveryQueue) -> Result<Peer, String> {
-        let targets = self.ctx.routing().targets(&queue.next_hop);
+    /// Connects to the next hop: an organisation server, or through a send connector.
+    async fn connect(&self, queue: &DeliveryQueue) -> Result<Peer, ConnectFailure> {
+        let hop = &queue.next_hop;
+        if hop.delivery_type.is_external() {
+            let Some(connector) = hop
+                .connector
+                .as_deref()
+                .and_then(|n| self.ctx.dir.send_connectors().find(|c| c.name == n))
+            else {
+                return Err(ConnectFailure::Transient(format!(
+                    "451 4.4.0 Send connector {:?} no longer exists",
+                    hop.connector
+                )));
+            };
+            let permit = self.outbound.clone().acquire_owned().await.ok();
+            let (host, client) = outbound::connect(&self.ctx, &self.dns, connector, hop).await?;
+            return Ok(Peer {
+                host,
+                client,
+                connector: Some(connector.name.clone()),
+                _permit: permit,
+            });
+        }
+        let targets = self.ctx.routing().targets(hop);
         if targets.is_empty() {
-            return Err(format!(
+            return Err(ConnectFailure::Transient(format!(
                 "451 4.4.0 No server is available for next hop {}",
-                queue.next_hop.domain
-            ));
+                hop.domain
+            )));
         }
         let mut errors = Vec::new();
         for (name, fqdn, addr) in targets {
             match connect_intra_org(&self.ctx, addr).await {
-                Ok(client) => return Ok(Peer { fqdn, client }),
+                Ok(client) => {
+                    return Ok(Peer {
+                        host: fqdn,
+                        client,
+                        connector: None,
+                        _permit: None,
+                    });
+                }
                 Err(e) => {
-                    tracing::info!(queue = %queue.next_hop.domain, server = %name, "cannot connect to {addr}: {e}");
+                    tracing::info!(queue = %hop.domain, server = %name, "cannot connect to {addr}: {e}");
                     errors.push(format!("{name}: {e}"));
                 }
             }
         }
-        Err(format!(
+        Err(ConnectFailure::Transient(format!(
             "451 4.4.1 Connection timed out or refused ({})",
             errors.join("; ")
-        ))
+        )))
     }
 
     async fn worker(self, queue: Arc<DeliveryQueue>) {
@@ -100,10 +147,34 @@ impl Transmitter {
             let Some(first) = queue.pop() else { continue };
             let mut peer = match self.connect(&queue).await {
                 Ok(p) => p,
-                Err(e) => {
+                Err(ConnectFailure::Transient(e)) => {
                     queue.requeue_front(vec![first]);
                     queue.done();
                     queue.connection_failed(e, &self.policy);
+                    continue;
+                }
+                Err(ConnectFailure::Permanent(e)) => {
+                    // The destination cannot exist (NXDOMAIN, null MX): every message
+                    // of this queue fails now rather than after two days.
+                    let reply = Reply::new(
+                        550,
+                        Enhanced(5, 4, 4),
+                        e.trim_start_matches("550 5.4.4 ").to_string(),
+                    );
+                    let mut items = vec![first];
+                    while let Some(item) = queue.pop() {
+                        items.push(item);
+                    }
+                    for item in items {
+                        let failed = item
+                            .recipients
+                            .iter()
+                            .map(|r| (r.clone(), reply.clone()))
+                            .collect();
+                        self.fail(&item.message, failed, None, "DNS").await;
+                        queue.done();
+                    }
+                    queue.set_last_error(&reply.one_line());
                     continue;
                 }
             };
@@ -142,22 +213,69 @@ impl Transmitter {
         let ctx = &self.ctx;
         let msg = item.message.clone();
         let env = &msg.envelope;
-        let mut mail = format!("MAIL FROM:<{}> SIZE={}", env.return_path, msg.content.len());
-        if !env.body.is_empty() {
+        let external = peer.connector.is_some();
+        // Leaving the organisation: the header firewall removes its private headers.
+        let stripped = if external {
+            message::strip_prefixed(&msg.content, ORG_HEADER_PREFIX)
+        } else {
+            None
+        };
+        let content: &[u8] = stripped.as_deref().unwrap_or(&msg.content);
+        if let Some(limit) = peer.client.size_limit()
+            && content.len() as u64 > limit
+        {
+            let reply = Reply::new(
+                552,
+                Enhanced(5, 3, 4),
+                format!(
+                    "Message size exceeds the limit of {} ({limit} bytes)",
+                    peer.host
+                ),
+            );
+            let failed = item
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), reply.clone()))
+                .collect();
+            self.fail(&msg, failed, Some(&peer.host), "SMTP").await;
+            return Ok(());
+        }
+        // DSN parameters travel on when the next hop speaks DSN (RFC 3461 §6).
+        let dsn = peer.client.has_extension("DSN");
+        let mut mail = format!("MAIL FROM:<{}> SIZE={}", env.return_path, content.len());
+        if !env.body.is_empty() && (env.body != "8BITMIME" || peer.client.has_extension("8BITMIME"))
+        {
             mail.push_str(&format!(" BODY={}", env.body));
         }
-        if env.smtputf8 {
+        if env.smtputf8 && peer.client.has_extension("SMTPUTF8") {
             mail.push_str(" SMTPUTF8");
+        }
+        if dsn {
+            if let Some(ret) = &env.ret {
+                mail.push_str(&format!(" RET={ret}"));
+            }
+            if let Some(envid) = &env.envid {
+                mail.push_str(&format!(" ENVID={envid}"));
+            }
         }
         let rcpts: Vec<String> = item
             .recipients
             .iter()
-            .map(|r| format!("RCPT TO:<{}>", r.address))
+            .map(|r| {
+                let mut line = format!("RCPT TO:<{}>", r.address);
+                if dsn && !r.notify.is_empty() {
+                    line.push_str(&format!(" NOTIFY={}", r.notify.join(",")));
+                }
+                if dsn && let Some(orcpt) = &r.orcpt {
+                    line.push_str(&format!(" ORCPT={orcpt}"));
+                }
+                line
+            })
             .collect();
         // SEND is stamped when transmission starts, so it sorts before the next hop's
         // RECEIVE as in Exchange's sequence (reference §7.6).
         let sent_at = crate::logs::tracking::now_timestamp();
-        let (_, replies) = match peer.client.send_message(&mail, &rcpts, &msg.content).await {
+        let (_, replies) = match peer.client.send_message(&mail, &rcpts, content).await {
             Ok(r) => r,
             Err(e) => return Err((item, e)),
         };
@@ -177,16 +295,23 @@ impl Transmitter {
                 deferred.push((r, reply));
             }
         }
+        let connector_id = peer
+            .connector
+            .clone()
+            .unwrap_or_else(|| INTRA_ORG_SEND_CONNECTOR.into());
         let event = |event: &str, list: &[(QueuedRecipient, Reply)]| {
             let mut ev = tracking_event(ctx, &msg, event, "SMTP");
             ev.date_time = sent_at.clone();
-            ev.connector_id = INTRA_ORG_SEND_CONNECTOR.into();
+            ev.connector_id = connector_id.clone();
             ev.server_ip = peer.client.remote.ip().to_string();
-            ev.server_hostname = peer.fqdn.clone();
+            ev.server_hostname = peer.host.clone();
             ev.client_ip = peer.client.local.ip().to_string();
             ev.client_hostname = ctx.fqdn().to_string();
             ev.recipient_address = list.iter().map(|(r, _)| r.address.clone()).collect();
             ev.recipient_status = list.iter().map(|(_, reply)| reply.one_line()).collect();
+            if event == "SEND" && external {
+                ev.source_context = peer.client.tls_description().unwrap_or_default();
+            }
             ev
         };
         let mut updates = Vec::new();
@@ -198,21 +323,10 @@ impl Transmitter {
                     .map(|(r, _)| (r.address.clone(), RecipientState::Delivered, None)),
             );
         }
-        if !failed.is_empty() {
-            ctx.tracking_transport.log(event("FAIL", &failed));
-            updates.extend(failed.iter().map(|(r, reply)| {
-                (
-                    r.address.clone(),
-                    RecipientState::Failed,
-                    Some(reply.one_line()),
-                )
-            }));
-        }
-        let later: Vec<_> = deferred.iter().chain(&reroute).collect();
+        let later: Vec<_> = deferred.iter().chain(&reroute).cloned().collect();
         if !later.is_empty() {
-            let list: Vec<(QueuedRecipient, Reply)> = later.into_iter().cloned().collect();
-            ctx.tracking_transport.log(event("DEFER", &list));
-            updates.extend(list.iter().map(|(r, reply)| {
+            ctx.tracking_transport.log(event("DEFER", &later));
+            updates.extend(later.iter().map(|(r, reply)| {
                 (
                     r.address.clone(),
                     RecipientState::Ready,
@@ -223,8 +337,31 @@ impl Transmitter {
         if !updates.is_empty() {
             self.db.update_recipients(msg.id, updates);
         }
-        if msg.finish(delivered.len() + failed.len()) {
+        if msg.finish(delivered.len()) {
             self.db.delete(msg.id);
+        }
+        if !failed.is_empty() {
+            self.fail(&msg, failed, external.then_some(peer.host.as_str()), "SMTP")
+                .await;
+        }
+        // Success notices: delivered into a mailbox here, or relayed to a server that
+        // will not report (RFC 3461 §5.2).
+        let success = match queue.next_hop.delivery_type {
+            DeliveryType::SmtpDeliveryToMailbox => Some(DsnKind::Delivered),
+            _ if external && !dsn => Some(DsnKind::Relayed),
+            _ => None,
+        };
+        if let Some(kind) = success {
+            let list = delivered
+                .iter()
+                .map(|(r, reply)| {
+                    (
+                        r.clone(),
+                        dsn_recipient(r, reply, external.then_some(peer.host.as_str())),
+                    )
+                })
+                .collect();
+            self.dsn.report(kind, &msg, list).await;
         }
         if !reroute.is_empty() {
             self.resubmit
@@ -242,10 +379,125 @@ impl Transmitter {
         }
         Ok(())
     }
+
+    /// Recipients that will never be delivered: FAIL, state, and the NDR.
+    async fn fail(
+        &self,
+        msg: &Arc<QueuedMessage>,
+        failed: Vec<(QueuedRecipient, Reply)>,
+        remote: Option<&str>,
+        source: &str,
+    ) {
+        if failed.is_empty() {
+            return;
+        }
+        let mut ev = tracking_event(&self.ctx, msg, "FAIL", source);
+        ev.recipient_address = failed.iter().map(|(r, _)| r.address.clone()).collect();
+        ev.recipient_status = failed.iter().map(|(_, reply)| reply.one_line()).collect();
+        if let Some(host) = remote {
+            ev.server_hostname = host.to_string();
+        }
+        self.ctx.tracking_transport.log(ev);
+        self.db.update_recipients(
+            msg.id,
+            failed
+                .iter()
+                .map(|(r, reply)| {
+                    (
+                        r.address.clone(),
+                        RecipientState::Failed,
+                        Some(reply.one_line()),
+                    )
+                })
+                .collect(),
+        );
+        let list = failed
+            .iter()
+            .map(|(r, reply)| (r.clone(), dsn_recipient(r, reply, remote)))
+            .collect();
+        self.dsn.report(DsnKind::Failed, msg, list).await;
+        if msg.finish(failed.len()) {
+            self.db.delete(msg.id);
+        }
+    }
+
+    /// Expires old messages (NDR 4.4.7) and sends one delay notice per recipient once
+    /// the delay notification timeout has passed (reference §6).
+    async fn sweeper(self, queue: Arc<DeliveryQueue>) {
+        let settings = &self.ctx.dir.org.transport;
+        let (expiration, delay) = (
+            settings.message_expiration_timeout,
+            settings.delay_notification_timeout,
+        );
+        // Often enough to be punctual, rarely enough to cost nothing on long queues.
+        let period =
+            (expiration.min(delay) / 60).clamp(Duration::from_millis(500), Duration::from_secs(60));
+        loop {
+            tokio::time::sleep(period).await;
+            let now = SystemTime::now();
+            for item in queue.take_expired(now - expiration) {
+                let reply = Reply::new(550, Enhanced(4, 4, 7), "QUEUE.Expired; message expired");
+                let last = item
+                    .recipients
+                    .iter()
+                    .filter_map(|r| r.last_error.clone())
+                    .next();
+                let failed = item
+                    .recipients
+                    .iter()
+                    .map(|r| {
+                        let reply = match &last {
+                            Some(e) => Reply::new(
+                                550,
+                                Enhanced(4, 4, 7),
+                                format!("QUEUE.Expired; message expired; last error: {e}"),
+                            ),
+                            None => reply.clone(),
+                        };
+                        (r.clone(), reply)
+                    })
+                    .collect();
+                self.fail(&item.message, failed, None, "QUEUE").await;
+            }
+            for (msg, recipients) in queue.take_delay_due(now - delay) {
+                self.db.upsert_recipients(msg.id, recipients.clone());
+                let last_error = queue
+                    .info(self.ctx.name())
+                    .last_error
+                    .unwrap_or_else(|| "451 4.4.7 Message delayed".into());
+                let list = recipients
+                    .into_iter()
+                    .map(|r| {
+                        let diagnostic = r.last_error.clone().unwrap_or_else(|| last_error.clone());
+                        let d = DsnRecipient {
+                            address: r.address.clone(),
+                            orcpt: r.orcpt.clone(),
+                            diagnostic,
+                            remote_mta: None,
+                        };
+                        (r, d)
+                    })
+                    .collect();
+                let mut ev = tracking_event(&self.ctx, &msg, "DEFER", "QUEUE");
+                ev.recipient_status = vec![last_error.clone()];
+                self.ctx.tracking_transport.log(ev);
+                self.dsn.report(DsnKind::Delayed, &msg, list).await;
+            }
+        }
+    }
+}
+
+fn dsn_recipient(r: &QueuedRecipient, reply: &Reply, remote: Option<&str>) -> DsnRecipient {
+    DsnRecipient {
+        address: r.address.clone(),
+        orcpt: r.orcpt.clone(),
+        diagnostic: reply.one_line(),
+        remote_mta: remote.map(str::to_string),
+    }
 }
 
 /// Connects to another service of the organisation (Mailbox Delivery or Transport) and
-/// authenticates as this server's Transport service.
+/// authenticates as this server's Transport service; off loopback, inside TLS.
 pub async fn connect_intra_org(
     ctx: &ServerContext,
     target: SocketAddr,
@@ -259,6 +511,11 @@ pub async fn connect_intra_org(
     };
     let mut client = SmtpClient::connect(target, ctx.fqdn(), CONNECT_TIMEOUT, log).await?;
     client.timeout_for_commands(COMMAND_TIMEOUT);
+    if !target.ip().is_loopback() && client.has_extension("STARTTLS") {
+        client
+            .starttls(ctx.fqdn(), &target.ip().to_string())
+            .await?;
+    }
     client
         .auth_plain(orgauth::HUB, ctx.name(), &ctx.secret.password(ctx.name()))
         .await?;

@@ -1,0 +1,370 @@
+//! Delivery status notifications (RFC 3464) and their submission: non-delivery reports,
+//! delay notices, and delivered/relayed notices where `NOTIFY=SUCCESS` asks for them
+//! (RFC 3461). Reports go to the original envelope sender, never to the null sender,
+//! and are themselves sent from the null sender, so a report can never cause another
+//! (no bounce loops).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::context::ServerContext;
+use crate::logs::tracking::now_timestamp;
+use crate::message;
+use crate::transport::queue::QueuedMessage;
+use crate::transport::queue::store::{Envelope, QueueDb, QueuedRecipient, RecipientState};
+use crate::transport::{Submission, tracking_event};
+
+/// The kind of report, as RFC 3464's `Action:` field names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsnKind {
+    Failed,
+    Delayed,
+    Delivered,
+    Relayed,
+}
+
+impl DsnKind {
+    fn action(self) -> &'static str {
+        match self {
+            DsnKind::Failed => "failed",
+            DsnKind::Delayed => "delayed",
+            DsnKind::Delivered => "delivered",
+            DsnKind::Relayed => "relayed",
+        }
+    }
+
+    /// Exchange's subject prefixes.
+    fn subject_prefix(self) -> &'static str {
+        match self {
+            DsnKind::Failed => "Undeliverable",
+            DsnKind::Delayed => "Delivery delayed",
+            DsnKind::Delivered => "Delivered",
+            DsnKind::Relayed => "Relayed",
+        }
+    }
+
+    /// Whether a recipient's NOTIFY asks for this report (RFC 3461 §4.1: without
+    /// NOTIFY, failures and delays are reported).
+    pub fn wanted_by(self, notify: &[String]) -> bool {
+        let has = |k: &str| notify.iter().any(|n| n == k);
+        if has("NEVER") {
+            return false;
+        }
+        match self {
+            DsnKind::Failed => notify.is_empty() || has("FAILURE"),
+            DsnKind::Delayed => notify.is_empty() || has("DELAY"),
+            DsnKind::Delivered | DsnKind::Relayed => has("SUCCESS"),
+        }
+    }
+}
+
+/// One recipient line of a report.
+#[derive(Debug, Clone)]
+pub struct DsnRecipient {
+    pub address: String,
+    /// ORCPT as given (`rfc822;addr`).
+    pub orcpt: Option<String>,
+    /// The SMTP reply or the reason (e.g. `550 5.1.1 User unknown`).
+    pub diagnostic: String,
+    /// The host that answered, when a remote server did.
+    pub remote_mta: Option<String>,
+}
+
+impl DsnRecipient {
+    /// The enhanced status code in the diagnostic, else a default for the kind.
+    fn status(&self, kind: DsnKind) -> String {
+        let code = self.diagnostic.split_whitespace().nth(1).filter(|c| {
+            let parts: Vec<&str> = c.split('.').collect();
+            parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|ch| ch.is_ascii_digit()))
+        });
+        match (code, kind) {
+            (Some(c), _) => c.to_string(),
+            (None, DsnKind::Failed) => "5.0.0".into(),
+            (None, DsnKind::Delayed) => "4.4.7".into(),
+            (None, _) => "2.0.0".into(),
+        }
+    }
+}
+
+/// Words for the people who read the report (reference §11: the user section).
+fn explain(status: &str) -> &'static str {
+    match status {
+        "5.1.1" => {
+            "The email address couldn't be found. Check the recipient's address and try again."
+        }
+        "5.1.10" | "5.4.4" => "The recipient's domain couldn't be found or doesn't accept email.",
+        "5.2.2" => "The recipient's mailbox is full.",
+        "5.3.4" => "The message is too large for the destination.",
+        "5.4.6" => "A routing loop was detected; the message couldn't be delivered.",
+        "4.4.7" | "5.4.7" => "The message couldn't be delivered before it expired.",
+        s if s.starts_with("5.7.") => "Delivery wasn't authorized; the message was refused.",
+        s if s.starts_with('4') => "Delivery is delayed; the server will keep trying.",
+        _ => "The message couldn't be delivered.",
+    }
+}
+
+/// Builds the report for `msg` to its envelope sender. Returns (content, Message-ID).
+pub fn build(
+    ctx: &ServerContext,
+    kind: DsnKind,
+    msg: &QueuedMessage,
+    recipients: &[DsnRecipient],
+) -> (Vec<u8>, String) {
+    let env = &msg.envelope;
+    let domain = ctx
+        .dir
+        .org
+        .organization
+        .accepted_domains
+        .first()
+        .cloned()
+        .unwrap_or_else(|| ctx.fqdn().to_string());
+    let boundary = format!("mailflow-dsn-{}", uuid::Uuid::new_v4().simple());
+    let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), ctx.fqdn());
+    let subject = if env.subject.is_empty() {
+        kind.subject_prefix().to_string()
+    } else {
+        format!(
+            "{}: {}",
+            kind.subject_prefix(),
+            env.subject.replace(['\r', '\n'], " ")
+        )
+    };
+    let mut text = String::new();
+    match kind {
+        DsnKind::Failed => text.push_str("Delivery has failed to these recipients or groups:\r\n\r\n"),
+        DsnKind::Delayed => text.push_str(
+            "Delivery is delayed to these recipients or groups. The server will keep trying; you don't need to do anything now.\r\n\r\n",
+        ),
+        DsnKind::Delivered => text.push_str("Your message has been delivered to the following recipients:\r\n\r\n"),
+        DsnKind::Relayed => text.push_str(
+            "Your message has been relayed to the following recipients; the destination server sends no delivery notification:\r\n\r\n",
+        ),
+    }
+    for r in recipients {
+        text.push_str(&format!(
+            "{}\r\n{}\r\n\r\n",
+            r.address,
+            explain(&r.status(kind))
+        ));
+    }
+    text.push_str(&format!(
+        "Diagnostic information for administrators:\r\n\r\nGenerating server: {}\r\n\r\n",
+        ctx.fqdn()
+    ));
+    for r in recipients {
+        match &r.remote_mta {
+            Some(host) => text.push_str(&format!(
+                "{}\r\nRemote server {host} returned '{}'\r\n\r\n",
+                r.address, r.diagnostic
+            )),
+            None => text.push_str(&format!("{}\r\n{}\r\n\r\n", r.address, r.diagnostic)),
+        }
+    }
+    let headers = &msg.content[..message::header_len(&msg.content)];
+    text.push_str("Original message headers:\r\n\r\n");
+    text.push_str(&String::from_utf8_lossy(headers));
+
+    let mut status = format!("Reporting-MTA: dns; {}\r\n", ctx.fqdn());
+    if let Some(envid) = &env.envid {
+        status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+    }
+    status.push_str(&format!(
+        "Arrival-Date: {}\r\n",
+        arrival_rfc2822(&env.received_at)
+    ));
+    for r in recipients {
+        status.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.address));
+        if let Some(orcpt) = &r.orcpt {
+            let (kind_, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+            status.push_str(&format!(
+                "Original-Recipient: {kind_}; {}\r\n",
+                decode_xtext(addr)
+            ));
+        }
+        status.push_str(&format!(
+            "Action: {}\r\nStatus: {}\r\n",
+            kind.action(),
+            r.status(kind)
+        ));
+        if let Some(host) = &r.remote_mta {
+            status.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
+        }
+        if !r.diagnostic.is_empty() {
+            status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", r.diagnostic));
+        }
+    }
+    // RFC 3461 §4.3: RET=HDRS returns headers only; Exchange returns the whole message
+    // on failures by default, headers on other reports.
+    let full = kind == DsnKind::Failed && env.ret.as_deref() != Some("HDRS");
+    let (ctype, original): (&str, &[u8]) = if full {
+        ("message/rfc822", &msg.content)
+    } else {
+        ("text/rfc822-headers", headers)
+    };
+    let mut out = format!(
+        "From: Mail Delivery System <postmaster@{domain}>\r\nTo: <{to}>\r\nDate: {date}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\nThis is a MIME-encapsulated delivery status notification.\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n{status}\r\n--{boundary}\r\nContent-Type: {ctype}\r\n\r\n",
+        to = env.return_path,
+        date = crate::net::rfc2822_now(),
+    )
+    .into_bytes();
+    out.extend_from_slice(original);
+    if !original.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (out, message_id)
+}
+
+fn arrival_rfc2822(received_at: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(received_at)
+        .map(|t| t.format("%a, %-d %b %Y %H:%M:%S +0000").to_string())
+        .unwrap_or_else(|_| crate::net::rfc2822_now())
+}
+
+/// RFC 3461 §4: xtext `+XX` escapes.
+fn decode_xtext(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'+'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..(i + 3).min(s.len())], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Submits reports into this Transport service like any other message.
+#[derive(Clone)]
+pub struct DsnSubmitter {
+    pub ctx: Arc<ServerContext>,
+    pub db: QueueDb,
+    pub submit: mpsc::UnboundedSender<Submission>,
+}
+
+impl DsnSubmitter {
+    /// Sends a report of `kind` for the recipients that asked for it; none to the null
+    /// sender. Logs DSN on the original message (reference §7.4).
+    pub async fn report(
+        &self,
+        kind: DsnKind,
+        msg: &Arc<QueuedMessage>,
+        recipients: Vec<(QueuedRecipient, DsnRecipient)>,
+    ) {
+        if msg.envelope.return_path.is_empty() {
+            return;
+        }
+        let wanted: Vec<DsnRecipient> = recipients
+            .into_iter()
+            .filter(|(q, _)| kind.wanted_by(&q.notify))
+            .map(|(_, d)| d)
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let ctx = &self.ctx;
+        let (content, message_id) = build(ctx, kind, msg, &wanted);
+        let content: Arc<[u8]> = content.into();
+        let envelope = Envelope {
+            return_path: String::new(),
+            network_message_id: uuid::Uuid::new_v4().simple().to_string(),
+            message_id: message_id.clone(),
+            subject: message::subject(&content),
+            sender_header: format!(
+                "postmaster@{}",
+                ctx.dir
+                    .org
+                    .organization
+                    .accepted_domains
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("localhost")
+            ),
+            received_at: now_timestamp(),
+            body: "8BITMIME".into(),
+            directionality: "Originating".into(),
+            ..Default::default()
+        };
+        let rcpt = QueuedRecipient {
+            address: msg.envelope.return_path.clone(),
+            orcpt: None,
+            notify: vec!["NEVER".into()],
+            next_hop: None,
+            state: RecipientState::Submitted,
+            last_error: None,
+            delay_notified: false,
+        };
+        let id = match self
+            .db
+            .insert(envelope.clone(), content.clone(), vec![rcpt.clone()])
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!("cannot queue a delivery status notification: {e}");
+                return;
+            }
+        };
+        let mut ev = tracking_event(ctx, msg, "DSN", "DSN");
+        ev.recipient_address = wanted.iter().map(|r| r.address.clone()).collect();
+        ev.recipient_status = wanted.iter().map(|r| r.diagnostic.clone()).collect();
+        ev.reference = message_id;
+        ctx.tracking_transport.log(ev);
+        let dsn = QueuedMessage::new(id, envelope, content);
+        let mut received = tracking_event(ctx, &dsn, "RECEIVE", "DSN");
+        received.recipient_address = vec![rcpt.address.clone()];
+        received.reference = msg.envelope.message_id.clone();
+        ctx.tracking_transport.log(received);
+        let _ = self.submit.send(Submission {
+            message: dsn,
+            recipients: vec![rcpt],
+            resubmit: false,
+            counted: false,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_rules_follow_rfc_3461() {
+        let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(DsnKind::Failed.wanted_by(&n(&[])));
+        assert!(DsnKind::Delayed.wanted_by(&n(&[])));
+        assert!(!DsnKind::Delivered.wanted_by(&n(&[])));
+        assert!(DsnKind::Delivered.wanted_by(&n(&["SUCCESS"])));
+        assert!(!DsnKind::Failed.wanted_by(&n(&["SUCCESS"])));
+        assert!(!DsnKind::Failed.wanted_by(&n(&["NEVER"])));
+    }
+
+    #[test]
+    fn status_comes_from_the_reply() {
+        let r = DsnRecipient {
+            address: "a@b".into(),
+            orcpt: None,
+            diagnostic: "550 5.1.1 User unknown".into(),
+            remote_mta: None,
+        };
+        assert_eq!(r.status(DsnKind::Failed), "5.1.1");
+        let r = DsnRecipient {
+            diagnostic: "connection refused".into(),
+            ..r
+        };
+        assert_eq!(r.status(DsnKind::Delayed), "4.4.7");
+        assert_eq!(decode_xtext("bob+2Bx@y.test"), "bob+x@y.test");
+    }
+}

@@ -1,0 +1,159 @@
+//! Connecting through a send connector to the internet: smart hosts or the recipient
+//! domain's MX hosts, STARTTLS (`tls = "opportunistic" | "required"`), and AUTH to a
+//! smart host when the connector has credentials.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::dns::{Dns, DnsFailure};
+use crate::context::ServerContext;
+use crate::directory::SendConnector;
+use crate::logs::LoggingLevel;
+use crate::logs::protocol::ProtocolSession;
+use crate::net::client::SmtpClient;
+use crate::transport::queue::{DeliveryType, NextHop};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Exchange's send connector ConnectionInactivityTimeOut is 10 minutes.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Why no connection could be made.
+pub enum ConnectFailure {
+    /// Retry later (the queue goes to Retry).
+    Transient(String),
+    /// The destination cannot exist: fail the recipients with an NDR.
+    Permanent(String),
+}
+
+/// A `host`, `host:port`, `[ip]` or `[ip]:port` smart host with the connector's port
+/// as default.
+fn parse_smart_host(s: &str, default_port: u16) -> (String, u16) {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some((host, after)) = rest.split_once(']')
+    {
+        let port = after
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default_port);
+        return (host.to_string(), port);
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            (host.to_string(), port.parse().unwrap_or(default_port))
+        }
+        _ => (s.to_string(), default_port),
+    }
+}
+
+/// Connects to the first host of the next hop that accepts a session.
+pub async fn connect(
+    ctx: &ServerContext,
+    dns: &Dns,
+    connector: &SendConnector,
+    next_hop: &NextHop,
+) -> Result<(String, SmtpClient), ConnectFailure> {
+    let hosts: Vec<(String, u16)> =
+        if next_hop.delivery_type == DeliveryType::SmartHostConnectorDelivery {
+            connector
+                .smart_hosts
+                .iter()
+                .map(|h| parse_smart_host(h, connector.port))
+                .collect()
+        } else {
+            match dns.mail_hosts(&next_hop.domain).await {
+                Ok(hosts) => hosts.into_iter().map(|h| (h, connector.port)).collect(),
+                Err(DnsFailure::Permanent(e)) => {
+                    return Err(ConnectFailure::Permanent(format!("550 5.4.4 {e}")));
+                }
+                Err(DnsFailure::Transient(e)) => {
+                    return Err(ConnectFailure::Transient(format!("451 4.4.0 {e}")));
+                }
+            }
+        };
+    let mut errors = Vec::new();
+    for (host, port) in hosts {
+        let addrs = match dns.addresses(&host).await {
+            Ok(a) => a,
+            Err(DnsFailure::Permanent(e) | DnsFailure::Transient(e)) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        for ip in addrs {
+            let addr = SocketAddr::new(ip, port);
+            match session(ctx, connector, &host, addr).await {
+                Ok(client) => return Ok((host, client)),
+                Err(e) => errors.push(format!("{host} [{addr}]: {e}")),
+            }
+        }
+    }
+    Err(ConnectFailure::Transient(format!(
+        "451 4.4.1 Connection failed: {}",
+        errors.join("; ")
+    )))
+}
+
+async fn session(
+    ctx: &ServerContext,
+    connector: &SendConnector,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<SmtpClient, String> {
+    let log = if connector.protocol_logging == LoggingLevel::Verbose {
+        ctx.hub_send_log
+            .session(&connector.name, SocketAddr::new(ctx.ip, 0), addr)
+    } else {
+        ProtocolSession::disabled()
+    };
+    let mut client = SmtpClient::connect(addr, ctx.fqdn(), CONNECT_TIMEOUT, log)
+        .await
+        .map_err(|e| e.to_string())?;
+    client.timeout_for_commands(COMMAND_TIMEOUT);
+    if client.has_extension("STARTTLS") {
+        client
+            .starttls(ctx.fqdn(), host)
+            .await
+            .map_err(|e| format!("STARTTLS failed: {e}"))?;
+    } else if connector.tls == "required" {
+        return Err(format!(
+            "send connector {} requires TLS and {host} does not offer STARTTLS",
+            connector.name
+        ));
+    }
+    if let Some(auth) = &connector.smart_host_auth {
+        // Credentials never travel in clear text.
+        if !client.is_tls() {
+            return Err(format!(
+                "{host} offers no TLS; credentials are not sent in clear text"
+            ));
+        }
+        client
+            .authenticate(&auth.username, &auth.password)
+            .await
+            .map_err(|e| format!("AUTH failed: {e}"))?;
+    }
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_smart_host;
+
+    #[test]
+    fn smart_host_forms() {
+        assert_eq!(
+            parse_smart_host("relay.x.test", 25),
+            ("relay.x.test".into(), 25)
+        );
+        assert_eq!(
+            parse_smart_host("relay.x.test:2525", 25),
+            ("relay.x.test".into(), 2525)
+        );
+        assert_eq!(
+            parse_smart_host("[127.0.0.1]:2600", 25),
+            ("127.0.0.1".into(), 2600)
+        );
+        assert_eq!(parse_smart_host("[::1]", 587), ("::1".into(), 587));
+    }
+}
