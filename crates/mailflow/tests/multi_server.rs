@@ -336,3 +336,104 @@ fn database_move_switches_delivery_to_the_new_active_copy_and_in_flight_mail_arr
         "each message exactly once: {subjects:?}"
     );
 }
+
+#[test]
+fn a_dag_database_on_postgresql_is_one_mailbox_whichever_copy_is_active() {
+    let Ok(url) = std::env::var("MAILFLOW_TEST_POSTGRES") else {
+        eprintln!("skipped: MAILFLOW_TEST_POSTGRES not set (scripts/test starts a PostgreSQL)");
+        return;
+    };
+    // A database name of its own, so parallel runs on one PostgreSQL never mix.
+    let db = format!("DBPG{}", std::process::id());
+    let org = move |p: &HashMap<String, Ports>| {
+        dag_org(p)
+            .replace(
+                "name = \"DB01\"\ncopies = [\"M1\", \"M2\"]",
+                &format!("name = \"{db}\"\ncopies = [\"M1\", \"M2\"]\nstore = \"{url}\""),
+            )
+            .replace("database = \"DB01\"", &format!("database = \"{db}\""))
+    };
+    let mut c = Cluster::new(&["M1", "M2", "M3", "M4"], org);
+    c.start_all();
+    for i in 0..3 {
+        send_via(
+            c.frontend("M1"),
+            &["alice@contoso.test"],
+            &format!("pg before {i}"),
+        );
+    }
+    let queue = format!("DBPG{}", std::process::id());
+    wait_for("3 deliveries on M1", Duration::from_secs(30), || {
+        (c.track(None, &["--event-id", "DELIVER", "--subject", "pg before"])
+            .len()
+            == 3)
+            .then_some(())
+    });
+    let out = c.cli(&["--server", "M1", "queue", "suspend", &queue]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..3 {
+        send_via(
+            c.frontend("M1"),
+            &["alice@contoso.test"],
+            &format!("pg in flight {i}"),
+        );
+    }
+    let out = c.cli(&["database", "move", &queue, "--to", "M2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        c.cli(&["--server", "M1", "queue", "resume", &queue])
+            .status
+            .success()
+    );
+    let delivered = wait_for(
+        "3 in-flight deliveries on M2",
+        Duration::from_secs(30),
+        || {
+            let d = c.track(
+                None,
+                &["--event-id", "DELIVER", "--subject", "pg in flight"],
+            );
+            (d.len() == 3).then_some(d)
+        },
+    );
+    assert!(
+        delivered
+            .iter()
+            .all(|d| d["ServerHostname"] == "m2.contoso.test"),
+        "{delivered:#?}"
+    );
+    // One mailbox, whichever server delivered: the export sees all six, once each.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = c.cli(&[
+        "mailbox",
+        "export",
+        "alice@contoso.test",
+        "--out",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut subjects: Vec<String> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| header_values(&std::fs::read(e.unwrap().path()).unwrap(), "Subject")[0].clone())
+        .collect();
+    subjects.sort();
+    let expected: Vec<String> = (0..3)
+        .map(|i| format!("pg before {i}"))
+        .chain((0..3).map(|i| format!("pg in flight {i}")))
+        .collect();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(subjects, expected);
+}
