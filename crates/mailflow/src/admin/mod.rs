@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::transport::TransportService;
-use crate::transport::queue::QueueInfo;
+use crate::transport::queue::{MessageInfo, QueueInfo};
 use crate::transport::routing::{Route, write_routing_log};
 
 pub async fn start(
@@ -22,6 +22,9 @@ pub async fn start(
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{identity}/{action}", post(queue_action))
         .route("/api/routes", get(routes))
+        .route("/api/messages", get(list_messages))
+        .route("/api/messages/{id}/remove", post(remove_message))
+        .route("/api/messages/{id}/export", get(export_message))
         .route(
             "/api/databases/{database}/activate/{server}",
             post(activate),
@@ -104,4 +107,94 @@ async fn activate(
     Ok(Json(
         serde_json::json!({ "Database": db.name, "ActiveServer": copy, "Server": ctx.name() }),
     ))
+}
+
+#[derive(serde::Deserialize)]
+struct MessageQuery {
+    queue: Option<String>,
+}
+
+/// Get-Message, optionally for one queue.
+async fn list_messages(
+    State(t): State<Arc<TransportService>>,
+    Query(q): Query<MessageQuery>,
+) -> Result<Json<Vec<MessageInfo>>, (StatusCode, String)> {
+    let queues = match &q.queue {
+        Some(id) => vec![
+            t.queues
+                .find(id)
+                .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no queue {id:?}")))?,
+        ],
+        None => t.queues.all(),
+    };
+    Ok(Json(
+        queues
+            .iter()
+            .flat_map(|q| q.messages(t.ctx.name()))
+            .collect(),
+    ))
+}
+
+/// The internal id at the end of an identity like `MBX1\3\42`, or a bare `42`.
+fn message_id(identity: &str) -> Result<i64, (StatusCode, String)> {
+    identity
+        .rsplit(['\\', '/'])
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("{identity:?} is not a message identity (Server\\Queue\\Id)"),
+            )
+        })
+}
+
+#[derive(serde::Deserialize)]
+struct RemoveQuery {
+    /// Remove-Message -WithNDR (default true, as in Exchange).
+    ndr: Option<bool>,
+}
+
+/// Remove-Message: out of every delivery queue that holds it, with or without an NDR.
+async fn remove_message(
+    State(t): State<Arc<TransportService>>,
+    Path(identity): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    let id = message_id(&identity)?;
+    let mut removed = 0;
+    for queue in t.queues.all() {
+        for item in queue.remove_message(id) {
+            removed += item.recipients.len();
+            t.remove_item(item, q.ndr.unwrap_or(true)).await;
+        }
+    }
+    if removed == 0 {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("message {id} is not waiting in a delivery queue (being transmitted, or gone)"),
+        ));
+    }
+    Ok(Json(
+        serde_json::json!({ "InternalId": id, "RecipientsRemoved": removed, "WithNDR": q.ndr.unwrap_or(true) }),
+    ))
+}
+
+/// Export-Message: the message as it waits in its queue (.eml bytes).
+async fn export_message(
+    State(t): State<Arc<TransportService>>,
+    Path(identity): Path<String>,
+) -> Result<Vec<u8>, (StatusCode, String)> {
+    let id = message_id(&identity)?;
+    t.queues
+        .all()
+        .iter()
+        .find_map(|q| q.content_of(id))
+        .map(|c| c.to_vec())
+        .ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("message {id} is not waiting in a delivery queue"),
+            )
+        })
 }

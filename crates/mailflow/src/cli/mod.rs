@@ -5,6 +5,7 @@ mod check_config;
 mod database;
 mod init;
 mod mailbox;
+mod message;
 mod queue;
 mod route;
 mod serve;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Transport queues (Get-Queue, Retry-Queue, Suspend-Queue, Resume-Queue).
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Queued messages (Get-Message, Remove-Message, Export-Message).
+    #[command(subcommand)]
+    Message(message::MessageCommand),
     /// Mailboxes (Get-Mailbox, New-MailboxExportRequest).
     #[command(subcommand)]
     Mailbox(mailbox::MailboxCommand),
@@ -75,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => check_config::run(&g),
         Command::Track(a) => track::run(&g, a),
         Command::Queue(c) => queue::run(&g, c),
+        Command::Message(c) => message::run(&g, c),
         Command::Mailbox(c) => mailbox::run(&g, c),
         Command::Route(c) => route::run(&g, c),
         Command::Database(c) => database::run(&g, c),

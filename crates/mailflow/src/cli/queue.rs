@@ -32,7 +32,7 @@ pub fn admin_url(g: &Global) -> anyhow::Result<String> {
     Ok(format!("http://{host}:{}", server.ports.admin))
 }
 
-fn agent() -> ureq::Agent {
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(10)))
         .http_status_as_error(false)

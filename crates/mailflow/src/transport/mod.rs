@@ -114,6 +114,54 @@ impl TransportService {
         Ok(service)
     }
 
+    /// Remove-Message for one queue item: the recipients fail with an administrator's
+    /// reason, with an NDR unless asked otherwise.
+    pub async fn remove_item(&self, item: Item, with_ndr: bool) {
+        let ctx = &self.ctx;
+        let msg = &item.message;
+        let reply = mailflow_smtp::Reply::new(
+            550,
+            mailflow_smtp::Enhanced(5, 3, 0),
+            "QUEUE.Admin; message deleted by administrative action",
+        );
+        let mut ev = tracking_event(ctx, msg, "FAIL", "ADMIN");
+        ev.recipient_address = item.recipients.iter().map(|r| r.address.clone()).collect();
+        ev.recipient_status = vec![reply.one_line()];
+        ctx.tracking_transport.log(ev);
+        self.queues.db.update_recipients(
+            msg.id,
+            item.recipients
+                .iter()
+                .map(|r| {
+                    (
+                        r.address.clone(),
+                        RecipientState::Failed,
+                        Some(reply.one_line()),
+                    )
+                })
+                .collect(),
+        );
+        if with_ndr {
+            let list = item
+                .recipients
+                .iter()
+                .map(|r| {
+                    let d = send::dsn::DsnRecipient {
+                        address: r.address.clone(),
+                        orcpt: r.orcpt.clone(),
+                        diagnostic: reply.one_line(),
+                        remote_mta: None,
+                    };
+                    (r.clone(), d)
+                })
+                .collect();
+            self.dsn.report(send::dsn::DsnKind::Failed, msg, list).await;
+        }
+        if msg.finish(item.recipients.len()) {
+            self.queues.db.delete(msg.id);
+        }
+    }
+
     /// Hands an accepted (durable) message to the categorizer via the Submission queue.
     pub fn submit(&self, msg: Arc<QueuedMessage>, recipients: Vec<QueuedRecipient>) {
         self.queues.submission.fetch_add(1, Ordering::Relaxed);

@@ -72,6 +72,11 @@ impl Ports {
 /// carol, a group with an external member and a nested loop, and an Internet send
 /// connector. `extra` is appended (more servers, databases…).
 pub fn org_file(ports: &Ports, extra: &str) -> String {
+    org_file_with(ports, "", extra)
+}
+
+/// Like `org_file`, with more `[transport]` settings.
+pub fn org_file_with(ports: &Ports, transport: &str, extra: &str) -> String {
     format!(
         r#"[organization]
 name = "contoso"
@@ -88,6 +93,7 @@ mailbox_delivery_connector_protocol_logging = "verbose"
 # No DNS on the test machine: a closed port makes MX lookups fail transiently, so
 # external recipients wait in their queue (outbound tests use smart hosts).
 external_dns_servers = ["127.0.0.1:9"]
+{transport}
 
 [[sites]]
 name = "Site-A"
@@ -149,10 +155,19 @@ impl Server {
     /// Starts a server; if a port picked for it was taken meanwhile (parallel tests),
     /// the server exits at bind and the start is retried with new ports.
     pub fn start_with(extra: &str) -> Server {
+        Server::start_custom("", extra)
+    }
+
+    /// With more `[transport]` settings (retry and expiry timers…) and more tables.
+    pub fn start_custom(transport: &str, extra: &str) -> Server {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let ports = Ports::new();
-            std::fs::write(dir.path().join("mailflow.toml"), org_file(&ports, extra)).unwrap();
+            std::fs::write(
+                dir.path().join("mailflow.toml"),
+                org_file_with(&ports, transport, extra),
+            )
+            .unwrap();
             std::fs::write(
                 dir.path().join("secret.key"),
                 "00112233445566778899aabbccddeeff\n",

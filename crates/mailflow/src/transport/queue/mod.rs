@@ -158,6 +158,23 @@ pub struct QueueInfo {
     pub next_retry_time: Option<String>,
 }
 
+/// What `message list` shows (Get-Message properties, reference §3.5).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MessageInfo {
+    pub identity: String,
+    pub internal_id: i64,
+    pub queue: String,
+    pub from_address: String,
+    pub status: String,
+    pub size: u64,
+    pub subject: String,
+    pub internet_message_id: String,
+    pub date_received: String,
+    pub recipients: Vec<String>,
+    pub last_error: Option<String>,
+}
+
 /// Retry intervals (reference §6): glitch retries, then transient ones, then the
 /// outbound-connection-failure interval until expiry.
 #[derive(Debug, Clone)]
@@ -295,6 +312,60 @@ impl DeliveryQueue {
             }
         }
         due
+    }
+
+    /// Get-Message rows for the messages waiting in this queue (in-flight ones are
+    /// shown Active).
+    pub fn messages(&self, server: &str) -> Vec<MessageInfo> {
+        let s = self.lock();
+        let status = if s.suspended {
+            "Suspended"
+        } else if s.next_retry.is_some_and(|(at, _)| at > Instant::now()) {
+            "Retry"
+        } else {
+            "Ready"
+        };
+        s.items
+            .iter()
+            .map(|i| {
+                let m = &i.message;
+                MessageInfo {
+                    identity: format!("{server}\\{}\\{}", self.number, m.id),
+                    internal_id: m.id,
+                    queue: format!("{server}\\{}", self.number),
+                    from_address: m.envelope.return_path.clone(),
+                    status: status.into(),
+                    size: m.content.len() as u64,
+                    subject: m.envelope.subject.clone(),
+                    internet_message_id: m.envelope.message_id.clone(),
+                    date_received: m.envelope.received_at.clone(),
+                    recipients: i.recipients.iter().map(|r| r.address.clone()).collect(),
+                    last_error: i
+                        .recipients
+                        .iter()
+                        .find_map(|r| r.last_error.clone())
+                        .or_else(|| s.last_error.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Remove-Message: takes the waiting items of message `id` out of this queue.
+    pub fn remove_message(&self, id: i64) -> Vec<Item> {
+        let mut s = self.lock();
+        let (removed, kept): (Vec<Item>, Vec<Item>) =
+            s.items.drain(..).partition(|i| i.message.id == id);
+        s.items = kept.into();
+        removed
+    }
+
+    /// The content of message `id` if it waits in this queue.
+    pub fn content_of(&self, id: i64) -> Option<Arc<[u8]>> {
+        self.lock()
+            .items
+            .iter()
+            .find(|i| i.message.id == id)
+            .map(|i| i.message.content.clone())
     }
 
     /// A transmission attempt ended (whatever its outcome).

@@ -1,0 +1,258 @@
+//! Mail to the internet: send connectors, retries, delay notices and NDRs, and queue
+//! and message management from the CLI.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A send connector for fabrikam.test through a smart host on `port`.
+fn smart_host_connector(port: u16) -> String {
+    format!(
+        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\nprotocol_logging = \"verbose\"\n"
+    )
+}
+
+/// Checks an RFC 3464 report with Python's email library: multipart/report with a
+/// message/delivery-status part; returns (subject, per-recipient field maps as JSON).
+fn parse_dsn(eml: &[u8]) -> serde_json::Value {
+    let script = r#"
+import email, json, sys
+from email import policy
+msg = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)
+assert msg.get_content_type() == "multipart/report", msg.get_content_type()
+assert msg.get_param("report-type") == "delivery-status"
+parts = list(msg.iter_parts())
+assert parts[0].get_content_type() == "text/plain"
+status = parts[1]
+assert status.get_content_type() == "message/delivery-status"
+groups = [dict(g.items()) for g in status.get_payload()]
+print(json.dumps({"subject": str(msg["Subject"]), "from": str(msg["From"]), "per_message": groups[0],
+                  "recipients": groups[1:], "returned": parts[2].get_content_type(),
+                  "text": parts[0].get_content()}))
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(eml).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not a valid RFC 3464 report: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(eml)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
+    let closed = free_ports(1)[0];
+    let server = Server::start_custom(
+        "delay_notification_timeout = \"2s\"\nmessage_expiration_timeout = \"5s\"",
+        &smart_host_connector(closed),
+    );
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.contoso.test");
+    assert!(c.cmd("MAIL FROM:<alice@contoso.test>").starts_with("250"));
+    // Anonymous relay to an external domain is refused even for an internal sender.
+    assert!(
+        c.cmd("RCPT TO:<ext@fabrikam.test>")
+            .starts_with("550 5.7.54")
+    );
+    c.cmd("RSET");
+    drop(c);
+    // Mail from a mailbox to the outside enters through Transport, as Mailbox Transport
+    // Submission would: here a group with an external member.
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.contoso.test");
+    let r = c.send(
+        "alice@contoso.test",
+        &["sales@contoso.test"],
+        &message("peer down", "to the outside\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+
+    let q = wait_for(
+        "the fabrikam queue in Retry",
+        Duration::from_secs(20),
+        || {
+            server
+                .cli_json(&["queue", "list"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|q| {
+                    q["Status"] == "Retry" && q["DeliveryType"] == "SmartHostConnectorDelivery"
+                })
+                .cloned()
+        },
+    );
+    assert!(
+        q["LastError"].as_str().unwrap().starts_with("451 4.4.1"),
+        "{q:#}"
+    );
+    assert!(q["NextRetryTime"].is_string(), "{q:#}");
+
+    // Alice gets a delay notice, then the NDR (4.4.7) once the message expires.
+    server.wait_inbox("alice@contoso.test", 3); // the group copy, the delay notice, the NDR
+    let inbox = server.export("alice@contoso.test");
+    let reports: Vec<serde_json::Value> = inbox
+        .iter()
+        .filter(|m| String::from_utf8_lossy(m).contains("multipart/report"))
+        .map(|m| parse_dsn(m))
+        .collect();
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    let delay = reports
+        .iter()
+        .find(|r| {
+            r["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("Delivery delayed")
+        })
+        .expect("delay notice");
+    assert_eq!(delay["recipients"][0]["Action"], "delayed");
+    assert_eq!(
+        delay["recipients"][0]["Final-Recipient"],
+        "rfc822; ext@fabrikam.test"
+    );
+    let ndr = reports
+        .iter()
+        .find(|r| r["subject"].as_str().unwrap().starts_with("Undeliverable"))
+        .expect("NDR");
+    assert_eq!(ndr["recipients"][0]["Action"], "failed");
+    assert_eq!(ndr["recipients"][0]["Status"], "4.4.7");
+    assert_eq!(ndr["returned"], "message/rfc822");
+    assert_eq!(
+        ndr["per_message"]["Reporting-MTA"],
+        "dns; mbx1.contoso.test"
+    );
+    // The queue is empty again, and tracking tells the story.
+    let events: Vec<String> = server
+        .track(&["--subject", "peer down"])
+        .iter()
+        .map(|e| e["EventId"].as_str().unwrap().to_string())
+        .collect();
+    for e in ["RECEIVE", "EXPAND", "DEFER", "FAIL", "DSN"] {
+        assert!(events.contains(&e.to_string()), "missing {e} in {events:?}");
+    }
+}
+
+#[test]
+fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
+    let closed = free_ports(1)[0];
+    let server = Server::start_custom("", &smart_host_connector(closed));
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.contoso.test");
+    for i in 0..2 {
+        let r = c.send(
+            "alice@contoso.test",
+            &["sales@contoso.test"],
+            &message(&format!("managed {i}"), "queued\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let queue = wait_for("the fabrikam queue", Duration::from_secs(20), || {
+        server
+            .cli_json(&["queue", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["DeliveryType"] == "SmartHostConnectorDelivery" && q["MessageCount"] == 2)
+            .cloned()
+    });
+    let identity = queue["Identity"].as_str().unwrap().to_string();
+    // Suspend: the status says so; resume: back to Retry or Ready.
+    let out = server.cli(&["queue", "suspend", &identity]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q = server
+        .cli_json(&["queue", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["Identity"] == identity.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(q["Status"], "Suspended");
+    assert!(server.cli(&["queue", "resume", &identity]).status.success());
+    assert!(server.cli(&["queue", "retry", &identity]).status.success());
+    let q = server
+        .cli_json(&["queue", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["Identity"] == identity.as_str())
+        .cloned()
+        .unwrap();
+    assert_ne!(q["Status"], "Suspended");
+
+    // Get-Message lists both; Export-Message writes the bytes.
+    let messages = wait_for("both messages listed", Duration::from_secs(10), || {
+        let m = server.cli_json(&["message", "list", "--queue", &identity]);
+        (m.as_array().unwrap().len() == 2).then_some(m)
+    });
+    let first = messages[0]["Identity"].as_str().unwrap().to_string();
+    let out_dir = tempfile::tempdir().unwrap();
+    let file = out_dir.path().join("m.eml");
+    let out = server.cli(&["message", "export", &first, "--out", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = std::fs::read(&file).unwrap();
+    assert!(
+        String::from_utf8_lossy(&exported).contains("Subject: managed"),
+        "{}",
+        String::from_utf8_lossy(&exported)
+    );
+
+    // Remove one without NDR and one with: only the second bounces to alice.
+    let second = messages[1]["Identity"].as_str().unwrap().to_string();
+    let removed = |id: &str, ndr: bool| {
+        let mut args = vec!["message", "remove", id];
+        if !ndr {
+            args.push("--without-ndr");
+        }
+        // The message may be in transmission for a moment: retry until it waits.
+        wait_for(
+            "the message to be removable",
+            Duration::from_secs(20),
+            || server.cli(&args).status.success().then_some(()),
+        );
+    };
+    removed(&first, false);
+    removed(&second, true);
+    wait_for("the queue to empty", Duration::from_secs(10), || {
+        server
+            .cli_json(&["queue", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["MessageCount"] == 0)
+            .then_some(())
+    });
+    server.wait_inbox("alice@contoso.test", 3); // two group copies + one NDR
+    std::thread::sleep(Duration::from_millis(500));
+    let ndrs: Vec<serde_json::Value> = server
+        .export("alice@contoso.test")
+        .iter()
+        .filter(|m| String::from_utf8_lossy(m).contains("multipart/report"))
+        .map(|m| parse_dsn(m))
+        .collect();
+    assert_eq!(ndrs.len(), 1, "{ndrs:#?}");
+    assert_eq!(ndrs[0]["recipients"][0]["Status"], "5.3.0");
+}
