@@ -256,3 +256,101 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     assert_eq!(ndrs.len(), 1, "{ndrs:#?}");
     assert_eq!(ndrs[0]["recipients"][0]["Status"], "5.3.0");
 }
+
+#[test]
+fn address_space_specificity_and_cost_choose_the_connector() {
+    let (cheap, dear, specific) = (Sink::start(), Sink::start(), Sink::start());
+    let connector = |name: &str, space: &str, cost: u32, port: u16| {
+        format!(
+            "\n[[send_connectors]]\nname = \"{name}\"\naddress_spaces = [{{ domain = \"{space}\", cost = {cost} }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\n"
+        )
+    };
+    let extra = connector("Cheap", "*.test", 1, cheap.port)
+        + &connector("Dear", "*.test", 5, dear.port)
+        + &connector("Specific", "northwind.test", 9, specific.port)
+        + "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"a@fabrikam.test\", \"b@northwind.test\"]\n";
+    let server = Server::start_custom("", &extra);
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.contoso.test");
+    let r = c.send(
+        "alice@contoso.test",
+        &["partners@contoso.test"],
+        &message("connector choice", "which way\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    // fabrikam.test: *.test at cost 1 beats cost 5 (and the built-in "*" is less specific).
+    let t = cheap.wait_transactions(1);
+    assert!(
+        t[0].contains("a@fabrikam.test") && t[0].contains("Subject: connector choice"),
+        "{}",
+        t[0]
+    );
+    // northwind.test: the exact address space wins despite its higher cost.
+    let t = specific.wait_transactions(1);
+    assert!(t[0].contains("b@northwind.test"), "{}", t[0]);
+    assert!(dear.transactions().is_empty());
+    let send = server.track(&["--event-id", "SEND", "--subject", "connector choice"]);
+    let connectors: Vec<&str> = send
+        .iter()
+        .map(|e| e["ConnectorId"].as_str().unwrap())
+        .collect();
+    assert!(
+        connectors.contains(&"Cheap") && connectors.contains(&"Specific"),
+        "{connectors:?}"
+    );
+    // Organisation headers never leave the organisation.
+    assert!(!t[0].contains("X-MS-Exchange-Organization"), "{}", t[0]);
+}
+
+#[test]
+fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
+    let sink = Sink::start();
+    let extra = format!(
+        "\n[[send_connectors]]\nname = \"Via Front End\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\nfront_end_proxy = true\n",
+        sink.port
+    );
+    let server = Server::start_custom("", &extra);
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.contoso.test");
+    let r = c.send(
+        "alice@contoso.test",
+        &["sales@contoso.test"],
+        &message("via proxy", "through 717\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let t = sink.wait_transactions(1);
+    assert!(
+        t[0].contains("ext@fabrikam.test") && t[0].contains("Subject: via proxy"),
+        "{}",
+        t[0]
+    );
+    // The Front End's receive log shows the proxied session on its :717 connector.
+    let recv_dir = server
+        .data_dir()
+        .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
+    let log: String = std::fs::read_dir(&recv_dir)
+        .unwrap()
+        .map(|e| file_text(&e.unwrap().path()))
+        .collect();
+    assert!(
+        log.contains("MBX1\\Outbound Proxy Frontend MBX1")
+            && log.contains("RCPT TO:<ext@fabrikam.test>"),
+        "{log}"
+    );
+    let send = server.track(&[
+        "--event-id",
+        "SEND",
+        "--subject",
+        "via proxy",
+        "--recipients",
+        "ext@fabrikam.test",
+    ]);
+    assert_eq!(send[0]["ConnectorId"], "Via Front End");
+    // A stranger cannot use :717 to relay.
+    let mut c = Smtp::connect(server.ports.others_outbound_proxy());
+    c.cmd("EHLO stranger.example");
+    assert!(
+        c.cmd("MAIL FROM:<evil@example.org>")
+            .starts_with("530 5.7.1")
+    );
+}

@@ -148,6 +148,24 @@ async fn serve(
     // Downstream first, so the first message through :25 finds everything listening.
     let (delivery_addr, _d) = delivery.bind().await?;
     let (hub_addr, _h) = hub.bind().await?;
+    let dns = Arc::new(crate::transport::send::dns::Dns::new(
+        &settings.external_dns_servers,
+    )?);
+    let (op_ctx, op_dns) = (ctx.clone(), dns.clone());
+    let outbound_proxy = connector(
+        format!("Outbound Proxy Frontend {}", server.name),
+        server.ports.outbound_proxy,
+        session(internal_size, 5000),
+        org_auth.clone(),
+        verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
+        Arc::new(move || {
+            Box::new(crate::frontend::outbound_proxy::OutboundProxySession::new(
+                op_ctx.clone(),
+                op_dns.clone(),
+            ))
+        }),
+    );
+    let (proxy_addr, _p) = outbound_proxy.bind().await?;
     let (fe_addr, _f) = frontend.bind().await?;
     let admin_addr =
         crate::admin::start(SocketAddr::new(ip, server.ports.admin), transport.clone()).await?;
@@ -177,6 +195,10 @@ async fn serve(
     println!("    {hub_addr:<22} Default {} (Transport)", server.name);
     println!(
         "    {delivery_addr:<22} Default Mailbox Delivery {} (Mailbox Transport Delivery)",
+        server.name
+    );
+    println!(
+        "    {proxy_addr:<22} Outbound Proxy Frontend {} (send connectors with front_end_proxy)",
         server.name
     );
     println!("    {admin_addr:<22} admin API (http)");

@@ -4,6 +4,7 @@
 //! content only after Transport did. No queue, nothing on disk but logs.
 
 pub mod hub_selector;
+pub mod outbound_proxy;
 pub mod proxy;
 
 use std::sync::Arc;

@@ -54,6 +54,11 @@ impl Ports {
             others: [p[4], p[5], p[6]],
         }
     }
+    /// The Outbound Proxy Frontend port (:717 in Exchange).
+    pub fn others_outbound_proxy(&self) -> u16 {
+        self.others[2]
+    }
+
     fn toml(&self) -> String {
         format!(
             "[servers.ports]\nfrontend = {}\nclient_frontend = {}\nclient_proxy = {}\noutbound_proxy = {}\ntransport = {}\nmailbox_delivery = {}\nadmin = {}\n",
@@ -652,4 +657,67 @@ pub fn send_via(port: u16, to: &[&str], subject: &str) {
     );
     assert!(r.starts_with("250"), "{subject}: {r}");
     c.cmd("QUIT");
+}
+
+/// Postfix's `smtp-sink` on a free loopback port, dumping each transaction to a file:
+/// a peer that accepts everything (the ceiling of the benchmarks, a simple "internet").
+pub struct Sink {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        assert!(
+            have("smtp-sink"),
+            "smtp-sink (Debian package postfix) is installed by scripts/test"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_ports(1)[0];
+        let template = format!("{}/%Y%m%d%H%M%S.", dir.path().display());
+        let child = Command::new("smtp-sink")
+            .args([
+                "-u",
+                "root",
+                "-d",
+                &template,
+                &format!("127.0.0.1:{port}"),
+                "64",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("smtp-sink to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Sink { port, dir, child }
+    }
+
+    /// Dumped transactions (envelope lines then the message).
+    pub fn transactions(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| file_text(&e.unwrap().path()))
+            .collect()
+    }
+
+    pub fn wait_transactions(&self, n: usize) -> Vec<String> {
+        wait_for(
+            &format!("{n} transactions at the sink"),
+            Duration::from_secs(30),
+            || {
+                let t = self.transactions();
+                (t.len() >= n).then_some(t)
+            },
+        )
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -101,6 +101,16 @@ impl Transmitter {
                 )));
             };
             let permit = self.outbound.clone().acquire_owned().await.ok();
+            if connector.front_end_proxy {
+                // Through a Front End's Outbound Proxy Frontend (:717) of this site.
+                let (host, client) = self.connect_outbound_proxy().await?;
+                return Ok(Peer {
+                    host,
+                    client,
+                    connector: Some(connector.name.clone()),
+                    _permit: permit,
+                });
+            }
             let (host, client) = outbound::connect(&self.ctx, &self.dns, connector, hop).await?;
             return Ok(Peer {
                 host,
@@ -135,6 +145,28 @@ impl Transmitter {
         }
         Err(ConnectFailure::Transient(format!(
             "451 4.4.1 Connection timed out or refused ({})",
+            errors.join("; ")
+        )))
+    }
+
+    /// Connects to the Outbound Proxy Frontend of this server or another of its site.
+    async fn connect_outbound_proxy(&self) -> Result<(String, SmtpClient), ConnectFailure> {
+        let view = self.ctx.routing();
+        let mut servers: Vec<_> = view.local_site_servers();
+        servers.sort_by_key(|s| !s.eq_ignore_ascii_case(self.ctx.name()));
+        let mut errors = Vec::new();
+        for name in servers {
+            let Some(s) = self.ctx.dir.server(&name) else {
+                continue;
+            };
+            let Ok(ip) = s.address.parse() else { continue };
+            match connect_intra_org(&self.ctx, SocketAddr::new(ip, s.ports.outbound_proxy)).await {
+                Ok(client) => return Ok((s.fqdn.clone(), client)),
+                Err(e) => errors.push(format!("{name}: {e}")),
+            }
+        }
+        Err(ConnectFailure::Transient(format!(
+            "451 4.4.1 No Outbound Proxy Frontend answered ({})",
             errors.join("; ")
         )))
     }

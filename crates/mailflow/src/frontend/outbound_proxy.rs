@@ -1,0 +1,198 @@
+//! `Outbound Proxy Frontend <server>` (:717, reference §1.2): send connectors with
+//! `front_end_proxy = true` send through here, so outbound mail leaves from the Front
+//! End. Only this organisation's Transport services may connect. The proxy is real time:
+//! the first RCPT opens the session to the destination (chosen by the same send
+//! connector selection Transport used), and every reply is the destination's own, so
+//! Transport keeps per-recipient outcomes and its queue.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mailflow_smtp::data::DotStuffer;
+use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+
+use crate::context::ServerContext;
+use crate::net::client::SmtpClient;
+use crate::net::orgauth;
+use crate::net::receive::{SessionInfo, SmtpHandler};
+use crate::transport::queue::{DeliveryType, NextHop};
+use crate::transport::routing::select_connector;
+use crate::transport::send::dns::Dns;
+use crate::transport::send::outbound::{self, ConnectFailure};
+
+pub struct OutboundProxySession {
+    ctx: Arc<ServerContext>,
+    dns: Arc<Dns>,
+    mail: Option<String>,
+    domain: Option<String>,
+    upstream: Option<SmtpClient>,
+    stuffer: Option<DotStuffer>,
+    broken: bool,
+}
+
+impl OutboundProxySession {
+    pub fn new(ctx: Arc<ServerContext>, dns: Arc<Dns>) -> OutboundProxySession {
+        OutboundProxySession {
+            ctx,
+            dns,
+            mail: None,
+            domain: None,
+            upstream: None,
+            stuffer: None,
+            broken: false,
+        }
+    }
+
+    fn lost() -> Reply {
+        Reply::new(
+            451,
+            Enhanced(4, 4, 2),
+            "Connection to the destination was lost",
+        )
+    }
+
+    /// Opens the session to the destination of `domain`, and sends MAIL.
+    async fn open(&mut self, domain: &str) -> Result<(), Reply> {
+        let connector =
+            select_connector(self.ctx.dir.send_connectors(), domain).ok_or_else(|| {
+                Reply::new(
+                    550,
+                    Enhanced(5, 4, 4),
+                    format!("No send connector for {domain}"),
+                )
+            })?;
+        let hop = NextHop {
+            delivery_type: if connector.smart_hosts.is_empty() {
+                DeliveryType::DnsConnectorDelivery
+            } else {
+                DeliveryType::SmartHostConnectorDelivery
+            },
+            domain: domain.to_string(),
+            connector: Some(connector.name.clone()),
+        };
+        let (_, mut client) = outbound::connect(&self.ctx, &self.dns, connector, &hop)
+            .await
+            .map_err(|e| match e {
+                ConnectFailure::Transient(t) => Reply::new(451, Enhanced(4, 4, 1), t),
+                ConnectFailure::Permanent(p) => Reply::new(550, Enhanced(5, 4, 4), p),
+            })?;
+        let mail = self.mail.clone().unwrap_or_else(|| "MAIL FROM:<>".into());
+        let reply = client.command(&mail).await.map_err(|e| e.as_reply())?;
+        if !reply.is_positive() {
+            return Err(reply);
+        }
+        self.upstream = Some(client);
+        self.domain = Some(domain.to_ascii_lowercase());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SmtpHandler for OutboundProxySession {
+    async fn mail(
+        &mut self,
+        info: &SessionInfo,
+        from: Option<Address>,
+        params: MailParams,
+    ) -> Reply {
+        if info
+            .org_server
+            .as_ref()
+            .is_none_or(|(_, s)| s != orgauth::HUB)
+        {
+            return Reply::new(530, Enhanced(5, 7, 1), "Client was not authenticated");
+        }
+        let mut mail = format!(
+            "MAIL FROM:<{}>",
+            from.map(|a| a.to_string()).unwrap_or_default()
+        );
+        if let Some(size) = params.size {
+            mail.push_str(&format!(" SIZE={size}"));
+        }
+        if params.body == mailflow_smtp::Body::EightBitMime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if params.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        self.mail = Some(mail);
+        Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+    }
+
+    async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
+        match &self.domain {
+            None => {
+                if let Err(reply) = self.open(&to.domain).await {
+                    return reply;
+                }
+            }
+            // One destination per transaction, as Transport's queues are per domain.
+            Some(d) if *d != to.domain => {
+                return Reply::new(
+                    452,
+                    Enhanced(4, 5, 3),
+                    "One destination domain per transaction",
+                );
+            }
+            Some(_) => {}
+        }
+        let Some(client) = self.upstream.as_mut() else {
+            return Self::lost();
+        };
+        let mut line = format!("RCPT TO:<{to}>");
+        if client.has_extension("DSN") {
+            if !params.notify.is_empty() {
+                line.push_str(&format!(" NOTIFY={}", params.notify.join(",")));
+            }
+            if let Some(o) = &params.orcpt {
+                line.push_str(&format!(" ORCPT={o}"));
+            }
+        }
+        client.command(&line).await.unwrap_or_else(|e| e.as_reply())
+    }
+
+    async fn data_start(&mut self, _info: &SessionInfo) -> Reply {
+        let Some(client) = self.upstream.as_mut() else {
+            return Self::lost();
+        };
+        let reply = client
+            .command("DATA")
+            .await
+            .unwrap_or_else(|e| e.as_reply());
+        if reply.code == 354 {
+            self.stuffer = Some(DotStuffer::default());
+            self.broken = false;
+        }
+        reply
+    }
+
+    async fn data(&mut self, chunk: Vec<u8>) {
+        if let (Some(client), Some(stuffer)) = (self.upstream.as_mut(), self.stuffer.as_mut())
+            && !self.broken
+            && client.data_chunk(stuffer, &chunk).await.is_err()
+        {
+            self.broken = true;
+        }
+    }
+
+    async fn data_end(&mut self, _info: &SessionInfo) -> Reply {
+        let reply = match (self.upstream.as_mut(), self.stuffer.take()) {
+            (Some(client), Some(stuffer)) if !self.broken => client
+                .finish_data(&stuffer)
+                .await
+                .unwrap_or_else(|e| e.as_reply()),
+            _ => Self::lost(),
+        };
+        self.reset().await;
+        reply
+    }
+
+    async fn reset(&mut self) {
+        if let Some(client) = self.upstream.take() {
+            client.quit().await;
+        }
+        self.mail = None;
+        self.domain = None;
+        self.stuffer = None;
+    }
+}
