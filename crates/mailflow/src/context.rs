@@ -126,6 +126,7 @@ pub struct ServerContext {
     pub topology: Topology,
     pub tracking_transport: TrackingLog,
     pub tracking_delivery: TrackingLog,
+    pub tracking_submission: TrackingLog,
     pub frontend_receive_log: ProtocolLog,
     pub frontend_send_log: ProtocolLog,
     pub hub_receive_log: ProtocolLog,
@@ -155,6 +156,11 @@ impl ServerContext {
             tracking_delivery: TrackingLog::open(
                 &paths.message_tracking,
                 TrackingService::MailboxDelivery,
+                LOG_FILE_SIZE,
+            )?,
+            tracking_submission: TrackingLog::open(
+                &paths.message_tracking,
+                TrackingService::MailboxSubmission,
                 LOG_FILE_SIZE,
             )?,
             frontend_receive_log: proto(&paths.frontend_receive, Direction::Receive)?,
@@ -201,6 +207,7 @@ impl ServerContext {
     pub fn flush_logs(&self) {
         self.tracking_transport.flush();
         self.tracking_delivery.flush();
+        self.tracking_submission.flush();
         for l in [
             &self.frontend_receive_log,
             &self.frontend_send_log,

@@ -81,9 +81,14 @@ pub fn count(content: &[u8], name: &str) -> usize {
 /// The content without the header fields whose names start with `prefix`
 /// (case-insensitive), e.g. the header firewall's `X-MS-Exchange-Organization-`.
 pub fn strip_prefixed(content: &[u8], prefix: &str) -> Option<Vec<u8>> {
+    strip_fields(content, |n| {
+        n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix)
+    })
+}
+
+/// The content without the header fields `matches` selects by name.
+pub fn strip_fields(content: &[u8], matches: impl Fn(&str) -> bool) -> Option<Vec<u8>> {
     let fields = fields(content);
-    let matches =
-        |n: &str| n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix);
     if !fields.iter().any(|(n, _)| matches(n)) {
         return None;
     }
@@ -99,6 +104,26 @@ pub fn strip_prefixed(content: &[u8], prefix: &str) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&content[head..]);
     Some(out)
+}
+
+/// Addresses of the To, Cc and Bcc fields (the envelope of a message submitted from a
+/// mailbox or the Pickup directory).
+pub fn header_recipients(content: &[u8]) -> Vec<String> {
+    let head = &content[..header_len(content)];
+    let Some(m) = mail_parser::MessageParser::new().parse_headers(head) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for list in [m.to(), m.cc(), m.bcc()].into_iter().flatten() {
+        for a in list.iter() {
+            if let Some(addr) = a.address()
+                && !out.iter().any(|o| o.eq_ignore_ascii_case(addr))
+            {
+                out.push(addr.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// The decoded Subject (RFC 2047) for tracking logs and the store.

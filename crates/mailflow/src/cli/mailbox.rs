@@ -13,6 +13,13 @@ use crate::mailbox::store::{Folder, MailboxStore, open_store};
 pub enum MailboxCommand {
     /// List mailboxes with their database and item counts (Get-Mailbox).
     List,
+    /// Put a message in a mailbox's Outbox, as a client would; Mailbox Transport
+    /// Submission sends it and moves it to Sent Items.
+    Send {
+        address: String,
+        #[arg(long)]
+        eml: std::path::PathBuf,
+    },
     /// Write one .eml per message of a folder, bytes as delivered.
     Export {
         address: String,
@@ -59,6 +66,7 @@ pub fn run(g: &Global, cmd: MailboxCommand) -> anyhow::Result<ExitCode> {
                 folder,
                 out,
             } => export(&dir, &address, &folder, &out).await,
+            MailboxCommand::Send { address, eml } => send(&dir, &address, &eml).await,
         }
     })
 }
@@ -109,6 +117,63 @@ async fn list(dir: &Directory, json: bool) -> anyhow::Result<ExitCode> {
             &rows,
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn send(dir: &Directory, address: &str, eml: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let Some(crate::directory::Recipient::Mailbox(i)) = dir.lookup(address) else {
+        anyhow::bail!("{address:?} is not a mailbox of the organisation");
+    };
+    let mailbox = dir.mailbox(i);
+    let raw = std::fs::read(eml).map_err(|e| anyhow::anyhow!("{}: {e}", eml.display()))?;
+    // Clients store CRLF messages; accept a file written with bare LF line ends too.
+    let content: Vec<u8> = if raw.windows(2).any(|w| w == b"\r\n") {
+        raw
+    } else {
+        String::from_utf8_lossy(&raw)
+            .replace('\n', "\r\n")
+            .into_bytes()
+    };
+    if crate::message::header_recipients(&content).is_empty() {
+        anyhow::bail!(
+            "{}: the message has no To, Cc or Bcc recipient",
+            eml.display()
+        );
+    }
+    let db = dir
+        .database(&mailbox.database)
+        .ok_or_else(|| anyhow::anyhow!("unknown database"))?;
+    let server = db
+        .copies
+        .first()
+        .and_then(|s| dir.server(s))
+        .ok_or_else(|| anyhow::anyhow!("database {} has no copy", db.name))?;
+    let path = dir
+        .data_dir(server)
+        .join("Databases")
+        .join(format!("{}.db", db.name));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let store = open_store(&db.store, &db.name, &path)
+        .map_err(|e| anyhow::anyhow!("database {}: {e}", db.name))?;
+    let item = crate::mailbox::store::NewItem {
+        mailbox: mailbox.address.to_lowercase(),
+        folder: Folder::Outbox,
+        network_message_id: uuid::Uuid::new_v4().simple().to_string(),
+        internet_message_id: crate::message::get(&content, "Message-ID").unwrap_or_default(),
+        sender: mailbox.address.clone(),
+        subject: crate::message::subject(&content),
+        content: content.into(),
+    };
+    store
+        .commit(vec![item])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "Placed in the Outbox of {}; Mailbox Transport Submission sends it.",
+        mailbox.address
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -59,6 +59,7 @@ async fn serve(
         &ctx.routing().table(),
     );
     let stores = Arc::new(Stores::open(&ctx)?);
+    crate::mailbox::submission::start(ctx.clone(), stores.clone());
     let org_servers = Arc::new(dir.servers().map(|s| s.name.clone()).collect::<Vec<_>>());
     let org_auth = AuthPolicy::OrgServers {
         secret: secret.clone(),

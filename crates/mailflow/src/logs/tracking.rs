@@ -26,7 +26,6 @@ const DEFAULT_RESULT_SIZE: usize = 1000;
 pub enum TrackingService {
     Transport,
     MailboxDelivery,
-    #[allow(dead_code)] // Mailbox Transport Submission (next release)
     MailboxSubmission,
 }
 

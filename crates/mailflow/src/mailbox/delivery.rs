@@ -18,7 +18,8 @@ use crate::transport::receive::NETWORK_MESSAGE_ID_HEADER;
 
 /// The mailbox databases whose active copy this server holds, opened once.
 pub struct Stores {
-    by_database: HashMap<String, Arc<dyn MailboxStore>>,
+    /// Lowercased name → (name as configured, store).
+    by_database: HashMap<String, (String, Arc<dyn MailboxStore>)>,
 }
 
 impl Stores {
@@ -35,13 +36,23 @@ impl Stores {
             }
             let store = super::store::open_store(&db.store, &db.name, &path)
                 .map_err(|e| anyhow::anyhow!("mailbox database {}: {e}", db.name))?;
-            by_database.insert(db.name.to_lowercase(), store);
+            by_database.insert(db.name.to_lowercase(), (db.name.clone(), store));
         }
         Ok(Stores { by_database })
     }
 
+    /// Every database with a copy on this server: (name as configured, store).
+    pub fn all(&self) -> Vec<(&str, Arc<dyn MailboxStore>)> {
+        self.by_database
+            .iter()
+            .map(|(_, (name, s))| (name.as_str(), s.clone()))
+            .collect()
+    }
+
     pub fn get(&self, database: &str) -> Option<&Arc<dyn MailboxStore>> {
-        self.by_database.get(&database.to_lowercase())
+        self.by_database
+            .get(&database.to_lowercase())
+            .map(|(_, s)| s)
     }
 }
 

@@ -4,3 +4,4 @@
 
 pub mod delivery;
 pub mod store;
+pub mod submission;

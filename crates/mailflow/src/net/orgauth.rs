@@ -11,6 +11,7 @@ use std::path::Path;
 /// The mechanism name, and the services that may authenticate.
 pub const FRONTEND: &str = "FrontendTransport";
 pub const HUB: &str = "HubTransport";
+pub const SUBMISSION: &str = "MailboxSubmission";
 
 #[derive(Clone)]
 pub struct OrgSecret(Vec<u8>);

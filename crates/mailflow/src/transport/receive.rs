@@ -191,10 +191,10 @@ impl TransportReceive {
             smtputf8: self.params.smtputf8,
             ret: self.params.ret.map(|r| format!("{r:?}").to_uppercase()),
             envid: self.params.envid.clone(),
-            directionality: if trusted {
-                "Originating".into()
-            } else {
-                "Incoming".into()
+            // Mail from this organisation's mailboxes, or a hub that already decided.
+            directionality: match info.org_server.as_ref().map(|(_, s)| s.as_str()) {
+                Some(orgauth::HUB) | Some(orgauth::SUBMISSION) => "Originating".into(),
+                _ => "Incoming".into(),
             },
         };
         let recipients = std::mem::take(&mut self.recipients);

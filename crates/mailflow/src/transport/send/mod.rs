@@ -534,6 +534,16 @@ pub async fn connect_intra_org(
     ctx: &ServerContext,
     target: SocketAddr,
 ) -> Result<SmtpClient, ClientError> {
+    connect_intra_org_as(ctx, target, orgauth::HUB).await
+}
+
+/// Like [`connect_intra_org`], authenticating as `service` (e.g. Mailbox Transport
+/// Submission, which shares the implicit intra-organization send connector).
+pub async fn connect_intra_org_as(
+    ctx: &ServerContext,
+    target: SocketAddr,
+    service: &str,
+) -> Result<SmtpClient, ClientError> {
     let log = if ctx.dir.org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose
     {
         ctx.hub_send_log
@@ -549,7 +559,7 @@ pub async fn connect_intra_org(
             .await?;
     }
     client
-        .auth_plain(orgauth::HUB, ctx.name(), &ctx.secret.password(ctx.name()))
+        .auth_plain(service, ctx.name(), &ctx.secret.password(ctx.name()))
         .await?;
     Ok(client)
 }

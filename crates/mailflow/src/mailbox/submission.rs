@@ -1,0 +1,190 @@
+//! Mailbox Transport Submission (reference §1.1, §4.5): picks messages out of the
+//! Outboxes of this server's active databases, gives them a Message-ID and Date when
+//! missing, strips Bcc, and sends them by SMTP to a Transport service chosen like Front
+//! End chooses (the recipients' delivery group, else this site). It keeps no queue: if
+//! no Transport answers, the message stays in the Outbox and is tried again; once
+//! Transport has it, it moves to Sent Items.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailflow_smtp::{Address, RcptParams};
+
+use super::delivery::Stores;
+use super::store::{Folder, MailboxStore, StoredItem};
+use crate::context::ServerContext;
+use crate::frontend::hub_selector;
+use crate::logs::tracking::TrackingEvent;
+use crate::message;
+use crate::net::orgauth;
+use crate::transport::send::connect_intra_org_as;
+
+/// How often the Outboxes are read (Exchange is notified by the store; polling keeps
+/// this independent of the store backend).
+const POLL: Duration = Duration::from_millis(500);
+/// Retry a message whose submission failed after this long.
+const RETRY: Duration = Duration::from_secs(5);
+
+pub fn start(ctx: Arc<ServerContext>, stores: Arc<Stores>) {
+    tokio::spawn(async move {
+        let mut failed_until: std::collections::HashMap<i64, std::time::Instant> =
+            Default::default();
+        loop {
+            for (database, store) in stores.all() {
+                let active = ctx.active.active_server(database);
+                if !active.is_some_and(|s| s.eq_ignore_ascii_case(ctx.name())) {
+                    continue;
+                }
+                let items = match store.take_outbox(100).await {
+                    Ok(items) => items,
+                    Err(e) => {
+                        tracing::warn!(database, "cannot read Outboxes: {e}");
+                        continue;
+                    }
+                };
+                for item in items {
+                    if failed_until
+                        .get(&item.id)
+                        .is_some_and(|t| *t > std::time::Instant::now())
+                    {
+                        continue;
+                    }
+                    if let Err(e) = submit(&ctx, database, store.as_ref(), &item).await {
+                        tracing::info!(database, item = item.id, "submission deferred: {e}");
+                        failed_until.insert(item.id, std::time::Instant::now() + RETRY);
+                    } else {
+                        failed_until.remove(&item.id);
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    });
+}
+
+fn event(
+    ctx: &ServerContext,
+    item: &StoredItem,
+    database: &str,
+    event_id: &str,
+    content: &[u8],
+    message_id: &str,
+) -> TrackingEvent {
+    TrackingEvent {
+        server_ip: ctx.ip.to_string(),
+        server_hostname: ctx.fqdn().to_string(),
+        source: "STOREDRIVER".into(),
+        event_id: event_id.into(),
+        source_context: format!(
+            "MDB:{database}, Mailbox:{}, Event:{}, MessageClass:IPM.Note, ClientType:User",
+            item.mailbox, item.id
+        ),
+        internal_message_id: item.id.to_string(),
+        message_id: message_id.to_string(),
+        network_message_id: item.network_message_id.clone(),
+        total_bytes: content.len() as u64,
+        message_subject: message::subject(content),
+        sender_address: item.mailbox.clone(),
+        return_path: item.mailbox.clone(),
+        directionality: "Originating".into(),
+        transport_traffic_type: "Email".into(),
+        ..Default::default()
+    }
+}
+
+async fn submit(
+    ctx: &ServerContext,
+    database: &str,
+    store: &dyn MailboxStore,
+    item: &StoredItem,
+) -> Result<(), String> {
+    let original = store.content(item.id).await.map_err(|e| e.to_string())?;
+    let recipients = message::header_recipients(&original);
+    // The message as it leaves the mailbox: Bcc never travels (reference §12.4 does the
+    // same for Pickup), Message-ID and Date are added when missing.
+    let mut prefix = String::new();
+    let message_id = match message::get(&original, "Message-ID") {
+        Some(id) if !id.is_empty() => id,
+        _ => {
+            let id = format!("<{}@{}>", uuid::Uuid::new_v4(), ctx.fqdn());
+            prefix.push_str(&format!("Message-ID: {id}\r\n"));
+            id
+        }
+    };
+    if message::get(&original, "Date").is_none() {
+        prefix.push_str(&format!("Date: {}\r\n", crate::net::rfc2822_now()));
+    }
+    let body =
+        message::strip_fields(&original, |n| n.eq_ignore_ascii_case("Bcc")).unwrap_or(original);
+    let mut content = prefix.into_bytes();
+    content.extend_from_slice(&body);
+
+    ctx.tracking_submission.log(TrackingEvent {
+        recipient_address: recipients.clone(),
+        ..event(ctx, item, database, "RECEIVE", &content, &message_id)
+    });
+    if recipients.is_empty() {
+        // Nothing to send to: the message goes back to Drafts, as a client would show.
+        store
+            .move_item(item.id, Folder::Drafts)
+            .await
+            .map_err(|e| e.to_string())?;
+        ctx.tracking_submission.log(TrackingEvent {
+            recipient_status: vec!["550 5.1.3 STOREDRV.Submit; no recipients".into()],
+            ..event(ctx, item, database, "SUBMITFAIL", &content, &message_id)
+        });
+        return Ok(());
+    }
+    let addresses: Vec<(Address, RcptParams)> = recipients
+        .iter()
+        .filter_map(|r| Address::parse(r, true).ok())
+        .map(|a| (a, RcptParams::default()))
+        .collect();
+    let targets = hub_selector::choose(ctx, &addresses);
+    // SUBMIT is stamped when submission starts: Exchange's sequence has it before the
+    // Transport service's RECEIVE (reference §7.6).
+    let submitted_at = crate::logs::tracking::now_timestamp();
+    let mut last_error = "no Transport server".to_string();
+    for target in targets {
+        let mut client = match connect_intra_org_as(ctx, target, orgauth::SUBMISSION).await {
+            Ok(c) => c,
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        let rcpts: Vec<String> = recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>"))
+            .collect();
+        let mail = format!(
+            "MAIL FROM:<{}> SIZE={} BODY=8BITMIME",
+            item.mailbox,
+            content.len()
+        );
+        match client.send_message(&mail, &rcpts, &content).await {
+            Ok((reply, _)) if reply.is_positive() => {
+                client.quit().await;
+                ctx.tracking_submission.log(TrackingEvent {
+                    date_time: submitted_at.clone(),
+                    recipient_address: recipients.clone(),
+                    server_hostname: target.to_string(),
+                    reference: reply.one_line(),
+                    ..event(ctx, item, database, "SUBMIT", &content, &message_id)
+                });
+                store
+                    .move_item(item.id, Folder::SentItems)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            Ok((reply, _)) => last_error = reply.one_line(),
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    ctx.tracking_submission.log(TrackingEvent {
+        recipient_status: vec![last_error.clone()],
+        ..event(ctx, item, database, "SUBMITDEFER", &content, &message_id)
+    });
+    Err(last_error)
+}

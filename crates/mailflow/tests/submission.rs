@@ -1,0 +1,116 @@
+//! Sending from mailboxes: Mailbox Transport Submission picks messages from Outboxes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+fn put_in_outbox(config: &std::path::Path, address: &str, eml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, eml).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["mailbox", "send", address, "--eml", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_message_in_an_outbox_is_delivered_without_bcc_and_moves_to_sent_items() {
+    let server = Server::start();
+    // A client-written message with bare LF line ends, no Message-ID and no Date.
+    let eml = "From: Alice <alice@contoso.test>\nTo: Bob <bob@contoso.test>\nBcc: carol@contoso.test\nSubject: from the outbox\n\nHello Bob\n";
+    put_in_outbox(&server.config(), "alice@contoso.test", eml);
+    server.wait_inbox("bob@contoso.test", 1);
+    server.wait_inbox("carol@contoso.test", 1);
+    let bob = &server.export("bob@contoso.test")[0];
+    let carol = &server.export("carol@contoso.test")[0];
+    for m in [bob, carol] {
+        assert!(
+            header_values(m, "Bcc").is_empty(),
+            "Bcc must not travel: {}",
+            String::from_utf8_lossy(m)
+        );
+        assert_eq!(header_values(m, "Message-ID").len(), 1);
+        assert_eq!(header_values(m, "Date").len(), 1);
+        assert_eq!(body_of(m), b"Hello Bob\r\n");
+    }
+    wait_for("the message in Sent Items", Duration::from_secs(20), || {
+        let list = server.cli_json(&["mailbox", "list"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["PrimarySmtpAddress"] == "alice@contoso.test" && m["SentItems"] == 1)
+            .cloned()
+    });
+    let ms = server.track(&["--source", "STOREDRIVER", "--subject", "from the outbox"]);
+    let ids: Vec<&str> = ms.iter().map(|e| e["EventId"].as_str().unwrap()).collect();
+    assert_eq!(&ids[..2], ["RECEIVE", "SUBMIT"], "{ids:?}");
+    let receive = server.track(&[
+        "--event-id",
+        "RECEIVE",
+        "--source",
+        "SMTP",
+        "--subject",
+        "from the outbox",
+    ]);
+    assert_eq!(receive[0]["Directionality"], "Originating");
+}
+
+#[test]
+fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() {
+    let org = |p: &HashMap<String, Ports>| {
+        let mut org = String::from(
+            "[organization]\nname = \"contoso\"\nsecret_file = \"secret.key\"\naccepted_domains = [\"contoso.test\"]\n\n[[sites]]\nname = \"Site-A\"\n",
+        );
+        for name in ["MBX1", "MBX2"] {
+            org.push_str(&server_entry(name, "Site-A", &p[name]));
+        }
+        org.push_str("\n[[databases]]\nname = \"DB1\"\ncopies = [\"MBX1\"]\n\n[[databases]]\nname = \"DB2\"\ncopies = [\"MBX2\"]\n\n[[mailboxes]]\naddress = \"alice@contoso.test\"\ndatabase = \"DB1\"\n\n[[mailboxes]]\naddress = \"bob@contoso.test\"\ndatabase = \"DB2\"\n");
+        org
+    };
+    let mut c = Cluster::new(&["MBX1", "MBX2"], org);
+    c.start_all();
+    put_in_outbox(
+        &c.config(),
+        "alice@contoso.test",
+        "From: alice@contoso.test\r\nTo: bob@contoso.test\r\nSubject: seven steps\r\n\r\nhi\r\n",
+    );
+    c.wait_delivered("seven steps", 1);
+    let events: Vec<(String, String, String)> = c
+        .track(None, &["--subject", "seven steps"])
+        .iter()
+        .map(|e| {
+            (
+                e["Source"].as_str().unwrap().to_string(),
+                e["EventId"].as_str().unwrap().to_string(),
+                e["ConnectorId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let seq: Vec<String> = events.iter().map(|(s, e, _)| format!("{s} {e}")).collect();
+    // DESIGN §3's sequence without AGENT AGENTINFO: no transport agent is built yet.
+    assert_eq!(
+        seq,
+        [
+            "STOREDRIVER RECEIVE",
+            "STOREDRIVER SUBMIT",
+            "SMTP RECEIVE",
+            "SMTP SEND",
+            "SMTP RECEIVE",
+            "STOREDRIVER DELIVER"
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[4].2, "MBX2\\Default Mailbox Delivery MBX2");
+    assert_eq!(events[2].2, "MBX1\\Default MBX1");
+}
