@@ -20,6 +20,14 @@ pub enum MailboxCommand {
         #[arg(long)]
         eml: std::path::PathBuf,
     },
+    /// Set a mailbox's password for client submission (Set-Mailbox -Password): the
+    /// argon2 hash goes into the organisation file; running servers pick it up. The
+    /// password is read from standard input unless --password is given.
+    SetPassword {
+        address: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
     /// Write one .eml per message of a folder, bytes as delivered.
     Export {
         address: String,
@@ -67,6 +75,9 @@ pub fn run(g: &Global, cmd: MailboxCommand) -> anyhow::Result<ExitCode> {
                 out,
             } => export(&dir, &address, &folder, &out).await,
             MailboxCommand::Send { address, eml } => send(&dir, &address, &eml).await,
+            MailboxCommand::SetPassword { address, password } => {
+                set_password(&dir, &address, password)
+            }
         }
     })
 }
@@ -117,6 +128,32 @@ async fn list(dir: &Directory, json: bool) -> anyhow::Result<ExitCode> {
             &rows,
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_password(
+    dir: &Directory,
+    address: &str,
+    password: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let Some(file) = &dir.file else {
+        anyhow::bail!(
+            "the built-in organisation has no file to store passwords in; run `mailflow init` and use --config"
+        );
+    };
+    let password = match password {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if password.is_empty() {
+        anyhow::bail!("empty password");
+    }
+    crate::frontend::passwords::set_password_in_file(file, address, &password)?;
+    println!("Password set for {address} in {}", file.display());
     Ok(ExitCode::SUCCESS)
 }
 

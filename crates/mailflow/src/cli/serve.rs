@@ -8,7 +8,8 @@ use mailflow_smtp::SessionConfig;
 
 use super::{Global, load_directory};
 use crate::context::ServerContext;
-use crate::frontend::FrontendSession;
+use crate::frontend::passwords::{AuthThrottle, PasswordBook};
+use crate::frontend::{FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
 use crate::net::orgauth::OrgSecret;
@@ -97,6 +98,8 @@ async fn serve(
                 .map(String::as_str)
                 .unwrap_or("localhost")
                 .into(),
+            implicit_tls: false,
+            remote_ranges: Vec::new(),
             handler,
         };
     let verbose = |level: LoggingLevel, log: &crate::logs::protocol::ProtocolLog| {
@@ -118,7 +121,7 @@ async fn serve(
         ),
         AuthPolicy::None,
         verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
-        Arc::new(move || Box::new(FrontendSession::new(fe_ctx.clone()))),
+        Arc::new(move || Box::new(FrontendSession::new(fe_ctx.clone(), FrontendMode::Internet))),
     );
     let t = transport.clone();
     let hub = connector(
@@ -167,6 +170,112 @@ async fn serve(
         }),
     );
     let (proxy_addr, _p) = outbound_proxy.bind().await?;
+
+    // Client submission: Client Frontend (587, STARTTLS + AUTH) proxies to the
+    // Transport service's Client Proxy (465), which only Front Ends may use.
+    let passwords = Arc::new(PasswordBook::new(dir.clone(), dir.file.clone()));
+    let throttle = Arc::new(AuthThrottle::default());
+    let users = AuthPolicy::Mailboxes {
+        book: passwords.clone(),
+        throttle: throttle.clone(),
+    };
+    let t = transport.clone();
+    let client_proxy = connector(
+        format!("Client Proxy {}", server.name),
+        server.ports.client_proxy,
+        session(internal_size, 200),
+        org_auth.clone(),
+        verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
+        Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
+    );
+    let (client_proxy_addr, _cp) = client_proxy.bind().await?;
+    let cf_ctx = ctx.clone();
+    let client_frontend = connector(
+        format!("Client Frontend {}", server.name),
+        server.ports.client_frontend,
+        session(
+            org.max_message_size,
+            org.max_recipients_per_message.min(200),
+        ),
+        users.clone(),
+        None,
+        Arc::new(move || {
+            Box::new(FrontendSession::new(
+                cf_ctx.clone(),
+                FrontendMode::Submission,
+            ))
+        }),
+    );
+    let (client_frontend_addr, _cf) = client_frontend.bind().await?;
+    let mut custom = Vec::new();
+    for rc in dir.org.receive_connectors.iter().map(|r| r.get_ref()) {
+        if !rc.server.eq_ignore_ascii_case(&server.name) {
+            continue;
+        }
+        let ranges: Vec<ipnet::IpNet> = rc
+            .remote_ranges
+            .iter()
+            .filter_map(|r| crate::directory::parse_ip_range(r))
+            .collect();
+        let relay = rc
+            .permissions
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case("relay"));
+        let user_auth = rc
+            .permissions
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case("users"));
+        let log = verbose(
+            rc.protocol_logging,
+            if rc.service == "transport" {
+                &ctx.hub_receive_log
+            } else {
+                &ctx.frontend_receive_log
+            },
+        );
+        let (auth, handler): (AuthPolicy, crate::net::receive::HandlerFactory) =
+            if rc.service == "transport" {
+                // An anonymous relay for applications in `remote_ranges` (validation
+                // requires them), straight into Transport.
+                let t = transport.clone();
+                (
+                    AuthPolicy::None,
+                    Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
+                )
+            } else {
+                let mode = if user_auth {
+                    FrontendMode::Submission
+                } else if relay {
+                    FrontendMode::AnonymousRelay
+                } else {
+                    FrontendMode::Internet
+                };
+                let c = ctx.clone();
+                let auth = if user_auth {
+                    users.clone()
+                } else {
+                    AuthPolicy::None
+                };
+                (
+                    auth,
+                    Arc::new(move || Box::new(FrontendSession::new(c.clone(), mode))),
+                )
+            };
+        let bind: SocketAddr = rc.bind.parse()?;
+        let mut rconn = connector(
+            rc.name.clone(),
+            bind.port(),
+            session(org.max_message_size, 200),
+            auth,
+            log,
+            handler,
+        );
+        rconn.bind = bind;
+        rconn.implicit_tls = rc.tls.as_deref() == Some("implicit");
+        rconn.remote_ranges = ranges;
+        let (addr, task) = rconn.bind().await?;
+        custom.push((addr, rc.name.clone(), rconn_kind(rc), task));
+    }
     let (fe_addr, _f) = frontend.bind().await?;
     let admin_addr =
         crate::admin::start(SocketAddr::new(ip, server.ports.admin), transport.clone()).await?;
@@ -202,6 +311,17 @@ async fn serve(
         "    {proxy_addr:<22} Outbound Proxy Frontend {} (send connectors with front_end_proxy)",
         server.name
     );
+    println!(
+        "    {client_frontend_addr:<22} Client Frontend {} (submission: STARTTLS + AUTH)",
+        server.name
+    );
+    println!(
+        "    {client_proxy_addr:<22} Client Proxy {} (Transport; only from Front Ends)",
+        server.name
+    );
+    for (addr, name, kind, _) in &custom {
+        println!("    {addr:<22} {name} ({kind})");
+    }
     println!("    {admin_addr:<22} admin API (http)");
     println!(
         "  try: swaks --to {} --server {fe_addr}",
@@ -243,4 +363,18 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A custom receive connector in one phrase, for the start-up summary.
+fn rconn_kind(rc: &crate::directory::ReceiveConnector) -> String {
+    let tls = if rc.tls.as_deref() == Some("implicit") {
+        "implicit TLS"
+    } else {
+        "STARTTLS"
+    };
+    format!(
+        "custom {} connector, {tls}, permissions {}",
+        rc.service,
+        rc.permissions.join("+")
+    )
 }

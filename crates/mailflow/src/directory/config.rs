@@ -242,7 +242,6 @@ fn sqlite() -> String {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // password_hash: client submission AUTH (next release)
 pub struct Mailbox {
     pub address: String,
     pub database: String,
@@ -317,7 +316,6 @@ fn opportunistic() -> String {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // custom receive connectors are validated now, started in a later release
 pub struct ReceiveConnector {
     pub name: String,
     pub server: String,

@@ -37,6 +37,8 @@ pub struct Directory {
     pub org: OrgFile,
     /// The file it came from (for messages), or `<built-in>`.
     pub source: String,
+    /// The organisation file, when there is one (the built-in organisation has none).
+    pub file: Option<PathBuf>,
     /// Relative paths in the file are relative to this folder.
     pub base_dir: PathBuf,
     addresses: HashMap<String, Recipient>,
@@ -60,7 +62,9 @@ impl Directory {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Directory::parse(&text, &source, base)
+        let mut dir = Directory::parse(&text, &source, base)?;
+        dir.file = Some(path.to_path_buf());
+        Ok(dir)
     }
 
     /// Parses and validates organisation-file text.
@@ -106,6 +110,7 @@ impl Directory {
         Ok(Directory {
             org,
             source: source.into(),
+            file: None,
             base_dir,
             addresses,
             accepted,
@@ -209,6 +214,13 @@ impl Directory {
             None => self.path("secret.key"),
         }
     }
+}
+
+/// A remote IP range: `10.0.0.0/8`, `2001:db8::/32` or one address.
+pub fn parse_ip_range(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// 1-based line of a byte offset.
@@ -517,6 +529,40 @@ impl Validator<'_> {
                     "receive_connectors",
                     "bind",
                     format!("{:?} is not IP:port", v.bind),
+                );
+            }
+            for range in &v.remote_ranges {
+                if parse_ip_range(range).is_none() {
+                    self.err(
+                        r,
+                        "receive_connectors",
+                        "remote_ranges",
+                        format!("{range:?} is not an IP range like \"10.0.0.0/8\""),
+                    );
+                }
+            }
+            if v.service == "transport" && v.remote_ranges.is_empty() {
+                self.err(r, "receive_connectors", "remote_ranges", "a transport-service connector accepts mail without authentication, so it needs remote_ranges (never an open relay)".into());
+            }
+            for p in &v.permissions {
+                if !["anonymous", "users", "relay"].contains(&p.to_ascii_lowercase().as_str()) {
+                    self.err(
+                        r,
+                        "receive_connectors",
+                        "permissions",
+                        format!("{p:?}: expected \"anonymous\", \"users\" or \"relay\""),
+                    );
+                }
+            }
+            if let Some(tls) = &v.tls
+                && tls != "implicit"
+                && tls != "starttls"
+            {
+                self.err(
+                    r,
+                    "receive_connectors",
+                    "tls",
+                    format!("{tls:?}: expected \"implicit\" or \"starttls\""),
                 );
             }
             if v.service != "frontend" && v.service != "transport" {

@@ -13,6 +13,17 @@ use crate::context::ServerContext;
 use crate::directory::Recipient;
 
 pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Vec<SocketAddr> {
+    choose_servers(ctx, recipients)
+        .into_iter()
+        .map(|(_, addr)| addr)
+        .collect()
+}
+
+/// The chosen servers in order: (name, Transport endpoint `Default <server>`).
+pub fn choose_servers(
+    ctx: &ServerContext,
+    recipients: &[(Address, RcptParams)],
+) -> Vec<(String, SocketAddr)> {
     let dir = &ctx.dir;
     let view = ctx.routing();
     let nearest_group = recipients
@@ -28,14 +39,14 @@ pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Vec<
         return view
             .by_distance(&members, true)
             .into_iter()
-            .map(|(_, _, addr)| addr)
+            .map(|(name, _, addr)| (name, addr))
             .collect();
     }
     // No mailbox recipient: the local site's Transport servers in random order.
-    let mut local: Vec<SocketAddr> = view
+    let mut local: Vec<(String, SocketAddr)> = view
         .by_distance(&view.local_site_servers(), true)
         .into_iter()
-        .map(|(_, _, addr)| addr)
+        .map(|(name, _, addr)| (name, addr))
         .collect();
     local.shuffle(&mut rand::rng());
     local

@@ -5,6 +5,7 @@
 
 pub mod hub_selector;
 pub mod outbound_proxy;
+pub mod passwords;
 pub mod proxy;
 
 use std::sync::Arc;
@@ -18,9 +19,25 @@ use crate::directory::Recipient;
 use crate::net::receive::{SessionInfo, SmtpHandler};
 use proxy::{BeginError, Proxy};
 
-/// The `Default Frontend <server>` policy for one client session.
+/// What a Front End receive connector lets its clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontendMode {
+    /// `Default Frontend <server>`: anonymous internet mail for the organisation's
+    /// recipients only.
+    Internet,
+    /// `Client Frontend <server>` and implicit-TLS connectors: authenticated users who
+    /// may relay, sending only as their own addresses; proxied to the Transport
+    /// service's `Client Proxy <server>` with the user's identity as `AUTH=`.
+    Submission,
+    /// A custom connector with the `relay` permission for listed remote ranges
+    /// (applications): anonymous, may relay.
+    AnonymousRelay,
+}
+
+/// The Front End policy for one client session.
 pub struct FrontendSession {
     ctx: Arc<ServerContext>,
+    mode: FrontendMode,
     from: Option<Address>,
     params: MailParams,
     recipients: Vec<(Address, RcptParams)>,
@@ -33,9 +50,10 @@ pub struct FrontendSession {
 }
 
 impl FrontendSession {
-    pub fn new(ctx: Arc<ServerContext>) -> FrontendSession {
+    pub fn new(ctx: Arc<ServerContext>, mode: FrontendMode) -> FrontendSession {
         FrontendSession {
             ctx,
+            mode,
             from: None,
             params: MailParams::default(),
             recipients: Vec::new(),
@@ -59,10 +77,26 @@ impl FrontendSession {
 impl SmtpHandler for FrontendSession {
     async fn mail(
         &mut self,
-        _info: &SessionInfo,
+        info: &SessionInfo,
         from: Option<Address>,
         params: MailParams,
     ) -> Reply {
+        if self.mode == FrontendMode::Submission {
+            // Send As: only the authenticated mailbox's own addresses (reference §11.2).
+            let allowed = match (&info.user, &from) {
+                (Some((_, addresses)), Some(from)) => addresses
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&from.to_string())),
+                _ => false,
+            };
+            if !allowed {
+                return Reply::new(
+                    550,
+                    Enhanced(5, 7, 60),
+                    "SMTP; Client does not have permissions to send as this sender",
+                );
+            }
+        }
         self.from = from;
         self.params = params;
         self.recipients.clear();
@@ -71,6 +105,12 @@ impl SmtpHandler for FrontendSession {
 
     async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
         let dir = &self.ctx.dir;
+        if self.mode != FrontendMode::Internet && !dir.is_accepted_domain(&to.domain) {
+            // Authenticated users (ExchangeUsers) and relay connectors hold
+            // SMTP-Accept-Any-Recipient.
+            self.recipients.push((to, params));
+            return Reply::new(250, Enhanced(2, 1, 5), "Recipient OK");
+        }
         if !dir.is_accepted_domain(&to.domain) {
             // Anonymous clients hold no SMTP-Accept-Any-Recipient: never relay.
             return Reply::new(
@@ -97,7 +137,22 @@ impl SmtpHandler for FrontendSession {
     }
 
     async fn data_start(&mut self, info: &SessionInfo) -> Reply {
-        let targets = hub_selector::choose(&self.ctx, &self.recipients);
+        // Client submissions go to the Transport service's Client Proxy listener.
+        let targets: Vec<std::net::SocketAddr> =
+            hub_selector::choose_servers(&self.ctx, &self.recipients)
+                .into_iter()
+                .filter_map(|(name, addr)| {
+                    if self.mode == FrontendMode::Internet {
+                        return Some(addr);
+                    }
+                    let server = self.ctx.dir.server(&name)?;
+                    Some(std::net::SocketAddr::new(
+                        addr.ip(),
+                        server.ports.client_proxy,
+                    ))
+                })
+                .collect();
+        let auth = info.user.as_ref().map(|(primary, _)| primary.clone());
         if targets.is_empty() {
             return Self::unavailable("no Transport server for these recipients");
         }
@@ -139,7 +194,12 @@ impl SmtpHandler for FrontendSession {
                 return Self::unavailable("no proxy");
             };
             match proxy
-                .begin(self.from.as_ref(), &self.params, &self.recipients)
+                .begin(
+                    self.from.as_ref(),
+                    &self.params,
+                    &self.recipients,
+                    auth.as_deref(),
+                )
                 .await
             {
                 Ok(()) => break,

@@ -70,11 +70,16 @@ impl Proxy {
         from: Option<&Address>,
         params: &MailParams,
         recipients: &[(Address, RcptParams)],
+        auth: Option<&str>,
     ) -> Result<(), BeginError> {
         let mut mail = format!(
             "MAIL FROM:<{}>",
             from.map(|a| a.to_string()).unwrap_or_default()
         );
+        // RFC 4954 §5: the authenticated submitter travels as AUTH= (xtext).
+        if let Some(user) = auth {
+            mail.push_str(&format!(" AUTH={}", xtext(user)));
+        }
         if let Some(size) = params.size {
             mail.push_str(&format!(" SIZE={size}"));
         }
@@ -150,4 +155,17 @@ impl Proxy {
     pub async fn close(self) {
         self.client.quit().await;
     }
+}
+
+/// RFC 3461 §4 xtext: `+`, `=`, controls and non-ASCII as `+XX`.
+fn xtext(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+                (b as char).to_string()
+            } else {
+                format!("+{b:02X}")
+            }
+        })
+        .collect()
 }

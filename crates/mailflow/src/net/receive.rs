@@ -31,6 +31,8 @@ pub struct SessionInfo {
     pub tls: Option<String>,
     /// `Some((server, service))` once an organisation server authenticated (DESIGN §1).
     pub org_server: Option<(String, String)>,
+    /// `Some((primary address, all addresses))` once a mailbox user authenticated.
+    pub user: Option<(String, Vec<String>)>,
     pub session_id: String,
 }
 
@@ -67,6 +69,12 @@ pub enum AuthPolicy {
         secret: OrgSecret,
         servers: Arc<Vec<String>>,
     },
+    /// Mailbox users (client submission), always inside TLS, with failed-logon
+    /// throttling per client address.
+    Mailboxes {
+        book: Arc<crate::frontend::passwords::PasswordBook>,
+        throttle: Arc<crate::frontend::passwords::AuthThrottle>,
+    },
 }
 
 /// A configured receive connector, ready to run.
@@ -85,6 +93,10 @@ pub struct ReceiveConnector {
     pub max_connections: usize,
     /// The domain `RCPT TO:<Postmaster>` stands for.
     pub default_domain: Arc<str>,
+    /// TLS from the first byte (RFC 8314 implicit TLS) instead of STARTTLS.
+    pub implicit_tls: bool,
+    /// RemoteIPRanges: clients outside them are refused at connect (empty: all).
+    pub remote_ranges: Vec<ipnet::IpNet>,
     pub handler: HandlerFactory,
 }
 
@@ -144,6 +156,7 @@ impl ReceiveConnector {
             helo: None,
             tls: None,
             org_server: None,
+            user: None,
             session_id: log.session_id().to_string(),
         };
         if info.session_id.is_empty() {
@@ -152,14 +165,62 @@ impl ReceiveConnector {
         log.connect();
         let mut config = self.session.clone();
         config.starttls = self.tls.is_some();
-        if matches!(self.auth, AuthPolicy::OrgServers { .. }) {
-            config.auth_mechanisms = vec!["PLAIN".into()];
-            // Loopback traffic never leaves the machine; elsewhere credentials need TLS.
-            config.auth_requires_tls = !remote.ip().is_loopback();
+        match &self.auth {
+            AuthPolicy::OrgServers { .. } => {
+                config.auth_mechanisms = vec!["PLAIN".into()];
+                // Loopback traffic never leaves the machine; elsewhere credentials need
+                // TLS.
+                config.auth_requires_tls = !remote.ip().is_loopback();
+            }
+            AuthPolicy::Mailboxes { .. } => {
+                config.auth_mechanisms = vec!["PLAIN".into(), "LOGIN".into()];
+                // BasicAuthRequireTLS: no password ever crosses in clear text.
+                config.auth_requires_tls = true;
+            }
+            AuthPolicy::None => {}
         }
-        let mut session = Session::new(config);
-        let mut handler = (self.handler)();
         let mut stream = Stream::Plain(tcp);
+        if !self.remote_ranges.is_empty()
+            && !self.remote_ranges.iter().any(|r| r.contains(&remote.ip()))
+        {
+            let reply = Reply::new(
+                554,
+                Enhanced(5, 7, 1),
+                "Client host is not permitted on this connector",
+            );
+            log.sent(&reply.one_line());
+            let _ = stream.write_all(&reply.to_bytes()).await;
+            log.disconnect("Local");
+            return Ok(());
+        }
+        if self.implicit_tls {
+            let Some(tls) = &self.tls else { return Ok(()) };
+            let Stream::Plain(tcp) = stream else {
+                return Ok(());
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+            match tokio::time::timeout(self.inactivity_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls_stream)) => stream = Stream::ServerTls(Box::new(tls_stream)),
+                Ok(Err(e)) => {
+                    log.info(&e.to_string(), "TLS negotiation failed");
+                    log.disconnect("Remote");
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            }
+            info.tls = stream.tls_description();
+            log.info(
+                info.tls.as_deref().unwrap_or(""),
+                "TLS negotiation succeeded",
+            );
+            config.starttls = false;
+        }
+        let mut session = if self.implicit_tls {
+            Session::new_tls(config)
+        } else {
+            Session::new(config)
+        };
+        let mut handler = (self.handler)();
         let started = Instant::now();
         let mut in_transaction = false;
         let mut buf = vec![0u8; 16 * 1024];
@@ -176,10 +237,16 @@ impl ReceiveConnector {
                             info.helo = Some(domain);
                         }
                         Event::Mail { from, params } => {
-                            let reply = if self.needs_org_auth() && info.org_server.is_none() {
-                                Reply::new(530, Enhanced(5, 7, 1), "Client was not authenticated")
-                            } else {
-                                handler.mail(&info, from, params).await
+                            let reply = match &self.auth {
+                                AuthPolicy::OrgServers { .. } if info.org_server.is_none() => {
+                                    Reply::new(530, Enhanced(5, 7, 1), "Client was not authenticated")
+                                }
+                                AuthPolicy::Mailboxes { .. } if info.user.is_none() => Reply::new(
+                                    530,
+                                    Enhanced(5, 7, 57),
+                                    "SMTP; Client was not authenticated to send anonymous mail during MAIL FROM",
+                                ),
+                                _ => handler.mail(&info, from, params).await,
                             };
                             in_transaction = reply.is_positive();
                             session.respond(reply);
@@ -215,7 +282,8 @@ impl ReceiveConnector {
                             ..
                         } => {
                             let reply = self
-                                .authenticate(&mut info, &authzid, &username, &password, &mut log);
+                                .authenticate(&mut info, &authzid, &username, &password, &mut log)
+                                .await;
                             session.respond(reply);
                         }
                         Event::Close => {}
@@ -244,6 +312,7 @@ impl ReceiveConnector {
                             info.tls = stream.tls_description();
                             info.helo = None;
                             info.org_server = None;
+                            info.user = None;
                             log.info(
                                 info.tls.as_deref().unwrap_or(""),
                                 "TLS negotiation succeeded",
@@ -303,11 +372,7 @@ impl ReceiveConnector {
         result
     }
 
-    fn needs_org_auth(&self) -> bool {
-        matches!(self.auth, AuthPolicy::OrgServers { .. })
-    }
-
-    fn authenticate(
+    async fn authenticate(
         &self,
         info: &mut SessionInfo,
         service: &str,
@@ -315,8 +380,37 @@ impl ReceiveConnector {
         password: &str,
         log: &mut ProtocolSession,
     ) -> Reply {
-        let AuthPolicy::OrgServers { secret, servers } = &self.auth else {
-            return Reply::new(504, Enhanced(5, 7, 4), "Unrecognized authentication type");
+        let (secret, servers) = match &self.auth {
+            AuthPolicy::OrgServers { secret, servers } => (secret, servers),
+            AuthPolicy::Mailboxes { book, throttle } => {
+                let ip = info.remote.ip();
+                if throttle.is_blocked(ip) {
+                    log.info(
+                        &ip.to_string(),
+                        "logon refused: too many failures from this address",
+                    );
+                    return Reply::new(
+                        454,
+                        Enhanced(4, 7, 0),
+                        "Too many failed logons from your address; try again later",
+                    );
+                }
+                return match book.verify(server, password).await {
+                    Some(user) => {
+                        throttle.succeeded(ip);
+                        log.info(&user.0, "authenticated as a mailbox user");
+                        info.user = Some(user);
+                        Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
+                    }
+                    None => {
+                        throttle.failed(ip);
+                        Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
+                    }
+                };
+            }
+            AuthPolicy::None => {
+                return Reply::new(504, Enhanced(5, 7, 4), "Unrecognized authentication type");
+            }
         };
         let known = servers.iter().any(|s| s.eq_ignore_ascii_case(server));
         if known && secret.verify(server, password) {
