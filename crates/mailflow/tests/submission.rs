@@ -114,3 +114,59 @@ fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() 
     assert_eq!(events[4].2, "MBX2\\Default Mailbox Delivery MBX2");
     assert_eq!(events[2].2, "MBX1\\Default MBX1");
 }
+
+#[test]
+fn pickup_delivers_a_good_file_and_renames_a_bad_one_with_the_reason_logged() {
+    let server = Server::start_custom("pickup_directory_poll_interval = \"200ms\"", "");
+    let pickup = server.data_dir().join("Pickup");
+    let replay = server.data_dir().join("Replay");
+    wait_for("the Pickup directory", Duration::from_secs(10), || {
+        pickup.is_dir().then_some(())
+    });
+    std::fs::write(pickup.join("good.eml"), "From: app@contoso.test\nTo: bob@contoso.test\nBcc: carol@contoso.test\nSubject: picked up\n\nfrom a file\n").unwrap();
+    std::fs::write(
+        pickup.join("bad.eml"),
+        "To: bob@contoso.test\nSubject: no sender\n\nbody\n",
+    )
+    .unwrap();
+    std::fs::write(replay.join("replayed.eml"), "X-Sender: <app@contoso.test>\nX-Receiver: <carol@contoso.test>\nFrom: someone@contoso.test\nTo: bob@contoso.test\nSubject: replayed\n\nreplay body\n").unwrap();
+    server.wait_inbox("bob@contoso.test", 1);
+    server.wait_inbox("carol@contoso.test", 2); // the Bcc of the pickup file and the replay receiver
+    let bob = &server.export("bob@contoso.test")[0];
+    assert!(
+        header_values(bob, "Received")
+            .iter()
+            .any(|r| r.starts_with("from localhost by Pickup")),
+        "{}",
+        String::from_utf8_lossy(bob)
+    );
+    assert!(header_values(bob, "Bcc").is_empty());
+    assert_eq!(body_of(bob), b"from a file\r\n");
+    let bad = wait_for("bad.bad", Duration::from_secs(10), || {
+        pickup.join("bad.bad").exists().then_some(())
+    });
+    let _ = bad;
+    assert!(
+        !pickup.join("good.eml").exists() && !pickup.join("good.tmp").exists(),
+        "processed files are deleted"
+    );
+    assert!(
+        server.log().contains("no address in From or Sender"),
+        "{}",
+        server.log()
+    );
+    let badmail = server.track(&["--event-id", "BADMAIL"]);
+    assert!(
+        badmail[0]["SourceContext"]
+            .as_str()
+            .unwrap()
+            .contains("no address in From or Sender")
+    );
+    let pickup_receive = server.track(&["--event-id", "RECEIVE", "--source", "PICKUP"]);
+    assert_eq!(pickup_receive[0]["MessageSubject"], "picked up");
+    let replay_receive = server.track(&["--event-id", "RECEIVE", "--source", "ADMIN"]);
+    assert_eq!(
+        replay_receive[0]["Recipients"],
+        serde_json::json!(["carol@contoso.test"])
+    );
+}

@@ -61,6 +61,22 @@ async fn serve(
     );
     let stores = Arc::new(Stores::open(&ctx)?);
     crate::mailbox::submission::start(ctx.clone(), stores.clone());
+    let pickup_dir = server
+        .pickup_directory
+        .as_deref()
+        .map(|p| dir.path(p))
+        .unwrap_or_else(|| data_dir.join("Pickup"));
+    let replay_dir = server
+        .replay_directory
+        .as_deref()
+        .map(|p| dir.path(p))
+        .unwrap_or_else(|| data_dir.join("Replay"));
+    crate::transport::pickup::start(
+        transport.clone(),
+        pickup_dir.clone(),
+        replay_dir.clone(),
+        dir.org.transport.pickup_directory_poll_interval,
+    );
     let org_servers = Arc::new(dir.servers().map(|s| s.name.clone()).collect::<Vec<_>>());
     let org_auth = AuthPolicy::OrgServers {
         secret: secret.clone(),
@@ -297,6 +313,11 @@ async fn serve(
             .join(", ")
     );
     println!("  data folder:        {}", data_dir.display());
+    println!(
+        "  pickup / replay:    {} / {}",
+        pickup_dir.display(),
+        replay_dir.display()
+    );
     println!("  listening:");
     println!(
         "    {fe_addr:<22} Default Frontend {} (Front End Transport, SMTP for the internet)",

@@ -105,6 +105,9 @@ pub struct TransportSettings {
     pub intra_org_connector_protocol_logging: LoggingLevel,
     /// MailboxDeliveryConnectorProtocolLoggingLevel (Set-MailboxTransportService).
     pub mailbox_delivery_connector_protocol_logging: LoggingLevel,
+    /// How often the Pickup and Replay directories are read (Exchange: fixed 5 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub pickup_directory_poll_interval: Duration,
     /// ExternalDNSServers: `ip` or `ip:port`; empty uses the system's resolvers.
     pub external_dns_servers: Vec<String>,
     /// MaxPerDomainOutboundConnections (reference §6 lists 20 and 40; we take 20).
@@ -129,6 +132,7 @@ impl Default for TransportSettings {
             connection_timeout: min(10),
             intra_org_connector_protocol_logging: LoggingLevel::None,
             mailbox_delivery_connector_protocol_logging: LoggingLevel::None,
+            pickup_directory_poll_interval: Duration::from_secs(5),
             external_dns_servers: Vec::new(),
             max_per_domain_outbound_connections: 20,
             max_outbound_connections: 1000,
@@ -185,6 +189,12 @@ pub struct Server {
     /// Protocol logging of `Default <server>` (None by default).
     #[serde(default)]
     pub transport_protocol_logging: LoggingLevel,
+    /// PickupDirectoryPath (default `<data_dir>/Pickup`).
+    #[serde(default)]
+    pub pickup_directory: Option<String>,
+    /// ReplayDirectoryPath (default `<data_dir>/Replay`).
+    #[serde(default)]
+    pub replay_directory: Option<String>,
 }
 
 fn verbose() -> LoggingLevel {

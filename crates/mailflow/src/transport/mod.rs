@@ -4,6 +4,7 @@
 //! `Intra-Organization SMTP Send Connector`.
 
 pub mod categorizer;
+pub mod pickup;
 pub mod queue;
 pub mod receive;
 pub mod routing;
@@ -160,6 +161,30 @@ impl TransportService {
         if msg.finish(item.recipients.len()) {
             self.queues.db.delete(msg.id);
         }
+    }
+
+    /// Submits a message made on this server (Pickup, Replay): durable in the queue
+    /// database first, then to the categorizer; RECEIVE is logged with `source`.
+    pub async fn submit_local(
+        &self,
+        from: String,
+        content: Vec<u8>,
+        recipients: Vec<QueuedRecipient>,
+        source: &str,
+    ) -> Result<(), String> {
+        let content: Arc<[u8]> = content.into();
+        let envelope = pickup::envelope(from, &content, source);
+        let id = self
+            .queues
+            .db
+            .insert(envelope.clone(), content.clone(), recipients.clone())
+            .await?;
+        let msg = QueuedMessage::new(id, envelope, content);
+        let mut ev = tracking_event(&self.ctx, &msg, "RECEIVE", source);
+        ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
+        self.ctx.tracking_transport.log(ev);
+        self.submit(msg, recipients);
+        Ok(())
     }
 
     /// Hands an accepted (durable) message to the categorizer via the Submission queue.
