@@ -142,10 +142,9 @@ fn pickup_delivers_a_good_file_and_renames_a_bad_one_with_the_reason_logged() {
     );
     assert!(header_values(bob, "Bcc").is_empty());
     assert_eq!(body_of(bob), b"from a file\r\n");
-    let bad = wait_for("bad.bad", Duration::from_secs(10), || {
+    wait_for("bad.bad", Duration::from_secs(10), || {
         pickup.join("bad.bad").exists().then_some(())
     });
-    let _ = bad;
     assert!(
         !pickup.join("good.eml").exists() && !pickup.join("good.tmp").exists(),
         "processed files are deleted"
