@@ -566,3 +566,58 @@ fn mailbox_delivery_takes_only_active_databases_and_absorbs_a_retried_delivery()
     assert_eq!(dup[0]["Recipients"][0], "alice@contoso.test");
     assert_eq!(server.export("alice@contoso.test").len(), 1);
 }
+
+#[test]
+fn a_message_that_crashes_the_server_twice_is_parked_in_the_poison_queue() {
+    let mut server = Server::start();
+    server.env.push((
+        "MAILFLOW_TEST_ABORT_ON_SUBJECT".into(),
+        "poison pill".into(),
+    ));
+    server.kill9();
+    server.spawn();
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    // Accepted (durable), then the categorizer dies on it: twice. The process dies
+    // with its Front End, so the client may see the 250 or a dropped connection.
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["alice@contoso.test"],
+        &message("poison pill", "boom\r\n"),
+    );
+    assert!(r.starts_with("250") || r.is_empty(), "{r}");
+    assert!(
+        server.wait_exit(Duration::from_secs(20)),
+        "the fault injection should abort the server"
+    );
+    server.spawn_unchecked();
+    assert!(
+        server.wait_exit(Duration::from_secs(20)),
+        "second crash on restart"
+    );
+    // Third start: the message is parked, the server stays up and serves others.
+    server.spawn();
+    let poison = wait_for("the poison queue", Duration::from_secs(20), || {
+        server
+            .cli_json(&["queue", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["Identity"] == "MBX1\\Poison")
+            .cloned()
+    });
+    assert_eq!(poison["MessageCount"], 1);
+    assert_eq!(poison["Status"], "Suspended");
+    let ev = server.track(&["--event-id", "POISONMESSAGE"]);
+    assert_eq!(ev[0]["MessageSubject"], "poison pill");
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["alice@contoso.test"],
+        &message("healthy", "fine\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    server.wait_inbox("alice@contoso.test", 1);
+    assert_eq!(server.export("alice@contoso.test").len(), 1);
+}

@@ -18,10 +18,33 @@ use tokio::sync::mpsc;
 use crate::context::ServerContext;
 use crate::logs::tracking::TrackingEvent;
 use queue::store::{QueueDb, QueuedRecipient, RecipientState};
-use queue::{Item, QueuedMessage, Queues, RetryPolicy};
+use queue::{Item, NextHop, QueuedMessage, Queues, RetryPolicy};
 
 /// The implicit send connector's name in tracking and protocol logs (reference §1.7).
 pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connector";
+
+/// PoisonThreshold (reference §3.3, §6).
+const POISON_THRESHOLD: u32 = 2;
+
+/// Which message the categorizer is working on, in a file beside the queue database:
+/// after a crash, the next start knows which message was in hand. Written without
+/// fsync: a process crash keeps the page cache, and only process crashes are counted.
+pub struct PoisonMarker(std::path::PathBuf);
+
+impl PoisonMarker {
+    fn read(&self) -> Option<i64> {
+        std::fs::read_to_string(&self.0)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&id| id > 0)
+    }
+
+    fn set(&self, id: i64) {
+        let _ = std::fs::write(&self.0, id.to_string());
+    }
+}
 
 /// A running Transport service.
 pub struct TransportService {
@@ -29,6 +52,7 @@ pub struct TransportService {
     pub queues: Arc<Queues>,
     submit_tx: mpsc::UnboundedSender<Submission>,
     dsn: send::dsn::DsnSubmitter,
+    poison_marker: PoisonMarker,
 }
 
 /// An entry of the Submission queue.
@@ -91,12 +115,16 @@ impl TransportService {
             queues: queues.clone(),
             submit_tx,
             dsn,
+            poison_marker: PoisonMarker(ctx.data_dir.join("Queue").join("categorizing")),
         });
         tokio::spawn(categorizer_loop(service.clone(), submit_rx));
         // Resume: uncategorized messages go back to the categorizer, the rest to their
-        // delivery queues (routing is redone: the configuration may have changed).
+        // delivery queues (routing is redone: the configuration may have changed). A
+        // message the server died on while categorizing counts a crash; at
+        // PoisonThreshold (2, reference §3.3) it is parked in the poison queue.
+        let crashed = service.poison_marker.read();
         let count = loaded.len();
-        for m in loaded {
+        for mut m in loaded {
             let pending: Vec<QueuedRecipient> = m
                 .recipients
                 .into_iter()
@@ -106,7 +134,42 @@ impl TransportService {
                 queues.db.delete(m.id);
                 continue;
             }
+            if crashed == Some(m.id) || m.envelope.crash_count >= POISON_THRESHOLD {
+                if crashed == Some(m.id) {
+                    m.envelope.crash_count += 1;
+                    queues.db.update_envelope(m.id, m.envelope.clone());
+                }
+                if m.envelope.crash_count >= POISON_THRESHOLD {
+                    let msg = QueuedMessage::new(m.id, m.envelope, m.content);
+                    msg.add_pending(pending.len());
+                    let mut ev = tracking_event(&ctx, &msg, "POISONMESSAGE", "POISONMESSAGE");
+                    ev.recipient_address = pending.iter().map(|r| r.address.clone()).collect();
+                    ev.source_context =
+                        format!("crashed the server {} times", msg.envelope.crash_count);
+                    ctx.tracking_transport.log(ev);
+                    tracing::error!(
+                        id = msg.id,
+                        "message parked in the poison queue after crashing the server"
+                    );
+                    queues.queue_for(&NextHop::poison()).push(Item {
+                        message: msg,
+                        recipients: pending,
+                        not_before: None,
+                    });
+                    continue;
+                }
+            }
             let msg = QueuedMessage::new(m.id, m.envelope, m.content);
+            if crashed == Some(msg.id) {
+                // The crash count must be on disk before the message is tried again,
+                // or a second crash would forget the first.
+                let (service, db) = (service.clone(), queues.db.clone());
+                tokio::spawn(async move {
+                    db.barrier().await;
+                    service.submit(msg, pending);
+                });
+                continue;
+            }
             service.submit(msg, pending);
         }
         if count > 0 {
@@ -258,7 +321,15 @@ async fn categorizer_loop(
         if counted {
             service.queues.submission.fetch_sub(1, Ordering::Relaxed);
         }
+        service.poison_marker.set(msg.id);
+        // Fault injection for the poison-queue test: a message that kills the server.
+        if std::env::var("MAILFLOW_TEST_ABORT_ON_SUBJECT")
+            .is_ok_and(|s| !s.is_empty() && msg.envelope.subject == s)
+        {
+            std::process::abort();
+        }
         let result = categorizer::categorize(ctx, recipients);
+        service.poison_marker.set(0);
         for (resolved, original) in &result.resolved {
             let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
             ev.recipient_address = vec![resolved.clone()];

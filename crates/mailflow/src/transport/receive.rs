@@ -192,6 +192,7 @@ impl TransportReceive {
             ret: self.params.ret.map(|r| format!("{r:?}").to_uppercase()),
             envid: self.params.envid.clone(),
             // Mail from this organisation's mailboxes, or a hub that already decided.
+            crash_count: 0,
             // A Front End passes an authenticated user as AUTH= (Client Proxy).
             directionality: match info.org_server.as_ref().map(|(_, s)| s.as_str()) {
                 Some(orgauth::HUB) | Some(orgauth::SUBMISSION) => "Originating".into(),

@@ -150,6 +150,8 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub ports: Ports,
     child: Option<Child>,
+    /// Extra environment for the server process (fault injection in tests).
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -182,6 +184,7 @@ impl Server {
                 dir,
                 ports,
                 child: None,
+                env: Vec::new(),
             };
             if s.try_spawn() {
                 return s;
@@ -202,6 +205,25 @@ impl Server {
         );
     }
 
+    /// Starts the process without waiting for it to be ready (it may crash at once).
+    pub fn spawn_unchecked(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(self.config())
+            .args(["--server", "MBX1"])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
     /// Starts the process and waits for its "ready" line; false if it exited first.
     fn try_spawn(&mut self) -> bool {
         let log_path = self.dir.path().join("serve.log");
@@ -216,6 +238,7 @@ impl Server {
             .arg(self.config())
             .args(["--server", "MBX1"])
             .env("MAILFLOW_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -234,6 +257,22 @@ impl Server {
             self.child = Some(child);
         }
         started
+    }
+
+    /// Waits for the process to end by itself (a crash), true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// kill -9: no chance to flush anything.

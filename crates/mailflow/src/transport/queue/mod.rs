@@ -73,6 +73,8 @@ pub enum DeliveryType {
     DnsConnectorDelivery,
     SmartHostConnectorDelivery,
     Unreachable,
+    /// The poison message queue: messages the server died on twice (reference §3.3).
+    Poison,
 }
 
 impl DeliveryType {
@@ -99,6 +101,14 @@ impl NextHop {
     pub fn key(&self) -> String {
         format!("{:?}:{}", self.delivery_type, self.domain)
     }
+    pub fn poison() -> NextHop {
+        NextHop {
+            delivery_type: DeliveryType::Poison,
+            domain: "Poison Message".into(),
+            connector: None,
+        }
+    }
+
     pub fn unreachable() -> NextHop {
         NextHop {
             delivery_type: DeliveryType::Unreachable,
@@ -428,11 +438,13 @@ impl DeliveryQueue {
         };
         let (delivery_type, category) = match self.next_hop.delivery_type {
             DeliveryType::Unreachable => ("Unreachable".to_string(), "Internal"),
+            DeliveryType::Poison => ("Undefined".to_string(), "Internal"),
             t if t.is_external() => (format!("{t:?}"), "External"),
             t => (format!("{t:?}"), "Internal"),
         };
         let identity = match self.next_hop.delivery_type {
             DeliveryType::Unreachable => format!("{server}\\Unreachable"),
+            DeliveryType::Poison => format!("{server}\\Poison"),
             _ => format!("{server}\\{}", self.number),
         };
         QueueInfo {
@@ -529,7 +541,11 @@ impl Queues {
         }];
         for q in self.all() {
             let info = q.info(&self.server);
-            if q.next_hop.delivery_type == DeliveryType::Unreachable && info.message_count == 0 {
+            let hidden_when_empty = matches!(
+                q.next_hop.delivery_type,
+                DeliveryType::Unreachable | DeliveryType::Poison
+            );
+            if hidden_when_empty && info.message_count == 0 {
                 continue;
             }
             out.push(info);
@@ -545,6 +561,8 @@ impl Queues {
                 || q.next_hop.domain.eq_ignore_ascii_case(id)
                 || (id.eq_ignore_ascii_case("Unreachable")
                     && q.next_hop.delivery_type == DeliveryType::Unreachable)
+                || (id.eq_ignore_ascii_case("Poison")
+                    && q.next_hop.delivery_type == DeliveryType::Poison)
         })
     }
 }

@@ -40,6 +40,9 @@ pub struct Envelope {
     pub envid: Option<String>,
     /// Originating (from inside the organisation) or Incoming.
     pub directionality: String,
+    /// Times the server died while categorizing this message (poison detection).
+    #[serde(default)]
+    pub crash_count: u32,
 }
 
 /// State of one recipient of a queued message.
@@ -116,6 +119,11 @@ enum Op {
     Recipients {
         id: i64,
         updates: Vec<(String, RecipientState, Option<String>)>,
+    },
+    /// The envelope changed (crash count).
+    Envelope {
+        id: i64,
+        envelope: Box<Envelope>,
     },
     /// All recipients done: the message leaves the queue.
     Delete {
@@ -222,6 +230,13 @@ impl QueueDb {
         self.send(Op::Categorized { id, recipients });
     }
 
+    pub fn update_envelope(&self, id: i64, envelope: Envelope) {
+        self.send(Op::Envelope {
+            id,
+            envelope: Box::new(envelope),
+        });
+    }
+
     pub fn upsert_recipients(&self, id: i64, recipients: Vec<QueuedRecipient>) {
         self.send(Op::Upsert { id, recipients });
     }
@@ -318,6 +333,13 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions:
                         put_recipients(&tx, *id, recipients)?;
                     }
                     Op::Upsert { id, recipients } => put_recipients(&tx, *id, recipients)?,
+                    Op::Envelope { id, envelope } => {
+                        let env = serde_json::to_string(envelope).unwrap_or_default();
+                        tx.execute(
+                            "UPDATE messages SET envelope = ?2 WHERE id = ?1",
+                            params![id, env],
+                        )?;
+                    }
                     Op::Recipients { id, updates } => {
                         let mut stmt = tx.prepare_cached(
                             "UPDATE recipients SET state = ?3, detail = json_set(detail, '$.last_error', ?4) WHERE message = ?1 AND address = ?2",

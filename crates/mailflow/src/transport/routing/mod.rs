@@ -257,7 +257,8 @@ impl RoutingView<'_> {
             ),
             DeliveryType::DnsConnectorDelivery
             | DeliveryType::SmartHostConnectorDelivery
-            | DeliveryType::Unreachable => Vec::new(),
+            | DeliveryType::Unreachable
+            | DeliveryType::Poison => Vec::new(),
         }
     }
 

@@ -64,6 +64,11 @@ struct Peer {
 impl Transmitter {
     /// Starts what empties a new queue, and its sweeper.
     pub fn start(&self, queue: Arc<DeliveryQueue>) {
+        if queue.next_hop.delivery_type == DeliveryType::Poison {
+            // Reference §3.3: never retried or expired automatically.
+            queue.set_suspended(true);
+            return;
+        }
         tokio::spawn(self.clone().sweeper(queue.clone()));
         let workers = match queue.next_hop.delivery_type {
             DeliveryType::SmtpDeliveryToMailbox => MAILBOX_DELIVERY_CONNECTIONS,
@@ -261,6 +266,24 @@ impl Transmitter {
                 Enhanced(5, 3, 4),
                 format!(
                     "Message size exceeds the limit of {} ({limit} bytes)",
+                    peer.host
+                ),
+            );
+            let failed = item
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), reply.clone()))
+                .collect();
+            self.fail(&msg, failed, Some(&peer.host), "SMTP").await;
+            return Ok(());
+        }
+        // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
+        if env.smtputf8 && !peer.client.has_extension("SMTPUTF8") {
+            let reply = Reply::new(
+                553,
+                Enhanced(5, 6, 7),
+                format!(
+                    "{} does not support SMTPUTF8, which this message needs",
                     peer.host
                 ),
             );
