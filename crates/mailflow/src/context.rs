@@ -204,6 +204,32 @@ impl ServerContext {
             .unwrap_or(self.ip)
     }
 
+    /// An SMTP session to another service of the organisation, authenticated as this
+    /// server's `service` with the organisation key; off loopback inside TLS first, so
+    /// the key never crosses a network in clear text (DESIGN §1).
+    pub async fn connect_org(
+        &self,
+        target: std::net::SocketAddr,
+        service: &str,
+        log: crate::logs::protocol::ProtocolSession,
+        connect_timeout: std::time::Duration,
+        command_timeout: std::time::Duration,
+    ) -> Result<crate::net::client::SmtpClient, crate::net::client::ClientError> {
+        let mut client =
+            crate::net::client::SmtpClient::connect(target, self.fqdn(), connect_timeout, log)
+                .await?;
+        client.timeout_for_commands(command_timeout);
+        if !target.ip().is_loopback() && client.has_extension("STARTTLS") {
+            client
+                .starttls(self.fqdn(), &target.ip().to_string())
+                .await?;
+        }
+        client
+            .auth_plain(service, self.name(), &self.secret.password(self.name()))
+            .await?;
+        Ok(client)
+    }
+
     pub fn flush_logs(&self) {
         self.tracking_transport.flush();
         self.tracking_delivery.flush();

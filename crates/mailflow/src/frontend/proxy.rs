@@ -36,19 +36,13 @@ impl Proxy {
         } else {
             ProtocolSession::disabled()
         };
-        let mut client = SmtpClient::connect(target, ctx.fqdn(), CONNECT_TIMEOUT, log).await?;
-        client.timeout_for_commands(COMMAND_TIMEOUT);
-        // Off loopback the organisation key travels only inside TLS (DESIGN §1).
-        if !target.ip().is_loopback() && client.has_extension("STARTTLS") {
-            client
-                .starttls(ctx.fqdn(), &target.ip().to_string())
-                .await?;
-        }
-        client
-            .auth_plain(
+        let client = ctx
+            .connect_org(
+                target,
                 orgauth::FRONTEND,
-                ctx.name(),
-                &ctx.secret.password(ctx.name()),
+                log,
+                CONNECT_TIMEOUT,
+                COMMAND_TIMEOUT,
             )
             .await?;
         Ok(Proxy { target, client })

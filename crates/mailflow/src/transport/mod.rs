@@ -210,13 +210,10 @@ impl TransportService {
                 .recipients
                 .iter()
                 .map(|r| {
-                    let d = send::dsn::DsnRecipient {
-                        address: r.address.clone(),
-                        orcpt: r.orcpt.clone(),
-                        diagnostic: reply.one_line(),
-                        remote_mta: None,
-                    };
-                    (r.clone(), d)
+                    (
+                        r.clone(),
+                        send::dsn::DsnRecipient::from_reply(r, &reply, None),
+                    )
                 })
                 .collect();
             self.dsn.report(send::dsn::DsnKind::Failed, msg, list).await;
@@ -355,13 +352,10 @@ async fn categorizer_loop(
                 .failed
                 .iter()
                 .map(|(r, reply)| {
-                    let d = send::dsn::DsnRecipient {
-                        address: r.address.clone(),
-                        orcpt: r.orcpt.clone(),
-                        diagnostic: reply.one_line(),
-                        remote_mta: None,
-                    };
-                    (r.clone(), d)
+                    (
+                        r.clone(),
+                        send::dsn::DsnRecipient::from_reply(r, reply, None),
+                    )
                 })
                 .collect();
             service

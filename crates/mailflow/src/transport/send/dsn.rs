@@ -72,6 +72,20 @@ pub struct DsnRecipient {
 }
 
 impl DsnRecipient {
+    /// The report line for a queued recipient and the reply that decided its fate.
+    pub fn from_reply(
+        r: &QueuedRecipient,
+        reply: &mailflow_smtp::Reply,
+        remote: Option<&str>,
+    ) -> DsnRecipient {
+        DsnRecipient {
+            address: r.address.clone(),
+            orcpt: r.orcpt.clone(),
+            diagnostic: reply.one_line(),
+            remote_mta: remote.map(str::to_string),
+        }
+    }
+
     /// The enhanced status code in the diagnostic, else a default for the kind.
     fn status(&self, kind: DsnKind) -> String {
         let code = self.diagnostic.split_whitespace().nth(1).filter(|c| {

@@ -203,12 +203,7 @@ impl Transmitter {
                         items.push(item);
                     }
                     for item in items {
-                        let failed = item
-                            .recipients
-                            .iter()
-                            .map(|r| (r.clone(), reply.clone()))
-                            .collect();
-                        self.fail(&item.message, failed, None, "DNS").await;
+                        self.fail_all(&item, reply.clone(), None, "DNS").await;
                         queue.done();
                     }
                     queue.set_last_error(&reply.one_line());
@@ -269,12 +264,7 @@ impl Transmitter {
                     peer.host
                 ),
             );
-            let failed = item
-                .recipients
-                .iter()
-                .map(|r| (r.clone(), reply.clone()))
-                .collect();
-            self.fail(&msg, failed, Some(&peer.host), "SMTP").await;
+            self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
             return Ok(());
         }
         // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
@@ -287,12 +277,7 @@ impl Transmitter {
                     peer.host
                 ),
             );
-            let failed = item
-                .recipients
-                .iter()
-                .map(|r| (r.clone(), reply.clone()))
-                .collect();
-            self.fail(&msg, failed, Some(&peer.host), "SMTP").await;
+            self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
             return Ok(());
         }
         // DSN parameters travel on when the next hop speaks DSN (RFC 3461 §6).
@@ -412,7 +397,7 @@ impl Transmitter {
                 .map(|(r, reply)| {
                     (
                         r.clone(),
-                        dsn_recipient(r, reply, external.then_some(peer.host.as_str())),
+                        DsnRecipient::from_reply(r, reply, external.then_some(peer.host.as_str())),
                     )
                 })
                 .collect();
@@ -433,6 +418,16 @@ impl Transmitter {
             });
         }
         Ok(())
+    }
+
+    /// Every recipient of `item` fails with `reply` (size, SMTPUTF8, DNS).
+    async fn fail_all(&self, item: &Item, reply: Reply, remote: Option<&str>, source: &str) {
+        let failed = item
+            .recipients
+            .iter()
+            .map(|r| (r.clone(), reply.clone()))
+            .collect();
+        self.fail(&item.message, failed, remote, source).await;
     }
 
     /// Recipients that will never be delivered: FAIL, state, and the NDR.
@@ -468,7 +463,7 @@ impl Transmitter {
         );
         let list = failed
             .iter()
-            .map(|(r, reply)| (r.clone(), dsn_recipient(r, reply, remote)))
+            .map(|(r, reply)| (r.clone(), DsnRecipient::from_reply(r, reply, remote)))
             .collect();
         self.dsn.report(DsnKind::Failed, msg, list).await;
         if msg.finish(failed.len()) {
@@ -542,15 +537,6 @@ impl Transmitter {
     }
 }
 
-fn dsn_recipient(r: &QueuedRecipient, reply: &Reply, remote: Option<&str>) -> DsnRecipient {
-    DsnRecipient {
-        address: r.address.clone(),
-        orcpt: r.orcpt.clone(),
-        diagnostic: reply.one_line(),
-        remote_mta: remote.map(str::to_string),
-    }
-}
-
 /// Connects to another service of the organisation (Mailbox Delivery or Transport) and
 /// authenticates as this server's Transport service; off loopback, inside TLS.
 pub async fn connect_intra_org(
@@ -574,15 +560,6 @@ pub async fn connect_intra_org_as(
     } else {
         ProtocolSession::disabled()
     };
-    let mut client = SmtpClient::connect(target, ctx.fqdn(), CONNECT_TIMEOUT, log).await?;
-    client.timeout_for_commands(COMMAND_TIMEOUT);
-    if !target.ip().is_loopback() && client.has_extension("STARTTLS") {
-        client
-            .starttls(ctx.fqdn(), &target.ip().to_string())
-            .await?;
-    }
-    client
-        .auth_plain(service, ctx.name(), &ctx.secret.password(ctx.name()))
-        .await?;
-    Ok(client)
+    ctx.connect_org(target, service, log, CONNECT_TIMEOUT, COMMAND_TIMEOUT)
+        .await
 }
