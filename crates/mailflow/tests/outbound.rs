@@ -354,3 +354,157 @@ fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
             .starts_with("530 5.7.1")
     );
 }
+
+fn postfix_connector(port: u16, tls: &str) -> String {
+    format!(
+        "\n[[send_connectors]]\nname = \"To Postfix\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\ntls = \"{tls}\"\nprotocol_logging = \"verbose\"\n"
+    )
+}
+
+fn outbox_send(server: &Server, from: &str, eml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, eml).unwrap();
+    let out = server.cli(&["mailbox", "send", from, "--eml", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn mail_from_a_mailbox_reaches_postfix_intact_over_required_tls() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let server = Server::start_custom("", &postfix_connector(postfix.port, "required"));
+    let body = "Line one\r\n.starts with a dot\r\nCaf\u{e9} 8-bit text\r\n";
+    outbox_send(
+        &server,
+        "alice@contoso.test",
+        &format!(
+            "From: Alice <alice@contoso.test>\r\nTo: partner@fabrikam.test\r\nSubject: to postfix\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}"
+        ),
+    );
+    let got = postfix.wait_messages(1);
+    let m = &got[0];
+    assert_eq!(
+        body_of(m),
+        body.as_bytes(),
+        "body changed: {}",
+        String::from_utf8_lossy(m)
+    );
+    // DKIM-ready: the headers a signer needs are there once, nothing private leaked.
+    for h in ["From", "To", "Subject", "Message-ID", "Date"] {
+        assert_eq!(
+            header_values(m, h).len(),
+            1,
+            "{h} in {}",
+            String::from_utf8_lossy(m)
+        );
+    }
+    assert!(
+        !String::from_utf8_lossy(m).contains("X-MS-Exchange-Organization"),
+        "{}",
+        String::from_utf8_lossy(m)
+    );
+    assert!(
+        postfix.log().contains("TLS connection established from"),
+        "{}",
+        postfix.log()
+    );
+    let send = server.track(&["--event-id", "SEND", "--subject", "to postfix"]);
+    let external = send
+        .iter()
+        .find(|e| e["ConnectorId"] == "To Postfix")
+        .expect("SEND through the connector");
+    assert!(
+        external["SourceContext"]
+            .as_str()
+            .unwrap()
+            .contains("TLS1_"),
+        "{external:#}"
+    );
+}
+
+#[test]
+fn postfix_rejecting_one_recipient_gives_an_ndr_for_it_alone() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
+        reject: vec!["nobody@fabrikam.test".into()],
+        ..Default::default()
+    });
+    let server = Server::start_custom("", &postfix_connector(postfix.port, "opportunistic"));
+    outbox_send(
+        &server,
+        "alice@contoso.test",
+        "From: alice@contoso.test\r\nTo: partner@fabrikam.test, nobody@fabrikam.test\r\nSubject: one bad recipient\r\n\r\nhello\r\n",
+    );
+    let got = postfix.wait_messages(1);
+    assert!(String::from_utf8_lossy(&got[0]).contains("partner@fabrikam.test"));
+    server.wait_inbox("alice@contoso.test", 1);
+    let ndr = parse_dsn(&server.export("alice@contoso.test")[0]);
+    assert!(
+        ndr["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("Undeliverable: one bad recipient"),
+        "{ndr:#}"
+    );
+    let recipients = ndr["recipients"].as_array().unwrap();
+    assert_eq!(recipients.len(), 1, "{ndr:#}");
+    assert_eq!(
+        recipients[0]["Final-Recipient"],
+        "rfc822; nobody@fabrikam.test"
+    );
+    assert_eq!(recipients[0]["Status"], "5.1.1");
+    assert_eq!(recipients[0]["Remote-MTA"], "dns; 127.0.0.1");
+    assert!(
+        recipients[0]["Diagnostic-Code"]
+            .as_str()
+            .unwrap()
+            .starts_with("smtp; 550 5.1.1"),
+        "{ndr:#}"
+    );
+    assert!(
+        !ndr["text"]
+            .as_str()
+            .unwrap()
+            .contains("partner@fabrikam.test\r\nThe"),
+        "only the failed recipient is named"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        postfix.messages().len(),
+        1,
+        "the good recipient exactly once"
+    );
+}
+
+#[test]
+fn postfix_down_then_back_the_queue_retries_and_delivers() {
+    let mut postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions::default());
+    let server = Server::start_custom("", &postfix_connector(postfix.port, "opportunistic"));
+    postfix.stop();
+    outbox_send(
+        &server,
+        "alice@contoso.test",
+        "From: alice@contoso.test\r\nTo: partner@fabrikam.test\r\nSubject: while down\r\n\r\nlater\r\n",
+    );
+    let q = wait_for("Retry", Duration::from_secs(20), || {
+        server
+            .cli_json(&["queue", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["Status"] == "Retry")
+            .cloned()
+    });
+    assert!(q["LastError"].as_str().unwrap().contains("4.4.1"), "{q:#}");
+    postfix.restart();
+    let id = q["Identity"].as_str().unwrap().to_string();
+    assert!(server.cli(&["queue", "retry", &id]).status.success());
+    let got = postfix.wait_messages(1);
+    assert!(String::from_utf8_lossy(&got[0]).contains("Subject: while down"));
+}

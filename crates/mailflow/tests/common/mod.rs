@@ -2,6 +2,8 @@
 //! organisation file written for the test, talk to it with real clients, and clean up.
 #![allow(dead_code)]
 
+pub mod postfix;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
