@@ -104,6 +104,10 @@ impl fmt::Display for Reply {
     }
 }
 
+/// Limits on one reply: EHLO answers have a few dozen lines.
+const MAX_REPLY_LINES: usize = 512;
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
 /// Parses one complete reply (possibly multi-line) from the start of `buf`, as an SMTP
 /// client reads it. Returns the reply and the number of bytes consumed, `Ok(None)` when
 /// more bytes are needed.
@@ -113,6 +117,10 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyParseError
     let mut enhanced = None;
     let mut lines = Vec::new();
     loop {
+        // A peer may not make us hold an endless multi-line reply.
+        if lines.len() >= MAX_REPLY_LINES || pos > MAX_REPLY_BYTES {
+            return Err(ReplyParseError::LineTooLong);
+        }
         let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n') else {
             if buf.len() - pos > 4096 {
                 return Err(ReplyParseError::LineTooLong);

@@ -219,7 +219,13 @@ impl ServerContext {
             crate::net::client::SmtpClient::connect(target, self.fqdn(), connect_timeout, log)
                 .await?;
         client.timeout_for_commands(command_timeout);
-        if !target.ip().is_loopback() && client.has_extension("STARTTLS") {
+        if !target.ip().is_loopback() {
+            // Never send the organisation key in clear text: no STARTTLS, no session.
+            if !client.has_extension("STARTTLS") {
+                return Err(crate::net::client::ClientError::Protocol(format!(
+                    "{target} offers no STARTTLS; organisation credentials are only sent inside TLS"
+                )));
+            }
             client
                 .starttls(self.fqdn(), &target.ip().to_string())
                 .await?;

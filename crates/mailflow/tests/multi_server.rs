@@ -92,7 +92,7 @@ fn site_links_price_paths_but_do_not_relay_unless_a_hub_site_is_on_the_path() {
     c.wait_delivered("direct to C", 1);
     assert_eq!(
         c.event_ids("SA", "direct to C"),
-        ["RECEIVE", "EXPAND", "SEND"]
+        ["RECEIVE", "EXPAND", "AGENTINFO", "SEND"]
     );
     assert!(
         c.event_ids("SB", "direct to C").is_empty(),
@@ -100,7 +100,7 @@ fn site_links_price_paths_but_do_not_relay_unless_a_hub_site_is_on_the_path() {
     );
     assert_eq!(
         c.event_ids("SC", "direct to C"),
-        ["RECEIVE", "SEND", "RECEIVE", "DELIVER"]
+        ["RECEIVE", "AGENTINFO", "SEND", "RECEIVE", "DELIVER"]
     );
     let send = c.track(
         Some("SA"),
@@ -119,7 +119,10 @@ fn a_hub_site_on_the_least_cost_path_is_a_stop_and_queues_while_the_destination_
     );
     send_via(c.frontend("SA"), &["team@contoso.test"], "through hub B");
     c.wait_delivered("through hub B", 1);
-    assert_eq!(c.event_ids("SB", "through hub B"), ["RECEIVE", "SEND"]);
+    assert_eq!(
+        c.event_ids("SB", "through hub B"),
+        ["RECEIVE", "AGENTINFO", "SEND"]
+    );
     let send = c.track(
         Some("SA"),
         &["--event-id", "SEND", "--subject", "through hub B"],
@@ -130,11 +133,16 @@ fn a_hub_site_on_the_least_cost_path_is_a_stop_and_queues_while_the_destination_
     c.kill9("SC");
     send_via(c.frontend("SA"), &["team@contoso.test"], "while C is down");
     let queued = wait_for("the message to queue in B", Duration::from_secs(20), || {
-        c.queues("SB")
-            .into_iter()
-            .find(|q| q["NextHopDomain"] == "Site:C;Version:15" && q["MessageCount"] == 1)
+        c.queues("SB").into_iter().find(|q| {
+            q["NextHopDomain"] == "Site:C;Version:15"
+                && q["MessageCount"] == 1
+                && q["Status"] == "Retry"
+        })
     });
-    assert_eq!(queued["Status"], "Retry", "{queued:#}");
+    assert!(
+        queued["LastError"].as_str().unwrap().contains("4.4.1"),
+        "{queued:#}"
+    );
     assert!(
         c.queues("SA").iter().all(|q| q["MessageCount"] == 0),
         "A must have handed it to B"
@@ -200,7 +208,10 @@ fn equal_cost_paths_are_decided_by_the_site_name_nearest_the_destination() {
     assert_eq!(r["NextHop"], "SmtpRelayToRemoteAdSite:X");
     send_via(c.frontend("SA"), &["zteam@contoso.test"], "tie break");
     c.wait_delivered("tie break", 1);
-    assert_eq!(c.event_ids("SX", "tie break"), ["RECEIVE", "SEND"]);
+    assert_eq!(
+        c.event_ids("SX", "tie break"),
+        ["RECEIVE", "AGENTINFO", "SEND"]
+    );
     assert!(c.event_ids("SY", "tie break").is_empty());
 }
 

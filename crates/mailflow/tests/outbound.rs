@@ -130,7 +130,7 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
         .find(|r| r["subject"].as_str().unwrap().starts_with("Undeliverable"))
         .expect("NDR");
     assert_eq!(ndr["recipients"][0]["Action"], "failed");
-    assert_eq!(ndr["recipients"][0]["Status"], "4.4.7");
+    assert_eq!(ndr["recipients"][0]["Status"], "5.4.7");
     assert_eq!(ndr["returned"], "message/rfc822");
     assert_eq!(
         ndr["per_message"]["Reporting-MTA"],
@@ -507,4 +507,73 @@ fn postfix_down_then_back_the_queue_retries_and_delivers() {
     assert!(server.cli(&["queue", "retry", &id]).status.success());
     let got = postfix.wait_messages(1);
     assert!(String::from_utf8_lossy(&got[0]).contains("Subject: while down"));
+}
+
+#[test]
+fn mail_flow_rules_add_the_disclaimer_to_outside_mail_and_reject_what_they_forbid() {
+    let sink = Sink::start();
+    let extra = format!(
+        "{}\n[[transport_rules]]\nname = \"Disclaimer\"\npriority = 0\nmode = \"enforce\"\nif = {{ sender_domain_is = [\"contoso.test\"], sent_to_scope = \"not_in_organization\" }}\nthen = {{ append_disclaimer = \"Sent from Contoso\" }}\n\n[[transport_rules]]\nname = \"No offers\"\npriority = 1\nif = {{ subject_contains_words = [\"special offer\"] }}\nthen = {{ reject_message = \"Offers are not allowed\" }}\n",
+        smart_host_connector(sink.port)
+    );
+    let server = Server::start_custom("", &extra);
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.contoso.test");
+    // sales@ has an external member (rule matches) and internal ones.
+    let r = c.send(
+        "alice@contoso.test",
+        &["sales@contoso.test"],
+        "From: alice@contoso.test\r\nSubject: quarterly\r\n\r\nnumbers\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let t = sink.wait_transactions(1);
+    let (body_at, disclaimer_at) = (t[0].find("numbers"), t[0].find("Sent from Contoso"));
+    assert!(body_at.is_some() && disclaimer_at > body_at, "{}", t[0]);
+    let info = server.track(&["--event-id", "AGENTINFO", "--subject", "quarterly"]);
+    assert!(
+        info[0]["CustomData"]
+            .as_str()
+            .unwrap()
+            .contains("rule=Disclaimer"),
+        "{info:#?}"
+    );
+    // Internal only: no match, no disclaimer.
+    let r = c.send(
+        "alice@contoso.test",
+        &["bob@contoso.test"],
+        "From: alice@contoso.test\r\nSubject: internal\r\n\r\nplain\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    // A rejected message bounces to the sender with 5.7.1.
+    let r = c.send(
+        "alice@contoso.test",
+        &["carol@contoso.test"],
+        "From: alice@contoso.test\r\nSubject: A special offer\r\n\r\nbuy\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    server.wait_inbox("bob@contoso.test", 2); // the group copy + internal
+    let internal = server
+        .export("bob@contoso.test")
+        .into_iter()
+        .find(|m| String::from_utf8_lossy(m).contains("Subject: internal"))
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&internal).contains("Sent from Contoso"),
+        "no disclaimer inside the organisation"
+    );
+    let ndr = wait_for("the rule's NDR", Duration::from_secs(20), || {
+        server
+            .export("alice@contoso.test")
+            .into_iter()
+            .find(|m| String::from_utf8_lossy(m).contains("multipart/report"))
+    });
+    let ndr = parse_dsn(&ndr);
+    assert_eq!(ndr["recipients"][0]["Status"], "5.7.1");
+    assert!(
+        ndr["recipients"][0]["Diagnostic-Code"]
+            .as_str()
+            .unwrap()
+            .contains("Offers are not allowed")
+    );
+    assert_eq!(server.export("carol@contoso.test").len(), 0);
 }

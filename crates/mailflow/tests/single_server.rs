@@ -108,8 +108,13 @@ with smtplib.SMTP("127.0.0.1", {port}, timeout=30) as s:
 
     let events = events_of(&server, "smtplib probe");
     let ids: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
-    assert_eq!(ids, ["RECEIVE", "SEND", "RECEIVE", "DELIVER"], "{events:?}");
-    assert_eq!(events[3].1, "STOREDRIVER");
+    assert_eq!(
+        ids,
+        ["RECEIVE", "AGENTINFO", "SEND", "RECEIVE", "DELIVER"],
+        "{events:?}"
+    );
+    assert_eq!(events[4].1, "STOREDRIVER");
+    assert_eq!(events[1].1, "AGENT");
     let deliver = server.track(&[
         "--event-id",
         "DELIVER",

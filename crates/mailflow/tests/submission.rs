@@ -98,20 +98,21 @@ fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() 
         })
         .collect();
     let seq: Vec<String> = events.iter().map(|(s, e, _)| format!("{s} {e}")).collect();
-    // DESIGN §3's sequence without AGENT AGENTINFO: no transport agent is built yet.
+    // DESIGN §3's seven steps.
     assert_eq!(
         seq,
         [
             "STOREDRIVER RECEIVE",
             "STOREDRIVER SUBMIT",
             "SMTP RECEIVE",
+            "AGENT AGENTINFO",
             "SMTP SEND",
             "SMTP RECEIVE",
             "STOREDRIVER DELIVER"
         ],
         "{events:#?}"
     );
-    assert_eq!(events[4].2, "MBX2\\Default Mailbox Delivery MBX2");
+    assert_eq!(events[5].2, "MBX2\\Default Mailbox Delivery MBX2");
     assert_eq!(events[2].2, "MBX1\\Default MBX1");
 }
 

@@ -39,6 +39,28 @@ pub enum MailboxCommand {
 }
 
 /// Opens the database file of `database` on the server holding its first copy.
+/// The file of the database's active copy, as its servers recorded it (SQLite copies
+/// are separate files; a switchover moves new mail to another one).
+fn active_copy_path(dir: &Directory, db: &crate::directory::Database) -> std::path::PathBuf {
+    let server = db
+        .copies
+        .iter()
+        .filter_map(|s| dir.server(s))
+        .map(|s| {
+            crate::context::ActiveCopies::with_state(
+                dir,
+                dir.data_dir(s).join("active-copies.json"),
+            )
+        })
+        .find_map(|a| a.active_server(&db.name))
+        .and_then(|name| dir.server(&name))
+        .or_else(|| db.copies.first().and_then(|s| dir.server(s)));
+    let data = server
+        .map(|s| dir.data_dir(s))
+        .unwrap_or_else(|| dir.path("."));
+    data.join("Databases").join(format!("{}.db", db.name))
+}
+
 fn open_database(
     dir: &Directory,
     database: &str,
@@ -46,13 +68,7 @@ fn open_database(
     let db = dir
         .database(database)
         .ok_or_else(|| anyhow::anyhow!("unknown database {database:?}"))?;
-    let Some(server) = db.copies.first().and_then(|s| dir.server(s)) else {
-        return Ok(None);
-    };
-    let path = dir
-        .data_dir(server)
-        .join("Databases")
-        .join(format!("{}.db", db.name));
+    let path = active_copy_path(dir, db);
     if db.store == "sqlite" && !path.exists() {
         return Ok(None);
     }
@@ -180,15 +196,7 @@ async fn send(dir: &Directory, address: &str, eml: &std::path::Path) -> anyhow::
     let db = dir
         .database(&mailbox.database)
         .ok_or_else(|| anyhow::anyhow!("unknown database"))?;
-    let server = db
-        .copies
-        .first()
-        .and_then(|s| dir.server(s))
-        .ok_or_else(|| anyhow::anyhow!("database {} has no copy", db.name))?;
-    let path = dir
-        .data_dir(server)
-        .join("Databases")
-        .join(format!("{}.db", db.name));
+    let path = active_copy_path(dir, db);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

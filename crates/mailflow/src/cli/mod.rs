@@ -1,6 +1,7 @@
 //! The command line (DESIGN §5): one module per command group, named after the
 //! Exchange cmdlets they mirror.
 
+mod agent;
 mod check_config;
 mod database;
 mod init;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Mailboxes (Get-Mailbox, New-MailboxExportRequest).
     #[command(subcommand)]
     Mailbox(mailbox::MailboxCommand),
+    /// Transport agents (Get-TransportAgent).
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
     /// The routing table (destination, delivery group, next hop, cost, path).
     #[command(subcommand)]
     Route(route::RouteCommand),
@@ -82,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Message(c) => message::run(&g, c),
         Command::Mailbox(c) => mailbox::run(&g, c),
         Command::Route(c) => route::run(&g, c),
+        Command::Agent(c) => agent::run(&g, c),
         Command::Database(c) => database::run(&g, c),
     }
 }

@@ -108,8 +108,8 @@ store = "sqlite"
     }
     out.push_str(&format!(
         r#"
-# Exchange has no send connector after setup; this one sends to any domain (outbound
-# delivery arrives in a later release: until then mail waits in its queue).
+# Exchange has no send connector after setup; this one sends to any domain by DNS MX
+# (add smart_hosts = ["relay.example:25"] to send through a relay instead).
 [[send_connectors]]
 name = "Internet"
 address_spaces = [{{ domain = "*", cost = 1 }}]

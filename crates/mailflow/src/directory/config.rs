@@ -36,9 +36,9 @@ pub struct OrgFile {
     pub send_connectors: Vec<Spanned<SendConnector>>,
     #[serde(default)]
     pub receive_connectors: Vec<Spanned<ReceiveConnector>>,
-    /// Mail flow rules: parsed by a later release; kept so files stay valid.
+    /// Mail flow rules (the Transport Rule agent reads them, see transport/agents).
     #[serde(default)]
-    pub transport_rules: Vec<toml::Table>,
+    pub transport_rules: Vec<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -541,6 +541,13 @@ impl Validator<'_> {
                     );
                 }
             }
+            let relays = v
+                .permissions
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case("relay"));
+            if relays && v.remote_ranges.is_empty() {
+                self.err(r, "receive_connectors", "remote_ranges", "the relay permission needs remote_ranges (an anonymous relay open to everyone is an open relay)".into());
+            }
             if v.service == "transport" && v.remote_ranges.is_empty() {
                 self.err(r, "receive_connectors", "remote_ranges", "a transport-service connector accepts mail without authentication, so it needs remote_ranges (never an open relay)".into());
             }
@@ -582,6 +589,25 @@ impl Validator<'_> {
             }
         }
         self.validate_topology(org);
+        for rule in &org.transport_rules {
+            let parsed: Result<crate::transport::agents::rules::Rule, _> =
+                toml::Value::Table(rule.get_ref().clone()).try_into();
+            match parsed {
+                Err(e) => self.err(
+                    rule,
+                    "transport_rules",
+                    "name",
+                    e.message().trim().to_string(),
+                ),
+                Ok(r) if r.mode != "enforce" && r.mode != "audit" => self.err(
+                    rule,
+                    "transport_rules",
+                    "mode",
+                    format!("{:?}: expected \"enforce\" or \"audit\"", r.mode),
+                ),
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Reference §4: every server in a site (once sites exist), every site reachable

@@ -67,14 +67,22 @@ impl PasswordBook {
 
     /// Checks a logon; on success, the mailbox's primary address and all its addresses.
     pub async fn verify(&self, username: &str, password: &str) -> Option<(String, Vec<String>)> {
+        // argon2 takes ~19 MiB and tens of milliseconds per check: a few at a time, so
+        // parallel logon attempts cannot exhaust memory.
+        static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+        let _permit = CHECKS.acquire().await.ok()?;
         let dir = self.directory();
-        let Some(Recipient::Mailbox(i)) = dir.lookup(username) else {
-            return None;
+        let mailbox = match dir.lookup(username) {
+            Some(Recipient::Mailbox(i)) => Some(dir.mailbox(i).clone()),
+            _ => None,
         };
-        let mailbox = dir.mailbox(i).clone();
-        let hash = mailbox.password_hash.clone()?;
+        // Unknown users and users without a password cost the same time as a wrong
+        // password: no oracle for which addresses exist.
+        let hash = mailbox
+            .as_ref()
+            .and_then(|m| m.password_hash.clone())
+            .unwrap_or_else(|| DUMMY_HASH.to_string());
         let password = password.to_string();
-        // argon2 is deliberately slow: keep it off the async threads.
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash).is_ok_and(|h| {
                 Argon2::default()
@@ -84,6 +92,7 @@ impl PasswordBook {
         })
         .await
         .unwrap_or(false);
+        let mailbox = mailbox.filter(|m| m.password_hash.is_some())?;
         ok.then(|| {
             let mut all = vec![mailbox.address.clone()];
             all.extend(mailbox.aliases.iter().cloned());
@@ -91,6 +100,9 @@ impl PasswordBook {
         })
     }
 }
+
+/// A valid argon2 hash of a random password, checked for unknown users.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$VGKj0uNKDNvJ8y4TXDOWL9oOD4f3vA5/5xC2Kf6tq6Q";
 
 /// Failed logons per client address (Exchange's MaxLogonFailures, 3): past the limit
 /// within the window, AUTH is refused without looking at the password.
@@ -111,6 +123,10 @@ impl AuthThrottle {
 
     pub fn failed(&self, ip: IpAddr) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget old entries so the map cannot grow without bound.
+        if map.len() > 10_000 {
+            map.retain(|_, (_, since)| since.elapsed() < WINDOW);
+        }
         let entry = map.entry(ip).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= WINDOW {
             *entry = (0, Instant::now());

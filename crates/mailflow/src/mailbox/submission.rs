@@ -103,10 +103,12 @@ async fn submit(
     // The message as it leaves the mailbox: Bcc never travels (reference §12.4 does the
     // same for Pickup), Message-ID and Date are added when missing.
     let mut prefix = String::new();
+    // Derived from the item's network message id, so a retried submission carries the
+    // same ids and the store's duplicate detection absorbs a second copy.
     let message_id = match message::get(&original, "Message-ID") {
         Some(id) if !id.is_empty() => id,
         _ => {
-            let id = format!("<{}@{}>", uuid::Uuid::new_v4(), ctx.fqdn());
+            let id = format!("<{}@{}>", item.network_message_id, ctx.fqdn());
             prefix.push_str(&format!("Message-ID: {id}\r\n"));
             id
         }
@@ -114,8 +116,18 @@ async fn submit(
     if message::get(&original, "Date").is_none() {
         prefix.push_str(&format!("Date: {}\r\n", crate::net::rfc2822_now()));
     }
-    let body =
-        message::strip_fields(&original, |n| n.eq_ignore_ascii_case("Bcc")).unwrap_or(original);
+    prefix.push_str(&format!(
+        "{}: {}\r\n",
+        crate::transport::receive::NETWORK_MESSAGE_ID_HEADER,
+        item.network_message_id
+    ));
+    // What a user wrote may not pose as the organisation's own headers.
+    let body = message::strip_fields(&original, |n| {
+        n.eq_ignore_ascii_case("Bcc")
+            || n.to_ascii_lowercase()
+                .starts_with(&crate::transport::receive::ORG_HEADER_PREFIX.to_ascii_lowercase())
+    })
+    .unwrap_or(original);
     let mut content = prefix.into_bytes();
     content.extend_from_slice(&body);
 
@@ -157,10 +169,12 @@ async fn submit(
             .iter()
             .map(|r| format!("RCPT TO:<{r}>"))
             .collect();
+        let utf8 = !item.mailbox.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
         let mail = format!(
-            "MAIL FROM:<{}> SIZE={} BODY=8BITMIME",
+            "MAIL FROM:<{}> SIZE={} BODY=8BITMIME{}",
             item.mailbox,
-            content.len()
+            content.len(),
+            if utf8 { " SMTPUTF8" } else { "" }
         );
         match client.send_message(&mail, &rcpts, &content).await {
             Ok((reply, _)) if reply.is_positive() => {
@@ -174,6 +188,20 @@ async fn submit(
                 });
                 store
                     .move_item(item.id, Folder::SentItems)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            Ok((reply, _)) if reply.is_permanent() => {
+                // Transport refused for good: the item goes back to Drafts with the
+                // reason logged rather than being retried forever.
+                client.quit().await;
+                ctx.tracking_submission.log(TrackingEvent {
+                    recipient_status: vec![reply.one_line()],
+                    ..event(ctx, item, database, "SUBMITFAIL", &content, &message_id)
+                });
+                store
+                    .move_item(item.id, Folder::Drafts)
                     .await
                     .map_err(|e| e.to_string())?;
                 return Ok(());

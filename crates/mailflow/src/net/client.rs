@@ -319,15 +319,22 @@ impl SmtpClient {
         content: &[u8],
     ) -> Result<(Reply, Vec<Reply>), ClientError> {
         let (mail_reply, rcpt_replies, data) = self.envelope(mail, rcpts, true).await?;
+        if mail_reply.code == 503 {
+            // A bad sequence means this session's state is not what we think: the
+            // message is not at fault, the connection is.
+            return Err(ClientError::Protocol(format!(
+                "session out of sequence: {mail_reply}"
+            )));
+        }
         if !mail_reply.is_positive() {
             let _ = self.reset().await;
             return Ok((mail_reply.clone(), vec![mail_reply; rcpts.len()]));
         }
         let data = data.unwrap_or_else(|| Reply::plain(554, "no valid recipients"));
         if data.code != 354 {
-            if rcpt_replies.iter().any(Reply::is_positive) {
-                let _ = self.reset().await;
-            }
+            // MAIL was accepted: the transaction stays open until RSET, whatever
+            // happened to the recipients (RFC 5321 §4.1.1.5).
+            self.reset().await?;
             let finals = rcpt_replies
                 .into_iter()
                 .map(|r| if r.is_positive() { data.clone() } else { r })

@@ -189,7 +189,9 @@ impl ReceiveConnector {
                 "Client host is not permitted on this connector",
             );
             log.sent(&reply.one_line());
-            let _ = stream.write_all(&reply.to_bytes()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), stream.write_all(&reply.to_bytes()))
+                    .await;
             log.disconnect("Local");
             return Ok(());
         }
@@ -297,7 +299,12 @@ impl ReceiveConnector {
                     log.sent(&line);
                 }
                 if session.has_output() {
-                    stream.write_all(&session.take_output()).await?;
+                    // A client that stops reading must not hold its session forever.
+                    let output = session.take_output();
+                    match tokio::time::timeout(self.inactivity_timeout, stream.write_all(&output)).await {
+                        Ok(r) => r?,
+                        Err(_) => break,
+                    }
                 }
                 if start_tls {
                     let Some(tls) = &self.tls else { break };
@@ -348,7 +355,7 @@ impl ReceiveConnector {
                         for line in sent {
                             log.sent(&line);
                         }
-                        let _ = stream.write_all(&session.take_output()).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(10), stream.write_all(&session.take_output())).await;
                         break;
                     }
                 };
@@ -363,7 +370,7 @@ impl ReceiveConnector {
         if in_transaction || session.in_data() {
             handler.reset().await;
         }
-        let _ = stream.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.shutdown()).await;
         log.disconnect(if session.is_closed() {
             "Local"
         } else {
@@ -395,6 +402,8 @@ impl ReceiveConnector {
                         "Too many failed logons from your address; try again later",
                     );
                 }
+                // Counted before the check, so parallel attempts cannot outrun the limit.
+                throttle.failed(ip);
                 return match book.verify(server, password).await {
                     Some(user) => {
                         throttle.succeeded(ip);
@@ -403,7 +412,6 @@ impl ReceiveConnector {
                         Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
                     }
                     None => {
-                        throttle.failed(ip);
                         Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
                     }
                 };

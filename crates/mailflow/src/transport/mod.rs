@@ -3,6 +3,7 @@
 //! one delivery queue per next hop → SMTP Send through the implicit
 //! `Intra-Organization SMTP Send Connector`.
 
+pub mod agents;
 pub mod categorizer;
 pub mod pickup;
 pub mod queue;
@@ -53,6 +54,9 @@ pub struct TransportService {
     submit_tx: mpsc::UnboundedSender<Submission>,
     dsn: send::dsn::DsnSubmitter,
     poison_marker: PoisonMarker,
+    /// Mail flow rules for the Transport Rule agent, in priority order.
+    rules: Vec<agents::rules::Rule>,
+    retry: RetryPolicy,
 }
 
 /// An entry of the Submission queue.
@@ -116,6 +120,9 @@ impl TransportService {
             submit_tx,
             dsn,
             poison_marker: PoisonMarker(ctx.data_dir.join("Queue").join("categorizing")),
+            retry: retry_policy(&ctx),
+            rules: agents::rules::load(&ctx.dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ctx.dir.source))?,
         });
         tokio::spawn(categorizer_loop(service.clone(), submit_rx));
         // Resume: uncategorized messages go back to the categorizer, the rest to their
@@ -232,8 +239,18 @@ impl TransportService {
         recipients: Vec<QueuedRecipient>,
         source: &str,
     ) -> Result<(), String> {
-        let content: Arc<[u8]> = content.into();
-        let envelope = pickup::envelope(from, &content, source);
+        let mut envelope = pickup::envelope(from, &content, source);
+        // The id travels in the header too, so every hop (and the store's duplicate
+        // detection) sees the same message.
+        let mut with_id = format!(
+            "{}: {}\r\n",
+            receive::NETWORK_MESSAGE_ID_HEADER,
+            envelope.network_message_id
+        )
+        .into_bytes();
+        with_id.extend_from_slice(&content);
+        let content: Arc<[u8]> = with_id.into();
+        envelope.subject = crate::message::subject(&content);
         let id = self
             .queues
             .db
@@ -325,7 +342,7 @@ async fn categorizer_loop(
         {
             std::process::abort();
         }
-        let result = categorizer::categorize(ctx, recipients);
+        let mut result = categorizer::categorize(ctx, recipients);
         service.poison_marker.set(0);
         for (resolved, original) in &result.resolved {
             let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
@@ -338,6 +355,19 @@ async fn categorizer_loop(
             ev.recipient_address = members.clone();
             ev.related_recipient_address = group.clone();
             ctx.tracking_transport.log(ev);
+        }
+        // OnResolvedMessage: the Transport Rule agent (reference §9.3, §10). Rerouted
+        // recipients were through it already; reports (null sender) are not subject to
+        // rules, so a rule can never bounce its own NDR.
+        let mut msg = msg;
+        if !resubmit && !msg.envelope.return_path.is_empty() {
+            match apply_rules(&service, &msg, &mut result).await {
+                RulesVerdict::Continue(Some(content)) => {
+                    msg = QueuedMessage::new(msg.id, msg.envelope.clone(), content.into());
+                }
+                RulesVerdict::Continue(None) => {}
+                RulesVerdict::Done => continue,
+            }
         }
         let mut all: Vec<QueuedRecipient> = Vec::new();
         for (r, reply) in &result.failed {
@@ -376,12 +406,15 @@ async fn categorizer_loop(
         // Add before subtracting, so the count cannot touch zero while recipients of
         // this message are still to be delivered.
         msg.add_pending(routed);
+        // Rerouted recipients wait a glitch-retry interval: if the servers disagree
+        // about the active copy, mail must not bounce between them at full speed.
+        let not_before = resubmit.then(|| std::time::Instant::now() + service.retry.interval(0));
         for (hop, recipients) in result.routed {
             let queue = service.queues.queue_for(&hop);
             queue.push(Item {
                 message: msg.clone(),
                 recipients,
-                not_before: None,
+                not_before,
             });
         }
         if routed == 0 && consumed == 0 && !resubmit {
@@ -391,4 +424,110 @@ async fn categorizer_loop(
             service.queues.db.delete(msg.id);
         }
     }
+}
+
+enum RulesVerdict {
+    /// Go on, with new content if the rules edited it.
+    Continue(Option<Vec<u8>>),
+    /// The rules rejected or deleted the message; it is finished.
+    Done,
+}
+
+/// Runs the mail flow rules over a resolved message; logs AGENTINFO (and DROP or FAIL
+/// for delete and reject actions).
+async fn apply_rules(
+    service: &TransportService,
+    msg: &Arc<QueuedMessage>,
+    result: &mut categorizer::Categorized,
+) -> RulesVerdict {
+    let ctx = &service.ctx;
+    // The agent runs for every message, rules or not, and says so (AGENTINFO).
+    let recipients: Vec<String> = result
+        .routed
+        .iter()
+        .flat_map(|(_, rs)| rs.iter().map(|r| r.address.clone()))
+        .collect();
+    // SenderAddressLocation defaults to Header: the From/Sender address.
+    let sender = if msg.envelope.sender_header.is_empty() {
+        &msg.envelope.return_path
+    } else {
+        &msg.envelope.sender_header
+    };
+    let started = std::time::Instant::now();
+    let outcome = agents::rules::apply(&service.rules, &ctx.dir, sender, &recipients, &msg.content);
+    let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
+    ev.connector_id = "Transport Rule Agent".into();
+    ev.recipient_address = recipients.clone();
+    let mut custom = vec![format!(
+        "S:TRA=ETRP|ETR={}|EM={}|ETMS={}",
+        outcome.evaluated,
+        outcome.matched.len(),
+        started.elapsed().as_millis()
+    )];
+    custom.extend(
+        outcome
+            .matched
+            .iter()
+            .map(|(name, mode)| format!("S:TRA=ETRI|rule={name}|mode={mode}")),
+    );
+    ev.custom_data = custom.join(";");
+    ctx.tracking_transport.log(ev);
+    let every: Vec<QueuedRecipient> = result
+        .routed
+        .iter()
+        .flat_map(|(_, rs)| rs.iter().cloned())
+        .collect();
+    if outcome.delete {
+        let mut ev = tracking_event(ctx, msg, "DROP", "AGENT");
+        ev.recipient_address = recipients;
+        ctx.tracking_transport.log(ev);
+        service.queues.db.delete(msg.id);
+        return RulesVerdict::Done;
+    }
+    if let Some(reason) = outcome.reject {
+        let reply = mailflow_smtp::Reply::new(550, mailflow_smtp::Enhanced(5, 7, 1), reason);
+        let mut ev = tracking_event(ctx, msg, "FAIL", "AGENT");
+        ev.recipient_address = recipients;
+        ev.recipient_status = vec![reply.one_line()];
+        ctx.tracking_transport.log(ev);
+        let list = every
+            .iter()
+            .map(|r| {
+                (
+                    r.clone(),
+                    send::dsn::DsnRecipient::from_reply(r, &reply, None),
+                )
+            })
+            .collect();
+        service
+            .dsn
+            .report(send::dsn::DsnKind::Failed, msg, list)
+            .await;
+        service.queues.db.delete(msg.id);
+        return RulesVerdict::Done;
+    }
+    if !outcome.add_recipients.is_empty() {
+        let added = outcome
+            .add_recipients
+            .iter()
+            .filter(|a| !recipients.iter().any(|r| r.eq_ignore_ascii_case(a)))
+            .map(|a| QueuedRecipient {
+                address: a.clone(),
+                orcpt: None,
+                notify: vec!["NEVER".into()],
+                next_hop: None,
+                state: RecipientState::Submitted,
+                last_error: None,
+                delay_notified: false,
+            })
+            .collect();
+        let more = categorizer::categorize(ctx, added);
+        for (hop, rs) in more.routed {
+            match result.routed.iter_mut().find(|(h, _)| *h == hop) {
+                Some((_, existing)) => existing.extend(rs),
+                None => result.routed.push((hop, rs)),
+            }
+        }
+    }
+    RulesVerdict::Continue(outcome.content)
 }

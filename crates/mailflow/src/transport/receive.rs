@@ -126,10 +126,11 @@ impl TransportReceive {
         }
         // Only another Transport service is trusted with organisation headers; what a
         // Front End proxies came from outside and passes the header firewall.
+        // Mailbox Transport Submission strips what users wrote and stamps its own id.
         let trusted = info
             .org_server
             .as_ref()
-            .is_some_and(|(_, service)| service == orgauth::HUB);
+            .is_some_and(|(_, service)| service == orgauth::HUB || service == orgauth::SUBMISSION);
         let content = if trusted {
             content
         } else {

@@ -12,15 +12,27 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailflow");
 
-/// Free loopback ports, reserved by binding and released just before use.
+/// Free loopback ports for servers under test. They come from below the kernel's
+/// ephemeral range (32768+), so the local ports of outgoing connections can never take
+/// them between the pick and the server's bind, and no port is handed out twice within
+/// a test process.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        // A different start per process: test binaries run one after another.
+        let start = 20000 + (std::process::id() % 600) as u16 * 20;
+        let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 32700, "out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    out
 }
 
 /// Polls `f` until it returns Some or the deadline passes.
@@ -748,11 +760,11 @@ impl Sink {
         wait_for(
             &format!("{n} transactions at the sink"),
             Duration::from_secs(30),
-            || {
-                let t = self.transactions();
-                (t.len() >= n).then_some(t)
-            },
-        )
+            || (self.transactions().len() >= n).then_some(()),
+        );
+        // smtp-sink writes a dump while the transaction runs: let it finish.
+        std::thread::sleep(Duration::from_millis(300));
+        self.transactions()
     }
 }
 

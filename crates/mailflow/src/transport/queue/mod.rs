@@ -245,6 +245,11 @@ impl DeliveryQueue {
     /// Waits until this queue may transmit and has a due item.
     pub async fn wait_for_work(&self) {
         loop {
+            // Registered before the state is read, so a wake-up between the check and
+            // the wait (Resume, Retry-Queue) is never lost.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let sleep_until = {
                 let s = self.lock();
                 let now = Instant::now();
@@ -266,10 +271,10 @@ impl DeliveryQueue {
                 Some(at) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(at.into()) => {}
-                        _ = self.notify.notified() => {}
+                        _ = &mut notified => {}
                     }
                 }
-                None => self.notify.notified().await,
+                None => notified.await,
             }
         }
     }

@@ -120,6 +120,11 @@ enum Op {
         id: i64,
         updates: Vec<(String, RecipientState, Option<String>)>,
     },
+    /// Delay notices sent: only the flag changes, never the state.
+    DelayNotified {
+        id: i64,
+        addresses: Vec<String>,
+    },
     /// The envelope changed (crash count).
     Envelope {
         id: i64,
@@ -230,6 +235,10 @@ impl QueueDb {
         self.send(Op::Categorized { id, recipients });
     }
 
+    pub fn delay_notified(&self, id: i64, addresses: Vec<String>) {
+        self.send(Op::DelayNotified { id, addresses });
+    }
+
     pub fn update_envelope(&self, id: i64, envelope: Envelope) {
         self.send(Op::Envelope {
             id,
@@ -333,6 +342,14 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions:
                         put_recipients(&tx, *id, recipients)?;
                     }
                     Op::Upsert { id, recipients } => put_recipients(&tx, *id, recipients)?,
+                    Op::DelayNotified { id, addresses } => {
+                        let mut stmt = tx.prepare_cached(
+                            "UPDATE recipients SET detail = json_set(detail, '$.delay_notified', json('true')) WHERE message = ?1 AND address = ?2",
+                        )?;
+                        for a in addresses {
+                            stmt.execute(params![id, a.to_lowercase()])?;
+                        }
+                    }
                     Op::Envelope { id, envelope } => {
                         let env = serde_json::to_string(envelope).unwrap_or_default();
                         tx.execute(

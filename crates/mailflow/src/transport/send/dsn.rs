@@ -96,6 +96,9 @@ impl DsnRecipient {
                     .all(|p| !p.is_empty() && p.chars().all(|ch| ch.is_ascii_digit()))
         });
         match (code, kind) {
+            // RFC 3464 §2.3.3: a failed action carries a permanent (5.x.x) status, even
+            // for Exchange's "550 4.4.7 QUEUE.Expired".
+            (Some(c), DsnKind::Failed) if c.starts_with('4') => format!("5{}", &c[1..]),
             (Some(c), _) => c.to_string(),
             (None, DsnKind::Failed) => "5.0.0".into(),
             (None, DsnKind::Delayed) => "4.4.7".into(),
@@ -160,11 +163,16 @@ pub fn build(
         ),
     }
     for r in recipients {
-        text.push_str(&format!(
-            "{}\r\n{}\r\n\r\n",
-            r.address,
-            explain(&r.status(kind))
-        ));
+        match kind {
+            DsnKind::Failed | DsnKind::Delayed => text.push_str(&format!(
+                "{}\r\n{}\r\n\r\n",
+                r.address,
+                explain(&r.status(kind))
+            )),
+            DsnKind::Delivered | DsnKind::Relayed => {
+                text.push_str(&format!("{}\r\n\r\n", r.address))
+            }
+        }
     }
     text.push_str(&format!(
         "Diagnostic information for administrators:\r\n\r\nGenerating server: {}\r\n\r\n",
@@ -179,7 +187,11 @@ pub fn build(
             None => text.push_str(&format!("{}\r\n{}\r\n\r\n", r.address, r.diagnostic)),
         }
     }
-    let headers = &msg.content[..message::header_len(&msg.content)];
+    // The organisation's private headers never leave in a returned copy either.
+    let original_content =
+        message::strip_prefixed(&msg.content, crate::transport::receive::ORG_HEADER_PREFIX)
+            .unwrap_or_else(|| msg.content.to_vec());
+    let headers = &original_content[..message::header_len(&original_content)];
     text.push_str("Original message headers:\r\n\r\n");
     text.push_str(&String::from_utf8_lossy(headers));
 
@@ -216,7 +228,7 @@ pub fn build(
     // on failures by default, headers on other reports.
     let full = kind == DsnKind::Failed && env.ret.as_deref() != Some("HDRS");
     let (ctype, original): (&str, &[u8]) = if full {
-        ("message/rfc822", &msg.content)
+        ("message/rfc822", &original_content)
     } else {
         ("text/rfc822-headers", headers)
     };
@@ -257,7 +269,11 @@ fn decode_xtext(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    // Decoded text goes into report fields: no line breaks or controls may get in.
+    String::from_utf8_lossy(&out)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
 }
 
 /// Submits reports into this Transport service like any other message.
@@ -289,11 +305,18 @@ impl DsnSubmitter {
             return;
         }
         let ctx = &self.ctx;
-        let (content, message_id) = build(ctx, kind, msg, &wanted);
+        let (report, message_id) = build(ctx, kind, msg, &wanted);
+        let network_message_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut content = format!(
+            "{}: {network_message_id}\r\n",
+            crate::transport::receive::NETWORK_MESSAGE_ID_HEADER
+        )
+        .into_bytes();
+        content.extend_from_slice(&report);
         let content: Arc<[u8]> = content.into();
         let envelope = Envelope {
             return_path: String::new(),
-            network_message_id: uuid::Uuid::new_v4().simple().to_string(),
+            network_message_id,
             message_id: message_id.clone(),
             subject: message::subject(&content),
             sender_header: format!(

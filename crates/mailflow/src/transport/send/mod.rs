@@ -328,7 +328,11 @@ impl Transmitter {
                 delivered.push((r, reply));
             } else if reply.is_permanent() {
                 failed.push((r, reply));
-            } else if reply.text().contains("reroute") {
+            } else if !external
+                && reply.enhanced == Some(Enhanced(4, 3, 2))
+                && reply.text().starts_with("STOREDRV")
+                && reply.text().contains("reroute")
+            {
                 // Reference §5: the active copy moved; routing must be redone.
                 reroute.push((r, reply));
             } else {
@@ -510,12 +514,15 @@ impl Transmitter {
                 self.fail(&item.message, failed, None, "QUEUE").await;
             }
             for (msg, recipients) in queue.take_delay_due(now - delay) {
-                self.db.upsert_recipients(msg.id, recipients.clone());
+                self.db.delay_notified(
+                    msg.id,
+                    recipients.iter().map(|r| r.address.clone()).collect(),
+                );
                 let last_error = queue
                     .info(self.ctx.name())
                     .last_error
                     .unwrap_or_else(|| "451 4.4.7 Message delayed".into());
-                let list = recipients
+                let list: Vec<(QueuedRecipient, DsnRecipient)> = recipients
                     .into_iter()
                     .map(|r| {
                         let diagnostic = r.last_error.clone().unwrap_or_else(|| last_error.clone());
@@ -529,6 +536,7 @@ impl Transmitter {
                     })
                     .collect();
                 let mut ev = tracking_event(&self.ctx, &msg, "DEFER", "QUEUE");
+                ev.recipient_address = list.iter().map(|(r, _)| r.address.clone()).collect();
                 ev.recipient_status = vec![last_error.clone()];
                 self.ctx.tracking_transport.log(ev);
                 self.dsn.report(DsnKind::Delayed, &msg, list).await;

@@ -1,0 +1,345 @@
+//! The Transport Rule agent (reference §9.5, §10): mail flow rules evaluated at
+//! OnResolvedMessage, after recipient resolution and before routing.
+//!
+//! Conditions in one rule are ANDed, values in one condition ORed; exceptions
+//! (`except_if`) are ORed. Rules run in priority order (0 first); `mode = "audit"` only
+//! logs what would happen; `stop_rule_processing` ends the list. Actions apply to the
+//! whole message (Exchange bifurcates per recipient for recipient conditions; this
+//! release does not).
+
+use serde::Deserialize;
+
+use crate::directory::Directory;
+use crate::message;
+
+/// One `[[transport_rules]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default = "enforce")]
+    pub mode: String,
+    #[serde(default, rename = "if")]
+    pub conditions: Conditions,
+    #[serde(default)]
+    pub except_if: Option<Conditions>,
+    #[serde(default, rename = "then")]
+    pub actions: Actions,
+    #[serde(default)]
+    pub stop_rule_processing: bool,
+}
+
+fn enforce() -> String {
+    "enforce".into()
+}
+
+/// Conditions and exceptions (names after New-TransportRule's parameters).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conditions {
+    /// SenderDomainIs.
+    #[serde(default)]
+    pub sender_domain_is: Vec<String>,
+    /// From.
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// FromScope: `in_organization` or `not_in_organization`.
+    #[serde(default)]
+    pub from_scope: Option<String>,
+    /// SentTo.
+    #[serde(default)]
+    pub sent_to: Vec<String>,
+    /// SentToScope.
+    #[serde(default)]
+    pub sent_to_scope: Option<String>,
+    /// RecipientDomainIs.
+    #[serde(default)]
+    pub recipient_domain_is: Vec<String>,
+    /// SubjectContainsWords (case-insensitive).
+    #[serde(default)]
+    pub subject_contains_words: Vec<String>,
+}
+
+/// Actions (names after New-TransportRule's parameters).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actions {
+    /// PrependSubject.
+    #[serde(default)]
+    pub prepend_subject: Option<String>,
+    /// A plain-text disclaimer appended to a single-part text body
+    /// (ApplyHtmlDisclaimerText with Append; other bodies are left unchanged).
+    #[serde(default)]
+    pub append_disclaimer: Option<String>,
+    /// SetHeaderName + SetHeaderValue.
+    #[serde(default)]
+    pub set_header: Option<(String, String)>,
+    /// RemoveHeader.
+    #[serde(default)]
+    pub remove_header: Option<String>,
+    /// BlindCopyTo: extra envelope recipients.
+    #[serde(default)]
+    pub blind_copy_to: Vec<String>,
+    /// RejectMessageReasonText: an NDR with 5.7.1 (reference §10.3).
+    #[serde(default)]
+    pub reject_message: Option<String>,
+    /// DeleteMessage: dropped silently.
+    #[serde(default)]
+    pub delete_message: bool,
+}
+
+/// What the rules decided for one message.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The content after header and body edits, when any.
+    pub content: Option<Vec<u8>>,
+    pub add_recipients: Vec<String>,
+    /// Reject every recipient with this text (5.7.1).
+    pub reject: Option<String>,
+    pub delete: bool,
+    /// Names of the rules that matched, with their mode.
+    pub matched: Vec<(String, String)>,
+    pub evaluated: usize,
+}
+
+/// Loads the rules from the organisation file, sorted by priority.
+pub fn load(dir: &Directory) -> Result<Vec<Rule>, String> {
+    let mut rules = Vec::new();
+    for table in &dir.org.transport_rules {
+        let rule: Rule = toml::Value::Table(table.get_ref().clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("transport_rules: {}", e.message()))?;
+        if rule.mode != "enforce" && rule.mode != "audit" {
+            return Err(format!(
+                "transport_rules {:?}: mode must be \"enforce\" or \"audit\"",
+                rule.name
+            ));
+        }
+        rules.push(rule);
+    }
+    rules.sort_by_key(|r| r.priority);
+    Ok(rules)
+}
+
+fn in_org(dir: &Directory, address: &str) -> bool {
+    address
+        .rsplit('@')
+        .next()
+        .is_some_and(|d| dir.is_accepted_domain(d))
+}
+
+fn matches(
+    c: &Conditions,
+    dir: &Directory,
+    sender: &str,
+    recipients: &[String],
+    subject: &str,
+) -> bool {
+    let domain_of = |a: &str| a.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
+    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let scope = |s: &str, address: &str| match s {
+        "in_organization" => in_org(dir, address),
+        "not_in_organization" => !in_org(dir, address),
+        _ => false,
+    };
+    (c.sender_domain_is.is_empty() || c.sender_domain_is.iter().any(|d| eq(d, &domain_of(sender))))
+        && (c.from.is_empty() || c.from.iter().any(|f| eq(f, sender)))
+        && c.from_scope.as_deref().is_none_or(|s| scope(s, sender))
+        && (c.sent_to.is_empty()
+            || recipients
+                .iter()
+                .any(|r| c.sent_to.iter().any(|s| eq(s, r))))
+        && c.sent_to_scope
+            .as_deref()
+            .is_none_or(|s| recipients.iter().any(|r| scope(s, r)))
+        && (c.recipient_domain_is.is_empty()
+            || recipients
+                .iter()
+                .any(|r| c.recipient_domain_is.iter().any(|d| eq(d, &domain_of(r)))))
+        && (c.subject_contains_words.is_empty() || {
+            let subject = subject.to_lowercase();
+            c.subject_contains_words
+                .iter()
+                .any(|w| subject.contains(&w.to_lowercase()))
+        })
+}
+
+/// Runs the rules over a resolved message.
+pub fn apply(
+    rules: &[Rule],
+    dir: &Directory,
+    sender: &str,
+    recipients: &[String],
+    content: &[u8],
+) -> Outcome {
+    let mut out = Outcome {
+        evaluated: rules.len(),
+        ..Default::default()
+    };
+    let subject = message::subject(content);
+    let mut current: Option<Vec<u8>> = None;
+    for rule in rules {
+        let hit = matches(&rule.conditions, dir, sender, recipients, &subject)
+            && !rule
+                .except_if
+                .as_ref()
+                .is_some_and(|e| matches(e, dir, sender, recipients, &subject));
+        if !hit {
+            continue;
+        }
+        out.matched.push((rule.name.clone(), rule.mode.clone()));
+        if rule.mode == "audit" {
+            continue;
+        }
+        let a = &rule.actions;
+        let base = current.clone().unwrap_or_else(|| content.to_vec());
+        let mut edited = base.clone();
+        if let Some(prefix) = &a.prepend_subject {
+            let old = message::get(&edited, "Subject").unwrap_or_default();
+            edited = set_header(&edited, "Subject", &format!("{prefix}{old}"));
+        }
+        if let Some((name, value)) = &a.set_header {
+            edited = set_header(&edited, name, value);
+        }
+        if let Some(name) = &a.remove_header {
+            edited =
+                message::strip_fields(&edited, |n| n.eq_ignore_ascii_case(name)).unwrap_or(edited);
+        }
+        if let Some(text) = &a.append_disclaimer
+            && let Some(with) = append_disclaimer(&edited, text)
+        {
+            edited = with;
+        }
+        if edited != base {
+            current = Some(edited);
+        }
+        out.add_recipients.extend(a.blind_copy_to.iter().cloned());
+        if let Some(reason) = &a.reject_message {
+            out.reject = Some(reason.clone());
+            break;
+        }
+        if a.delete_message {
+            out.delete = true;
+            break;
+        }
+        if rule.stop_rule_processing {
+            break;
+        }
+    }
+    out.content = current;
+    out
+}
+
+/// Replaces (or adds) a header field at the top of the header.
+fn set_header(content: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let clean = value.replace(['\r', '\n'], " ");
+    let rest = message::strip_fields(content, |n| n.eq_ignore_ascii_case(name))
+        .unwrap_or_else(|| content.to_vec());
+    let mut out = format!("{name}: {clean}\r\n").into_bytes();
+    out.extend_from_slice(&rest);
+    out
+}
+
+/// Appends text to a single-part text/plain body in 7bit/8bit (a disclaimer); other
+/// bodies (multipart, encoded) are left as they are.
+fn append_disclaimer(content: &[u8], text: &str) -> Option<Vec<u8>> {
+    let ctype = message::get(content, "Content-Type")
+        .unwrap_or_else(|| "text/plain".into())
+        .to_ascii_lowercase();
+    let cte = message::get(content, "Content-Transfer-Encoding")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !ctype.starts_with("text/plain") || !(cte.is_empty() || cte == "7bit" || cte == "8bit") {
+        return None;
+    }
+    let mut out = content.to_vec();
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "\r\n{}\r\n",
+            text.replace('\n', "\r\n").replace("\r\r\n", "\r\n")
+        )
+        .as_bytes(),
+    );
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(rules: &str) -> Directory {
+        let text = format!(
+            "[organization]\nname = \"c\"\naccepted_domains = [\"contoso.test\"]\n[[servers]]\nname = \"S\"\nfqdn = \"s.contoso.test\"\naddress = \"127.0.0.1\"\ndata_dir = \"d\"\n{rules}"
+        );
+        Directory::parse(&text, "t", ".".into()).unwrap()
+    }
+
+    #[test]
+    fn the_design_disclaimer_rule_applies_to_mail_leaving_the_organisation() {
+        let dir = dir_with(
+            "[[transport_rules]]\nname = \"Disclaimer\"\npriority = 0\nmode = \"enforce\"\nif = { sender_domain_is = [\"contoso.test\"], sent_to_scope = \"not_in_organization\" }\nthen = { append_disclaimer = \"Sent from Contoso\" }\n",
+        );
+        let rules = load(&dir).unwrap();
+        let msg = b"From: a@contoso.test\r\nSubject: hi\r\n\r\nbody\r\n";
+        let out = apply(
+            &rules,
+            &dir,
+            "a@contoso.test",
+            &["x@fabrikam.test".into()],
+            msg,
+        );
+        assert_eq!(
+            out.matched,
+            [("Disclaimer".to_string(), "enforce".to_string())]
+        );
+        assert!(
+            out.content
+                .unwrap()
+                .ends_with(b"body\r\n\r\nSent from Contoso\r\n")
+        );
+        let inside = apply(
+            &rules,
+            &dir,
+            "a@contoso.test",
+            &["b@contoso.test".into()],
+            msg,
+        );
+        assert!(inside.matched.is_empty() && inside.content.is_none());
+    }
+
+    #[test]
+    fn audit_mode_exceptions_priority_and_reject() {
+        let dir = dir_with(
+            "[[transport_rules]]\nname = \"Tag\"\npriority = 1\nif = { subject_contains_words = [\"offer\"] }\nthen = { prepend_subject = \"[EXT] \" }\n[[transport_rules]]\nname = \"Watch\"\npriority = 0\nmode = \"audit\"\nif = { subject_contains_words = [\"offer\"] }\nthen = { reject_message = \"no\" }\n[[transport_rules]]\nname = \"Block\"\npriority = 2\nif = { subject_contains_words = [\"offer\"] }\nexcept_if = { from = [\"boss@contoso.test\"] }\nthen = { reject_message = \"Offers are not allowed\" }\n",
+        );
+        let rules = load(&dir).unwrap();
+        let msg = b"Subject: Special OFFER\r\n\r\nx\r\n";
+        let out = apply(
+            &rules,
+            &dir,
+            "a@contoso.test",
+            &["b@contoso.test".into()],
+            msg,
+        );
+        let names: Vec<&str> = out.matched.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Watch", "Tag", "Block"]);
+        assert_eq!(out.reject.as_deref(), Some("Offers are not allowed"));
+        assert_eq!(
+            message::get(&out.content.unwrap(), "Subject").unwrap(),
+            "[EXT] Special OFFER"
+        );
+        let boss = apply(
+            &rules,
+            &dir,
+            "boss@contoso.test",
+            &["b@contoso.test".into()],
+            msg,
+        );
+        assert!(boss.reject.is_none());
+    }
+}
