@@ -354,6 +354,30 @@ fn internal_listeners_refuse_clients_that_are_not_organisation_servers() {
 }
 
 #[test]
+fn the_admin_api_refuses_requests_without_the_organisation_token() {
+    use std::io::{Read, Write};
+    let server = Server::start();
+    let request = |req: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.ports.admin)).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let health = request("GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let anonymous =
+        request("POST /api/queues/1/suspend HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    let forged = request(
+        "GET /api/queues HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer 00\r\nConnection: close\r\n\r\n",
+    );
+    assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
+    // The CLI reads the secret and gets in.
+    assert!(server.cli(&["queue", "list"]).status.success());
+}
+
+#[test]
 fn frontend_answers_4xx_at_once_when_no_transport_service_answers() {
     // dave's database is active on MBX2 in another site, whose Transport is not running:
     // Front End must not hold the client until a timeout.

@@ -29,6 +29,10 @@ pub async fn start(
             "/api/databases/{database}/activate/{server}",
             post(activate),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            transport.clone(),
+            require_token,
+        ))
         .with_state(transport);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -40,6 +44,38 @@ pub async fn start(
         }
     });
     Ok(local)
+}
+
+/// Every route but /api/health needs `Authorization: Bearer <token>` (derived from the
+/// organisation secret). Requests from a browser page (an `Origin` header) are refused
+/// outright, so a web page cannot drive the API through an operator's browser.
+async fn require_token(
+    State(t): State<Arc<TransportService>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, (StatusCode, String)> {
+    if request.uri().path() == "/api/health" {
+        return Ok(next.run(request).await);
+    }
+    if request.headers().contains_key(axum::http::header::ORIGIN) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "browser requests are not accepted".into(),
+        ));
+    }
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !t.ctx.secret.verify_admin_token(token) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "admin API: missing or wrong token (derived from the organisation secret)".into(),
+        ));
+    }
+    Ok(next.run(request).await)
 }
 
 async fn list_queues(State(t): State<Arc<TransportService>>) -> Json<Vec<QueueInfo>> {

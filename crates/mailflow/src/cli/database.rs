@@ -48,38 +48,15 @@ pub fn run(g: &Global, cmd: DatabaseCommand) -> anyhow::Result<ExitCode> {
             s.name.clone(),
         )
     });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
     let mut failures = 0;
     for s in servers {
-        let host = s
-            .bind
-            .as_deref()
-            .filter(|b| *b != "0.0.0.0")
-            .unwrap_or(&s.address);
-        let url = format!(
-            "http://{host}:{}/api/databases/{}/activate/{}",
-            s.ports.admin, db.name, target
-        );
-        match agent.post(&url).send_empty() {
-            Ok(r) if r.status().is_success() => {
-                println!("{}: active copy of {} is now on {target}", s.name, db.name)
-            }
-            Ok(mut r) => {
-                failures += 1;
-                println!(
-                    "{}: refused: {}",
-                    s.name,
-                    r.body_mut().read_to_string().unwrap_or_default()
-                );
-            }
+        let admin = super::admin_client::AdminClient::new(&dir, s)?;
+        match admin.post(&format!("/api/databases/{}/activate/{}", db.name, target)) {
+            Ok(_) => println!("{}: active copy of {} is now on {target}", s.name, db.name),
             Err(e) => {
                 failures += 1;
                 println!(
-                    "{}: not reachable ({e}); it will keep its previous view until told again",
+                    "{}: {e}; it keeps its previous view until told again",
                     s.name
                 );
             }

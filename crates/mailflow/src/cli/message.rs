@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::queue::{admin_url, agent};
+use super::admin_client::{AdminClient, escape};
 use super::{Global, print_table};
 
 #[derive(Subcommand)]
@@ -31,27 +31,15 @@ pub enum MessageCommand {
     },
 }
 
-fn escape(identity: &str) -> String {
-    identity.replace('\\', "%5C")
-}
-
 pub fn run(g: &Global, cmd: MessageCommand) -> anyhow::Result<ExitCode> {
-    let base = admin_url(g)?;
-    let unreachable = |e: ureq::Error| {
-        anyhow::anyhow!(
-            "cannot reach the server's admin API at {base}: {e} (is `mailflow serve` running?)"
-        )
-    };
+    let admin = AdminClient::for_global(g)?;
     match cmd {
         MessageCommand::List { queue } => {
-            let url = match &queue {
-                Some(q) => format!("{base}/api/messages?queue={}", escape(q)),
-                None => format!("{base}/api/messages"),
+            let path = match &queue {
+                Some(q) => format!("/api/messages?queue={}", escape(q)),
+                None => "/api/messages".to_string(),
             };
-            let mut resp = agent().get(&url).call().map_err(unreachable)?;
-            if !resp.status().is_success() {
-                anyhow::bail!("{}", resp.body_mut().read_to_string()?);
-            }
+            let mut resp = admin.get(&path)?;
             let rows: Vec<Value> = resp.body_mut().read_json()?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -101,24 +89,16 @@ pub fn run(g: &Global, cmd: MessageCommand) -> anyhow::Result<ExitCode> {
             identity,
             without_ndr,
         } => {
-            let url = format!(
-                "{base}/api/messages/{}/remove?ndr={}",
+            let path = format!(
+                "/api/messages/{}/remove?ndr={}",
                 escape(&identity),
                 !without_ndr
             );
-            let mut resp = agent().post(&url).send_empty().map_err(unreachable)?;
-            let body = resp.body_mut().read_to_string()?;
-            if !resp.status().is_success() {
-                anyhow::bail!("{body}");
-            }
+            let body = admin.post(&path)?.body_mut().read_to_string()?;
             println!("{body}");
         }
         MessageCommand::Export { identity, out } => {
-            let url = format!("{base}/api/messages/{}/export", escape(&identity));
-            let mut resp = agent().get(&url).call().map_err(unreachable)?;
-            if !resp.status().is_success() {
-                anyhow::bail!("{}", resp.body_mut().read_to_string()?);
-            }
+            let mut resp = admin.get(&format!("/api/messages/{}/export", escape(&identity)))?;
             let bytes = resp.body_mut().with_config().limit(1 << 30).read_to_vec()?;
             std::fs::write(&out, &bytes)?;
             println!("{} bytes written to {}", bytes.len(), out.display());

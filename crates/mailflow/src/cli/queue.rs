@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::{Global, load_directory, print_table};
+use super::admin_client::{AdminClient, escape};
+use super::{Global, print_table};
 
 #[derive(Subcommand)]
 pub enum QueueCommand {
@@ -20,65 +21,28 @@ pub enum QueueCommand {
     Resume { identity: String },
 }
 
-/// The admin API base URL of the chosen server.
-pub fn admin_url(g: &Global) -> anyhow::Result<String> {
-    let dir = load_directory(g)?;
-    let server = dir.choose_server(g.server.as_deref())?;
-    let host = server
-        .bind
-        .as_deref()
-        .filter(|b| *b != "0.0.0.0")
-        .unwrap_or(&server.address);
-    Ok(format!("http://{host}:{}", server.ports.admin))
-}
-
-pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
 pub fn run(g: &Global, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
-    let base = admin_url(g)?;
-    let unreachable = |e: ureq::Error| {
-        anyhow::anyhow!(
-            "cannot reach the server's admin API at {base}: {e} (is `mailflow serve` running?)"
-        )
-    };
+    let admin = AdminClient::for_global(g)?;
     let rows: Vec<Value> = match cmd {
-        QueueCommand::List => agent()
-            .get(&format!("{base}/api/queues"))
-            .call()
-            .map_err(unreachable)?
-            .body_mut()
-            .read_json()?,
-        QueueCommand::Retry { identity }
-        | QueueCommand::Suspend { identity }
-        | QueueCommand::Resume { identity }
-            if false =>
-        {
-            let _ = identity;
-            unreachable!()
-        }
-        other => {
-            let (identity, action) = match other {
-                QueueCommand::Retry { identity } => (identity, "retry"),
-                QueueCommand::Suspend { identity } => (identity, "suspend"),
-                QueueCommand::Resume { identity } => (identity, "resume"),
-                QueueCommand::List => unreachable!(),
-            };
-            let id = identity.replace('\\', "%5C");
-            let mut resp = agent()
-                .post(&format!("{base}/api/queues/{id}/{action}"))
-                .send_empty()
-                .map_err(unreachable)?;
-            if !resp.status().is_success() {
-                anyhow::bail!("{}", resp.body_mut().read_to_string()?);
-            }
-            vec![resp.body_mut().read_json()?]
-        }
+        QueueCommand::List => admin.get("/api/queues")?.body_mut().read_json()?,
+        QueueCommand::Retry { identity } => vec![
+            admin
+                .post(&format!("/api/queues/{}/retry", escape(&identity)))?
+                .body_mut()
+                .read_json()?,
+        ],
+        QueueCommand::Suspend { identity } => vec![
+            admin
+                .post(&format!("/api/queues/{}/suspend", escape(&identity)))?
+                .body_mut()
+                .read_json()?,
+        ],
+        QueueCommand::Resume { identity } => vec![
+            admin
+                .post(&format!("/api/queues/{}/resume", escape(&identity)))?
+                .body_mut()
+                .read_json()?,
+        ],
     };
     if g.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
