@@ -315,8 +315,19 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<Loaded>> {
 }
 
 fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions: &AtomicU64) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+    // State changes of a batch whose commit failed (disk full, I/O error): kept and
+    // tried again first, so memory and disk never drift apart silently.
+    let mut retry: Vec<Op> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut retry);
+        if batch.is_empty() {
+            match rx.recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => return,
+            }
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
@@ -325,7 +336,7 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions:
         }
         let mut results: Vec<Result<i64, String>> = Vec::new();
         let outcome = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+            let mut tx = conn.transaction()?;
             for op in &batch {
                 match op {
                     Op::Insert {
@@ -334,42 +345,16 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions:
                         recipients,
                         ..
                     } => {
-                        let r = insert(&tx, envelope, content, recipients);
+                        // Each message in its own savepoint: a failed insert leaves no
+                        // half-written row behind in a batch that commits.
+                        let sp = tx.savepoint()?;
+                        let r = insert(&sp, envelope, content, recipients);
+                        if r.is_ok() {
+                            sp.commit()?;
+                        }
                         results.push(r.map_err(|e| e.to_string()));
                     }
-                    Op::Categorized { id, recipients } => {
-                        tx.execute("DELETE FROM recipients WHERE message = ?1", [id])?;
-                        put_recipients(&tx, *id, recipients)?;
-                    }
-                    Op::Upsert { id, recipients } => put_recipients(&tx, *id, recipients)?,
-                    Op::DelayNotified { id, addresses } => {
-                        let mut stmt = tx.prepare_cached(
-                            "UPDATE recipients SET detail = json_set(detail, '$.delay_notified', json('true')) WHERE message = ?1 AND address = ?2",
-                        )?;
-                        for a in addresses {
-                            stmt.execute(params![id, a.to_lowercase()])?;
-                        }
-                    }
-                    Op::Envelope { id, envelope } => {
-                        let env = serde_json::to_string(envelope).unwrap_or_default();
-                        tx.execute(
-                            "UPDATE messages SET envelope = ?2 WHERE id = ?1",
-                            params![id, env],
-                        )?;
-                    }
-                    Op::Recipients { id, updates } => {
-                        let mut stmt = tx.prepare_cached(
-                            "UPDATE recipients SET state = ?3, detail = json_set(detail, '$.last_error', ?4) WHERE message = ?1 AND address = ?2",
-                        )?;
-                        for (address, state, error) in updates {
-                            stmt.execute(params![id, address.to_lowercase(), state.code(), error])?;
-                        }
-                    }
-                    Op::Delete { id } => {
-                        tx.execute("DELETE FROM recipients WHERE message = ?1", [id])?;
-                        tx.execute("DELETE FROM messages WHERE id = ?1", [id])?;
-                    }
-                    Op::Barrier(_) => {}
+                    other => apply(&tx, other)?,
                 }
             }
             tx.commit()?;
@@ -377,6 +362,9 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions:
             Ok(())
         })();
         let mut results = results.into_iter();
+        if let Err(e) = &outcome {
+            tracing::error!("queue database commit failed (state changes will be retried): {e}");
+        }
         for op in batch {
             match op {
                 Op::Insert { done, .. } => {
@@ -387,20 +375,57 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions:
                     };
                     let _ = done.send(r);
                 }
-                Op::Barrier(done) => {
+                Op::Barrier(done) if outcome.is_ok() => {
                     let _ = done.send(());
                 }
+                other if outcome.is_err() => retry.push(other),
                 _ => {}
             }
-        }
-        if let Err(e) = outcome {
-            tracing::error!("queue database commit failed: {e}");
         }
     }
 }
 
+/// Applies one state change inside the writer's transaction.
+fn apply(tx: &rusqlite::Connection, op: &Op) -> rusqlite::Result<()> {
+    match op {
+        Op::Categorized { id, recipients } => {
+            tx.execute("DELETE FROM recipients WHERE message = ?1", [id])?;
+            put_recipients(tx, *id, recipients)?;
+        }
+        Op::Upsert { id, recipients } => put_recipients(tx, *id, recipients)?,
+        Op::DelayNotified { id, addresses } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE recipients SET detail = json_set(detail, '$.delay_notified', json('true')) WHERE message = ?1 AND address = ?2",
+            )?;
+            for a in addresses {
+                stmt.execute(params![id, a.to_lowercase()])?;
+            }
+        }
+        Op::Envelope { id, envelope } => {
+            let env = serde_json::to_string(envelope).unwrap_or_default();
+            tx.execute(
+                "UPDATE messages SET envelope = ?2 WHERE id = ?1",
+                params![id, env],
+            )?;
+        }
+        Op::Recipients { id, updates } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE recipients SET state = ?3, detail = json_set(detail, '$.last_error', ?4) WHERE message = ?1 AND address = ?2",
+            )?;
+            for (address, state, error) in updates {
+                stmt.execute(params![id, address.to_lowercase(), state.code(), error])?;
+            }
+        }
+        Op::Delete { id } => {
+            tx.execute("DELETE FROM recipients WHERE message = ?1", [id])?;
+            tx.execute("DELETE FROM messages WHERE id = ?1", [id])?;
+        }
+        Op::Insert { .. } | Op::Barrier(_) => {}
+    }
+    Ok(())
+}
 fn insert(
-    tx: &rusqlite::Transaction,
+    tx: &rusqlite::Connection,
     envelope: &Envelope,
     content: &[u8],
     recipients: &[QueuedRecipient],
@@ -414,7 +439,7 @@ fn insert(
 }
 
 fn put_recipients(
-    tx: &rusqlite::Transaction,
+    tx: &rusqlite::Connection,
     id: i64,
     recipients: &[QueuedRecipient],
 ) -> rusqlite::Result<()> {
