@@ -107,7 +107,7 @@ async fn serve(
             protocol_log: log,
             inactivity_timeout: settings.connection_inactivity_timeout,
             connection_timeout: settings.connection_timeout,
-            max_connections: 5000,
+            max_connections: server.max_inbound_connections.max(1),
             default_domain: org
                 .accepted_domains
                 .first()

@@ -189,12 +189,20 @@ pub struct Server {
     /// Protocol logging of `Default <server>` (None by default).
     #[serde(default)]
     pub transport_protocol_logging: LoggingLevel,
+    /// MaxInboundConnection of each receive connector (reference §1.2: 5000). Past it,
+    /// new clients wait in the kernel's backlog until a session ends.
+    #[serde(default = "max_inbound")]
+    pub max_inbound_connections: usize,
     /// PickupDirectoryPath (default `<data_dir>/Pickup`).
     #[serde(default)]
     pub pickup_directory: Option<String>,
     /// ReplayDirectoryPath (default `<data_dir>/Replay`).
     #[serde(default)]
     pub replay_directory: Option<String>,
+}
+
+fn max_inbound() -> usize {
+    5000
 }
 
 fn verbose() -> LoggingLevel {
