@@ -1670,6 +1670,7 @@ def draw_chart(path, runs, plan):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     by = {(r.workload, r.system): r for r in runs}
@@ -1700,6 +1701,10 @@ def draw_chart(path, runs, plan):
                                 label=f"{label} ({'accepted' if kind == 'accepted_rate' else 'delivered'})")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            label_fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
+            ax.yaxis.set_major_formatter(label_fmt)
+            ax.yaxis.set_minor_formatter(label_fmt)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
             ax.set_xticks(plan.sessions)
             ax.set_xticklabels([str(s) for s in plan.sessions])
             ax.set_xlabel("concurrent SMTP sessions")
