@@ -6,10 +6,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
+
 use crate::directory::{Directory, Server};
 use crate::logs::protocol::{Direction, ProtocolLog};
 use crate::logs::tracking::{TrackingLog, TrackingService};
 use crate::net::orgauth::OrgSecret;
+use crate::transport::agents::rules::Rule;
 use crate::transport::routing::RoutingView;
 use crate::transport::routing::topology::Topology;
 
@@ -57,6 +60,23 @@ impl ActiveCopies {
         copies
     }
 
+    /// After a reload: databases new to the file start on their first copy; a database
+    /// whose active server no longer holds a copy moves to its first copy; removed
+    /// databases are forgotten. Switchovers still valid are kept.
+    pub fn reconcile(&self, dir: &Directory) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::take(&mut *map);
+        for db in dir.databases() {
+            let key = db.name.to_lowercase();
+            let kept = old
+                .get(&key)
+                .filter(|s| db.copies.iter().any(|c| c.eq_ignore_ascii_case(s)));
+            if let Some(server) = kept.or(db.copies.first()) {
+                map.insert(key, server.clone());
+            }
+        }
+    }
+
     pub fn active_server(&self, database: &str) -> Option<String> {
         self.map
             .read()
@@ -90,6 +110,66 @@ impl ActiveCopies {
     }
 }
 
+/// What changed between two versions of the file that a reload does not apply.
+fn restart_needed(old: &OrgConfig, new: &OrgConfig) -> Vec<String> {
+    let name = &old.server.name;
+    let mut changed = Vec::new();
+    let debug = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    if debug(&old.server) != debug(&new.server) {
+        changed.push(format!(
+            "server {name} (ports, addresses, certificates, folders)"
+        ));
+    }
+    let connectors = |c: &OrgConfig| {
+        c.dir
+            .org
+            .receive_connectors
+            .iter()
+            .map(|r| r.get_ref())
+            .filter(|r| r.server.eq_ignore_ascii_case(name))
+            .map(|r| debug(r))
+            .collect::<Vec<_>>()
+    };
+    if connectors(old) != connectors(new) {
+        changed.push(format!("receive connectors of {name}"));
+    }
+    let local_databases = |c: &OrgConfig| {
+        c.dir
+            .databases()
+            .filter(|d| d.copies.iter().any(|s| s.eq_ignore_ascii_case(name)))
+            .map(|d| (d.name.to_lowercase(), d.store.clone()))
+            .collect::<Vec<_>>()
+    };
+    if local_databases(old) != local_databases(new) {
+        changed.push(format!("databases with a copy on {name}"));
+    }
+    let servers = |c: &OrgConfig| {
+        c.dir
+            .servers()
+            .map(|s| s.name.to_lowercase())
+            .collect::<Vec<_>>()
+    };
+    if servers(old) != servers(new) {
+        changed.push("the list of servers".into());
+    }
+    if debug(&old.dir.org.transport) != debug(&new.dir.org.transport) {
+        changed.push("[transport] settings".into());
+    }
+    let (o, n) = (&old.dir.org.organization, &new.dir.org.organization);
+    if (
+        o.max_message_size,
+        o.max_recipients_per_message,
+        &o.secret_file,
+    ) != (
+        n.max_message_size,
+        n.max_recipients_per_message,
+        &n.secret_file,
+    ) {
+        changed.push("[organization] size limits or secret file".into());
+    }
+    changed
+}
+
 /// Log folders under a server's data folder, in Exchange's layout (reference §7.1, §8.1).
 pub struct LogPaths {
     pub message_tracking: PathBuf,
@@ -116,14 +196,54 @@ impl LogPaths {
     }
 }
 
-pub struct ServerContext {
+/// One reading of the organisation file as this server uses it. A reload builds a new
+/// one and swaps it in whole, so a session or a routing decision sees one consistent
+/// version from start to end, and the old one lives until its last user lets go.
+pub struct OrgConfig {
     pub dir: Arc<Directory>,
+    pub topology: Topology,
+    /// This server as this version of the file describes it.
+    pub server: Server,
+    /// Mail flow rules for the Transport Rule agent, in priority order.
+    pub rules: Vec<Rule>,
+}
+
+impl OrgConfig {
+    pub fn new(dir: Arc<Directory>, server: &str) -> anyhow::Result<OrgConfig> {
+        let server = dir
+            .server(server)
+            .ok_or_else(|| anyhow::anyhow!("{}: server {server:?} is not in the file", dir.source))?
+            .clone();
+        let rules = crate::transport::agents::rules::load(&dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.source))?;
+        Ok(OrgConfig {
+            rules,
+            topology: Topology::new(&dir),
+            dir,
+            server,
+        })
+    }
+
+    /// Routing as this version of the organisation and the active copies give it.
+    pub fn routing<'a>(&'a self, active: &'a ActiveCopies) -> RoutingView<'a> {
+        RoutingView {
+            dir: &self.dir,
+            topology: &self.topology,
+            active,
+            local: &self.server,
+        }
+    }
+}
+
+pub struct ServerContext {
+    config: ArcSwap<OrgConfig>,
+    /// This server as it was started: its listeners, addresses and certificates (a
+    /// reload does not rebind; see `reload`).
     pub server: Server,
     pub data_dir: PathBuf,
     pub ip: IpAddr,
     pub secret: OrgSecret,
     pub active: ActiveCopies,
-    pub topology: Topology,
     pub tracking_transport: TrackingLog,
     pub tracking_delivery: TrackingLog,
     pub tracking_submission: TrackingLog,
@@ -169,8 +289,7 @@ impl ServerContext {
             hub_send_log: proto(&paths.hub_send, Direction::Send)?,
             mailbox_receive_log: proto(&paths.mailbox_receive, Direction::Receive)?,
             active: ActiveCopies::with_state(&dir, data_dir.join("active-copies.json")),
-            topology: Topology::new(&dir),
-            dir,
+            config: ArcSwap::from_pointee(OrgConfig::new(dir, &server.name)?),
             server,
             data_dir,
             ip,
@@ -178,14 +297,36 @@ impl ServerContext {
         })
     }
 
-    /// Routing as this server sees it now.
-    pub fn routing(&self) -> RoutingView<'_> {
-        RoutingView {
-            dir: &self.dir,
-            topology: &self.topology,
-            active: &self.active,
-            local: &self.server,
-        }
+    /// The organisation as this server knows it now.
+    pub fn config(&self) -> Arc<OrgConfig> {
+        self.config.load_full()
+    }
+
+    /// The directory as this server knows it now.
+    pub fn dir(&self) -> Arc<Directory> {
+        self.config.load().dir.clone()
+    }
+
+    /// Reads the organisation file again and swaps the new version in whole. Recipients,
+    /// groups, accepted domains, send connectors, sites, site links, DAGs, database
+    /// copies and mail flow rules take effect for the next message, session or
+    /// connection. What a running server has already bound or opened — its own entry
+    /// (ports, addresses, certificates), its receive connectors, the databases it
+    /// opened, the list of servers allowed on internal listeners, the `[transport]`
+    /// settings and the organisation's size limits — keeps its started value; the
+    /// returned list names what changed there, so the operator knows to restart.
+    /// A file that does not validate changes nothing.
+    pub fn reload(&self) -> anyhow::Result<Vec<String>> {
+        let old = self.config();
+        let Some(file) = old.dir.file.clone() else {
+            anyhow::bail!("the built-in organisation has no file to reload");
+        };
+        let dir = Arc::new(Directory::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let new = OrgConfig::new(dir, &self.server.name)?;
+        let restart = restart_needed(&old, &new);
+        self.active.reconcile(&new.dir);
+        self.config.store(Arc::new(new));
+        Ok(restart)
     }
 
     pub fn name(&self) -> &str {

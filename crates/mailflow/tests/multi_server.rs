@@ -152,17 +152,57 @@ fn a_hub_site_on_the_least_cost_path_is_a_stop_and_queues_while_the_destination_
 }
 
 #[test]
-fn a_cheaper_direct_link_skips_the_hub_site() {
-    let mut c = Cluster::new(&["SA", "SB", "SC"], three_sites(true, 15));
+fn a_cheaper_direct_link_skips_the_hub_site_once_the_file_is_reloaded() {
+    let mut c = Cluster::new(&["SA", "SB", "SC"], three_sites(true, 30));
     c.start_all();
+    send_via(
+        c.frontend("SA"),
+        &["team@contoso.test"],
+        "before the change",
+    );
+    c.wait_delivered("before the change", 1);
+    assert_eq!(
+        c.event_ids("SB", "before the change"),
+        ["RECEIVE", "AGENTINFO", "SEND"],
+        "the hub site B is a stop while A-C costs 30"
+    );
+    // The administrator lowers A-C to 15 and reloads: no restart.
+    std::fs::write(c.config(), three_sites(true, 15)(&c.ports)).unwrap();
+    let out = c.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for server in ["SA", "SB", "SC"] {
+        assert!(text.contains(&format!("{server}: reloaded")), "{text}");
+    }
     let r = route_to(&c, "SA", "Database DBC");
     assert_eq!(
         (r["Cost"].clone(), r["Path"].clone()),
         (serde_json::json!(15), serde_json::json!(["A", "C"]))
     );
+    // The running server routes by the new table, and its routing log says so.
+    let live = c.cli_json(&["--server", "SA", "route", "show", "--live"]);
+    let live_dbc = live
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["Destination"] == "Database DBC")
+        .cloned()
+        .unwrap();
+    assert_eq!(live_dbc["Cost"], 15, "{live:#}");
     send_via(c.frontend("SA"), &["team@contoso.test"], "A to C directly");
     c.wait_delivered("A to C directly", 1);
     assert!(c.event_ids("SB", "A to C directly").is_empty());
+    // A file that does not validate changes nothing, and says where it is wrong.
+    let good = std::fs::read_to_string(c.config()).unwrap();
+    std::fs::write(c.config(), good.replace("cost = 15", "cost = \"cheap\"")).unwrap();
+    let out = c.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mailflow.toml:") && err.contains("cost"),
+        "{err}"
+    );
+    std::fs::write(c.config(), good).unwrap();
 }
 
 #[test]
@@ -447,4 +487,177 @@ fn a_dag_database_on_postgresql_is_one_mailbox_whichever_copy_is_active() {
     let mut expected = expected;
     expected.sort();
     assert_eq!(subjects, expected);
+}
+
+/// One site with servers `names`, alice's database on the first, a group whose only
+/// member is outside (so mail to it leaves the organisation), and `extra` appended.
+fn one_site(p: &HashMap<String, Ports>, names: &[&str], extra: &str) -> String {
+    let mut org = String::from(
+        r#"[organization]
+name = "contoso"
+secret_file = "secret.key"
+accepted_domains = ["contoso.test"]
+
+[transport]
+queue_glitch_retry_interval = "1s"
+transient_failure_retry_interval = "1s"
+outbound_connection_failure_retry_interval = "1s"
+
+[[sites]]
+name = "A"
+"#,
+    );
+    for name in names {
+        org.push_str(&server_entry(name, "A", &p[*name]));
+    }
+    org.push_str(&format!(
+        r#"
+[[databases]]
+name = "DBA"
+copies = ["{first}"]
+
+[[mailboxes]]
+address = "alice@contoso.test"
+database = "DBA"
+
+[[groups]]
+address = "partners@contoso.test"
+members = ["someone@fabrikam.test"]
+{extra}"#,
+        first = names[0]
+    ));
+    org
+}
+
+#[test]
+fn without_a_connector_the_recipient_waits_in_unreachable_until_one_is_added_and_reloaded() {
+    let sink = Sink::start();
+    let mut c = Cluster::new(&["SA"], |p| one_site(p, &["SA"], ""));
+    c.start_all();
+    send_via(
+        c.frontend("SA"),
+        &["partners@contoso.test"],
+        "no connector yet",
+    );
+    let q = wait_for("the Unreachable queue", Duration::from_secs(20), || {
+        c.queues("SA")
+            .into_iter()
+            .find(|q| q["DeliveryType"] == "Unreachable" && q["MessageCount"] == 1)
+    });
+    assert!(q["LastError"].as_str().unwrap().contains("5.4.4"), "{q:#}");
+    assert!(sink.transactions().is_empty());
+    // The administrator adds a send connector for the domain and reloads.
+    let connector = format!(
+        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"SA\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\n",
+        sink.port
+    );
+    std::fs::write(c.config(), one_site(&c.ports, &["SA"], &connector)).unwrap();
+    let out = c.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let delivered = sink.wait_transactions(1);
+    assert!(
+        delivered[0].contains("someone@fabrikam.test"),
+        "{delivered:?}"
+    );
+    wait_for("the queues to empty", Duration::from_secs(20), || {
+        c.queues("SA")
+            .iter()
+            .all(|q| q["MessageCount"] == 0)
+            .then_some(())
+    });
+    let events = c.event_ids("SA", "no connector yet");
+    assert!(events.contains(&"SEND".to_string()), "{events:?}");
+    assert!(!events.contains(&"FAIL".to_string()), "{events:?}");
+}
+
+#[test]
+fn a_forwarding_loop_between_two_servers_ends_with_5_4_6_and_one_ndr() {
+    // A misconfiguration: each server relays loop.test to the other's relay connector.
+    let relay = free_ports(2);
+    let ports = relay.clone();
+    let org = move |p: &HashMap<String, Ports>| {
+        let mut extra = String::new();
+        for (i, (me, other)) in [("SA", "SB"), ("SB", "SA")].into_iter().enumerate() {
+            extra.push_str(&format!(
+                "\n[[receive_connectors]]\nname = \"Relay {me}\"\nserver = \"{me}\"\nservice = \"frontend\"\nbind = \"127.0.0.1:{port}\"\nremote_ranges = [\"127.0.0.1\"]\npermissions = [\"relay\"]\n",
+                port = ports[i]
+            ));
+            extra.push_str(&format!(
+                "\n[[send_connectors]]\nname = \"Loop via {other}\"\naddress_spaces = [{{ domain = \"loop.test\", cost = 1 }}]\nsource_servers = [\"{me}\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\n",
+                port = ports[1 - i]
+            ));
+        }
+        one_site(p, &["SA", "SB"], &extra)
+    };
+    let mut c = Cluster::new(&["SA", "SB"], org);
+    c.start_all();
+    let mut s = Smtp::connect(relay[0]);
+    s.cmd("EHLO app.contoso.test");
+    let r = s.send(
+        "alice@contoso.test",
+        &["x@loop.test"],
+        &message("round and round", "a loop\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    s.cmd("QUIT");
+    // Alice receives one NDR with 5.4.6, and the loop is over: nothing stays queued.
+    let ndr = wait_for("the NDR", Duration::from_secs(60), || {
+        let fails = c.track(
+            None,
+            &["--event-id", "FAIL", "--subject", "round and round"],
+        );
+        let ndr = c.track(
+            None,
+            &[
+                "--event-id",
+                "DELIVER",
+                "--recipients",
+                "alice@contoso.test",
+            ],
+        );
+        (!fails.is_empty() && !ndr.is_empty()).then_some((fails, ndr))
+    });
+    let (fails, delivered) = ndr;
+    assert_eq!(fails.len(), 1, "{fails:#?}");
+    assert!(
+        fails[0]["RecipientStatus"].to_string().contains("5.4.6"),
+        "{fails:#?}"
+    );
+    // Give a runaway loop time to show itself, then count again.
+    std::thread::sleep(Duration::from_secs(3));
+    let again = c.track(
+        None,
+        &[
+            "--event-id",
+            "DELIVER",
+            "--recipients",
+            "alice@contoso.test",
+        ],
+    );
+    assert_eq!(again.len(), 1, "exactly one NDR: {again:#?}");
+    assert_eq!(delivered.len(), 1);
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = c.cli(&[
+        "--server",
+        "SA",
+        "mailbox",
+        "export",
+        "alice@contoso.test",
+        "--out",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let files: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let eml = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
+    let text = String::from_utf8_lossy(&eml);
+    assert!(text.contains("Status: 5.4.6"), "{text}");
+    assert!(text.contains("x@loop.test"), "{text}");
+    for server in ["SA", "SB"] {
+        assert!(
+            c.queues(server).iter().all(|q| q["MessageCount"] == 0),
+            "{server}: {:#?}",
+            c.queues(server)
+        );
+    }
 }

@@ -22,6 +22,7 @@ pub async fn start(
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{identity}/{action}", post(queue_action))
         .route("/api/routes", get(routes))
+        .route("/api/reload", post(reload))
         .route("/api/messages", get(list_messages))
         .route("/api/messages/{id}/remove", post(remove_message))
         .route("/api/messages/{id}/export", get(export_message))
@@ -105,7 +106,19 @@ async fn queue_action(
 }
 
 async fn routes(State(t): State<Arc<TransportService>>) -> Json<Vec<Route>> {
-    Json(t.ctx.routing().table())
+    Json(t.ctx.config().routing(&t.ctx.active).table())
+}
+
+/// Reads the organisation file again (`mailflow reload`).
+async fn reload(
+    State(t): State<Arc<TransportService>>,
+) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    let restart = t
+        .reload()
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
+    Ok(Json(
+        serde_json::json!({ "Server": t.ctx.name(), "RestartNeeded": restart }),
+    ))
 }
 
 /// Move-ActiveMailboxDatabase as this server learns it: the active copy of `database`
@@ -116,8 +129,8 @@ async fn activate(
     Path((database, server)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let ctx = &t.ctx;
-    let db = ctx
-        .dir
+    let dir = ctx.dir();
+    let db = dir
         .database(&database)
         .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no database {database:?}")))?;
     let copy = db
@@ -135,7 +148,7 @@ async fn activate(
     write_routing_log(
         &crate::context::LogPaths::new(&ctx.data_dir).routing,
         ctx.name(),
-        &ctx.routing().table(),
+        &ctx.config().routing(&ctx.active).table(),
     );
     for q in t.queues.all() {
         q.retry_now();

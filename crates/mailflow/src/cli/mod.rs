@@ -9,6 +9,7 @@ mod init;
 mod mailbox;
 mod message;
 mod queue;
+mod reload;
 mod route;
 mod serve;
 mod track;
@@ -74,6 +75,8 @@ pub enum Command {
     /// Mailbox databases (Move-ActiveMailboxDatabase).
     #[command(subcommand)]
     Database(database::DatabaseCommand),
+    /// Make running servers read the organisation file again (each, or `--server`).
+    Reload,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route(c) => route::run(&g, c),
         Command::Agent(c) => agent::run(&g, c),
         Command::Database(c) => database::run(&g, c),
+        Command::Reload => reload::run(&g),
     }
 }
 

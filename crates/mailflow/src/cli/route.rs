@@ -1,6 +1,7 @@
 //! `mailflow route show`: the routing table of a server (destination, delivery group,
 //! next hop, cost, path), computed from the organisation file and the server's recorded
-//! active copies, so it works with the server stopped.
+//! active copies, so it works with the server stopped; with `--live`, the table the
+//! running server routes by (it differs from the file until `mailflow reload`).
 
 use std::process::ExitCode;
 
@@ -14,34 +15,52 @@ use crate::transport::routing::topology::Topology;
 #[derive(Subcommand)]
 pub enum RouteCommand {
     /// Show the routing table of a server.
-    Show,
+    Show {
+        /// Ask the running server (its admin API) instead of reading the file.
+        #[arg(long)]
+        live: bool,
+    },
 }
 
-pub fn run(g: &Global, RouteCommand::Show: RouteCommand) -> anyhow::Result<ExitCode> {
-    let dir = load_directory(g)?;
-    let server = dir.choose_server(g.server.as_deref())?;
-    let topology = Topology::new(&dir);
-    let active = ActiveCopies::with_state(&dir, dir.data_dir(server).join("active-copies.json"));
-    let view = RoutingView {
-        dir: &dir,
-        topology: &topology,
-        active: &active,
-        local: server,
+pub fn run(g: &Global, RouteCommand::Show { live }: RouteCommand) -> anyhow::Result<ExitCode> {
+    let table: Vec<serde_json::Value> = if live {
+        let admin = super::admin_client::AdminClient::for_global(g)?;
+        admin.get("/api/routes")?.body_mut().read_json()?
+    } else {
+        let dir = load_directory(g)?;
+        let server = dir.choose_server(g.server.as_deref())?;
+        let topology = Topology::new(&dir);
+        let active =
+            ActiveCopies::with_state(&dir, dir.data_dir(server).join("active-copies.json"));
+        let view = RoutingView {
+            dir: &dir,
+            topology: &topology,
+            active: &active,
+            local: server,
+        };
+        serde_json::from_value(serde_json::to_value(view.table())?)?
     };
-    let table = view.table();
     if g.json {
         println!("{}", serde_json::to_string_pretty(&table)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
     let rows: Vec<Vec<String>> = table
         .iter()
         .map(|r| {
+            let path: Vec<String> = r["Path"]
+                .as_array()
+                .map(|p| p.iter().map(text).collect())
+                .unwrap_or_default();
             vec![
-                r.destination.clone(),
-                r.delivery_group.clone(),
-                r.next_hop_text.clone(),
-                r.cost.to_string(),
-                r.path.join(" > "),
+                text(&r["Destination"]),
+                text(&r["DeliveryGroup"]),
+                text(&r["NextHop"]),
+                text(&r["Cost"]),
+                path.join(" > "),
             ]
         })
         .collect();

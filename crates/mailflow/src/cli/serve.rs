@@ -57,7 +57,7 @@ async fn serve(
     crate::transport::routing::write_routing_log(
         &crate::context::LogPaths::new(&data_dir).routing,
         &server.name,
-        &ctx.routing().table(),
+        &ctx.config().routing(&ctx.active).table(),
     );
     let stores = Arc::new(Stores::open(&ctx)?);
     crate::mailbox::submission::start(ctx.clone(), stores.clone());
@@ -353,6 +353,8 @@ async fn serve(
             .unwrap_or("someone@example")
     );
     tracing::info!("ready");
+    #[cfg(unix)]
+    reload_on_hangup(transport.clone());
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -363,6 +365,23 @@ async fn serve(
         "queue database closed"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `SIGHUP` reads the organisation file again, as `mailflow reload` does.
+#[cfg(unix)]
+fn reload_on_hangup(transport: Arc<TransportService>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use `mailflow reload`");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if let Err(e) = transport.reload() {
+                tracing::error!("reload refused, the previous configuration stays: {e:#}");
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -24,8 +24,9 @@ pub fn choose_servers(
     ctx: &ServerContext,
     recipients: &[(Address, RcptParams)],
 ) -> Vec<(String, SocketAddr)> {
-    let dir = &ctx.dir;
-    let view = ctx.routing();
+    let dir = &ctx.dir();
+    let cfg = ctx.config();
+    let view = cfg.routing(&ctx.active);
     let nearest_group = recipients
         .iter()
         .take(20)

@@ -104,7 +104,7 @@ impl SmtpHandler for FrontendSession {
     }
 
     async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
-        let dir = &self.ctx.dir;
+        let dir = &self.ctx.dir();
         if self.mode != FrontendMode::Internet && !dir.is_accepted_domain(&to.domain) {
             // Authenticated users (ExchangeUsers) and relay connectors hold
             // SMTP-Accept-Any-Recipient.
@@ -138,6 +138,7 @@ impl SmtpHandler for FrontendSession {
 
     async fn data_start(&mut self, info: &SessionInfo) -> Reply {
         // Client submissions go to the Transport service's Client Proxy listener.
+        let dir = self.ctx.dir();
         let targets: Vec<std::net::SocketAddr> =
             hub_selector::choose_servers(&self.ctx, &self.recipients)
                 .into_iter()
@@ -145,7 +146,7 @@ impl SmtpHandler for FrontendSession {
                     if self.mode == FrontendMode::Internet {
                         return Some(addr);
                     }
-                    let server = self.ctx.dir.server(&name)?;
+                    let server = dir.server(&name)?;
                     Some(std::net::SocketAddr::new(
                         addr.ip(),
                         server.ports.client_proxy,

@@ -53,14 +53,14 @@ impl OutboundProxySession {
 
     /// Opens the session to the destination of `domain`, and sends MAIL.
     async fn open(&mut self, domain: &str) -> Result<(), Reply> {
-        let connector =
-            select_connector(self.ctx.dir.send_connectors(), domain).ok_or_else(|| {
-                Reply::new(
-                    550,
-                    Enhanced(5, 4, 4),
-                    format!("No send connector for {domain}"),
-                )
-            })?;
+        let dir = self.ctx.dir();
+        let connector = select_connector(dir.send_connectors(), domain).ok_or_else(|| {
+            Reply::new(
+                550,
+                Enhanced(5, 4, 4),
+                format!("No send connector for {domain}"),
+            )
+        })?;
         let hop = NextHop {
             delivery_type: if connector.smart_hosts.is_empty() {
                 DeliveryType::DnsConnectorDelivery

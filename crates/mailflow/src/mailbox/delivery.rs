@@ -26,7 +26,7 @@ impl Stores {
     /// Opens every database with a copy on this server (`<data_dir>/Databases/<DB>.db`).
     pub fn open(ctx: &ServerContext) -> anyhow::Result<Stores> {
         let mut by_database = HashMap::new();
-        for db in ctx.dir.databases() {
+        for db in ctx.dir().databases() {
             if !db.copies.iter().any(|c| c.eq_ignore_ascii_case(ctx.name())) {
                 continue;
             }
@@ -105,7 +105,7 @@ impl SmtpHandler for MailboxDeliverySession {
     }
 
     async fn rcpt(&mut self, _info: &SessionInfo, to: Address, _params: RcptParams) -> Reply {
-        let dir = &self.ctx.dir;
+        let dir = &self.ctx.dir();
         let Some(Recipient::Mailbox(i)) = dir.lookup(&to.key()) else {
             return Reply::new(
                 550,

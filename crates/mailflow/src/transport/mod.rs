@@ -54,8 +54,6 @@ pub struct TransportService {
     submit_tx: mpsc::UnboundedSender<Submission>,
     dsn: send::dsn::DsnSubmitter,
     poison_marker: PoisonMarker,
-    /// Mail flow rules for the Transport Rule agent, in priority order.
-    rules: Vec<agents::rules::Rule>,
     retry: RetryPolicy,
 }
 
@@ -66,6 +64,9 @@ pub struct Submission {
     /// Recipients coming back from a delivery queue (a reroute): they are already
     /// counted in the message's pending recipients and keep their other recipients.
     pub resubmit: bool,
+    /// Resubmitted recipients wait a glitch-retry interval before their next attempt
+    /// (a reroute reply); a reload's resubmission goes at once.
+    pub hold: bool,
     /// Counted in the Submission queue's message count (messages from SMTP Receive).
     pub counted: bool,
 }
@@ -80,6 +81,7 @@ impl Resubmitter {
             message,
             recipients,
             resubmit: true,
+            hold: true,
             counted: false,
         });
     }
@@ -103,10 +105,10 @@ impl TransportService {
             resubmit: Resubmitter(submit_tx.clone()),
             dsn: dsn.clone(),
             dns: Arc::new(send::dns::Dns::new(
-                &ctx.dir.org.transport.external_dns_servers,
+                &ctx.dir().org.transport.external_dns_servers,
             )?),
             outbound: Arc::new(tokio::sync::Semaphore::new(
-                ctx.dir.org.transport.max_outbound_connections.max(1),
+                ctx.dir().org.transport.max_outbound_connections.max(1),
             )),
         };
         let queues = Arc::new(Queues::new(
@@ -121,8 +123,6 @@ impl TransportService {
             dsn,
             poison_marker: PoisonMarker(ctx.data_dir.join("Queue").join("categorizing")),
             retry: retry_policy(&ctx),
-            rules: agents::rules::load(&ctx.dir)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ctx.dir.source))?,
         });
         tokio::spawn(categorizer_loop(service.clone(), submit_rx));
         // Resume: uncategorized messages go back to the categorizer, the rest to their
@@ -183,6 +183,50 @@ impl TransportService {
             tracing::info!(count, "resumed messages from the queue database");
         }
         Ok(service)
+    }
+
+    /// Reads the organisation file again (`ServerContext::reload`), writes the new
+    /// routing table, and routes again what waits on routing: the Unreachable queue and
+    /// the queues of send connectors go back through the categorizer (a connector may
+    /// have been added, removed or re-priced); every other queue is retried now, so
+    /// changed sites, links and copies are used at once. Suspended queues stay as the
+    /// operator left them. Returns what changed that needs a restart.
+    pub fn reload(&self) -> anyhow::Result<Vec<String>> {
+        let restart = self.ctx.reload()?;
+        let ctx = &self.ctx;
+        routing::write_routing_log(
+            &crate::context::LogPaths::new(&ctx.data_dir).routing,
+            ctx.name(),
+            &ctx.config().routing(&ctx.active).table(),
+        );
+        let mut rerouted = 0;
+        for queue in self.queues.all() {
+            let t = queue.next_hop.delivery_type;
+            if t == queue::DeliveryType::Poison || queue.is_suspended() {
+                continue;
+            }
+            if t == queue::DeliveryType::Unreachable || t.is_external() {
+                for item in queue.take_all() {
+                    rerouted += 1;
+                    let _ = self.submit_tx.send(Submission {
+                        message: item.message,
+                        recipients: item.recipients,
+                        resubmit: true,
+                        hold: false,
+                        counted: false,
+                    });
+                }
+            }
+            queue.retry_now();
+        }
+        tracing::info!(rerouted, "organisation file reloaded");
+        if !restart.is_empty() {
+            tracing::warn!(
+                "changed in the organisation file but applied only at the next start: {}",
+                restart.join("; ")
+            );
+        }
+        Ok(restart)
     }
 
     /// Remove-Message for one queue item: the recipients fail with an administrator's
@@ -271,13 +315,14 @@ impl TransportService {
             message: msg,
             recipients,
             resubmit: false,
+            hold: false,
             counted: true,
         });
     }
 }
 
 fn retry_policy(ctx: &ServerContext) -> RetryPolicy {
-    let t = &ctx.dir.org.transport;
+    let t = &ctx.dir().org.transport;
     RetryPolicy {
         glitch_count: t.queue_glitch_retry_count,
         glitch_interval: t.queue_glitch_retry_interval,
@@ -328,6 +373,7 @@ async fn categorizer_loop(
         message: msg,
         recipients,
         resubmit,
+        hold,
         counted,
     }) = rx.recv().await
     {
@@ -408,7 +454,7 @@ async fn categorizer_loop(
         msg.add_pending(routed);
         // Rerouted recipients wait a glitch-retry interval: if the servers disagree
         // about the active copy, mail must not bounce between them at full speed.
-        let not_before = resubmit.then(|| std::time::Instant::now() + service.retry.interval(0));
+        let not_before = hold.then(|| std::time::Instant::now() + service.retry.interval(0));
         for (hop, recipients) in result.routed {
             let queue = service.queues.queue_for(&hop);
             queue.push(Item {
@@ -454,7 +500,8 @@ async fn apply_rules(
         &msg.envelope.sender_header
     };
     let started = std::time::Instant::now();
-    let outcome = agents::rules::apply(&service.rules, &ctx.dir, sender, &recipients, &msg.content);
+    let cfg = ctx.config();
+    let outcome = agents::rules::apply(&cfg.rules, &cfg.dir, sender, &recipients, &msg.content);
     let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
     ev.connector_id = "Transport Rule Agent".into();
     ev.recipient_address = recipients.clone();

@@ -110,8 +110,8 @@ async fn process(service: &TransportService, file: &Path, kind: Kind) {
     };
     let ctx = &service.ctx;
     let result = match kind {
-        Kind::Pickup => pickup(&raw, ctx.dir.org.organization.max_message_size),
-        Kind::Replay => replay(&raw, ctx.dir.org.organization.max_message_size),
+        Kind::Pickup => pickup(&raw, ctx.dir().org.organization.max_message_size),
+        Kind::Replay => replay(&raw, ctx.dir().org.organization.max_message_size),
     };
     let accepted = match result {
         Ok(a) => a,

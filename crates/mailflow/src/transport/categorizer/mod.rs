@@ -29,8 +29,9 @@ pub struct Categorized {
 const MAX_EXPANDED_RECIPIENTS: usize = 10_000;
 
 pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Categorized {
-    let dir = &ctx.dir;
-    let view = ctx.routing();
+    let dir = &ctx.dir();
+    let cfg = ctx.config();
+    let view = cfg.routing(&ctx.active);
     let mut out = Categorized::default();
     let mut hops: HashMap<String, usize> = HashMap::new();
     let mut delivered_to: HashSet<String> = HashSet::new();

@@ -295,6 +295,16 @@ impl DeliveryQueue {
         Some(item)
     }
 
+    /// Removes every waiting item (not those being transmitted): a reload routes them
+    /// again.
+    pub fn take_all(&self) -> Vec<Item> {
+        self.lock().items.drain(..).collect()
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.lock().suspended
+    }
+
     /// Removes the items of messages that arrived at or before `cutoff` (expired).
     pub fn take_expired(&self, cutoff: SystemTime) -> Vec<Item> {
         let mut s = self.lock();

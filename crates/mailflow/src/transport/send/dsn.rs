@@ -133,7 +133,7 @@ pub fn build(
 ) -> (Vec<u8>, String) {
     let env = &msg.envelope;
     let domain = ctx
-        .dir
+        .dir()
         .org
         .organization
         .accepted_domains
@@ -321,7 +321,7 @@ impl DsnSubmitter {
             subject: message::subject(&content),
             sender_header: format!(
                 "postmaster@{}",
-                ctx.dir
+                ctx.dir()
                     .org
                     .organization
                     .accepted_domains
@@ -368,6 +368,7 @@ impl DsnSubmitter {
             message: dsn,
             recipients: vec![rcpt],
             resubmit: false,
+            hold: false,
             counted: false,
         });
     }

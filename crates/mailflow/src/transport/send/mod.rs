@@ -79,7 +79,7 @@ impl Transmitter {
             }
             DeliveryType::DnsConnectorDelivery | DeliveryType::SmartHostConnectorDelivery => self
                 .ctx
-                .dir
+                .dir()
                 .org
                 .transport
                 .max_per_domain_outbound_connections
@@ -95,10 +95,11 @@ impl Transmitter {
     async fn connect(&self, queue: &DeliveryQueue) -> Result<Peer, ConnectFailure> {
         let hop = &queue.next_hop;
         if hop.delivery_type.is_external() {
+            let dir = self.ctx.dir();
             let Some(connector) = hop
                 .connector
                 .as_deref()
-                .and_then(|n| self.ctx.dir.send_connectors().find(|c| c.name == n))
+                .and_then(|n| dir.send_connectors().find(|c| c.name == n))
             else {
                 return Err(ConnectFailure::Transient(format!(
                     "451 4.4.0 Send connector {:?} no longer exists",
@@ -124,7 +125,7 @@ impl Transmitter {
                 _permit: permit,
             });
         }
-        let targets = self.ctx.routing().targets(hop);
+        let targets = self.ctx.config().routing(&self.ctx.active).targets(hop);
         if targets.is_empty() {
             return Err(ConnectFailure::Transient(format!(
                 "451 4.4.0 No server is available for next hop {}",
@@ -156,12 +157,13 @@ impl Transmitter {
 
     /// Connects to the Outbound Proxy Frontend of this server or another of its site.
     async fn connect_outbound_proxy(&self) -> Result<(String, SmtpClient), ConnectFailure> {
-        let view = self.ctx.routing();
+        let cfg = self.ctx.config();
+        let view = cfg.routing(&self.ctx.active);
         let mut servers: Vec<_> = view.local_site_servers();
         servers.sort_by_key(|s| !s.eq_ignore_ascii_case(self.ctx.name()));
         let mut errors = Vec::new();
         for name in servers {
-            let Some(s) = self.ctx.dir.server(&name) else {
+            let Some(s) = cfg.dir.server(&name) else {
                 continue;
             };
             let Ok(ip) = s.address.parse() else { continue };
@@ -478,7 +480,7 @@ impl Transmitter {
     /// Expires old messages (NDR 4.4.7) and sends one delay notice per recipient once
     /// the delay notification timeout has passed (reference §6).
     async fn sweeper(self, queue: Arc<DeliveryQueue>) {
-        let settings = &self.ctx.dir.org.transport;
+        let settings = &self.ctx.dir().org.transport;
         let (expiration, delay) = (
             settings.message_expiration_timeout,
             settings.delay_notification_timeout,
@@ -561,13 +563,13 @@ pub async fn connect_intra_org_as(
     target: SocketAddr,
     service: &str,
 ) -> Result<SmtpClient, ClientError> {
-    let log = if ctx.dir.org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose
-    {
-        ctx.hub_send_log
-            .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
-    } else {
-        ProtocolSession::disabled()
-    };
+    let log =
+        if ctx.dir().org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose {
+            ctx.hub_send_log
+                .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
+        } else {
+            ProtocolSession::disabled()
+        };
     ctx.connect_org(target, service, log, CONNECT_TIMEOUT, COMMAND_TIMEOUT)
         .await
 }
