@@ -661,3 +661,46 @@ fn a_forwarding_loop_between_two_servers_ends_with_5_4_6_and_one_ndr() {
         );
     }
 }
+
+#[test]
+fn when_the_active_copys_server_dies_the_next_copy_takes_over_and_the_returning_server_learns_it() {
+    let Ok(url) = std::env::var("MAILFLOW_TEST_POSTGRES") else {
+        eprintln!("skipped: MAILFLOW_TEST_POSTGRES not set (scripts/test starts a PostgreSQL)");
+        return;
+    };
+    let db = format!("DBFO{}", std::process::id());
+    let org = move |p: &HashMap<String, Ports>| {
+        dag_org(p)
+            .replace(
+                "servers = [\"M1\", \"M2\"]\n",
+                "servers = [\"M1\", \"M2\"]\nfailover_after = \"2s\"\n",
+            )
+            .replace(
+                "name = \"DB01\"\ncopies = [\"M1\", \"M2\"]",
+                &format!("name = \"{db}\"\ncopies = [\"M1\", \"M2\"]\nstore = \"{url}\""),
+            )
+            .replace("database = \"DB01\"", &format!("database = \"{db}\""))
+    };
+    let mut c = Cluster::new(&["M1", "M2", "M3", "M4"], org);
+    c.start_all();
+    send_via(c.frontend("M3"), &["alice@contoso.test"], "fo before");
+    let d = c.wait_delivered("fo before", 1);
+    assert_eq!(d[0]["ServerHostname"], "m1.contoso.test");
+
+    // M1 dies: after failover_after, M2 (next in activation preference) takes over and
+    // the message sent meanwhile is delivered there.
+    c.kill9("M1");
+    send_via(c.frontend("M3"), &["alice@contoso.test"], "fo during");
+    let d = c.wait_delivered("fo during", 1);
+    assert_eq!(d[0]["ServerHostname"], "m2.contoso.test", "{d:#?}");
+    assert!(c.logs().contains("failover"), "M2 says why");
+
+    // M1 returns and learns from M2 that the active copy is on M2: mail entering at M1
+    // (whose own Transport would otherwise deliver locally) is delivered on M2.
+    c.start("M1");
+    send_via(c.frontend("M1"), &["alice@contoso.test"], "fo after");
+    let d = c.wait_delivered("fo after", 1);
+    assert_eq!(d[0]["ServerHostname"], "m2.contoso.test", "{d:#?}");
+    let all = c.track(None, &["--event-id", "DELIVER", "--subject", "fo "]);
+    assert_eq!(all.len(), 3, "each message once: {all:#?}");
+}

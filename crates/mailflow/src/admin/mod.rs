@@ -11,7 +11,7 @@ use axum::{Json, Router};
 
 use crate::transport::TransportService;
 use crate::transport::queue::{MessageInfo, QueueInfo};
-use crate::transport::routing::{Route, write_routing_log};
+use crate::transport::routing::Route;
 
 pub async fn start(
     addr: SocketAddr,
@@ -26,6 +26,7 @@ pub async fn start(
         .route("/api/messages", get(list_messages))
         .route("/api/messages/{id}/remove", post(remove_message))
         .route("/api/messages/{id}/export", get(export_message))
+        .route("/api/databases", get(databases))
         .route(
             "/api/databases/{database}/activate/{server}",
             post(activate),
@@ -121,6 +122,23 @@ async fn reload(
     ))
 }
 
+/// Get-MailboxDatabaseCopyStatus, in short: each database, its copies and the active
+/// one as this server knows it.
+async fn databases(State(t): State<Arc<TransportService>>) -> Json<Vec<serde_json::Value>> {
+    let dir = t.ctx.dir();
+    Json(
+        dir.databases()
+            .map(|d| {
+                serde_json::json!({
+                    "Database": d.name,
+                    "Copies": d.copies,
+                    "ActiveServer": t.ctx.active.active_server(&d.name),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// Move-ActiveMailboxDatabase as this server learns it: the active copy of `database`
 /// is now on `server`. Mailbox Delivery here accepts or refuses accordingly, and queued
 /// mail is retried at once so it follows the new active copy.
@@ -143,16 +161,7 @@ async fn activate(
                 format!("database {} has no copy on {server:?}", db.name),
             )
         })?;
-    ctx.active.set(&db.name, copy);
-    tracing::info!(database = %db.name, server = %copy, "active copy moved");
-    write_routing_log(
-        &crate::context::LogPaths::new(&ctx.data_dir).routing,
-        ctx.name(),
-        &ctx.config().routing(&ctx.active).table(),
-    );
-    for q in t.queues.all() {
-        q.retry_now();
-    }
+    t.activate(&db.name, copy);
     Ok(Json(
         serde_json::json!({ "Database": db.name, "ActiveServer": copy, "Server": ctx.name() }),
     ))

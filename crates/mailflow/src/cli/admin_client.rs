@@ -24,20 +24,25 @@ impl AdminClient {
     pub fn new(dir: &Directory, server: &Server) -> anyhow::Result<AdminClient> {
         let secret = OrgSecret::load(&dir.secret_path(), false)
             .map_err(|e| anyhow::anyhow!("the admin API needs the organisation secret: {e}"))?;
+        Ok(AdminClient::with_secret(server, &secret, 10))
+    }
+
+    /// For a server talking to another (Active Manager); `timeout` in seconds.
+    pub fn with_secret(server: &Server, secret: &OrgSecret, timeout: u64) -> AdminClient {
         let host = server
             .bind
             .as_deref()
             .filter(|b| *b != "0.0.0.0")
             .unwrap_or(&server.address);
-        Ok(AdminClient {
+        AdminClient {
             base: format!("http://{host}:{}", server.ports.admin),
             token: secret.admin_token(),
             agent: ureq::Agent::config_builder()
-                .timeout_global(Some(std::time::Duration::from_secs(10)))
+                .timeout_global(Some(std::time::Duration::from_secs(timeout)))
                 .http_status_as_error(false)
                 .build()
                 .into(),
-        })
+        }
     }
 
     fn check(

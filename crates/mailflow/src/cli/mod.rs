@@ -1,7 +1,7 @@
 //! The command line (DESIGN §5): one module per command group, named after the
 //! Exchange cmdlets they mirror.
 
-mod admin_client;
+pub mod admin_client;
 mod agent;
 mod check_config;
 mod database;

@@ -60,6 +60,7 @@ async fn serve(
         &ctx.config().routing(&ctx.active).table(),
     );
     let stores = Arc::new(Stores::open(&ctx)?);
+    crate::mailbox::active_manager::start(transport.clone()).await;
     crate::mailbox::submission::start(ctx.clone(), stores.clone());
     let pickup_dir = server
         .pickup_directory

@@ -238,10 +238,18 @@ impl Default for Ports {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // name: routable DAG delivery groups (next release)
 pub struct Dag {
     pub name: String,
     pub servers: Vec<String>,
+    /// How long the server holding a database's active copy may be unreachable before
+    /// the next copy in activation preference takes over (Active Manager's failover;
+    /// only for databases on PostgreSQL, whose copies are one set of data).
+    #[serde(default = "default_failover_after", deserialize_with = "de_duration")]
+    pub failover_after: Duration,
+}
+
+fn default_failover_after() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]

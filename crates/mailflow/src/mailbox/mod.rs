@@ -2,6 +2,7 @@
 //! Transport services on :475 and commits into the mailbox databases whose active copy
 //! is on this server, through the store driver. No queue: 250 only after the commit.
 
+pub mod active_manager;
 pub mod delivery;
 pub mod store;
 pub mod submission;

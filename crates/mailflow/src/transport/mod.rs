@@ -185,6 +185,24 @@ impl TransportService {
         Ok(service)
     }
 
+    /// Move-ActiveMailboxDatabase as this server learns it (a switchover or a
+    /// failover): the active copy of `database` is now on `server`. Mailbox Delivery
+    /// here accepts or refuses accordingly, and queued mail is retried at once so it
+    /// follows the new active copy.
+    pub fn activate(&self, database: &str, server: &str) {
+        let ctx = &self.ctx;
+        ctx.active.set(database, server);
+        tracing::info!(database = %database, server = %server, "active copy moved");
+        routing::write_routing_log(
+            &crate::context::LogPaths::new(&ctx.data_dir).routing,
+            ctx.name(),
+            &ctx.config().routing(&ctx.active).table(),
+        );
+        for q in self.queues.all() {
+            q.retry_now();
+        }
+    }
+
     /// Reads the organisation file again (`ServerContext::reload`), writes the new
     /// routing table, and routes again what waits on routing: the Unreachable queue and
     /// the queues of send connectors go back through the categorizer (a connector may
