@@ -15,6 +15,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    if !matches!(args.command, cli::Command::Serve) {
+        restore_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MAILFLOW_LOG")
@@ -28,5 +31,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("mailflow: {e:#}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `println!` panics when the reader of a pipe has gone
+/// (`mailflow track | head`). A command-line tool should end quietly instead, as every
+/// Unix tool does. `serve` keeps SIGPIPE ignored: a client closing its socket must never
+/// kill the server.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -93,3 +93,34 @@ fn init_writes_a_valid_organisation_and_check_config_names_file_line_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly_without_a_panic() {
+    // `mailflow agent list | true`: the pipe's reader is gone before the first line.
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--domain",
+            "fabrikam.test",
+            "--server",
+            "EX1",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "ended by SIGPIPE: {:?}",
+        out.status
+    );
+}
