@@ -1546,6 +1546,10 @@ def write_report(path, ctx):
           f"{'yes' if i['probe_accepted'] and i['probe_delivered'] == 20 else 'NO'}: accepted={i['probe_accepted']}, "
           f"delivered {i['probe_delivered']}/20 {i['probe_error']} |")
         w("")
+        if i.get("capped") is not None:
+            w(f"**Only {i['capped']:,} connections were opened**: `ulimit -n` is {i['nofile']} and could not be raised "
+              f"(the harness keeps 200 descriptors for itself).")
+            w("")
         w(f"mailflow runs with `max_inbound_connections = {MAX_INBOUND}` (MaxInboundConnection of each "
           f"receive connector; Exchange's default, 5,000, would hold the rest in the kernel's listen backlog).")
         w("")
