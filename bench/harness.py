@@ -1769,6 +1769,19 @@ def draw_chart(path, runs, plan):
 # -------------------------------------------------------------------------- main
 
 
+def give_back(outdir, paths):
+    """Under sudo, the output belongs to the user who ran bench/run, not to root (a
+    root-owned target/bench-smoke would stop their `cargo clean`)."""
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if os.getuid() != 0 or not uid or not gid:
+        return
+    for p in [outdir, *paths]:
+        try:
+            os.chown(p, int(uid), int(gid))
+        except OSError:
+            pass
+
+
 def main():
     ap = argparse.ArgumentParser(description="mailflow benchmark harness (see bench/README.md)")
     ap.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds, for CI")
@@ -1835,7 +1848,7 @@ def main():
         mf_relay = MailflowRelay(mf, mf_sink)
         ctx["mf_relay_available"] = mf_relay.available
         ctx["mf_relay_reason"] = mf_relay.unavailable_reason
-        log(f"mailflow relay: {'available' if mf_relay.available else 'not available yet: ' + mf_relay.unavailable_reason}")
+        log(f"mailflow relay: {'available' if mf_relay.available else 'not measured: ' + mf_relay.unavailable_reason}")
         systems = [Ceiling(sink), PostfixRelay(pf, sink), PostfixLocal(pf), mf_sys]
         if mf_relay.available:
             systems.append(mf_relay)
@@ -1925,12 +1938,19 @@ def main():
         ctx["chart"] = os.path.basename(chart)
     report = os.path.join(outdir, f"{stem}.md")
     write_report(report, ctx)
+    written = [report, chart, os.path.join(outdir, f"{stem}-flamegraph.svg")]
     if not args.smoke:
         shutil.copyfile(report, os.path.join(outdir, "latest.md"))
+        written.append(os.path.join(outdir, "latest.md"))
+    give_back(outdir, written)
     log(f"report: {report}")
     failed = [r for r in ctx["runs"] if r.accepted_rate is None or r.delivered_rate is None]
     for r in failed:
         log(f"FAILED RUN {r.system} {r.workload}: {r.note}")
+    if not ctx["mf_relay_available"]:
+        # Outbound delivery exists: a probe that fails is a broken harness or server.
+        log(f"FAILED: mailflow-relay was not measured: {ctx['mf_relay_reason']}")
+        failed.append(None)
     print()
     for t in ctx["targets"]:
         print(f"  {t['met']:>9}  {t['target']}: {t['measured']} ({t['ratio']})")
