@@ -1769,6 +1769,49 @@ def draw_chart(path, runs, plan):
 # -------------------------------------------------------------------------- main
 
 
+README_START = "<!-- bench:performance:start (bench/run rewrites this block after each complete run) -->"
+README_END = "<!-- bench:performance:end -->"
+
+
+def performance_block(ctx):
+    """The README's Performance figures: the targets table of this run and the command
+    and machine that produced it."""
+    info = ctx["info"]
+    runs = [r for r in ctx["runs"] if not r.workload.startswith("profiled")]
+    disturbed = sum(1 for r in runs if r.disturbed)
+    L = [
+        f"The latest complete run: `bench/run` on {ctx['date']}, {ctx['elapsed'] / 60:.1f} minutes on "
+        f"{info['cpu']}, {info['cores']} cores, {info['mem_gib']:.0f} GiB (mailflow at commit {info['commit']}, "
+        f"Postfix {ctx['postfix_version']}; load average {info['loadavg'][0]} at the start; "
+        f"{disturbed} of {len(runs)} runs flagged disturbed). Full report, chart and profile: "
+        f"[bench/results/latest.md](bench/results/latest.md).",
+        "",
+        "| target | measured | ratio | met? |",
+        "|---|---|---|---|",
+    ]
+    for t in ctx["targets"]:
+        L.append(f"| {t['target']} | {t['measured']} | {t['ratio']} | {t['met']} |")
+    return "\n".join(L)
+
+
+def update_readme(ctx):
+    """Replaces the README's Performance block (between its markers) with this run's."""
+    path = os.path.join(REPO, "README.md")
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return
+    a, b = text.find(README_START), text.find(README_END)
+    if a < 0 or b < a:
+        log("README.md has no Performance block markers: not updated")
+        return
+    text = text[: a + len(README_START)] + "\n" + performance_block(ctx) + "\n" + text[b:]
+    with open(path, "w") as f:  # rewritten in place: the file keeps its owner
+        f.write(text)
+    log("README.md: Performance block updated")
+
+
 def give_back(outdir, paths):
     """Under sudo, the output belongs to the user who ran bench/run, not to root (a
     root-owned target/bench-smoke would stop their `cargo clean`)."""
@@ -1943,6 +1986,10 @@ def main():
         shutil.copyfile(report, os.path.join(outdir, "latest.md"))
         written.append(os.path.join(outdir, "latest.md"))
     give_back(outdir, written)
+    # Only a complete run (every system, workload and special run, results where the
+    # README points) replaces the README's figures: a partial one is for development.
+    if not args.smoke and not (args.systems or args.workloads or args.skip or args.no_profile or args.out):
+        update_readme(ctx)
     log(f"report: {report}")
     failed = [r for r in ctx["runs"] if r.accepted_rate is None or r.delivered_rate is None]
     for r in failed:
