@@ -650,3 +650,41 @@ fn a_message_that_crashes_the_server_twice_is_parked_in_the_poison_queue() {
     server.wait_inbox("alice@contoso.test", 1);
     assert_eq!(server.export("alice@contoso.test").len(), 1);
 }
+
+#[test]
+fn the_front_end_reuses_an_idle_proxy_session_for_the_next_client() {
+    let server = Server::start();
+    for i in 0..3 {
+        let mut c = Smtp::connect(server.ports.frontend);
+        c.cmd("EHLO client.fabrikam.test");
+        let r = c.send(
+            "sender@fabrikam.test",
+            &["bob@contoso.test"],
+            &message(&format!("pooled {i}"), "one message per client session\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+        c.cmd("QUIT");
+    }
+    server.wait_inbox("bob@contoso.test", 3);
+    // Three client sessions, one proxy session to Transport: one logon, three MAILs.
+    let send_dir = server.data_dir().join("Logs/FrontEnd/ProtocolLog/SmtpSend");
+    let read = || -> String {
+        std::fs::read_dir(&send_dir)
+            .map(|d| d.map(|e| file_text(&e.unwrap().path())).collect())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut send = read();
+    while send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count() < 3
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        send = read();
+    }
+    assert_eq!(
+        send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count(),
+        3,
+        "{send}"
+    );
+    assert_eq!(send.matches("AUTH PLAIN ****").count(), 1, "{send}");
+}

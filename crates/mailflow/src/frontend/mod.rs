@@ -73,6 +73,17 @@ impl FrontendSession {
     }
 }
 
+/// A proxy session between transactions outlives its client session in the pool.
+impl Drop for FrontendSession {
+    fn drop(&mut self) {
+        if self.relaying.is_none()
+            && let Some(proxy) = self.proxy.take()
+        {
+            self.ctx.proxy_pool.put(proxy);
+        }
+    }
+}
+
 #[async_trait]
 impl SmtpHandler for FrontendSession {
     async fn mail(
@@ -156,6 +167,9 @@ impl SmtpHandler for FrontendSession {
         let auth = info.user.as_ref().map(|(primary, _)| primary.clone());
         if targets.is_empty() {
             return Self::unavailable("no Transport server for these recipients");
+        }
+        if self.proxy.is_none() {
+            self.proxy = self.ctx.proxy_pool.take(&targets);
         }
         // Keep the proxy session of the client's previous message if it goes to one of
         // the chosen servers; it may have been closed by Transport meanwhile, so a

@@ -2,7 +2,8 @@
 //! `Inbound Proxy Internal Send Connector` (reference §1.7).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
@@ -22,6 +23,48 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Proxy {
     pub target: SocketAddr,
     client: SmtpClient,
+    opened: Instant,
+}
+
+/// How many idle proxy sessions the pool keeps, and for how long. Well inside the
+/// Transport receive connector's ConnectionInactivityTimeout (5 min) and its
+/// ConnectionTimeout (10 min), so Transport does not cut a reused session mid-message.
+const POOL_MAX: usize = 64;
+const POOL_IDLE: Duration = Duration::from_secs(30);
+const POOL_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Idle proxy sessions to Transport services, kept for the next client session. Most
+/// internet mail comes one message per client session; without the pool each would
+/// pay a TCP connection, EHLO and the organisation AUTH to Transport as well.
+/// Only sessions between transactions (after a final reply to DATA, or never used)
+/// are pooled; a failure on a pooled one is retried on a fresh connection.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<(Instant, Proxy)>>,
+}
+
+impl Pool {
+    /// The most recently used idle session to one of `targets`, if still fresh.
+    pub fn take(&self, targets: &[SocketAddr]) -> Option<Proxy> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(since, p)| since.elapsed() < POOL_IDLE && p.reusable());
+        let pos = idle
+            .iter()
+            .rposition(|(_, p)| targets.contains(&p.target))?;
+        Some(idle.remove(pos).1)
+    }
+
+    /// Keeps an idle session for the next client (the oldest goes when full).
+    pub fn put(&self, proxy: Proxy) {
+        if !proxy.reusable() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= POOL_MAX {
+            idle.remove(0);
+        }
+        idle.push((Instant::now(), proxy));
+    }
 }
 
 impl Proxy {
@@ -45,7 +88,15 @@ impl Proxy {
                 COMMAND_TIMEOUT,
             )
             .await?;
-        Ok(Proxy { target, client })
+        Ok(Proxy {
+            target,
+            client,
+            opened: Instant::now(),
+        })
+    }
+
+    fn reusable(&self) -> bool {
+        self.opened.elapsed() < POOL_LIFETIME
     }
 }
 
