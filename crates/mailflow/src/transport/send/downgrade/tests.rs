@@ -151,10 +151,7 @@ fn multipart_leaves_are_reencoded_and_decode_to_the_original() {
     let (before, after) = (decoded_parts(&m), decoded_parts(&out));
     assert_eq!(before.len(), after.len());
     assert_eq!(before, after);
-    assert!(
-        after.contains(&attachment),
-        "the attachment decodes"
-    );
+    assert!(after.contains(&attachment), "the attachment decodes");
     assert_eq!(
         parse(&out).attachment(0).unwrap().attachment_name(),
         Some("blob.bin")
