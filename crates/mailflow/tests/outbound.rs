@@ -869,3 +869,36 @@ fn under_bdat_a_peer_refusing_every_recipient_gets_no_content_accepted_and_a_res
     ]);
     assert!(sent.is_empty(), "{sent:#?}");
 }
+
+#[test]
+fn through_the_outbound_proxy_a_peer_without_8bitmime_also_gets_7bit_mime() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
+        main_cf: "smtpd_discard_ehlo_keywords = 8bitmime\n".into(),
+        ..Default::default()
+    });
+    let connector = postfix_connector(postfix.port, "opportunistic").replace(
+        "protocol_logging",
+        "front_end_proxy = true\nprotocol_logging",
+    );
+    let server = Server::start_custom("", &(connector + PARTNERS));
+    let body = "Caf\u{e9} cr\u{e8}me via 717\r\n";
+    send_to_partners(
+        &server,
+        " BODY=8BITMIME",
+        &format!("From: sender@fabrikam.test\r\nSubject: proxied 8bit\r\n\r\n{body}"),
+    );
+    let got = postfix.wait_messages(1);
+    let m = &got[0];
+    assert!(m.is_ascii(), "{}", String::from_utf8_lossy(m));
+    let parsed = mail_parser::MessageParser::default()
+        .parse(m.as_slice())
+        .expect("parses");
+    assert_eq!(parsed.body_text(0).as_deref(), Some(body));
+    // The Front End made the session to Postfix (the connector's SEND log), with no BODY=.
+    let log = send_log(&server, "To Postfix");
+    let mail = log
+        .iter()
+        .find(|l| l.contains(",>,MAIL FROM:<sender@fabrikam.test>"))
+        .expect("MAIL in the SEND log");
+    assert!(!mail.contains("BODY="), "{mail}");
+}
