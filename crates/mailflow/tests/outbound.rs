@@ -902,3 +902,32 @@ fn through_the_outbound_proxy_a_peer_without_8bitmime_also_gets_7bit_mime() {
         .expect("MAIL in the SEND log");
     assert!(!mail.contains("BODY="), "{mail}");
 }
+
+#[test]
+fn a_mailflow_front_end_takes_bdat_pipelined_as_send_connectors_send_it() {
+    // What a send connector of another mailflow organisation sends to this one's
+    // Front End: the envelope and `BDAT n LAST` with the content, in one write.
+    let server = Server::start();
+    let content =
+        "From: sender@fabrikam.test\r\nSubject: pipelined bdat\r\n\r\n.dot line\r\nCaf\u{e9}\r\n";
+    let mut c = Smtp::connect(server.ports.frontend);
+    assert!(c.cmd("EHLO mbx1.fabrikam.test").contains("CHUNKING"));
+    c.send_raw(
+        format!(
+            "MAIL FROM:<sender@fabrikam.test> BODY=8BITMIME\r\nRCPT TO:<bob@contoso.test>\r\nBDAT {} LAST\r\n{content}",
+            content.len()
+        )
+        .as_bytes(),
+    );
+    assert!(c.read_reply().starts_with("250"));
+    assert!(c.read_reply().starts_with("250"));
+    let end = c.read_reply();
+    assert!(end.starts_with("250 2.6.0"), "{end}");
+    server.wait_inbox("bob@contoso.test", 1);
+    let got = server.export("bob@contoso.test");
+    assert!(
+        got[0].ends_with(b"\r\n\r\n.dot line\r\nCaf\xc3\xa9\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got[0])
+    );
+}
