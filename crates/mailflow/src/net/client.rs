@@ -341,16 +341,8 @@ impl SmtpClient {
             return self.send_message_bdat(mail, rcpts, content).await;
         }
         let (mail_reply, rcpt_replies, data) = self.envelope(mail, rcpts, true).await?;
-        if mail_reply.code == 503 {
-            // A bad sequence means this session's state is not what we think: the
-            // message is not at fault, the connection is.
-            return Err(ClientError::Protocol(format!(
-                "session out of sequence: {mail_reply}"
-            )));
-        }
-        if !mail_reply.is_positive() {
-            let _ = self.reset().await;
-            return Ok((mail_reply.clone(), vec![mail_reply; rcpts.len()]));
+        if let Some(outcome) = self.mail_refused(&mail_reply, rcpts.len()).await {
+            return outcome;
         }
         let data = data.unwrap_or_else(|| Reply::plain(554, "no valid recipients"));
         if data.code != 354 {
@@ -428,14 +420,8 @@ impl SmtpClient {
             };
             (mail_reply, rcpt_replies, first_reply)
         };
-        if mail_reply.code == 503 {
-            return Err(ClientError::Protocol(format!(
-                "session out of sequence: {mail_reply}"
-            )));
-        }
-        if !mail_reply.is_positive() {
-            let _ = self.reset().await;
-            return Ok((mail_reply.clone(), vec![mail_reply; rcpts.len()]));
+        if let Some(outcome) = self.mail_refused(&mail_reply, rcpts.len()).await {
+            return outcome;
         }
         let accepted = rcpt_replies.iter().any(Reply::is_positive);
         let mut end = match first_reply {
@@ -455,6 +441,26 @@ impl SmtpClient {
             .map(|r| if r.is_positive() { end.clone() } else { r })
             .collect();
         Ok((end, finals))
+    }
+
+    /// The transaction's outcome when MAIL was refused, None when it was accepted.
+    async fn mail_refused(
+        &mut self,
+        mail_reply: &Reply,
+        rcpts: usize,
+    ) -> Option<Result<(Reply, Vec<Reply>), ClientError>> {
+        if mail_reply.code == 503 {
+            // A bad sequence means this session's state is not what we think: the
+            // message is not at fault, the connection is.
+            return Some(Err(ClientError::Protocol(format!(
+                "session out of sequence: {mail_reply}"
+            ))));
+        }
+        if mail_reply.is_positive() {
+            return None;
+        }
+        let _ = self.reset().await;
+        Some(Ok((mail_reply.clone(), vec![mail_reply.clone(); rcpts])))
     }
 
     /// One BDAT command and its chunk, and the reply.

@@ -170,12 +170,7 @@ fn addresses(out: &mut Vec<u8>, value: &[u8]) {
     let mut i = 0;
     while i < value.len() {
         match value[i] {
-            b'"' => {
-                i += 1;
-                while i < value.len() && value[i] != b'"' {
-                    i += if value[i] == b'\\' { 2 } else { 1 };
-                }
-            }
+            b'"' => i = closing_quote(value, i),
             b'(' => {
                 comment = true;
                 let mut depth = 0;
@@ -221,6 +216,15 @@ fn addresses(out: &mut Vec<u8>, value: &[u8]) {
         i += 1;
     }
     out.extend_from_slice(&value[copied.min(value.len())..]);
+}
+
+/// The index of the `"` that closes the quoted string opened at `open` (or the end).
+fn closing_quote(value: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while i < value.len() && value[i] != b'"' {
+        i += if value[i] == b'\\' { 2 } else { 1 };
+    }
+    i.min(value.len())
 }
 
 /// `[s, e)` without the white space (and folding) at either end.
@@ -269,12 +273,7 @@ fn parameters(out: &mut Vec<u8>, value: &[u8]) {
     let (mut start, mut i) = (0, 0);
     while i < value.len() {
         match value[i] {
-            b'"' => {
-                i += 1;
-                while i < value.len() && value[i] != b'"' {
-                    i += if value[i] == b'\\' { 2 } else { 1 };
-                }
-            }
+            b'"' => i = closing_quote(value, i),
             b';' => {
                 segments.push((start, i));
                 start = i + 1;
