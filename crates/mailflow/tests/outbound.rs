@@ -577,3 +577,357 @@ fn mail_flow_rules_add_the_disclaimer_to_outside_mail_and_reject_what_they_forbi
     );
     assert_eq!(server.export("carol@contoso.test").len(), 0);
 }
+
+/// The lines of one send connector's sessions in the Transport's SEND protocol log.
+fn send_log(server: &Server, connector: &str) -> Vec<String> {
+    let dir = server.data_dir().join("Logs/Hub/ProtocolLog/SmtpSend");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| file_text(f).lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| l.contains(&format!(",{connector},")))
+        .collect()
+}
+
+/// `partners@contoso.test` has one member, outside: mail to it leaves through the
+/// send connector.
+const PARTNERS: &str =
+    "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"partner@fabrikam.test\"]\n";
+
+/// Sends `content` to partners@ through the Front End with these MAIL parameters.
+fn send_to_partners(server: &Server, mail_params: &str, content: &str) {
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    let r = c.cmd(&format!("MAIL FROM:<sender@fabrikam.test>{mail_params}"));
+    assert!(r.starts_with("250"), "MAIL: {r}");
+    let r = c.cmd("RCPT TO:<partners@contoso.test>");
+    assert!(r.starts_with("250"), "RCPT: {r}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send_raw(content.replace("\r\n.", "\r\n..").as_bytes());
+    let r = c.cmd(".");
+    assert!(r.starts_with("250"), "end of data: {r}");
+    c.cmd("QUIT");
+}
+
+#[test]
+fn eight_bit_mail_to_a_peer_without_8bitmime_arrives_as_7bit_mime_that_decodes_to_the_original() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
+        main_cf: "smtpd_discard_ehlo_keywords = 8bitmime\n".into(),
+        ..Default::default()
+    });
+    let server = Server::start_custom(
+        "",
+        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
+    );
+    let subject = "Gr\u{fc}\u{df}e aus Z\u{fc}rich";
+    let plain =
+        "Bonjour \u{e0} tous,\r\nle caf\u{e9} est pr\u{ea}t \u{2615}\r\n.a line with a dot\r\n";
+    let html = "<p>Caf\u{e9} cr\u{e8}me</p>";
+    let seven = "This part is plain ASCII and must not change.";
+    let content = format!(
+        "From: =?utf-8?q?Ren=C3=A9?= <sender@fabrikam.test>\r\n\
+To: partners@contoso.test\r\n\
+Subject: {subject}\r\n\
+Message-ID: <eightbit@fabrikam.test>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
+\r\n\
+--outer\r\n\
+Content-Type: multipart/alternative; boundary=\"alt\"\r\n\
+\r\n\
+--alt\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\
+\r\n\
+{plain}\
+--alt\r\n\
+Content-Type: text/html; charset=utf-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\
+\r\n\
+{html}\r\n\
+--alt--\r\n\
+--outer\r\n\
+Content-Type: text/plain; charset=us-ascii\r\n\
+\r\n\
+{seven}\r\n\
+--outer--\r\n"
+    );
+    send_to_partners(&server, " BODY=8BITMIME", &content);
+
+    let got = postfix.wait_messages(1);
+    let m = &got[0];
+    assert!(
+        m.is_ascii(),
+        "the delivered file is not 7-bit: {}",
+        String::from_utf8_lossy(m)
+    );
+    let text = String::from_utf8_lossy(m);
+    assert!(
+        text.contains(&format!(
+            "--outer\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{seven}\r\n--outer--"
+        )),
+        "the 7-bit part changed: {text}"
+    );
+    assert_eq!(
+        text.matches("Content-Transfer-Encoding: quoted-printable")
+            .count(),
+        2,
+        "{text}"
+    );
+    let parsed = mail_parser::MessageParser::default()
+        .parse(m.as_slice())
+        .expect("parses");
+    assert_eq!(parsed.subject(), Some(subject));
+    // The CRLF before a delimiter belongs to the delimiter (RFC 2046 §5.1.1).
+    assert_eq!(
+        parsed.body_text(0).as_deref(),
+        Some(plain.trim_end_matches("\r\n"))
+    );
+    assert_eq!(parsed.body_html(0).as_deref(), Some(html));
+
+    // Postfix did not offer 8BITMIME, and mailflow did not claim it.
+    let log = send_log(&server, "To Postfix");
+    let ehlo = log
+        .iter()
+        .find(|l| l.contains(",<,250") && l.contains("PIPELINING"))
+        .expect("EHLO reply in the SEND log");
+    assert!(!ehlo.contains("8BITMIME"), "{ehlo}");
+    let mail = log
+        .iter()
+        .find(|l| l.contains(",>,MAIL FROM:<sender@fabrikam.test>"))
+        .expect("MAIL in the SEND log");
+    assert!(!mail.contains("BODY="), "{mail}");
+    // The tracking log is written behind the delivery: wait for the row.
+    wait_for("SEND through To Postfix", Duration::from_secs(20), || {
+        server
+            .track(&["--event-id", "SEND", "--subject", subject])
+            .iter()
+            .any(|e| e["ConnectorId"] == "To Postfix")
+            .then_some(())
+    });
+}
+
+#[test]
+fn eight_bit_mail_to_a_peer_with_8bitmime_goes_unchanged_with_body_8bitmime() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions::default());
+    let server = Server::start_custom(
+        "",
+        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
+    );
+    let body = "Caf\u{e9} cr\u{e8}me, tel quel\r\n";
+    let content = format!(
+        "From: sender@fabrikam.test\r\nTo: partners@contoso.test\r\nSubject: as is\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}"
+    );
+    send_to_partners(&server, " BODY=8BITMIME", &content);
+    let got = postfix.wait_messages(1);
+    assert_eq!(body_of(&got[0]), body.as_bytes());
+    let log = send_log(&server, "To Postfix");
+    assert!(
+        log.iter()
+            .any(|l| l.contains(",>,MAIL FROM:<sender@fabrikam.test>")
+                && l.contains("BODY=8BITMIME")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn a_peer_offering_chunking_gets_the_content_by_bdat_in_chunks_without_dot_stuffing() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions::default());
+    let server = Server::start_custom(
+        "",
+        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
+    );
+    // Small: one chunk pipelined with the envelope.
+    let small = "Line one\r\n.starts with a dot\r\n..two dots\r\n.\r\nend\r\n";
+    send_to_partners(
+        &server,
+        "",
+        &format!("From: sender@fabrikam.test\r\nSubject: bdat small\r\n\r\n{small}"),
+    );
+    // Large: a first chunk of 64 KiB, then the rest with LAST.
+    let large: String = (0..4000)
+        .map(|i| format!(".line {i:05} of a message larger than one chunk\r\n"))
+        .collect();
+    send_to_partners(
+        &server,
+        "",
+        &format!("From: sender@fabrikam.test\r\nSubject: bdat large\r\n\r\n{large}"),
+    );
+    let got = postfix.wait_messages(2);
+    let find = |subject: &str| {
+        got.iter()
+            .find(|m| String::from_utf8_lossy(m).contains(&format!("Subject: {subject}\r\n")))
+            .unwrap_or_else(|| panic!("{subject} not delivered"))
+    };
+    assert_eq!(body_of(find("bdat small")), small.as_bytes());
+    assert_eq!(body_of(find("bdat large")), large.as_bytes());
+
+    let log = send_log(&server, "To Postfix");
+    let sent: Vec<&str> = log.iter().filter_map(|l| l.split(",>,").nth(1)).collect();
+    assert!(
+        !sent.iter().any(|l| l.starts_with("DATA")),
+        "DATA used: {sent:#?}"
+    );
+    let bdat: Vec<&&str> = sent.iter().filter(|l| l.starts_with("BDAT ")).collect();
+    assert_eq!(bdat.len(), 3, "{sent:#?}");
+    assert!(bdat[0].ends_with(" LAST,"), "{bdat:?}");
+    assert_eq!(*bdat[1], "BDAT 65536,", "{bdat:?}");
+    assert!(bdat[2].ends_with(" LAST,"), "{bdat:?}");
+    // Every chunk was accepted: 250 after each BDAT.
+    let ok = log.iter().filter(|l| l.contains(",<,250 2.0.0 Ok")).count();
+    assert!(ok >= 2, "{log:#?}");
+}
+
+#[test]
+fn a_peer_without_chunking_gets_data() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
+        main_cf: "smtpd_discard_ehlo_keywords = chunking\n".into(),
+        ..Default::default()
+    });
+    let server = Server::start_custom(
+        "",
+        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
+    );
+    let body = "Line one\r\n.starts with a dot\r\n";
+    send_to_partners(
+        &server,
+        "",
+        &format!("From: sender@fabrikam.test\r\nSubject: by data\r\n\r\n{body}"),
+    );
+    let got = postfix.wait_messages(1);
+    assert_eq!(body_of(&got[0]), body.as_bytes());
+    let log = send_log(&server, "To Postfix");
+    assert!(log.iter().any(|l| l.contains(",>,DATA,")), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains(",>,BDAT")), "{log:#?}");
+}
+
+#[test]
+fn under_bdat_a_peer_refusing_every_recipient_gets_no_content_accepted_and_a_reset() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
+        reject: vec!["partner@fabrikam.test".into()],
+        ..Default::default()
+    });
+    let server = Server::start_custom(
+        "",
+        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
+    );
+    send_to_partners(
+        &server,
+        "",
+        "From: alice@contoso.test\r\nSubject: nobody takes it\r\n\r\nhello\r\n",
+    );
+    let fail = wait_for(
+        "FAIL for the refused recipient",
+        Duration::from_secs(30),
+        || {
+            let f = server.track(&["--event-id", "FAIL", "--subject", "nobody takes it"]);
+            (!f.is_empty()).then_some(f)
+        },
+    );
+    assert!(
+        fail[0]["RecipientStatus"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.1.1"),
+        "{fail:#?}"
+    );
+    let log = send_log(&server, "To Postfix");
+    let sent: Vec<&str> = log.iter().filter_map(|l| l.split(",>,").nth(1)).collect();
+    // The pipelined chunk was refused with the recipients, then the transaction reset.
+    let bdat = sent
+        .iter()
+        .position(|l| l.starts_with("BDAT "))
+        .expect("BDAT");
+    assert!(
+        sent[bdat..].iter().any(|l| l.starts_with("RSET")),
+        "{sent:#?}"
+    );
+    // What reaches Postfix is the NDR to the (outside) sender, never the message.
+    let got = postfix.wait_messages(1);
+    std::thread::sleep(Duration::from_millis(500));
+    let got: Vec<String> = postfix
+        .messages()
+        .iter()
+        .chain(&got)
+        .map(|m| String::from_utf8_lossy(m).to_string())
+        .collect();
+    assert!(
+        got.iter()
+            .all(|m| m.contains("Delivered-To: sender@fabrikam.test\r\n")
+                && m.contains("Subject: Undeliverable: nobody takes it")),
+        "{got:#?}"
+    );
+    let sent = server.track(&[
+        "--event-id",
+        "SEND",
+        "--recipients",
+        "partner@fabrikam.test",
+    ]);
+    assert!(sent.is_empty(), "{sent:#?}");
+}
+
+#[test]
+fn through_the_outbound_proxy_a_peer_without_8bitmime_also_gets_7bit_mime() {
+    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
+        main_cf: "smtpd_discard_ehlo_keywords = 8bitmime\n".into(),
+        ..Default::default()
+    });
+    let connector = postfix_connector(postfix.port, "opportunistic").replace(
+        "protocol_logging",
+        "front_end_proxy = true\nprotocol_logging",
+    );
+    let server = Server::start_custom("", &(connector + PARTNERS));
+    let body = "Caf\u{e9} cr\u{e8}me via 717\r\n";
+    send_to_partners(
+        &server,
+        " BODY=8BITMIME",
+        &format!("From: sender@fabrikam.test\r\nSubject: proxied 8bit\r\n\r\n{body}"),
+    );
+    let got = postfix.wait_messages(1);
+    let m = &got[0];
+    assert!(m.is_ascii(), "{}", String::from_utf8_lossy(m));
+    let parsed = mail_parser::MessageParser::default()
+        .parse(m.as_slice())
+        .expect("parses");
+    assert_eq!(parsed.body_text(0).as_deref(), Some(body));
+    // The Front End made the session to Postfix (the connector's SEND log), with no BODY=.
+    let log = send_log(&server, "To Postfix");
+    let mail = log
+        .iter()
+        .find(|l| l.contains(",>,MAIL FROM:<sender@fabrikam.test>"))
+        .expect("MAIL in the SEND log");
+    assert!(!mail.contains("BODY="), "{mail}");
+}
+
+#[test]
+fn a_mailflow_front_end_takes_bdat_pipelined_as_send_connectors_send_it() {
+    // What a send connector of another mailflow organisation sends to this one's
+    // Front End: the envelope and `BDAT n LAST` with the content, in one write.
+    let server = Server::start();
+    let content =
+        "From: sender@fabrikam.test\r\nSubject: pipelined bdat\r\n\r\n.dot line\r\nCaf\u{e9}\r\n";
+    let mut c = Smtp::connect(server.ports.frontend);
+    assert!(c.cmd("EHLO mbx1.fabrikam.test").contains("CHUNKING"));
+    c.send_raw(
+        format!(
+            "MAIL FROM:<sender@fabrikam.test> BODY=8BITMIME\r\nRCPT TO:<bob@contoso.test>\r\nBDAT {} LAST\r\n{content}",
+            content.len()
+        )
+        .as_bytes(),
+    );
+    assert!(c.read_reply().starts_with("250"));
+    assert!(c.read_reply().starts_with("250"));
+    let end = c.read_reply();
+    assert!(end.starts_with("250 2.6.0"), "{end}");
+    server.wait_inbox("bob@contoso.test", 1);
+    let got = server.export("bob@contoso.test");
+    assert!(
+        got[0].ends_with(b"\r\n\r\n.dot line\r\nCaf\xc3\xa9\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got[0])
+    );
+}

@@ -4,6 +4,10 @@
 //! the first RCPT opens the session to the destination (chosen by the same send
 //! connector selection Transport used), and every reply is the destination's own, so
 //! Transport keeps per-recipient outcomes and its queue.
+//!
+//! Transport sees this proxy's 8BITMIME, not the destination's: when the destination
+//! lacks it, the proxy drops `BODY=8BITMIME`, holds the content until its end and sends
+//! it converted to 7-bit MIME (RFC 6152 §3), as SMTP Send would have.
 
 use std::sync::Arc;
 
@@ -18,6 +22,7 @@ use crate::net::receive::{SessionInfo, SmtpHandler};
 use crate::transport::queue::{DeliveryType, NextHop};
 use crate::transport::routing::select_connector;
 use crate::transport::send::dns::Dns;
+use crate::transport::send::downgrade;
 use crate::transport::send::outbound::{self, ConnectFailure};
 
 pub struct OutboundProxySession {
@@ -27,6 +32,9 @@ pub struct OutboundProxySession {
     domain: Option<String>,
     upstream: Option<SmtpClient>,
     stuffer: Option<DotStuffer>,
+    /// The content held for a 7-bit conversion (the destination lacks 8BITMIME).
+    held: Option<Vec<u8>>,
+    smtputf8: bool,
     broken: bool,
 }
 
@@ -39,6 +47,8 @@ impl OutboundProxySession {
             domain: None,
             upstream: None,
             stuffer: None,
+            held: None,
+            smtputf8: false,
             broken: false,
         }
     }
@@ -76,7 +86,11 @@ impl OutboundProxySession {
                 ConnectFailure::Transient(t) => Reply::new(451, Enhanced(4, 4, 1), t),
                 ConnectFailure::Permanent(p) => Reply::new(550, Enhanced(5, 4, 4), p),
             })?;
-        let mail = self.mail.clone().unwrap_or_else(|| "MAIL FROM:<>".into());
+        let mut mail = self.mail.clone().unwrap_or_else(|| "MAIL FROM:<>".into());
+        if !client.has_extension("8BITMIME") {
+            // RFC 6152 §3: BODY=8BITMIME only to a server that offers it.
+            mail = mail.replace(" BODY=8BITMIME", "");
+        }
         let reply = client.command(&mail).await.map_err(|e| e.as_reply())?;
         if !reply.is_positive() {
             return Err(reply);
@@ -116,6 +130,7 @@ impl SmtpHandler for OutboundProxySession {
             mail.push_str(" SMTPUTF8");
         }
         self.mail = Some(mail);
+        self.smtputf8 = params.smtputf8;
         Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
     }
 
@@ -162,11 +177,16 @@ impl SmtpHandler for OutboundProxySession {
         if reply.code == 354 {
             self.stuffer = Some(DotStuffer::default());
             self.broken = false;
+            self.held = (!client.has_extension("8BITMIME")).then(Vec::new);
         }
         reply
     }
 
     async fn data(&mut self, chunk: Vec<u8>) {
+        if let Some(held) = self.held.as_mut() {
+            held.extend_from_slice(&chunk);
+            return;
+        }
         if let (Some(client), Some(stuffer)) = (self.upstream.as_mut(), self.stuffer.as_mut())
             && !self.broken
             && client.data_chunk(stuffer, &chunk).await.is_err()
@@ -176,6 +196,20 @@ impl SmtpHandler for OutboundProxySession {
     }
 
     async fn data_end(&mut self, _info: &SessionInfo) -> Reply {
+        if let (Some(held), Some(client), Some(stuffer)) = (
+            self.held.take(),
+            self.upstream.as_mut(),
+            self.stuffer.as_mut(),
+        ) {
+            let content = if downgrade::is_8bit(&held) {
+                downgrade::to_7bit(&held, !self.smtputf8)
+            } else {
+                held
+            };
+            if client.data_chunk(stuffer, &content).await.is_err() {
+                self.broken = true;
+            }
+        }
         let reply = match (self.upstream.as_mut(), self.stuffer.take()) {
             (Some(client), Some(stuffer)) if !self.broken => client
                 .finish_data(&stuffer)
@@ -194,5 +228,7 @@ impl SmtpHandler for OutboundProxySession {
         self.mail = None;
         self.domain = None;
         self.stuffer = None;
+        self.held = None;
+        self.smtputf8 = false;
     }
 }

@@ -1,6 +1,8 @@
-//! The SMTP client of the implicit send connectors (Front End → Transport, Transport →
-//! Mailbox Delivery): connect, EHLO, authenticate as an organisation server, and send
-//! transactions with PIPELINING, streaming content with dot-stuffing.
+//! The SMTP client of the send connectors, implicit (Front End → Transport, Transport →
+//! Mailbox Delivery) and configured (to the internet): connect, EHLO, STARTTLS,
+//! authenticate, and send transactions with PIPELINING; the content goes with DATA
+//! (dot-stuffed) or, where the connection asks for it and the server offers CHUNKING,
+//! with BDAT (RFC 3030).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +15,12 @@ use tokio::net::TcpStream;
 
 use super::stream::Stream;
 use crate::logs::protocol::ProtocolSession;
+
+/// With BDAT, content beyond this goes in a second chunk sent only once the first was
+/// accepted: the first chunk travels pipelined with the envelope, so this is all that is
+/// sent in vain to a server that refuses every recipient (RFC 3030 §2 has it discard
+/// the chunk), while most messages still take a single round trip.
+const FIRST_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -61,6 +69,8 @@ pub struct SmtpClient {
     pub greeting: Reply,
     log: ProtocolSession,
     timeout: Duration,
+    /// Send content with BDAT when the server offers CHUNKING (see [`SmtpClient::use_chunking`]).
+    chunking: bool,
 }
 
 impl SmtpClient {
@@ -86,6 +96,7 @@ impl SmtpClient {
             greeting: Reply::plain(220, ""),
             log,
             timeout,
+            chunking: false,
         };
         c.log.connect();
         let greeting = c.read_reply().await?;
@@ -205,6 +216,14 @@ impl SmtpClient {
         self.timeout = timeout;
     }
 
+    /// Send content with BDAT (RFC 3030) whenever the server offers CHUNKING: no
+    /// dot-stuffing on either side, and a small message's envelope and content go in a
+    /// single round trip. Send connectors to the internet ask for it; the sessions
+    /// between this organisation's services keep DATA for now.
+    pub fn use_chunking(&mut self, on: bool) {
+        self.chunking = on;
+    }
+
     pub fn has_extension(&self, name: &str) -> bool {
         self.extensions
             .iter()
@@ -318,17 +337,12 @@ impl SmtpClient {
         rcpts: &[String],
         content: &[u8],
     ) -> Result<(Reply, Vec<Reply>), ClientError> {
-        let (mail_reply, rcpt_replies, data) = self.envelope(mail, rcpts, true).await?;
-        if mail_reply.code == 503 {
-            // A bad sequence means this session's state is not what we think: the
-            // message is not at fault, the connection is.
-            return Err(ClientError::Protocol(format!(
-                "session out of sequence: {mail_reply}"
-            )));
+        if self.chunking && self.has_extension("CHUNKING") {
+            return self.send_message_bdat(mail, rcpts, content).await;
         }
-        if !mail_reply.is_positive() {
-            let _ = self.reset().await;
-            return Ok((mail_reply.clone(), vec![mail_reply; rcpts.len()]));
+        let (mail_reply, rcpt_replies, data) = self.envelope(mail, rcpts, true).await?;
+        if let Some(outcome) = self.mail_refused(&mail_reply, rcpts.len()).await {
+            return outcome;
         }
         let data = data.unwrap_or_else(|| Reply::plain(554, "no valid recipients"));
         if data.code != 354 {
@@ -349,6 +363,112 @@ impl SmtpClient {
             .map(|r| if r.is_positive() { end.clone() } else { r })
             .collect();
         Ok((end, finals))
+    }
+
+    /// [`SmtpClient::send_message`] with BDAT (RFC 3030 §2): the content is counted,
+    /// not dot-stuffed. With PIPELINING the first chunk (the whole of a small message,
+    /// as `BDAT n LAST`) follows MAIL and RCPT in one write; the rest of a large one
+    /// goes once that chunk is accepted. Per-recipient outcomes are as with DATA.
+    async fn send_message_bdat(
+        &mut self,
+        mail: &str,
+        rcpts: &[String],
+        content: &[u8],
+    ) -> Result<(Reply, Vec<Reply>), ClientError> {
+        // The end of data that DATA's terminator would supply.
+        let terminated;
+        let content = if content.is_empty() || content.ends_with(b"\r\n") {
+            content
+        } else {
+            terminated = [content, b"\r\n"].concat();
+            &terminated
+        };
+        let (first, rest) = content.split_at(content.len().min(FIRST_CHUNK));
+        let first_line = bdat_line(first.len(), rest.is_empty());
+        let (mail_reply, rcpt_replies, first_reply) = if self.has_extension("PIPELINING") {
+            let mut out = Vec::with_capacity(first.len() + 64 * (rcpts.len() + 2));
+            for line in std::iter::once(mail)
+                .chain(rcpts.iter().map(String::as_str))
+                .chain(std::iter::once(first_line.as_str()))
+            {
+                self.log.sent(line);
+                out.extend_from_slice(line.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(first);
+            self.write(&out).await?;
+            let mail_reply = self.read_reply().await?;
+            let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+            for _ in rcpts {
+                rcpt_replies.push(self.read_reply().await?);
+            }
+            // With every recipient refused the server discards the chunk and says so.
+            let first_reply = self.read_reply().await?;
+            (mail_reply, rcpt_replies, Some(first_reply))
+        } else {
+            let mail_reply = self.command(mail).await?;
+            let mut rcpt_replies = Vec::new();
+            if mail_reply.is_positive() {
+                for line in rcpts {
+                    rcpt_replies.push(self.command(line).await?);
+                }
+            }
+            let first_reply = if rcpt_replies.iter().any(Reply::is_positive) {
+                Some(self.chunk(&first_line, first).await?)
+            } else {
+                None
+            };
+            (mail_reply, rcpt_replies, first_reply)
+        };
+        if let Some(outcome) = self.mail_refused(&mail_reply, rcpts.len()).await {
+            return outcome;
+        }
+        let accepted = rcpt_replies.iter().any(Reply::is_positive);
+        let mut end = match first_reply {
+            Some(r) if accepted => r,
+            _ => Reply::plain(554, "no valid recipients"),
+        };
+        if end.is_positive() && !rest.is_empty() {
+            end = self.chunk(&bdat_line(rest.len(), true), rest).await?;
+        }
+        if !end.is_positive() {
+            // RFC 3030 §2: no more chunks after a refused one; MAIL may still be in
+            // force, so the transaction is ended explicitly.
+            self.reset().await?;
+        }
+        let finals = rcpt_replies
+            .into_iter()
+            .map(|r| if r.is_positive() { end.clone() } else { r })
+            .collect();
+        Ok((end, finals))
+    }
+
+    /// The transaction's outcome when MAIL was refused, None when it was accepted.
+    async fn mail_refused(
+        &mut self,
+        mail_reply: &Reply,
+        rcpts: usize,
+    ) -> Option<Result<(Reply, Vec<Reply>), ClientError>> {
+        if mail_reply.code == 503 {
+            // A bad sequence means this session's state is not what we think: the
+            // message is not at fault, the connection is.
+            return Some(Err(ClientError::Protocol(format!(
+                "session out of sequence: {mail_reply}"
+            ))));
+        }
+        if mail_reply.is_positive() {
+            return None;
+        }
+        let _ = self.reset().await;
+        Some(Ok((mail_reply.clone(), vec![mail_reply.clone(); rcpts])))
+    }
+
+    /// One BDAT command and its chunk, and the reply.
+    async fn chunk(&mut self, line: &str, bytes: &[u8]) -> Result<Reply, ClientError> {
+        self.log.sent(line);
+        self.write(format!("{line}\r\n").as_bytes()).await?;
+        self.write(bytes).await?;
+        self.read_reply().await
     }
 
     pub async fn reset(&mut self) -> Result<Reply, ClientError> {
@@ -388,5 +508,13 @@ impl SmtpClient {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+fn bdat_line(size: usize, last: bool) -> String {
+    if last {
+        format!("BDAT {size} LAST")
+    } else {
+        format!("BDAT {size}")
     }
 }

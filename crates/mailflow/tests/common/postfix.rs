@@ -24,6 +24,9 @@ pub struct PostfixOptions {
     pub reject: Vec<String>,
     /// Offer STARTTLS with a self-signed certificate (`dir/etc/cert.pem`).
     pub tls: bool,
+    /// More main.cf lines, e.g. `smtpd_discard_ehlo_keywords = 8bitmime` for a peer
+    /// that does not offer 8BITMIME.
+    pub main_cf: String,
 }
 
 impl Default for PostfixOptions {
@@ -32,6 +35,7 @@ impl Default for PostfixOptions {
             domain: "fabrikam.test".into(),
             reject: Vec::new(),
             tls: false,
+            main_cf: String::new(),
         }
     }
 }
@@ -295,9 +299,11 @@ smtpd_recipient_restrictions = check_recipient_access texthash:{etc}/reject
 # bounces and anything not local must not try the (absent) network
 default_transport = error:5.3.0 this test MX sends nothing out
 relay_transport = $default_transport
-{tls}",
+{tls}{extra}
+",
             root = root.display(),
             etc = etc.display(),
+            extra = opts.main_cf,
         );
         std::fs::write(etc.join("main.cf"), main_cf).unwrap();
     }

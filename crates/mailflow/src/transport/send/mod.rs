@@ -6,6 +6,7 @@
 //! connection. Beside each queue a sweeper expires old messages and sends delay notices.
 
 pub mod dns;
+pub mod downgrade;
 pub mod dsn;
 pub mod outbound;
 
@@ -255,6 +256,29 @@ impl Transmitter {
             None
         };
         let content: &[u8] = stripped.as_deref().unwrap_or(&msg.content);
+        // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
+        if env.smtputf8 && !peer.client.has_extension("SMTPUTF8") {
+            let reply = Reply::new(
+                553,
+                Enhanced(5, 6, 7),
+                format!(
+                    "{} does not support SMTPUTF8, which this message needs",
+                    peer.host
+                ),
+            );
+            self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
+            return Ok(());
+        }
+        // RFC 6152 §3: 8-bit content goes only to a server that offers 8BITMIME; any
+        // other gets it converted to 7-bit MIME (quoted-printable or base64 parts,
+        // encoded-words in headers). UTF-8 header fields stay when SMTPUTF8 is used.
+        let eight_bit = downgrade::is_8bit(content);
+        let peer_8bit = peer.client.has_extension("8BITMIME");
+        let downgraded = (eight_bit && !peer_8bit).then(|| {
+            tracing::debug!(host = %peer.host, "8BITMIME not offered: converting to 7-bit");
+            downgrade::to_7bit(content, !env.smtputf8)
+        });
+        let content: &[u8] = downgraded.as_deref().unwrap_or(content);
         if let Some(limit) = peer.client.size_limit()
             && content.len() as u64 > limit
         {
@@ -269,25 +293,15 @@ impl Transmitter {
             self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
             return Ok(());
         }
-        // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
-        if env.smtputf8 && !peer.client.has_extension("SMTPUTF8") {
-            let reply = Reply::new(
-                553,
-                Enhanced(5, 6, 7),
-                format!(
-                    "{} does not support SMTPUTF8, which this message needs",
-                    peer.host
-                ),
-            );
-            self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
-            return Ok(());
-        }
         // DSN parameters travel on when the next hop speaks DSN (RFC 3461 §6).
         let dsn = peer.client.has_extension("DSN");
         let mut mail = format!("MAIL FROM:<{}> SIZE={}", env.return_path, content.len());
-        if !env.body.is_empty() && (env.body != "8BITMIME" || peer.client.has_extension("8BITMIME"))
-        {
-            mail.push_str(&format!(" BODY={}", env.body));
+        // BODY=8BITMIME whenever 8-bit content goes to a peer that takes it, declared or
+        // not (RFC 6152 §3). BINARYMIME is not passed on: this client sends no binary
+        // (receive refuses bare CR and LF, so such content is 8-bit text at most).
+        let declared = matches!(env.body.as_str(), "8BITMIME" | "BINARYMIME");
+        if peer_8bit && (declared || eight_bit) {
+            mail.push_str(" BODY=8BITMIME");
         }
         if env.smtputf8 && peer.client.has_extension("SMTPUTF8") {
             mail.push_str(" SMTPUTF8");

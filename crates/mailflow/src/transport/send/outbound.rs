@@ -110,6 +110,8 @@ async fn session(
         .await
         .map_err(|e| e.to_string())?;
     client.timeout_for_commands(COMMAND_TIMEOUT);
+    // BDAT where the server offers CHUNKING, as Exchange's send connectors do.
+    client.use_chunking(true);
     if client.has_extension("STARTTLS") {
         client
             .starttls(ctx.fqdn(), host)
