@@ -9,12 +9,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// Sites A, B, C with links A–B 10, B–C 10 and A–C `ac`; one server per site; carol's
-/// database on SC. `team@` (no mailbox) makes Front End on SA use SA's Transport.
-fn three_sites(b_hub: bool, ac: u32) -> impl Fn(&HashMap<String, Ports>) -> String {
-    move |p| {
-        let mut org = format!(
-            r#"[organization]
+/// The organisation and fast retries, shared by the organisations of these tests.
+const ORG_HEAD: &str = r#"[organization]
 name = "contoso"
 secret_file = "secret.key"
 accepted_domains = ["contoso.test"]
@@ -23,7 +19,15 @@ accepted_domains = ["contoso.test"]
 queue_glitch_retry_interval = "1s"
 transient_failure_retry_interval = "1s"
 outbound_connection_failure_retry_interval = "1s"
+"#;
 
+/// Sites A, B, C with links A–B 10, B–C 10 and A–C `ac`; one server per site; carol's
+/// database on SC. `team@` (no mailbox) makes Front End on SA use SA's Transport.
+fn three_sites(b_hub: bool, ac: u32) -> impl Fn(&HashMap<String, Ports>) -> String {
+    move |p| {
+        let mut org = ORG_HEAD.to_string();
+        org.push_str(&format!(
+            r#"
 [[sites]]
 name = "A"
 [[sites]]
@@ -42,7 +46,7 @@ cost = 10
 sites = ["A", "C"]
 cost = {ac}
 "#
-        );
+        ));
         for (name, site) in [("SA", "A"), ("SB", "B"), ("SC", "C")] {
             org.push_str(&server_entry(name, site, &p[name]));
         }
@@ -492,21 +496,7 @@ fn a_dag_database_on_postgresql_is_one_mailbox_whichever_copy_is_active() {
 /// One site with servers `names`, alice's database on the first, a group whose only
 /// member is outside (so mail to it leaves the organisation), and `extra` appended.
 fn one_site(p: &HashMap<String, Ports>, names: &[&str], extra: &str) -> String {
-    let mut org = String::from(
-        r#"[organization]
-name = "contoso"
-secret_file = "secret.key"
-accepted_domains = ["contoso.test"]
-
-[transport]
-queue_glitch_retry_interval = "1s"
-transient_failure_retry_interval = "1s"
-outbound_connection_failure_retry_interval = "1s"
-
-[[sites]]
-name = "A"
-"#,
-    );
+    let mut org = format!("{ORG_HEAD}\n[[sites]]\nname = \"A\"\n");
     for name in names {
         org.push_str(&server_entry(name, "A", &p[*name]));
     }
