@@ -305,6 +305,20 @@ impl ServerContext {
         self.config.load_full()
     }
 
+    /// The routing table this server routes by now.
+    pub fn routing_table(&self) -> Vec<crate::transport::routing::Route> {
+        self.config().routing(&self.active).table()
+    }
+
+    /// Writes the routing table log (at start, after a reload, a move or a failover).
+    pub fn log_routing_table(&self) {
+        crate::transport::routing::write_routing_log(
+            &LogPaths::new(&self.data_dir).routing,
+            self.name(),
+            &self.routing_table(),
+        );
+    }
+
     /// The directory as this server knows it now.
     pub fn dir(&self) -> Arc<Directory> {
         self.config.load().dir.clone()

@@ -107,7 +107,7 @@ async fn queue_action(
 }
 
 async fn routes(State(t): State<Arc<TransportService>>) -> Json<Vec<Route>> {
-    Json(t.ctx.config().routing(&t.ctx.active).table())
+    Json(t.ctx.routing_table())
 }
 
 /// Reads the organisation file again (`mailflow reload`).

@@ -54,11 +54,7 @@ async fn serve(
         secret.clone(),
     )?);
     let transport = TransportService::start(ctx.clone())?;
-    crate::transport::routing::write_routing_log(
-        &crate::context::LogPaths::new(&data_dir).routing,
-        &server.name,
-        &ctx.config().routing(&ctx.active).table(),
-    );
+    ctx.log_routing_table();
     let stores = Arc::new(Stores::open(&ctx)?);
     crate::mailbox::active_manager::start(transport.clone()).await;
     crate::mailbox::submission::start(ctx.clone(), stores.clone());

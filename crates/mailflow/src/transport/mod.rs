@@ -215,11 +215,7 @@ impl TransportService {
         let ctx = &self.ctx;
         ctx.active.set(database, server);
         tracing::info!(database = %database, server = %server, "active copy moved");
-        routing::write_routing_log(
-            &crate::context::LogPaths::new(&ctx.data_dir).routing,
-            ctx.name(),
-            &ctx.config().routing(&ctx.active).table(),
-        );
+        ctx.log_routing_table();
         for q in self.queues.all() {
             q.retry_now();
         }
@@ -234,11 +230,7 @@ impl TransportService {
     pub fn reload(&self) -> anyhow::Result<Vec<String>> {
         let restart = self.ctx.reload()?;
         let ctx = &self.ctx;
-        routing::write_routing_log(
-            &crate::context::LogPaths::new(&ctx.data_dir).routing,
-            ctx.name(),
-            &ctx.config().routing(&ctx.active).table(),
-        );
+        ctx.log_routing_table();
         let mut rerouted = 0;
         for queue in self.queues.all() {
             let t = queue.next_hop.delivery_type;
