@@ -10,6 +10,7 @@ mod mailbox;
 mod message;
 mod net;
 mod transport;
+mod wal;
 
 use clap::Parser;
 

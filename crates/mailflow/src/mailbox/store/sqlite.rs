@@ -105,6 +105,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&conn)?;
+        let checkpointer = crate::wal::Checkpointer::start(&conn, path, "mailbox-store")
+            .map_err(|e| StoreError::Database(e.to_string()))?;
 
         let shared = Arc::new(Shared::default());
         let (writer, queue) = mpsc::channel(QUEUE_CAPACITY);
@@ -112,7 +114,7 @@ impl SqliteStore {
             .name("mailbox-store-writer".to_owned())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run_writer(conn, queue, &shared)
+                move || run_writer(conn, queue, &shared, &checkpointer)
             })
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
@@ -273,7 +275,12 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// The writer thread: runs until every `SqliteStore` sender is gone.
-fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<Job>, shared: &Shared) {
+fn run_writer(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<Job>,
+    shared: &Shared,
+    checkpointer: &crate::wal::Checkpointer,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -298,6 +305,8 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<Job>, shared: &Sha
                 }
             }
         }
+        // After the replies: the callers are not kept waiting for it.
+        checkpointer.after_commit(&conn);
     }
 }
 

@@ -181,6 +181,7 @@ impl QueueDb {
         let loaded = load(&conn).map_err(|e| {
             anyhow::anyhow!("{}: cannot read the queue database: {e}", path.display())
         })?;
+        let checkpointer = crate::wal::Checkpointer::start(&conn, path, "queue-db")?;
         // Bounded: a stalled disk pushes back on SMTP Receive instead of filling memory.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(8192);
         let transactions = Arc::new(AtomicU64::new(0));
@@ -188,7 +189,7 @@ impl QueueDb {
             .name("queue-db-writer".into())
             .spawn({
                 let transactions = transactions.clone();
-                move || writer(conn, rx, &transactions)
+                move || writer(conn, rx, &transactions, &checkpointer)
             })?;
         Ok((QueueDb { tx, transactions }, loaded))
     }
@@ -314,7 +315,12 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<Loaded>> {
     Ok(out)
 }
 
-fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions: &AtomicU64) {
+fn writer(
+    mut conn: Connection,
+    rx: std::sync::mpsc::Receiver<Op>,
+    transactions: &AtomicU64,
+    checkpointer: &crate::wal::Checkpointer,
+) {
     // State changes of a batch whose commit failed (disk full, I/O error): kept and
     // tried again first, so memory and disk never drift apart silently.
     let mut retry: Vec<Op> = Vec::new();
@@ -382,6 +388,8 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, transactions:
                 _ => {}
             }
         }
+        // After the replies: the sessions waiting for their 250 are not kept waiting.
+        checkpointer.after_commit(&conn);
     }
 }
 
