@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::postfix::{Postfix, PostfixOptions};
 use common::*;
 
 /// A send connector for fabrikam.test through a smart host on `port`.
@@ -598,6 +599,18 @@ fn send_log(server: &Server, connector: &str) -> Vec<String> {
 const PARTNERS: &str =
     "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"partner@fabrikam.test\"]\n";
 
+/// A Postfix peer for fabrikam.test started with `peer`, and a server that sends it
+/// the mail for partners@ ([`PARTNERS`]) through the "To Postfix" connector
+/// (opportunistic TLS, verbose SEND log) with `connector`'s lines added.
+fn partners_behind_postfix(peer: PostfixOptions, connector: &str) -> (Postfix, Server) {
+    let postfix = Postfix::start(peer);
+    let server = Server::start_custom(
+        "",
+        &(postfix_connector(postfix.port, "opportunistic") + connector + PARTNERS),
+    );
+    (postfix, server)
+}
+
 /// Sends `content` to partners@ through the Front End with these MAIL parameters.
 fn send_to_partners(server: &Server, mail_params: &str, content: &str) {
     let mut c = Smtp::connect(server.ports.frontend);
@@ -615,13 +628,12 @@ fn send_to_partners(server: &Server, mail_params: &str, content: &str) {
 
 #[test]
 fn eight_bit_mail_to_a_peer_without_8bitmime_arrives_as_7bit_mime_that_decodes_to_the_original() {
-    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
-        main_cf: "smtpd_discard_ehlo_keywords = 8bitmime\n".into(),
-        ..Default::default()
-    });
-    let server = Server::start_custom(
+    let (postfix, server) = partners_behind_postfix(
+        PostfixOptions {
+            main_cf: "smtpd_discard_ehlo_keywords = 8bitmime\n".into(),
+            ..Default::default()
+        },
         "",
-        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
     );
     let subject = "Gr\u{fc}\u{df}e aus Z\u{fc}rich";
     let plain =
@@ -713,11 +725,7 @@ Content-Type: text/plain; charset=us-ascii\r\n\
 
 #[test]
 fn eight_bit_mail_to_a_peer_with_8bitmime_goes_unchanged_with_body_8bitmime() {
-    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions::default());
-    let server = Server::start_custom(
-        "",
-        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
-    );
+    let (postfix, server) = partners_behind_postfix(PostfixOptions::default(), "");
     let body = "Caf\u{e9} cr\u{e8}me, tel quel\r\n";
     let content = format!(
         "From: sender@fabrikam.test\r\nTo: partners@contoso.test\r\nSubject: as is\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}"
@@ -736,11 +744,7 @@ fn eight_bit_mail_to_a_peer_with_8bitmime_goes_unchanged_with_body_8bitmime() {
 
 #[test]
 fn a_peer_offering_chunking_gets_the_content_by_bdat_in_chunks_without_dot_stuffing() {
-    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions::default());
-    let server = Server::start_custom(
-        "",
-        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
-    );
+    let (postfix, server) = partners_behind_postfix(PostfixOptions::default(), "");
     // Small: one chunk pipelined with the envelope.
     let small = "Line one\r\n.starts with a dot\r\n..two dots\r\n.\r\nend\r\n";
     send_to_partners(
@@ -784,13 +788,12 @@ fn a_peer_offering_chunking_gets_the_content_by_bdat_in_chunks_without_dot_stuff
 
 #[test]
 fn a_peer_without_chunking_gets_data() {
-    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
-        main_cf: "smtpd_discard_ehlo_keywords = chunking\n".into(),
-        ..Default::default()
-    });
-    let server = Server::start_custom(
+    let (postfix, server) = partners_behind_postfix(
+        PostfixOptions {
+            main_cf: "smtpd_discard_ehlo_keywords = chunking\n".into(),
+            ..Default::default()
+        },
         "",
-        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
     );
     let body = "Line one\r\n.starts with a dot\r\n";
     send_to_partners(
@@ -807,13 +810,12 @@ fn a_peer_without_chunking_gets_data() {
 
 #[test]
 fn under_bdat_a_peer_refusing_every_recipient_gets_no_content_accepted_and_a_reset() {
-    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
-        reject: vec!["partner@fabrikam.test".into()],
-        ..Default::default()
-    });
-    let server = Server::start_custom(
+    let (postfix, server) = partners_behind_postfix(
+        PostfixOptions {
+            reject: vec!["partner@fabrikam.test".into()],
+            ..Default::default()
+        },
         "",
-        &(postfix_connector(postfix.port, "opportunistic") + PARTNERS),
     );
     send_to_partners(
         &server,
@@ -872,15 +874,13 @@ fn under_bdat_a_peer_refusing_every_recipient_gets_no_content_accepted_and_a_res
 
 #[test]
 fn through_the_outbound_proxy_a_peer_without_8bitmime_also_gets_7bit_mime() {
-    let postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions {
-        main_cf: "smtpd_discard_ehlo_keywords = 8bitmime\n".into(),
-        ..Default::default()
-    });
-    let connector = postfix_connector(postfix.port, "opportunistic").replace(
-        "protocol_logging",
-        "front_end_proxy = true\nprotocol_logging",
+    let (postfix, server) = partners_behind_postfix(
+        PostfixOptions {
+            main_cf: "smtpd_discard_ehlo_keywords = 8bitmime\n".into(),
+            ..Default::default()
+        },
+        "front_end_proxy = true\n",
     );
-    let server = Server::start_custom("", &(connector + PARTNERS));
     let body = "Caf\u{e9} cr\u{e8}me via 717\r\n";
     send_to_partners(
         &server,

@@ -6,6 +6,8 @@
 //! PostgreSQL backend (DESIGN §4) are interchangeable. The trait therefore names no
 //! backend type: items, folders and errors are our own.
 
+#[cfg(test)]
+mod contract_tests;
 mod postgres;
 mod sqlite;
 
