@@ -39,6 +39,9 @@ const RELAY_CONNECTIONS: usize = 10;
 const MAX_MESSAGES_PER_CONNECTION: usize = 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an idle session inside the organisation is kept for the next message
+/// (Postfix's `smtp_connection_cache_time_limit` is 2 s).
+const CACHED_SESSION_IDLE: Duration = Duration::from_secs(2);
 
 /// What every transmitter of this server needs.
 #[derive(Clone)]
@@ -217,23 +220,69 @@ impl Transmitter {
             let mut next = Some(first);
             let mut sent = 0;
             let mut broken = false;
+            // The session sat idle in the cache before this item.
+            let mut was_idle = false;
             while let Some(item) = next.take() {
                 let result = self.deliver(&queue, &mut peer, item).await;
                 queue.done();
                 sent += 1;
                 if let Err((item, e)) = result {
                     queue.requeue_front(vec![item]);
-                    queue.connection_failed(e.as_reply().one_line(), &self.policy);
+                    if was_idle {
+                        // The peer closed a cached session while it was idle (a
+                        // restart, its inactivity timeout): not a failure of the next
+                        // hop. The item goes out at once on a new connection, whose
+                        // failure counts as usual.
+                        tracing::debug!(queue = %queue.next_hop.domain, "cached session lost: {e}");
+                    } else {
+                        queue.connection_failed(e.as_reply().one_line(), &self.policy);
+                    }
                     broken = true;
                     break;
                 }
-                if sent < MAX_MESSAGES_PER_CONNECTION {
-                    next = queue.pop();
+                if sent >= MAX_MESSAGES_PER_CONNECTION {
+                    break;
+                }
+                next = queue.pop();
+                was_idle = false;
+                if next.is_none() && peer.connector.is_none() {
+                    next = self.wait_cached(&queue, &peer).await;
+                    was_idle = next.is_some();
                 }
             }
             if !broken {
                 peer.client.quit().await;
             }
+        }
+    }
+
+    /// Connection caching for sessions inside the organisation (Postfix's
+    /// `smtp_connection_cache_time_limit`): when the queue runs dry, the session waits
+    /// up to [`CACHED_SESSION_IDLE`] for the next item instead of closing. At a few
+    /// thousand messages a second the queue empties between messages all the time, and
+    /// without the cache every message would pay a connection, EHLO and AUTH on both
+    /// sides. `None`: close the session (idle time over, or the next hop is now served
+    /// by another server, e.g. after a database move).
+    async fn wait_cached(&self, queue: &DeliveryQueue, peer: &Peer) -> Option<Item> {
+        let deadline = tokio::time::Instant::now() + CACHED_SESSION_IDLE;
+        loop {
+            tokio::time::timeout_at(deadline, queue.wait_for_work())
+                .await
+                .ok()?;
+            let still_a_target = self
+                .ctx
+                .config()
+                .routing(&self.ctx.active)
+                .targets(&queue.next_hop)
+                .iter()
+                .any(|(_, fqdn, _)| *fqdn == peer.host);
+            if !still_a_target {
+                return None;
+            }
+            if let Some(item) = queue.pop() {
+                return Some(item);
+            }
+            // Another session took it; wait again until the deadline.
         }
     }
 
