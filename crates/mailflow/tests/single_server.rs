@@ -213,6 +213,24 @@ fn tracking_log_files_have_exchange_headers_and_protocol_logs_record_sessions() 
         !send.contains("AUTH PLAIN A"),
         "credentials must never be logged"
     );
+    // Transport → Mailbox Delivery: BDAT, as between Exchange servers; the envelope
+    // and the chunk in one write, so no DATA and no 354 on that hop.
+    let hub_send: String =
+        std::fs::read_dir(server.data_dir().join("Logs/Hub/ProtocolLog/SmtpSend"))
+            .unwrap()
+            .map(|e| file_text(&e.unwrap().path()))
+            .collect();
+    let intra: Vec<&str> = hub_send
+        .lines()
+        .filter(|l| l.contains("Intra-Organization SMTP Send Connector"))
+        .collect();
+    assert!(
+        intra
+            .iter()
+            .any(|l| l.contains(",>,BDAT ") && l.ends_with(" LAST,")),
+        "{hub_send}"
+    );
+    assert!(!intra.iter().any(|l| l.contains(",>,DATA")), "{hub_send}");
 }
 
 #[test]

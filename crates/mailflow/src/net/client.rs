@@ -218,8 +218,9 @@ impl SmtpClient {
 
     /// Send content with BDAT (RFC 3030) whenever the server offers CHUNKING: no
     /// dot-stuffing on either side, and a small message's envelope and content go in a
-    /// single round trip. Send connectors to the internet ask for it; the sessions
-    /// between this organisation's services keep DATA for now.
+    /// single round trip. Send connectors and the sessions between this organisation's
+    /// services ask for it; the Front End's proxy sessions relay the client's own
+    /// command (DATA or BDAT) instead.
     pub fn use_chunking(&mut self, on: bool) {
         self.chunking = on;
     }

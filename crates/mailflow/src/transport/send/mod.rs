@@ -633,6 +633,11 @@ pub async fn connect_intra_org_as(
         } else {
             ProtocolSession::disabled()
         };
-    ctx.connect_org(target, service, log, CONNECT_TIMEOUT, COMMAND_TIMEOUT)
-        .await
+    let mut client = ctx
+        .connect_org(target, service, log, CONNECT_TIMEOUT, COMMAND_TIMEOUT)
+        .await?;
+    // Exchange servers send to each other with BDAT: the envelope and a small message
+    // travel in one write and come back as one round trip, with no dot-stuffing.
+    client.use_chunking(true);
+    Ok(client)
 }
