@@ -23,12 +23,20 @@ pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(dir, server))
+    let mailbox_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("mailbox-transport")
+        .enable_all()
+        .build()?;
+    let code = runtime.block_on(serve(dir, server, mailbox_runtime.handle().clone()));
+    mailbox_runtime.shutdown_background();
+    code
 }
 
 async fn serve(
     dir: Arc<crate::directory::Directory>,
     server: crate::directory::Server,
+    mailbox_runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<ExitCode> {
     // DESIGN §1: required once the organisation has two servers; a lone server makes one.
     let lone = dir.org.servers.len() == 1;
@@ -53,7 +61,10 @@ async fn serve(
         server.clone(),
         secret.clone(),
     )?);
-    let transport = TransportService::start(ctx.clone())?;
+    let transport = {
+        let _pipeline = mailbox_runtime.enter();
+        TransportService::start(ctx.clone())?
+    };
     ctx.log_routing_table();
     let stores = Arc::new(Stores::open(&ctx)?);
     crate::mailbox::active_manager::start(transport.clone()).await;
@@ -163,7 +174,9 @@ async fn serve(
         }),
     );
     // Downstream first, so the first message through :25 finds everything listening.
-    let (delivery_addr, _d) = delivery.bind().await?;
+    let (delivery_addr, _d) = mailbox_runtime
+        .spawn(async move { delivery.bind().await })
+        .await??;
     let (hub_addr, _h) = hub.bind().await?;
     let dns = Arc::new(crate::transport::send::dns::Dns::new(
         &settings.external_dns_servers,

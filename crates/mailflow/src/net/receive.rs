@@ -100,10 +100,30 @@ pub struct ReceiveConnector {
     pub handler: HandlerFactory,
 }
 
+/// Connections the kernel completes and queues for `accept` (the kernel caps it at
+/// `net.core.somaxconn`). std and tokio listen with 128: a burst of a few hundred
+/// clients connecting at once (every message in its own session, as most internet
+/// mail is sent) overflows that, and each dropped SYN costs its client a one-second
+/// retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std does: a restarted server can listen again while old sessions linger in
+    // TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl ReceiveConnector {
     /// Binds the listener now (so a port clash fails the start), and returns the task.
     pub async fn bind(self) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = TcpListener::bind(self.bind).await.map_err(|e| {
+        let listener = listen(self.bind).map_err(|e| {
             anyhow::anyhow!(
                 "receive connector {}: cannot listen on {}: {e}",
                 self.id,

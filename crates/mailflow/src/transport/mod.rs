@@ -132,6 +132,7 @@ impl TransportService {
             outbound: Arc::new(tokio::sync::Semaphore::new(
                 ctx.dir().org.transport.max_outbound_connections.max(1),
             )),
+            runtime: tokio::runtime::Handle::current(),
         };
         let queues = Arc::new(Queues::new(
             db,

@@ -54,6 +54,8 @@ pub struct Transmitter {
     pub dns: Arc<Dns>,
     /// MaxOutboundConnections across all external queues.
     pub outbound: Arc<Semaphore>,
+    /// Where the queues' sessions run (see `serve`).
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// The server a connection reached.
@@ -73,7 +75,7 @@ impl Transmitter {
             queue.set_suspended(true);
             return;
         }
-        tokio::spawn(self.clone().sweeper(queue.clone()));
+        self.runtime.spawn(self.clone().sweeper(queue.clone()));
         let workers = match queue.next_hop.delivery_type {
             DeliveryType::SmtpDeliveryToMailbox => MAILBOX_DELIVERY_CONNECTIONS,
             DeliveryType::Unreachable => {
@@ -91,7 +93,7 @@ impl Transmitter {
             _ => RELAY_CONNECTIONS,
         };
         for _ in 0..workers {
-            tokio::spawn(self.clone().worker(queue.clone()));
+            self.runtime.spawn(self.clone().worker(queue.clone()));
         }
     }
 
