@@ -56,6 +56,10 @@ const QUEUE_CAPACITY: usize = 1024;
 /// content it carries) stays bounded however deep the queue is.
 const MAX_BATCH: usize = 256;
 
+/// Content in one transaction, so that a batch of large messages for many recipients
+/// fits the writer's page cache (`wal::tune_writer`) instead of spilling to disk twice.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
 /// Idle read connections kept for reuse; more are opened when reads run concurrently.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -89,6 +93,16 @@ enum Op {
         id: i64,
         to: Folder,
     },
+}
+
+impl Op {
+    /// Bytes of content the write adds: each item is stored with its own copy.
+    fn content_bytes(&self) -> usize {
+        match self {
+            Op::Commit(items) => items.iter().map(|i| i.content.len()).sum(),
+            Op::Move { .. } => 0,
+        }
+    }
 }
 
 enum Done {
@@ -282,10 +296,14 @@ fn run_writer(
     checkpointer: &crate::wal::Checkpointer,
 ) {
     while let Some(first) = queue.blocking_recv() {
+        let mut bytes = first.op.content_bytes();
         let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+        while jobs.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => {
+                    bytes += job.op.content_bytes();
+                    jobs.push(job);
+                }
                 Err(_) => break,
             }
         }
