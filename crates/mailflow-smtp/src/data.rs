@@ -87,7 +87,7 @@ impl DataDecoder {
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         // Any CR or LF that is not part of the CRLF ending this piece is bare.
         let inner = bytes.strip_suffix(b"\r\n").unwrap_or(bytes);
-        if inner.iter().any(|&b| b == b'\r' || b == b'\n') {
+        if memchr::memchr2(b'\r', b'\n', inner).is_some() {
             self.bare_newline = true;
         }
         self.size += bytes.len() as u64;
@@ -96,7 +96,9 @@ impl DataDecoder {
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
+    memchr::memchr_iter(b'\n', buf)
+        .find(|&lf| lf > 0 && buf[lf - 1] == b'\r')
+        .map(|lf| lf - 1)
 }
 
 /// Finds bare CR or LF in content that arrives in pieces (BDAT chunks are counted, not
@@ -159,18 +161,35 @@ impl Default for DotStuffer {
 
 impl DotStuffer {
     pub fn stuff(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = input.last() else {
+            return;
+        };
         out.reserve(input.len() + 16);
-        for &b in input {
-            if self.line_start && b == b'.' {
-                out.push(b'.');
+        // A line start carried over from the previous piece.
+        if self.line_start && input[0] == b'.' {
+            out.push(b'.');
+        }
+        // Copy runs between the line starts that need a dot: only a LF that ends a
+        // CRLF starts a line, the same rule as the decoder's.
+        let ends_crlf = |lf: usize| {
+            if lf == 0 {
+                self.prev_cr
+            } else {
+                input[lf - 1] == b'\r'
             }
-            out.push(b);
-            self.line_start = self.prev_cr && b == b'\n';
-            self.prev_cr = b == b'\r';
+        };
+        let mut copied = 0;
+        for lf in memchr::memchr_iter(b'\n', input) {
+            if input.get(lf + 1) == Some(&b'.') && ends_crlf(lf) {
+                out.extend_from_slice(&input[copied..=lf]);
+                out.push(b'.');
+                copied = lf + 1;
+            }
         }
-        if !input.is_empty() {
-            self.ends_with_crlf = self.line_start;
-        }
+        out.extend_from_slice(&input[copied..]);
+        self.line_start = last == b'\n' && ends_crlf(input.len() - 1);
+        self.prev_cr = last == b'\r';
+        self.ends_with_crlf = self.line_start;
     }
 
     /// The end-of-data sequence, adding a CRLF first if the content lacked one.
@@ -252,6 +271,32 @@ mod tests {
         let (out, end, _) = decode_all(&wire, 1);
         assert_eq!(end, Some(wire.len()));
         assert_eq!(out, b".a\r\nb\r\n.\r\n..c\r\nno newline\r\n");
+    }
+
+    /// The stuffer's output does not depend on how the content is split, and doubles
+    /// exactly the dots that start a CRLF line (not those after a bare CR or LF).
+    #[test]
+    fn stuffer_output_is_independent_of_piece_boundaries() {
+        fn reference(content: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for (i, &b) in content.iter().enumerate() {
+                let line_start = i == 0 || (i >= 2 && &content[i - 2..i] == b"\r\n");
+                if line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+            }
+            out
+        }
+        let content = b".a\r\n.\r\n\n.b\r.c\r\n\r\n..d\r\r\n.e\n\r\n.";
+        for piece in 1..=content.len() {
+            let mut s = DotStuffer::default();
+            let mut wire = Vec::new();
+            for c in content.chunks(piece) {
+                s.stuff(c, &mut wire);
+            }
+            assert_eq!(wire, reference(content), "pieces of {piece}");
+        }
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! exact bytes they pass on, so this works on the wire form rather than a parsed tree;
 //! decoding (RFC 2047 subjects) is left to mail-parser.
 
+use std::sync::LazyLock;
+
+use mail_parser::{HeaderName, MessageParser};
+
 /// Length of the header block including the blank line, or the whole content when the
 /// message has no body separator.
 pub fn header_len(content: &[u8]) -> usize {
@@ -109,8 +113,13 @@ pub fn strip_fields(content: &[u8], matches: impl Fn(&str) -> bool) -> Option<Ve
 /// Addresses of the To, Cc and Bcc fields (the envelope of a message submitted from a
 /// mailbox or the Pickup directory).
 pub fn header_recipients(content: &[u8]) -> Vec<String> {
+    static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+        MessageParser::new()
+            .header_address(HeaderName::Sender)
+            .header_address(HeaderName::From)
+    });
     let head = &content[..header_len(content)];
-    let Some(m) = mail_parser::MessageParser::new().parse_headers(head) else {
+    let Some(m) = PARSER.parse_headers(head) else {
         return Vec::new();
     };
     let mut out: Vec<String> = Vec::new();
@@ -128,8 +137,12 @@ pub fn header_recipients(content: &[u8]) -> Vec<String> {
 
 /// The decoded Subject (RFC 2047) for tracking logs and the store.
 pub fn subject(content: &[u8]) -> String {
+    // Only Subject is decoded: a parser with no header named decodes every header,
+    // Received lines included, and this runs for every message at every hop.
+    static PARSER: LazyLock<MessageParser> =
+        LazyLock::new(|| MessageParser::new().header_text(HeaderName::Subject));
     let head = &content[..header_len(content)];
-    mail_parser::MessageParser::new()
+    PARSER
         .parse_headers(head)
         .and_then(|m| m.subject().map(str::to_string))
         .unwrap_or_default()
@@ -137,8 +150,13 @@ pub fn subject(content: &[u8]) -> String {
 
 /// The address of `Sender:` or else `From:` (tracking's sender-address, reference §7.3).
 pub fn sender_address(content: &[u8]) -> String {
+    static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+        MessageParser::new()
+            .header_address(HeaderName::Sender)
+            .header_address(HeaderName::From)
+    });
     let head = &content[..header_len(content)];
-    let Some(m) = mail_parser::MessageParser::new().parse_headers(head) else {
+    let Some(m) = PARSER.parse_headers(head) else {
         return String::new();
     };
     let first = |a: Option<&mail_parser::Address>| {
@@ -171,5 +189,9 @@ mod tests {
             MSG.len() - b"X-MS-Exchange-Organization-Network-Message-Id: forged\r\n".len()
         );
         assert!(strip_prefixed(&stripped, "X-MS-Exchange-Organization-").is_none());
+        // Sender: wins over From: (tracking's sender-address).
+        let sent = b"From: Alice <alice@x.test>\r\nSender: Bob <bob@x.test>\r\n\r\n";
+        assert_eq!(sender_address(sent), "bob@x.test");
+        assert_eq!(subject(sent), "");
     }
 }

@@ -6,6 +6,7 @@ pub mod files;
 pub mod protocol;
 pub mod tracking;
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
@@ -26,8 +27,32 @@ pub enum LoggingLevel {
 
 /// UTC ISO 8601 with milliseconds and `Z`, the format of every `date-time` field and
 /// of the `#Date` header (reference §7.2, §7.3, §8.2).
+///
+/// Every log line of every session carries one, so the part up to the second is
+/// formatted once per second and thread and reused: chrono's `format` parses its
+/// pattern on each call, which showed in the profile.
 fn format_timestamp(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    thread_local! {
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let second = t.timestamp();
+    // A leap second's nanoseconds run past 1e9; it prints as .999 like chrono's would
+    // be clamped to three digits.
+    let millis = t.timestamp_subsec_millis().min(999);
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != second {
+            *cached = second;
+            *prefix = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+        }
+        let mut s = String::with_capacity(prefix.len() + 5);
+        s.push_str(prefix);
+        s.push('.');
+        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+            s.push(char::from(b'0' + digit as u8));
+        }
+        s.push('Z');
+        s
+    })
 }
 
 /// 64 random bits drawn once per process, so that log ids and session ids from two
@@ -76,5 +101,19 @@ mod tests {
             csv_line(&["a b", "c,d", "e\"f", ""]),
             "a b,\"c,d\",\"e\"\"f\","
         );
+    }
+
+    #[test]
+    fn timestamps_match_chronos_format_within_and_across_seconds() {
+        let base = DateTime::parse_from_rfc3339("2026-11-24T19:36:36.000Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for ms in [0, 7, 45, 162, 999, 1000, 1001, 61_005, 86_400_123] {
+            let t = base + chrono::Duration::milliseconds(ms);
+            assert_eq!(
+                format_timestamp(t),
+                t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+            );
+        }
     }
 }
