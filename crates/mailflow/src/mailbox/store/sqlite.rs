@@ -56,8 +56,8 @@ const QUEUE_CAPACITY: usize = 1024;
 /// content it carries) stays bounded however deep the queue is.
 const MAX_BATCH: usize = 256;
 
-/// Content in one transaction, so that a batch of large messages for many recipients
-/// fits the writer's page cache (`wal::tune_writer`) instead of spilling to disk twice.
+/// Content in one transaction: its pages stay in memory until COMMIT
+/// (`wal::tune_writer`), so a batch of large messages for many recipients is bounded.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Idle read connections kept for reuse; more are opened when reads run concurrently.

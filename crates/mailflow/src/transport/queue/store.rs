@@ -20,6 +20,9 @@ use tokio::sync::oneshot;
 
 /// Most operations per transaction: bounds a transaction's size whatever the backlog.
 const MAX_BATCH: usize = 512;
+/// Most message content per transaction: its pages stay in memory until COMMIT
+/// (`wal::tune_writer`).
+const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Envelope and bookkeeping of a queued message; the content travels beside it.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -334,9 +337,17 @@ fn writer(
         } else {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        while batch.len() < MAX_BATCH {
+        let content = |op: &Op| match op {
+            Op::Insert { content, .. } => content.len(),
+            _ => 0,
+        };
+        let mut bytes: usize = batch.iter().map(content).sum();
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => {
+                    bytes += content(&op);
+                    batch.push(op);
+                }
                 Err(_) => break,
             }
         }
