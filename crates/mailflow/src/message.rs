@@ -115,8 +115,9 @@ pub fn strip_fields(content: &[u8], matches: impl Fn(&str) -> bool) -> Option<Ve
 pub fn header_recipients(content: &[u8]) -> Vec<String> {
     static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
         MessageParser::new()
-            .header_address(HeaderName::Sender)
-            .header_address(HeaderName::From)
+            .header_address(HeaderName::To)
+            .header_address(HeaderName::Cc)
+            .header_address(HeaderName::Bcc)
     });
     let head = &content[..header_len(content)];
     let Some(m) = PARSER.parse_headers(head) else {

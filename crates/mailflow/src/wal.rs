@@ -31,6 +31,18 @@ const INTERVAL: Duration = Duration::from_millis(100);
 /// to complete a checkpoint so that the WAL restarts instead of growing.
 const RESTART_FRAMES: i64 = 8192;
 
+/// When the thread checkpoints and when it asks the writer to restart the WAL.
+#[derive(Clone, Copy)]
+struct Tuning {
+    interval: Duration,
+    restart_frames: i64,
+}
+
+const TUNING: Tuning = Tuning {
+    interval: INTERVAL,
+    restart_frames: RESTART_FRAMES,
+};
+
 #[derive(Default)]
 struct State {
     stopping: Mutex<bool>,
@@ -50,6 +62,15 @@ impl Checkpointer {
     /// Turns off the automatic checkpoint of `writer` and starts the thread that does
     /// the checkpoints of the database at `path` instead.
     pub fn start(writer: &Connection, path: &Path, name: &str) -> anyhow::Result<Checkpointer> {
+        Self::start_with(writer, path, name, TUNING)
+    }
+
+    fn start_with(
+        writer: &Connection,
+        path: &Path,
+        name: &str,
+        tuning: Tuning,
+    ) -> anyhow::Result<Checkpointer> {
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         tune_writer(writer)?;
         let conn = Connection::open(path)?;
@@ -60,7 +81,7 @@ impl Checkpointer {
             .name(format!("{name}-checkpoint"))
             .spawn({
                 let state = Arc::clone(&state);
-                move || run(&conn, &state)
+                move || run(&conn, &state, tuning)
             })
             .map_err(|e| anyhow::anyhow!("cannot start the checkpoint thread: {e}"))?;
         Ok(Checkpointer {
@@ -126,7 +147,7 @@ fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<Outcome> {
     })
 }
 
-fn run(conn: &Connection, state: &State) {
+fn run(conn: &Connection, state: &State, tuning: Tuning) {
     let mut stopping = state
         .stopping
         .lock()
@@ -134,7 +155,7 @@ fn run(conn: &Connection, state: &State) {
     loop {
         stopping = state
             .wake
-            .wait_timeout(stopping, INTERVAL)
+            .wait_timeout(stopping, tuning.interval)
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .0;
         if *stopping {
@@ -144,7 +165,7 @@ fn run(conn: &Connection, state: &State) {
         // to take the lock, only for the join.
         drop(stopping);
         match passive_checkpoint(conn) {
-            Ok(outcome) if outcome.wal_frames > RESTART_FRAMES => {
+            Ok(outcome) if outcome.wal_frames > tuning.restart_frames => {
                 state.restart_wanted.store(true, Ordering::Relaxed);
             }
             Ok(_) => {}
@@ -168,34 +189,38 @@ mod tests {
     }
 
     /// The writer never checkpoints by itself any more, yet the WAL does not grow
-    /// without bound: the thread backfills it and the writer restarts it.
+    /// without bound: the thread backfills it and the writer restarts it. (Without
+    /// `after_commit` the WAL ends at least 10 × `restart_frames` long.)
     #[test]
     fn the_wal_stays_bounded_while_the_writer_commits_without_pause() -> anyhow::Result<()> {
+        let tuning = Tuning {
+            interval: Duration::from_millis(5),
+            restart_frames: 1024,
+        };
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("t.db");
         let writer = Connection::open(&path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.execute_batch("CREATE TABLE t (b BLOB)")?;
-        let checkpointer = Checkpointer::start(&writer, &path, "test")?;
+        let checkpointer = Checkpointer::start_with(&writer, &path, "test", tuning)?;
         let autocheckpoint: i64 =
             writer.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?;
         assert_eq!(autocheckpoint, 0);
         let blob = vec![7u8; 64 * 1024];
+        let inserts = 10 * tuning.restart_frames / 16;
         let mut largest = 0;
-        // 3 × RESTART_FRAMES pages of content: without the restart the WAL would end
-        // at least that long.
-        for _ in 0..(3 * RESTART_FRAMES / 16) {
+        for _ in 0..inserts {
             writer.execute("INSERT INTO t (b) VALUES (?1)", [&blob])?;
             checkpointer.after_commit(&writer);
             largest = largest.max(wal_pages(dir.path()));
         }
         assert!(
-            largest < 2 * RESTART_FRAMES as u64,
+            largest < 5 * tuning.restart_frames as u64,
             "WAL reached {largest} pages"
         );
         // Everything was committed and can be read back.
         let rows: i64 = writer.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?;
-        assert_eq!(rows, 3 * RESTART_FRAMES / 16);
+        assert_eq!(rows, inserts);
         drop(checkpointer);
         Ok(())
     }
