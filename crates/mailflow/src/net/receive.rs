@@ -107,6 +107,9 @@ pub struct ReceiveConnector {
 /// retransmission.
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// The most a session reads at once.
+const READ_BUFFER: usize = 16 * 1024;
+
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -245,7 +248,10 @@ impl ReceiveConnector {
         let mut handler = (self.handler)();
         let started = Instant::now();
         let mut in_transaction = false;
-        let mut buf = vec![0u8; 16 * 1024];
+        // Small while the session only exchanges commands (an idle session holds it,
+        // and thousands may be idle); it grows to READ_BUFFER once a read fills it,
+        // which is content arriving.
+        let mut buf = vec![0u8; 1024];
         let result: std::io::Result<()> = async {
             loop {
                 let mut start_tls = false;
@@ -383,6 +389,9 @@ impl ReceiveConnector {
                     break;
                 }
                 session.feed(&buf[..n]);
+                if n == buf.len() && buf.len() < READ_BUFFER {
+                    buf.resize(READ_BUFFER, 0);
+                }
             }
             Ok(())
         }
