@@ -694,3 +694,59 @@ fn when_the_active_copys_server_dies_the_next_copy_takes_over_and_the_returning_
     let all = c.track(None, &["--event-id", "DELIVER", "--subject", "fo "]);
     assert_eq!(all.len(), 3, "each message once: {all:#?}");
 }
+
+/// Transport keeps an idle session inside the organisation for
+/// `intra_org_connection_cache_time`. When the server at the other end restarts
+/// meanwhile, the next message goes out at once on a new connection: the lost session
+/// is not a failure of the next hop, so the queue does not wait its retry interval
+/// (30 s here, longer than the test waits).
+#[test]
+fn a_cached_session_to_a_restarted_server_is_replaced_at_once_without_a_retry() {
+    let org = |p: &HashMap<String, Ports>| {
+        three_sites(false, 30)(p)
+            .replace(
+                "queue_glitch_retry_interval = \"1s\"",
+                "queue_glitch_retry_interval = \"30s\"\nintra_org_connection_cache_time = \"60s\"",
+            )
+            .replace(
+                "transient_failure_retry_interval = \"1s\"",
+                "transient_failure_retry_interval = \"30s\"",
+            )
+    };
+    let mut c = Cluster::new(&["SA", "SB", "SC"], org);
+    c.start("SA");
+    c.start("SC");
+    // team@ has no mailbox: SA's Front End hands it to SA's Transport, which relays
+    // it straight to SC (no hub site) and keeps that session.
+    send_via(
+        c.frontend("SA"),
+        &["team@contoso.test"],
+        "before the restart",
+    );
+    c.wait_delivered("before the restart", 1);
+    c.kill9("SC");
+    c.start("SC");
+    send_via(
+        c.frontend("SA"),
+        &["team@contoso.test"],
+        "after the restart",
+    );
+    let delivered = wait_for("delivery without a retry", Duration::from_secs(15), || {
+        let d = c.track(
+            None,
+            &["--event-id", "DELIVER", "--subject", "after the restart"],
+        );
+        (!d.is_empty()).then_some(d)
+    });
+    assert_eq!(delivered.len(), 1);
+    assert!(
+        file_text(&c.dir.path().join("SA.log")).contains("cached session to sc.contoso.test lost"),
+        "the test must have used the cached session:\n{}",
+        c.logs()
+    );
+    assert!(
+        c.queues("SA").iter().all(|q| q["Status"] != "Retry"),
+        "{:#?}",
+        c.queues("SA")
+    );
+}

@@ -114,6 +114,10 @@ pub struct TransportSettings {
     pub max_per_domain_outbound_connections: usize,
     /// MaxOutboundConnections.
     pub max_outbound_connections: usize,
+    /// How long a session inside the organisation waits for the next message of its
+    /// queue before it closes (mailflow's; Postfix's `smtp_connection_cache_time_limit`).
+    #[serde(deserialize_with = "de_duration")]
+    pub intra_org_connection_cache_time: Duration,
 }
 
 impl Default for TransportSettings {
@@ -136,6 +140,7 @@ impl Default for TransportSettings {
             external_dns_servers: Vec::new(),
             max_per_domain_outbound_connections: 20,
             max_outbound_connections: 1000,
+            intra_org_connection_cache_time: Duration::from_secs(2),
         }
     }
 }

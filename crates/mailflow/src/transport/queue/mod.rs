@@ -152,6 +152,10 @@ pub struct DeliveryQueue {
     pub next_hop: NextHop,
     state: Mutex<QueueState>,
     notify: Notify,
+    /// Wakes a session that waits with an open connection (connection caching); such
+    /// sessions get new items before sessions that would have to connect.
+    cached: Notify,
+    cached_waiting: AtomicUsize,
 }
 
 /// What `queue list` shows (Get-Queue properties, reference §3.5).
@@ -222,6 +226,8 @@ impl DeliveryQueue {
                 next_retry: None,
             }),
             notify: Notify::new(),
+            cached: Notify::new(),
+            cached_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -231,7 +237,53 @@ impl DeliveryQueue {
 
     pub fn push(&self, item: Item) {
         self.lock().items.push_back(item);
+        if self.cached_waiting.load(Ordering::SeqCst) > 0 {
+            self.cached.notify_one();
+        } else {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Wakes a session without a connection: an item a cached session cannot take.
+    pub fn hand_off(&self) {
         self.notify.notify_one();
+    }
+
+    /// Whether `pop` would return an item now.
+    fn has_due_item(&self) -> bool {
+        let s = self.lock();
+        let now = Instant::now();
+        !s.suspended
+            && s.next_retry.is_none_or(|(at, _)| at <= now)
+            && s.items
+                .iter()
+                .any(|i| i.not_before.is_none_or(|t| t <= now))
+    }
+
+    /// For a session with an open connection: waits until an item is due or until
+    /// `deadline`; false when the deadline passed first. While it waits, new items wake
+    /// it rather than a session without a connection.
+    pub async fn wait_for_work_cached(&self, deadline: tokio::time::Instant) -> bool {
+        self.cached_waiting.fetch_add(1, Ordering::SeqCst);
+        let found = loop {
+            // Registered before the check, so a push in between is not lost.
+            let notified = self.cached.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_due_item() {
+                break true;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => break false,
+            }
+        };
+        self.cached_waiting.fetch_sub(1, Ordering::SeqCst);
+        if !found && self.has_due_item() {
+            // An item pushed while this session gave up was meant for it.
+            self.hand_off();
+        }
+        found
     }
 
     /// Puts items back at the front after a failed connection (order kept).

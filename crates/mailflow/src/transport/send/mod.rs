@@ -39,9 +39,6 @@ const RELAY_CONNECTIONS: usize = 10;
 const MAX_MESSAGES_PER_CONNECTION: usize = 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long an idle session inside the organisation is kept for the next message
-/// (Postfix's `smtp_connection_cache_time_limit` is 2 s).
-const CACHED_SESSION_IDLE: Duration = Duration::from_secs(2);
 
 /// What every transmitter of this server needs.
 #[derive(Clone)]
@@ -235,7 +232,11 @@ impl Transmitter {
                         // restart, its inactivity timeout): not a failure of the next
                         // hop. The item goes out at once on a new connection, whose
                         // failure counts as usual.
-                        tracing::debug!(queue = %queue.next_hop.domain, "cached session lost: {e}");
+                        tracing::info!(
+                            queue = %queue.next_hop.domain,
+                            "cached session to {} lost ({e}); sending on a new connection",
+                            peer.host
+                        );
                     } else {
                         queue.connection_failed(e.as_reply().one_line(), &self.policy);
                     }
@@ -260,17 +261,19 @@ impl Transmitter {
 
     /// Connection caching for sessions inside the organisation (Postfix's
     /// `smtp_connection_cache_time_limit`): when the queue runs dry, the session waits
-    /// up to [`CACHED_SESSION_IDLE`] for the next item instead of closing. At a few
+    /// up to `[transport] intra_org_connection_cache_time` (2 s) for the next item
+    /// instead of closing. At a few
     /// thousand messages a second the queue empties between messages all the time, and
     /// without the cache every message would pay a connection, EHLO and AUTH on both
     /// sides. `None`: close the session (idle time over, or the next hop is now served
     /// by another server, e.g. after a database move).
     async fn wait_cached(&self, queue: &DeliveryQueue, peer: &Peer) -> Option<Item> {
-        let deadline = tokio::time::Instant::now() + CACHED_SESSION_IDLE;
+        let idle = self.ctx.dir().org.transport.intra_org_connection_cache_time;
+        let deadline = tokio::time::Instant::now() + idle;
         loop {
-            tokio::time::timeout_at(deadline, queue.wait_for_work())
-                .await
-                .ok()?;
+            if !queue.wait_for_work_cached(deadline).await {
+                return None;
+            }
             let still_a_target = self
                 .ctx
                 .config()
@@ -279,6 +282,8 @@ impl Transmitter {
                 .iter()
                 .any(|(_, fqdn, _)| *fqdn == peer.host);
             if !still_a_target {
+                // The item was given to this session; a new connection must take it.
+                queue.hand_off();
                 return None;
             }
             if let Some(item) = queue.pop() {
