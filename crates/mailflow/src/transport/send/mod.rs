@@ -262,10 +262,9 @@ impl Transmitter {
     /// Connection caching for sessions inside the organisation (Postfix's
     /// `smtp_connection_cache_time_limit`): when the queue runs dry, the session waits
     /// up to `[transport] intra_org_connection_cache_time` (2 s) for the next item
-    /// instead of closing. At a few
-    /// thousand messages a second the queue empties between messages all the time, and
-    /// without the cache every message would pay a connection, EHLO and AUTH on both
-    /// sides. `None`: close the session (idle time over, or the next hop is now served
+    /// instead of closing. At a few thousand messages a second the queue empties
+    /// between messages all the time, and without the cache every message would pay a
+    /// connection, EHLO and AUTH on both sides. `None`: close the session (idle time over, or the next hop is now served
     /// by another server, e.g. after a database move).
     async fn wait_cached(&self, queue: &DeliveryQueue, peer: &Peer) -> Option<Item> {
         let idle = self.ctx.dir().org.transport.intra_org_connection_cache_time;
