@@ -23,10 +23,17 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Committed, Folder, FolderCount, MailboxStore, NewItem, StoreError, StoredItem};
 
 /// Bumped whenever the schema changes; `open` refuses files from a newer mailflow
-/// rather than misreading them.
-const SCHEMA_VERSION: i64 = 1;
+/// rather than misreading them, and upgrades files from an older one.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
+    -- A message's bytes, once per delivery: the recipients of one message in this
+    -- database share the row (a message to ten mailboxes is written once, not ten
+    -- times). Removed with the last item that refers to it.
+    CREATE TABLE contents (
+        id INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );
     -- AUTOINCREMENT: item ids reach tracking and the CLI, so one is never reused
     -- after its item is deleted.
     CREATE TABLE items (
@@ -39,13 +46,29 @@ const SCHEMA: &str = "
         subject TEXT NOT NULL,
         size INTEGER NOT NULL,
         received TEXT NOT NULL,
-        content BLOB NOT NULL
+        content_id INTEGER NOT NULL REFERENCES contents (id)
     );
     -- Duplicate detection (reference §5): one copy of a message per folder.
     CREATE UNIQUE INDEX items_duplicate_detection
         ON items (mailbox, folder, network_message_id);
     -- The Outbox scan of Mailbox Transport Submission, across all mailboxes.
     CREATE INDEX items_by_folder ON items (folder, id);
+    -- Whether a content row is still referred to, when an item goes.
+    CREATE INDEX items_by_content ON items (content_id);
+";
+
+/// Version 1 kept each item's content in the item's row: each becomes its own content
+/// row. Rewrites the items table once (DROP COLUMN), in one transaction.
+const UPGRADE_FROM_1: &str = "
+    CREATE TABLE contents (
+        id INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+    INSERT INTO contents (id, data) SELECT id, content FROM items;
+    ALTER TABLE items ADD COLUMN content_id INTEGER REFERENCES contents (id);
+    UPDATE items SET content_id = id;
+    ALTER TABLE items DROP COLUMN content;
+    CREATE INDEX items_by_content ON items (content_id);
 ";
 
 /// Writes waiting for the writer. Bounded so that a stalled disk pushes back on
@@ -96,10 +119,18 @@ enum Op {
 }
 
 impl Op {
-    /// Bytes of content the write adds: each item is stored with its own copy.
+    /// Bytes of content the write adds: once per message (see `insert_items`).
     fn content_bytes(&self) -> usize {
         match self {
-            Op::Commit(items) => items.iter().map(|i| i.content.len()).sum(),
+            Op::Commit(items) => {
+                let mut distinct: Vec<&Arc<[u8]>> = Vec::new();
+                for item in items {
+                    if !distinct.iter().any(|c| Arc::ptr_eq(c, &item.content)) {
+                        distinct.push(&item.content);
+                    }
+                }
+                distinct.iter().map(|c| c.len()).sum()
+            }
             Op::Move { .. } => 0,
         }
     }
@@ -213,10 +244,13 @@ impl MailboxStore for SqliteStore {
 
     async fn content(&self, id: i64) -> Result<Vec<u8>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached("SELECT content FROM items WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
-                .optional()?
-                .ok_or(StoreError::NotFound(id))
+            conn.prepare_cached(
+                "SELECT contents.data FROM items JOIN contents ON contents.id = items.content_id \
+                 WHERE items.id = ?1",
+            )?
+            .query_row([id], |row| row.get(0))
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
         })
         .await
     }
@@ -277,6 +311,13 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         0 => {
             conn.execute_batch(&format!(
                 "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))?;
+            Ok(())
+        }
+        1 => {
+            tracing::info!("upgrading a mailbox database from schema version 1 to 2");
+            conn.execute_batch(&format!(
+                "BEGIN; {UPGRADE_FROM_1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
             Ok(())
         }
@@ -382,19 +423,40 @@ fn insert_items(
     items: Vec<NewItem>,
     received: &str,
 ) -> Result<Vec<Committed>, StoreError> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO items (mailbox, folder, network_message_id, internet_message_id, \
-         sender, subject, size, received, content) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-         ON CONFLICT (mailbox, folder, network_message_id) DO NOTHING",
-    )?;
     let mut existing = conn.prepare_cached(
         "SELECT id FROM items WHERE mailbox = ?1 AND folder = ?2 AND network_message_id = ?3",
     )?;
+    let mut insert_content = conn.prepare_cached("INSERT INTO contents (data) VALUES (?1)")?;
+    let mut insert_item = conn.prepare_cached(
+        "INSERT INTO items (mailbox, folder, network_message_id, internet_message_id, \
+         sender, subject, size, received, content_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    // The content rows this write made: the items of one delivery share their bytes.
+    let mut stored: Vec<(Arc<[u8]>, i64)> = Vec::new();
     let mut committed = Vec::with_capacity(items.len());
     for item in items {
         let mailbox = item.mailbox.to_lowercase();
         let folder = item.folder.as_str();
-        let inserted = insert.execute(params![
+        if let Some(id) = existing
+            .query_row(params![mailbox, folder, item.network_message_id], |row| {
+                row.get(0)
+            })
+            .optional()?
+        {
+            committed.push(Committed::Duplicate(id));
+            continue;
+        }
+        let same = |c: &Arc<[u8]>| Arc::ptr_eq(c, &item.content) || c[..] == item.content[..];
+        let content_id = match stored.iter().find(|(c, _)| same(c)) {
+            Some((_, id)) => *id,
+            None => {
+                insert_content.execute([&item.content[..]])?;
+                let id = conn.last_insert_rowid();
+                stored.push((Arc::clone(&item.content), id));
+                id
+            }
+        };
+        insert_item.execute(params![
             mailbox,
             folder,
             item.network_message_id,
@@ -403,17 +465,9 @@ fn insert_items(
             item.subject,
             item.content.len(),
             received,
-            &item.content[..],
+            content_id,
         ])?;
-        committed.push(if inserted == 1 {
-            Committed::New(conn.last_insert_rowid())
-        } else {
-            let id = existing
-                .query_row(params![mailbox, folder, item.network_message_id], |row| {
-                    row.get(0)
-                })?;
-            Committed::Duplicate(id)
-        });
+        committed.push(Committed::New(conn.last_insert_rowid()));
     }
     Ok(committed)
 }
@@ -425,9 +479,21 @@ fn move_item(conn: &Connection, id: i64, to: Folder) -> Result<(), StoreError> {
         "UPDATE OR IGNORE items SET folder = ?2 WHERE id = ?1",
         params![id, to.as_str()],
     )?;
-    if moved == 0 && conn.execute("DELETE FROM items WHERE id = ?1", [id])? == 0 {
-        return Err(StoreError::NotFound(id));
+    if moved == 1 {
+        return Ok(());
     }
+    let content_id: i64 = conn
+        .query_row("SELECT content_id FROM items WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or(StoreError::NotFound(id))?;
+    conn.execute("DELETE FROM items WHERE id = ?1", [id])?;
+    conn.execute(
+        "DELETE FROM contents WHERE id = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM items WHERE content_id = ?1)",
+        [content_id],
+    )?;
     Ok(())
 }
 
@@ -506,8 +572,13 @@ fn folder_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Folder> {
 mod tests {
     use super::*;
     use crate::mailbox::store::contract_tests::{
-        Backend, TestResult, contract_tests, deliver, inbox,
+        Backend, TestResult, USER1, USER2, contract_tests, deliver, inbox, item,
     };
+
+    fn rows(path: &Path, table: &str) -> rusqlite::Result<i64> {
+        Connection::open(path)?
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+    }
 
     /// A database file in a temp dir of its own.
     struct Sqlite {
@@ -547,6 +618,106 @@ mod tests {
         let mode: String =
             Connection::open(&path)?.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
         assert_eq!(mode, "wal");
+        Ok(())
+    }
+
+    /// One message for ten mailboxes of the database is one content row; each item
+    /// still reads back the whole message.
+    #[tokio::test]
+    async fn a_message_for_many_mailboxes_is_stored_once() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("DB01.sqlite");
+        let store = SqliteStore::open(&path)?;
+        let content: Arc<[u8]> = Arc::from(&b"Subject: to ten\r\n\r\nshared body\r\n"[..]);
+        let items: Vec<NewItem> = (0..10)
+            .map(|n| NewItem {
+                content: Arc::clone(&content),
+                ..item(
+                    &format!("user{n}@contoso.test"),
+                    Folder::Inbox,
+                    "nm-ten",
+                    b"",
+                )
+            })
+            .collect();
+        let committed = store.commit(items).await?;
+        assert_eq!(committed.len(), 10);
+        for c in &committed {
+            let Committed::New(id) = c else {
+                panic!("{committed:?}")
+            };
+            assert_eq!(store.content(*id).await?, &content[..]);
+        }
+        // Equal bytes that are not the same allocation are shared too.
+        let copies = vec![
+            item(USER1, Folder::SentItems, "nm-two", b"same\r\n"),
+            item(USER2, Folder::SentItems, "nm-two", b"same\r\n"),
+        ];
+        store.commit(copies).await?;
+        drop(store);
+        assert_eq!(rows(&path, "items")?, 12);
+        assert_eq!(rows(&path, "contents")?, 2);
+        Ok(())
+    }
+
+    /// An item absorbed as a duplicate (moved into a folder that already holds the
+    /// message) takes its content row with it when no other item refers to it.
+    #[tokio::test]
+    async fn content_goes_with_the_last_item_that_refers_to_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("DB01.sqlite");
+        let store = SqliteStore::open(&path)?;
+        let outbox = deliver(&store, item(USER1, Folder::Outbox, "nm-1", b"a\r\n")).await?;
+        let sent = deliver(&store, item(USER1, Folder::SentItems, "nm-1", b"a\r\n")).await?;
+        store.move_item(outbox, Folder::SentItems).await?;
+        assert_eq!(store.content(sent).await?, b"a\r\n");
+        assert!(matches!(
+            store.content(outbox).await,
+            Err(StoreError::NotFound(_))
+        ));
+        drop(store);
+        assert_eq!(rows(&path, "items")?, 1);
+        assert_eq!(rows(&path, "contents")?, 1);
+        Ok(())
+    }
+
+    /// A database written by a mailflow with schema version 1 (content in each item's
+    /// row) is upgraded when it is opened, its items intact.
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("DB01.sqlite");
+        Connection::open(&path)?.execute_batch(
+            "CREATE TABLE items (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                mailbox TEXT NOT NULL, folder TEXT NOT NULL,
+                network_message_id TEXT NOT NULL, internet_message_id TEXT NOT NULL,
+                sender TEXT NOT NULL, subject TEXT NOT NULL, size INTEGER NOT NULL,
+                received TEXT NOT NULL, content BLOB NOT NULL);
+             CREATE UNIQUE INDEX items_duplicate_detection
+                ON items (mailbox, folder, network_message_id);
+             CREATE INDEX items_by_folder ON items (folder, id);
+             INSERT INTO items (mailbox, folder, network_message_id, internet_message_id,
+                sender, subject, size, received, content)
+                VALUES ('user1@contoso.test', 'Inbox', 'nm-old', '<old@x>', 's@x', 'old',
+                        5, '2026-11-01T00:00:00.000Z', X'6F6C640D0A');
+             PRAGMA user_version = 1;",
+        )?;
+        let store = SqliteStore::open(&path)?;
+        let items = store.list(USER1, Folder::Inbox).await?;
+        assert_eq!(items.len(), 1);
+        assert_eq!(store.content(items[0].id).await?, b"old\r\n");
+        // New deliveries after the upgrade, and duplicate detection across it.
+        deliver(&store, inbox("nm-new", b"new\r\n")).await?;
+        assert!(matches!(
+            store.commit(vec![inbox("nm-old", b"old\r\n")]).await?[..],
+            [Committed::Duplicate(id)] if id == items[0].id
+        ));
+        drop(store);
+        let version: i64 =
+            Connection::open(&path)?.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(rows(&path, "contents")?, 2);
         Ok(())
     }
 
