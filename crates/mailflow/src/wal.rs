@@ -1,4 +1,5 @@
-//! SQLite WAL checkpoints off the commit path.
+//! How the embedded databases' writers use SQLite: WAL checkpoints off the commit
+//! path, and each transaction kept in memory until COMMIT (`tune_writer`).
 //!
 //! Both embedded databases (the Transport queue and each SQLite mailbox database) have
 //! one writer thread whose commits are waited for by SMTP sessions: a 250 is sent after
@@ -59,8 +60,9 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Turns off the automatic checkpoint of `writer` and starts the thread that does
-    /// the checkpoints of the database at `path` instead.
+    /// Turns off the automatic checkpoint of `writer`, tunes its page cache
+    /// (`tune_writer`), and starts the thread that does the checkpoints of the
+    /// database at `path` instead.
     pub fn start(writer: &Connection, path: &Path, name: &str) -> anyhow::Result<Checkpointer> {
         Self::start_with(writer, path, name, TUNING)
     }
