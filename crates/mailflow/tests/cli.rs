@@ -7,19 +7,25 @@ use std::process::Command;
 
 use common::BIN;
 
+/// `mailflow init` of organisation fabrikam.test, server EX1, into `dir`.
+fn init_fabrikam(dir: &std::path::Path) -> Command {
+    let mut init = Command::new(BIN);
+    init.args([
+        "init",
+        "--domain",
+        "fabrikam.test",
+        "--server",
+        "EX1",
+        "--dir",
+    ])
+    .arg(dir);
+    init
+}
+
 #[test]
 fn init_writes_a_valid_organisation_and_check_config_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "init",
-            "--domain",
-            "fabrikam.test",
-            "--server",
-            "EX1",
-            "--dir",
-        ])
-        .arg(dir.path())
+    let out = init_fabrikam(dir.path())
         .args([
             "--mailbox",
             "ann@fabrikam.test",
@@ -101,16 +107,7 @@ fn a_reader_that_goes_away_ends_the_command_quietly_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(BIN)
-        .args([
-            "init",
-            "--domain",
-            "fabrikam.test",
-            "--server",
-            "EX1",
-            "--dir",
-        ])
-        .arg(dir.path())
+    let out = init_fabrikam(dir.path())
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .output()

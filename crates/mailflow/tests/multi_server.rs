@@ -50,23 +50,36 @@ cost = {ac}
         for (name, site) in [("SA", "A"), ("SB", "B"), ("SC", "C")] {
             org.push_str(&server_entry(name, site, &p[name]));
         }
-        org.push_str(
-            r#"
-[[databases]]
-name = "DBC"
-copies = ["SC"]
-
-[[mailboxes]]
-address = "carol@contoso.test"
-database = "DBC"
-
-[[groups]]
-address = "team@contoso.test"
-members = ["carol@contoso.test"]
-"#,
-        );
+        org.push_str(&database_and_group(
+            ("DBC", "SC"),
+            "carol@contoso.test",
+            ("team@contoso.test", "carol@contoso.test"),
+        ));
         org
     }
+}
+
+/// A database with one copy holding one mailbox, and a group with one member.
+fn database_and_group(
+    (database, copy): (&str, &str),
+    mailbox: &str,
+    (group, member): (&str, &str),
+) -> String {
+    format!(
+        r#"
+[[databases]]
+name = "{database}"
+copies = ["{copy}"]
+
+[[mailboxes]]
+address = "{mailbox}"
+database = "{database}"
+
+[[groups]]
+address = "{group}"
+members = ["{member}"]
+"#
+    )
 }
 
 fn route_to(cluster: &Cluster, server: &str, destination: &str) -> serde_json::Value {
@@ -500,22 +513,12 @@ fn one_site(p: &HashMap<String, Ports>, names: &[&str], extra: &str) -> String {
     for name in names {
         org.push_str(&server_entry(name, "A", &p[*name]));
     }
-    org.push_str(&format!(
-        r#"
-[[databases]]
-name = "DBA"
-copies = ["{first}"]
-
-[[mailboxes]]
-address = "alice@contoso.test"
-database = "DBA"
-
-[[groups]]
-address = "partners@contoso.test"
-members = ["someone@fabrikam.test"]
-{extra}"#,
-        first = names[0]
+    org.push_str(&database_and_group(
+        ("DBA", names[0]),
+        "alice@contoso.test",
+        ("partners@contoso.test", "someone@fabrikam.test"),
     ));
+    org.push_str(extra);
     org
 }
 

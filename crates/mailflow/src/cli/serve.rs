@@ -27,7 +27,8 @@ pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
     // durable: the categorizer, the delivery queues' sessions and Mailbox Delivery
     // (:475). A burst of new internet sessions then waits its turn in the main
     // runtime instead of queueing ahead of mail already accepted: at half the peak
-    // rate this took the end-to-end p99 from 40–240 ms to under 20 ms.
+    // rate this took the end-to-end p99 of partial benchmark runs from 40–240 ms to
+    // 15–30 ms.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -145,6 +145,19 @@ struct QueueState {
     next_retry: Option<(Instant, SystemTime)>,
 }
 
+impl QueueState {
+    /// Where the item `pop` would take now is, if the queue may transmit (not
+    /// suspended, not waiting for its next retry) and an item is due.
+    fn due_item(&self, now: Instant) -> Option<usize> {
+        if self.suspended || self.next_retry.is_some_and(|(at, _)| at > now) {
+            return None;
+        }
+        self.items
+            .iter()
+            .position(|i| i.not_before.is_none_or(|t| t <= now))
+    }
+}
+
 /// One delivery queue.
 pub struct DeliveryQueue {
     /// Identity number: `Server\<n>` as Get-Queue shows it.
@@ -251,13 +264,7 @@ impl DeliveryQueue {
 
     /// Whether `pop` would return an item now.
     fn has_due_item(&self) -> bool {
-        let s = self.lock();
-        let now = Instant::now();
-        !s.suspended
-            && s.next_retry.is_none_or(|(at, _)| at <= now)
-            && s.items
-                .iter()
-                .any(|i| i.not_before.is_none_or(|t| t <= now))
+        self.lock().due_item(Instant::now()).is_some()
     }
 
     /// For a session with an open connection: waits until an item is due or until
@@ -309,11 +316,7 @@ impl DeliveryQueue {
                     None
                 } else if let Some((at, _)) = s.next_retry.filter(|(at, _)| *at > now) {
                     Some(at)
-                } else if s
-                    .items
-                    .iter()
-                    .any(|i| i.not_before.is_none_or(|t| t <= now))
-                {
+                } else if s.due_item(now).is_some() {
                     return;
                 } else {
                     s.items.iter().filter_map(|i| i.not_before).min()
@@ -334,14 +337,7 @@ impl DeliveryQueue {
     /// Takes the next due item, if the queue may transmit.
     pub fn pop(&self) -> Option<Item> {
         let mut s = self.lock();
-        let now = Instant::now();
-        if s.suspended || s.next_retry.is_some_and(|(at, _)| at > now) {
-            return None;
-        }
-        let pos = s
-            .items
-            .iter()
-            .position(|i| i.not_before.is_none_or(|t| t <= now))?;
+        let pos = s.due_item(Instant::now())?;
         let item = s.items.remove(pos)?;
         s.in_flight += 1;
         Some(item)
