@@ -585,7 +585,14 @@ impl Transmitter {
                 .resubmit(msg.clone(), reroute.into_iter().map(|(r, _)| r).collect());
         }
         if !deferred.is_empty() {
-            let recipients = deferred.into_iter().map(|(r, _)| r).collect();
+            // Get-Message shows why each recipient waits.
+            let recipients = deferred
+                .into_iter()
+                .map(|(mut r, reply)| {
+                    r.last_error = Some(reply.one_line());
+                    r
+                })
+                .collect();
             // Per-recipient retry; the queue itself stays up.
             let not_before = Some(Instant::now() + self.policy.interval(0));
             queue.push(Item {
