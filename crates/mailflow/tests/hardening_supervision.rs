@@ -237,10 +237,33 @@ fn a_refused_smart_host_behind_the_outbound_proxy_gives_its_status_once() {
         &message("proxy refused", "the smart host is down\r\n"),
     );
     assert!(r.starts_with("250"), "{r}");
-    // The :717 proxy answers RCPT with the smart host's failure; Transport defers.
+    // The :717 proxy answers RCPT with the smart host's failure; Transport defers it
+    // with that reply, status once.
+    let deferred = wait_for("the DEFER event", Duration::from_secs(30), || {
+        let d = events(&server, "DEFER", "proxy refused");
+        (!d.is_empty()).then_some(d)
+    });
+    let status = deferred[0]["RecipientStatus"][0].as_str().unwrap();
+    assert!(status.starts_with("451 4.4.1 Connection failed"), "{status}");
+    assert_eq!(status.matches("4.4.1").count(), 1, "{status}");
+    assert_eq!(status.matches("451").count(), 1, "{status}");
+    // The Front End's :717 receive log holds the reply it gave, status once.
+    let recv_dir = server
+        .data_dir()
+        .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
+    let log: String = std::fs::read_dir(&recv_dir)
+        .unwrap()
+        .map(|e| file_text(&e.unwrap().path()))
+        .collect();
+    let reply = log
+        .lines()
+        .find(|l| l.contains("Outbound Proxy Frontend") && l.contains("Connection failed"))
+        .unwrap_or_else(|| panic!("no :717 reply in the receive log:\n{log}"));
+    assert_eq!(reply.matches("4.4.1").count(), 1, "{reply}");
+    // Get-Message shows the same reply as the recipient's LastError.
     let last_error = wait_for(
-        "the external recipient deferred with a last error",
-        Duration::from_secs(30),
+        "the external recipient listed with a last error",
+        Duration::from_secs(10),
         || {
             server
                 .cli_json(&["message", "list"])
@@ -260,26 +283,6 @@ fn a_refused_smart_host_behind_the_outbound_proxy_gives_its_status_once() {
         "{last_error}"
     );
     assert_eq!(last_error.matches("4.4.1").count(), 1, "{last_error}");
-    assert_eq!(last_error.matches("451").count(), 1, "{last_error}");
-    let deferred = wait_for("the DEFER event", Duration::from_secs(10), || {
-        let d = events(&server, "DEFER", "proxy refused");
-        (!d.is_empty()).then_some(d)
-    });
-    let status = deferred[0]["RecipientStatus"][0].as_str().unwrap();
-    assert_eq!(status.matches("4.4.1").count(), 1, "{status}");
-    // The Front End's :717 receive log holds the reply it gave, status once.
-    let recv_dir = server
-        .data_dir()
-        .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
-    let log: String = std::fs::read_dir(&recv_dir)
-        .unwrap()
-        .map(|e| file_text(&e.unwrap().path()))
-        .collect();
-    let reply = log
-        .lines()
-        .find(|l| l.contains("Outbound Proxy Frontend") && l.contains("Connection failed"))
-        .unwrap_or_else(|| panic!("no :717 reply in the receive log:\n{log}"));
-    assert_eq!(reply.matches("4.4.1").count(), 1, "{reply}");
 }
 
 #[test]
