@@ -244,7 +244,10 @@ fn a_refused_smart_host_behind_the_outbound_proxy_gives_its_status_once() {
         (!d.is_empty()).then_some(d)
     });
     let status = deferred[0]["RecipientStatus"][0].as_str().unwrap();
-    assert!(status.starts_with("451 4.4.1 Connection failed"), "{status}");
+    assert!(
+        status.starts_with("451 4.4.1 Connection failed"),
+        "{status}"
+    );
     assert_eq!(status.matches("4.4.1").count(), 1, "{status}");
     assert_eq!(status.matches("451").count(), 1, "{status}");
     // The Front End's :717 receive log holds the reply it gave, status once.
@@ -330,4 +333,54 @@ fn a_message_larger_than_every_matching_send_connector_gets_ndr_5_3_4_and_is_not
     assert!(r.starts_with("250"), "{r}");
     let t = sink.wait_transactions(1);
     assert!(t[0].contains("Subject: small enough"), "{}", t[0]);
+}
+
+#[test]
+fn panicking_receive_sessions_release_their_connection_slots_and_acknowledge_nothing() {
+    // Two sessions per receive connector: a slot leaked by each panicking session
+    // would lock Transport's receive connector after the second.
+    let mut server = Server::start();
+    let config = std::fs::read_to_string(server.config()).unwrap();
+    std::fs::write(
+        server.config(),
+        config.replacen(
+            "transport_protocol_logging = \"verbose\"\n",
+            "transport_protocol_logging = \"verbose\"\nmax_inbound_connections = 2\n",
+            1,
+        ),
+    )
+    .unwrap();
+    server.env.push((
+        "MAILFLOW_TEST_PANIC_IN_RECEIVE_ON_SUBJECT".into(),
+        "panic in receive".into(),
+    ));
+    server.kill9();
+    server.spawn();
+    for i in 0..10 {
+        let mut c = Smtp::connect(server.ports.frontend);
+        c.cmd("EHLO client.fabrikam.test");
+        let r = c.send(
+            "sender@fabrikam.test",
+            &["alice@contoso.test"],
+            &message(&format!("panic in receive {i}"), "never queued\r\n"),
+        );
+        // Never acknowledged: the message was not made durable.
+        assert!(!r.starts_with("250"), "message {i}: {r}");
+    }
+    send_via(
+        server.ports.frontend,
+        &["bob@contoso.test"],
+        "after receive panics",
+    );
+    server.wait_inbox("bob@contoso.test", 1);
+    assert_eq!(server.inbox_count("alice@contoso.test"), 0);
+    let submission = server
+        .cli_json(&["queue", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["Identity"] == "MBX1\\Submission")
+        .cloned()
+        .unwrap();
+    assert_eq!(submission["MessageCount"], 0, "{submission:#?}");
 }

@@ -95,19 +95,22 @@ pub fn park_in_poison(
 pub enum Stage {
     Categorizing,
     Delivering,
+    Receiving,
 }
 
 /// Test hook (fault injection for the supervision tests, never set in production):
 /// panics while handling a message whose subject starts with the value of
 /// `MAILFLOW_TEST_PANIC_IN_CATEGORIZER_ON_SUBJECT` (in the categorizer) or
 /// `MAILFLOW_TEST_PANIC_IN_DELIVERY_ON_SUBJECT` (in SMTP Send, before the message is
-/// sent). Read once: the check is on every message's path.
+/// sent), or `MAILFLOW_TEST_PANIC_IN_RECEIVE_ON_SUBJECT` (in SMTP Receive, before the
+/// message is queued). Read once: the check is on every message's path.
 pub fn test_panic_hook(stage: Stage, subject: &str) {
-    static HOOKS: LazyLock<[Option<String>; 2]> = LazyLock::new(|| {
+    static HOOKS: LazyLock<[Option<String>; 3]> = LazyLock::new(|| {
         let var = |name| std::env::var(name).ok().filter(|s| !s.is_empty());
         [
             var("MAILFLOW_TEST_PANIC_IN_CATEGORIZER_ON_SUBJECT"),
             var("MAILFLOW_TEST_PANIC_IN_DELIVERY_ON_SUBJECT"),
+            var("MAILFLOW_TEST_PANIC_IN_RECEIVE_ON_SUBJECT"),
         ]
     });
     if let Some(prefix) = &HOOKS[stage as usize]
