@@ -70,7 +70,7 @@ async fn serve(
         server.clone(),
         secret.clone(),
     )?);
-    let transport = {
+    let (transport, resume) = {
         // The categorizer and the delivery queues' sessions are spawned from here.
         let _delivery = delivery_runtime.enter();
         TransportService::start(ctx.clone())?
@@ -78,7 +78,6 @@ async fn serve(
     ctx.log_routing_table();
     let stores = Arc::new(Stores::open(&ctx)?);
     crate::mailbox::active_manager::start(transport.clone()).await;
-    crate::mailbox::submission::start(ctx.clone(), stores.clone());
     let pickup_dir = server
         .pickup_directory
         .as_deref()
@@ -89,12 +88,6 @@ async fn serve(
         .as_deref()
         .map(|p| dir.path(p))
         .unwrap_or_else(|| data_dir.join("Replay"));
-    crate::transport::pickup::start(
-        transport.clone(),
-        pickup_dir.clone(),
-        replay_dir.clone(),
-        dir.org.transport.pickup_directory_poll_interval,
-    );
     let org_servers = Arc::new(dir.servers().map(|s| s.name.clone()).collect::<Vec<_>>());
     let org_auth = AuthPolicy::OrgServers {
         secret: secret.clone(),
@@ -315,6 +308,21 @@ async fn serve(
     let (fe_addr, _f) = frontend.bind().await?;
     let admin_addr =
         crate::admin::start(SocketAddr::new(ip, server.ports.admin), transport.clone()).await?;
+    // Every listener is bound: only now does mail already on this server move (the
+    // queue database's messages, Outboxes, Pickup and Replay), so none of it meets
+    // this server's own Mailbox Delivery or Transport not yet listening and waits a
+    // retry interval for it.
+    {
+        let _delivery = delivery_runtime.enter();
+        transport.resume(resume);
+    }
+    crate::mailbox::submission::start(ctx.clone(), stores.clone());
+    crate::transport::pickup::start(
+        transport.clone(),
+        pickup_dir.clone(),
+        replay_dir.clone(),
+        dir.org.transport.pickup_directory_poll_interval,
+    );
 
     println!(
         "mailflow {} — server {} ({}) of organisation {:?}",

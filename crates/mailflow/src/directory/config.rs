@@ -305,7 +305,6 @@ fn one() -> u32 {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // proxy, size and logging: outbound delivery (next release)
 pub struct SendConnector {
     pub name: String,
     pub address_spaces: Vec<AddressSpace>,
@@ -324,6 +323,8 @@ pub struct SendConnector {
     pub front_end_proxy: bool,
     #[serde(default = "opportunistic")]
     pub tls: String,
+    /// MaxMessageSize: a message larger than this is not sent through the connector
+    /// (reference §4.4); None: unlimited.
     #[serde(default, deserialize_with = "de_opt_size")]
     pub max_message_size: Option<u64>,
     #[serde(default)]

@@ -20,7 +20,7 @@ use crate::net::client::SmtpClient;
 use crate::net::orgauth;
 use crate::net::receive::{SessionInfo, SmtpHandler};
 use crate::transport::queue::{DeliveryType, NextHop};
-use crate::transport::routing::select_connector;
+use crate::transport::routing::{NoConnector, select_connector, size_limit_reply};
 use crate::transport::send::dns::Dns;
 use crate::transport::send::downgrade;
 use crate::transport::send::outbound::{self, ConnectFailure};
@@ -35,6 +35,8 @@ pub struct OutboundProxySession {
     /// The content held for a 7-bit conversion (the destination lacks 8BITMIME).
     held: Option<Vec<u8>>,
     smtputf8: bool,
+    /// The SIZE Transport declared: a send connector too small for it is not chosen.
+    size: u64,
     broken: bool,
 }
 
@@ -49,6 +51,7 @@ impl OutboundProxySession {
             stuffer: None,
             held: None,
             smtputf8: false,
+            size: 0,
             broken: false,
         }
     }
@@ -64,13 +67,16 @@ impl OutboundProxySession {
     /// Opens the session to the destination of `domain`, and sends MAIL.
     async fn open(&mut self, domain: &str) -> Result<(), Reply> {
         let dir = self.ctx.dir();
-        let connector = select_connector(dir.send_connectors(), domain).ok_or_else(|| {
-            Reply::new(
-                550,
-                Enhanced(5, 4, 4),
-                format!("No send connector for {domain}"),
-            )
-        })?;
+        let connector = select_connector(dir.send_connectors(), domain, self.size).map_err(
+            |why| match why {
+                NoConnector::NoAddressSpace => Reply::new(
+                    550,
+                    Enhanced(5, 4, 4),
+                    format!("No send connector for {domain}"),
+                ),
+                NoConnector::TooBig => size_limit_reply(),
+            },
+        )?;
         let hop = NextHop {
             delivery_type: if connector.smart_hosts.is_empty() {
                 DeliveryType::DnsConnectorDelivery
@@ -80,12 +86,10 @@ impl OutboundProxySession {
             domain: domain.to_string(),
             connector: Some(connector.name.clone()),
         };
+        // The failure is already the reply to give, status included.
         let (_, mut client) = outbound::connect(&self.ctx, &self.dns, connector, &hop)
             .await
-            .map_err(|e| match e {
-                ConnectFailure::Transient(t) => Reply::new(451, Enhanced(4, 4, 1), t),
-                ConnectFailure::Permanent(p) => Reply::new(550, Enhanced(5, 4, 4), p),
-            })?;
+            .map_err(|ConnectFailure(reply)| reply)?;
         let mut mail = self.mail.clone().unwrap_or_else(|| "MAIL FROM:<>".into());
         if !client.has_extension("8BITMIME") {
             // RFC 6152 §3: BODY=8BITMIME only to a server that offers it.
@@ -131,6 +135,7 @@ impl SmtpHandler for OutboundProxySession {
         }
         self.mail = Some(mail);
         self.smtputf8 = params.smtputf8;
+        self.size = params.size.unwrap_or(0);
         Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
     }
 
@@ -230,5 +235,6 @@ impl SmtpHandler for OutboundProxySession {
         self.stuffer = None;
         self.held = None;
         self.smtputf8 = false;
+        self.size = 0;
     }
 }

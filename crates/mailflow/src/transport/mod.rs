@@ -10,22 +10,22 @@ pub mod queue;
 pub mod receive;
 pub mod routing;
 pub mod send;
+pub mod supervisor;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::context::ServerContext;
 use crate::logs::tracking::TrackingEvent;
-use queue::store::{QueueDb, QueuedRecipient, RecipientState};
-use queue::{Item, NextHop, QueuedMessage, Queues, RetryPolicy};
+use queue::store::{Loaded, QueueDb, QueuedRecipient, RecipientState};
+use queue::{Item, QueuedMessage, Queues, RetryPolicy};
+use supervisor::{POISON_THRESHOLD, Stage};
 
 /// The implicit send connector's name in tracking and protocol logs (reference §1.7).
 pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connector";
-
-/// PoisonThreshold (reference §3.3, §6).
-const POISON_THRESHOLD: u32 = 2;
 
 /// Which message the categorizer is working on, in a file beside the queue database:
 /// after a crash, the next start knows which message was in hand. Written without
@@ -79,6 +79,10 @@ pub struct TransportService {
     retry: RetryPolicy,
 }
 
+/// Messages read from the queue database at start, waiting for
+/// [`TransportService::resume`].
+pub struct Resume(Vec<Loaded>);
+
 /// An entry of the Submission queue.
 pub struct Submission {
     pub message: Arc<QueuedMessage>,
@@ -110,8 +114,11 @@ impl Resubmitter {
 }
 
 impl TransportService {
-    /// Opens the queue database, resumes every queue, and starts the categorizer.
-    pub fn start(ctx: Arc<ServerContext>) -> anyhow::Result<Arc<TransportService>> {
+    /// Opens the queue database and starts the categorizer. What the database holds is
+    /// handed back with the service and goes to the queues only at [`Self::resume`],
+    /// once the server's listeners are bound: resumed mail must not meet its own
+    /// server's Mailbox Delivery not yet listening and wait a retry interval.
+    pub fn start(ctx: Arc<ServerContext>) -> anyhow::Result<(Arc<TransportService>, Resume)> {
         let (db, loaded) = QueueDb::open(&ctx.data_dir.join("Queue").join("mail.db"))?;
         let policy = retry_policy(&ctx);
         let (submit_tx, submit_rx) = mpsc::unbounded_channel();
@@ -120,39 +127,47 @@ impl TransportService {
             db: db.clone(),
             submit: submit_tx.clone(),
         };
-        let transmitter = send::Transmitter {
-            ctx: ctx.clone(),
-            db: db.clone(),
-            policy,
-            resubmit: Resubmitter(submit_tx.clone()),
-            dsn: dsn.clone(),
-            dns: Arc::new(send::dns::Dns::new(
-                &ctx.dir().org.transport.external_dns_servers,
-            )?),
-            outbound: Arc::new(tokio::sync::Semaphore::new(
-                ctx.dir().org.transport.max_outbound_connections.max(1),
-            )),
-            runtime: tokio::runtime::Handle::current(),
-        };
-        let queues = Arc::new(Queues::new(
-            db,
-            ctx.name(),
-            Box::new(move |q| transmitter.start(q)),
+        let dns = Arc::new(send::dns::Dns::new(
+            &ctx.dir().org.transport.external_dns_servers,
+        )?);
+        let outbound = Arc::new(tokio::sync::Semaphore::new(
+            ctx.dir().org.transport.max_outbound_connections.max(1),
         ));
+        // The transmitters park poison messages in a queue of the set they serve.
+        let queues = Arc::new_cyclic(|queues| {
+            let transmitter = send::Transmitter {
+                ctx: ctx.clone(),
+                db: db.clone(),
+                policy,
+                resubmit: Resubmitter(submit_tx.clone()),
+                dsn: dsn.clone(),
+                dns,
+                outbound,
+                runtime: tokio::runtime::Handle::current(),
+                queues: queues.clone(),
+            };
+            Queues::new(db, ctx.name(), Box::new(move |q| transmitter.start(q)))
+        });
         let service = Arc::new(TransportService {
             ctx: ctx.clone(),
-            queues: queues.clone(),
+            queues,
             submit_tx,
             dsn,
             poison_marker: PoisonMarker::open(ctx.data_dir.join("Queue").join("categorizing")),
             retry: retry_policy(&ctx),
         });
         tokio::spawn(categorizer_loop(service.clone(), submit_rx));
-        // Resume: uncategorized messages go back to the categorizer, the rest to their
-        // delivery queues (routing is redone: the configuration may have changed). A
-        // message the server died on while categorizing counts a crash; at
-        // PoisonThreshold (2, reference §3.3) it is parked in the poison queue.
-        let crashed = service.poison_marker.read();
+        Ok((service, Resume(loaded)))
+    }
+
+    /// Resumes the queues with what the queue database held at start: uncategorized
+    /// messages go back to the categorizer, the rest to their delivery queues (routing
+    /// is redone: the configuration may have changed). A message the server died on
+    /// while categorizing counts a crash; at PoisonThreshold (2, reference §3.3) it is
+    /// parked in the poison queue. Called once every listener of the server is bound.
+    pub fn resume(self: &Arc<Self>, Resume(loaded): Resume) {
+        let (ctx, queues) = (&self.ctx, &self.queues);
+        let crashed = self.poison_marker.read();
         let count = loaded.len();
         for mut m in loaded {
             let pending: Vec<QueuedRecipient> = m
@@ -172,20 +187,11 @@ impl TransportService {
                 if m.envelope.crash_count >= POISON_THRESHOLD {
                     let msg = QueuedMessage::new(m.id, m.envelope, m.content);
                     msg.add_pending(pending.len());
-                    let mut ev = tracking_event(&ctx, &msg, "POISONMESSAGE", "POISONMESSAGE");
-                    ev.recipient_address = pending.iter().map(|r| r.address.clone()).collect();
-                    ev.source_context =
-                        format!("crashed the server {} times", msg.envelope.crash_count);
-                    ctx.tracking_transport.log(ev);
-                    tracing::error!(
-                        id = msg.id,
-                        "message parked in the poison queue after crashing the server"
+                    let why = format!(
+                        "crashed or panicked the server {} times",
+                        msg.envelope.crash_count
                     );
-                    queues.queue_for(&NextHop::poison()).push(Item {
-                        message: msg,
-                        recipients: pending,
-                        not_before: None,
-                    });
+                    supervisor::park_in_poison(ctx, queues, msg, pending, why);
                     continue;
                 }
             }
@@ -193,19 +199,18 @@ impl TransportService {
             if crashed == Some(msg.id) {
                 // The crash count must be on disk before the message is tried again,
                 // or a second crash would forget the first.
-                let (service, db) = (service.clone(), queues.db.clone());
+                let (service, db) = (self.clone(), queues.db.clone());
                 tokio::spawn(async move {
                     db.barrier().await;
                     service.submit(msg, pending);
                 });
                 continue;
             }
-            service.submit(msg, pending);
+            self.submit(msg, pending);
         }
         if count > 0 {
             tracing::info!(count, "resumed messages from the queue database");
         }
-        Ok(service)
     }
 
     /// Move-ActiveMailboxDatabase as this server learns it (a switchover or a
@@ -396,112 +401,178 @@ pub fn tracking_event(
     }
 }
 
-/// Takes one message at a time from the Submission queue (reference §3.1).
+/// Takes one message at a time from the Submission queue (reference §3.1). A panic
+/// while handling one is caught here (DESIGN §7): the loop goes on with the next.
 async fn categorizer_loop(
     service: Arc<TransportService>,
     mut rx: mpsc::UnboundedReceiver<Submission>,
 ) {
+    while let Some(submission) = rx.recv().await {
+        if submission.counted {
+            service.queues.submission.fetch_sub(1, Ordering::Relaxed);
+        }
+        // What is needed to defer the message if its handling panics.
+        let salvage = Submission {
+            message: submission.message.clone(),
+            recipients: submission.recipients.clone(),
+            counted: false,
+            ..submission
+        };
+        let handled = std::panic::AssertUnwindSafe(categorize_one(&service, submission))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = handled {
+            service.poison_marker.set(0);
+            service.categorizer_panicked(salvage, supervisor::panic_text(panic.as_ref()));
+        }
+    }
+}
+
+impl TransportService {
+    /// A panic while categorizing: the message counts a crash; below PoisonThreshold it
+    /// is deferred (DEFER) and goes through the categorizer again after a glitch-retry
+    /// interval, at the threshold it is parked in the poison queue.
+    fn categorizer_panicked(self: &Arc<Self>, submission: Submission, panic: &str) {
+        let ctx = &self.ctx;
+        let msg = submission.message.clone();
+        let crashes = supervisor::record_crash(&self.queues.db, &msg);
+        tracing::error!(
+            id = msg.id,
+            crashes,
+            "the categorizer panicked on a message ({panic}); the categorizer goes on"
+        );
+        if crashes >= POISON_THRESHOLD {
+            if !submission.resubmit {
+                // Rerouted recipients are counted already; new ones enter the queue.
+                msg.add_pending(submission.recipients.len());
+            }
+            let why = format!("the categorizer panicked on it {crashes} times");
+            supervisor::park_in_poison(ctx, &self.queues, msg, submission.recipients, why);
+            return;
+        }
+        let mut ev = tracking_event(ctx, &msg, "DEFER", "ROUTING");
+        ev.recipient_address = submission
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect();
+        ev.source_context = format!(
+            "categorizer panicked (crash {crashes} of PoisonThreshold {POISON_THRESHOLD}); deferred"
+        );
+        ctx.tracking_transport.log(ev);
+        // Counted in the Submission queue while it waits, so Get-Queue shows it.
+        self.queues.submission.fetch_add(1, Ordering::Relaxed);
+        let delay = self.retry.interval(crashes - 1);
+        let submit = self.submit_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = submit.send(Submission {
+                counted: true,
+                ..submission
+            });
+        });
+    }
+}
+
+/// Categorizes one message of the Submission queue and hands it to its delivery queues.
+async fn categorize_one(service: &Arc<TransportService>, submission: Submission) {
     let ctx = &service.ctx;
-    while let Some(Submission {
+    let Submission {
         message: msg,
         recipients,
         resubmit,
         hold,
-        counted,
-    }) = rx.recv().await
+        counted: _,
+    } = submission;
+    let consumed = if resubmit { recipients.len() } else { 0 };
+    service.poison_marker.set(msg.id);
+    // Fault injection for the poison-queue test: a message that kills the server.
+    if std::env::var("MAILFLOW_TEST_ABORT_ON_SUBJECT")
+        .is_ok_and(|s| !s.is_empty() && msg.envelope.subject == s)
     {
-        let consumed = if resubmit { recipients.len() } else { 0 };
-        if counted {
-            service.queues.submission.fetch_sub(1, Ordering::Relaxed);
-        }
-        service.poison_marker.set(msg.id);
-        // Fault injection for the poison-queue test: a message that kills the server.
-        if std::env::var("MAILFLOW_TEST_ABORT_ON_SUBJECT")
-            .is_ok_and(|s| !s.is_empty() && msg.envelope.subject == s)
-        {
-            std::process::abort();
-        }
-        let mut result = categorizer::categorize(ctx, recipients);
-        service.poison_marker.set(0);
-        for (resolved, original) in &result.resolved {
-            let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
-            ev.recipient_address = vec![resolved.clone()];
-            ev.related_recipient_address = original.clone();
-            ctx.tracking_transport.log(ev);
-        }
-        for (group, members) in &result.expanded {
-            let mut ev = tracking_event(ctx, &msg, "EXPAND", "ROUTING");
-            ev.recipient_address = members.clone();
-            ev.related_recipient_address = group.clone();
-            ctx.tracking_transport.log(ev);
-        }
-        // OnResolvedMessage: the Transport Rule agent (reference §9.3, §10). Rerouted
-        // recipients were through it already; reports (null sender) are not subject to
-        // rules, so a rule can never bounce its own NDR.
-        let mut msg = msg;
-        if !resubmit && !msg.envelope.return_path.is_empty() {
-            match apply_rules(&service, &msg, &mut result).await {
-                RulesVerdict::Continue(Some(content)) => {
-                    msg = QueuedMessage::new(msg.id, msg.envelope.clone(), content.into());
-                }
-                RulesVerdict::Continue(None) => {}
-                RulesVerdict::Done => continue,
+        std::process::abort();
+    }
+    supervisor::test_panic_hook(Stage::Categorizing, &msg.envelope.subject);
+    let mut result = categorizer::categorize(ctx, recipients, msg.content.len() as u64);
+    service.poison_marker.set(0);
+    for (resolved, original) in &result.resolved {
+        let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
+        ev.recipient_address = vec![resolved.clone()];
+        ev.related_recipient_address = original.clone();
+        ctx.tracking_transport.log(ev);
+    }
+    for (group, members) in &result.expanded {
+        let mut ev = tracking_event(ctx, &msg, "EXPAND", "ROUTING");
+        ev.recipient_address = members.clone();
+        ev.related_recipient_address = group.clone();
+        ctx.tracking_transport.log(ev);
+    }
+    // OnResolvedMessage: the Transport Rule agent (reference §9.3, §10). Rerouted
+    // recipients were through it already; reports (null sender) are not subject to
+    // rules, so a rule can never bounce its own NDR.
+    let mut msg = msg;
+    if !resubmit && !msg.envelope.return_path.is_empty() {
+        match apply_rules(service, &msg, &mut result).await {
+            RulesVerdict::Continue(Some(content)) => {
+                msg = msg.with_content(content.into());
             }
+            RulesVerdict::Continue(None) => {}
+            RulesVerdict::Done => return,
         }
-        let mut all: Vec<QueuedRecipient> = Vec::new();
-        for (r, reply) in &result.failed {
-            let mut ev = tracking_event(ctx, &msg, "FAIL", "ROUTING");
-            ev.recipient_address = vec![r.address.clone()];
-            ev.recipient_status = vec![reply.one_line()];
-            ctx.tracking_transport.log(ev);
-            all.push(r.clone());
-        }
-        if !result.failed.is_empty() {
-            let list = result
-                .failed
-                .iter()
-                .map(|(r, reply)| {
-                    (
-                        r.clone(),
-                        send::dsn::DsnRecipient::from_reply(r, reply, None),
-                    )
-                })
-                .collect();
-            service
-                .dsn
-                .report(send::dsn::DsnKind::Failed, &msg, list)
-                .await;
-        }
-        let routed: usize = result.routed.iter().map(|(_, r)| r.len()).sum();
-        for (_, rs) in &result.routed {
-            all.extend(rs.iter().cloned());
-        }
-        if resubmit {
-            // Only these recipients change; the message's others stay as they are.
-            service.queues.db.upsert_recipients(msg.id, all);
-        } else {
-            service.queues.db.categorized(msg.id, all);
-        }
-        // Add before subtracting, so the count cannot touch zero while recipients of
-        // this message are still to be delivered.
-        msg.add_pending(routed);
-        // Rerouted recipients wait a glitch-retry interval: if the servers disagree
-        // about the active copy, mail must not bounce between them at full speed.
-        let not_before = hold.then(|| std::time::Instant::now() + service.retry.interval(0));
-        for (hop, recipients) in result.routed {
-            let queue = service.queues.queue_for(&hop);
-            queue.push(Item {
-                message: msg.clone(),
-                recipients,
-                not_before,
-            });
-        }
-        if routed == 0 && consumed == 0 && !resubmit {
-            // Every recipient failed: nothing to deliver (NDRs arrive with outbound DSNs).
-            service.queues.db.delete(msg.id);
-        } else if msg.finish(consumed) {
-            service.queues.db.delete(msg.id);
-        }
+    }
+    let mut all: Vec<QueuedRecipient> = Vec::new();
+    for (r, reply) in &result.failed {
+        let mut ev = tracking_event(ctx, &msg, "FAIL", "ROUTING");
+        ev.recipient_address = vec![r.address.clone()];
+        ev.recipient_status = vec![reply.one_line()];
+        ctx.tracking_transport.log(ev);
+        all.push(r.clone());
+    }
+    if !result.failed.is_empty() {
+        let list = result
+            .failed
+            .iter()
+            .map(|(r, reply)| {
+                (
+                    r.clone(),
+                    send::dsn::DsnRecipient::from_reply(r, reply, None),
+                )
+            })
+            .collect();
+        service
+            .dsn
+            .report(send::dsn::DsnKind::Failed, &msg, list)
+            .await;
+    }
+    let routed: usize = result.routed.iter().map(|(_, r)| r.len()).sum();
+    for (_, rs) in &result.routed {
+        all.extend(rs.iter().cloned());
+    }
+    if resubmit {
+        // Only these recipients change; the message's others stay as they are.
+        service.queues.db.upsert_recipients(msg.id, all);
+    } else {
+        service.queues.db.categorized(msg.id, all);
+    }
+    // Add before subtracting, so the count cannot touch zero while recipients of
+    // this message are still to be delivered.
+    msg.add_pending(routed);
+    // Rerouted recipients wait a glitch-retry interval: if the servers disagree
+    // about the active copy, mail must not bounce between them at full speed.
+    let not_before = hold.then(|| std::time::Instant::now() + service.retry.interval(0));
+    for (hop, recipients) in result.routed {
+        let queue = service.queues.queue_for(&hop);
+        queue.push(Item {
+            message: msg.clone(),
+            recipients,
+            not_before,
+        });
+    }
+    if routed == 0 && consumed == 0 && !resubmit {
+        // Every recipient failed: nothing to deliver (NDRs arrive with outbound DSNs).
+        service.queues.db.delete(msg.id);
+    } else if msg.finish(consumed) {
+        service.queues.db.delete(msg.id);
     }
 }
 
@@ -601,7 +672,7 @@ async fn apply_rules(
                 delay_notified: false,
             })
             .collect();
-        let more = categorizer::categorize(ctx, added);
+        let more = categorizer::categorize(ctx, added, msg.content.len() as u64);
         for (hop, rs) in more.routed {
             match result.routed.iter_mut().find(|(h, _)| *h == hop) {
                 Some((_, existing)) => existing.extend(rs),

@@ -205,6 +205,7 @@ impl TransportReceive {
                 _ => "Incoming".into(),
             },
         };
+        super::supervisor::test_panic_hook(super::supervisor::Stage::Receiving, &envelope.subject);
         let recipients = std::mem::take(&mut self.recipients);
         let queues = &self.service.queues;
         let id = match queues

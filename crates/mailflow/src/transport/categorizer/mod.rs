@@ -28,7 +28,9 @@ pub struct Categorized {
 /// Upper bound on recipients after expansion: nested groups cannot blow up a message.
 const MAX_EXPANDED_RECIPIENTS: usize = 10_000;
 
-pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Categorized {
+/// Categorizes `recipients` of a message of `size` bytes (send connectors too small for
+/// it are not candidates, reference §4.4).
+pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>, size: u64) -> Categorized {
     let dir = &ctx.dir();
     let cfg = ctx.config();
     let view = cfg.routing(&ctx.active);
@@ -55,7 +57,14 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
             .to_ascii_lowercase();
         if !dir.is_accepted_domain(&domain) {
             if delivered_to.insert(r.address.to_lowercase()) {
-                route(&mut out, view.route_external(&domain), r);
+                match view.route_external(&domain, size) {
+                    Ok(hop) => route(&mut out, hop, r),
+                    Err(reply) => {
+                        r.state = RecipientState::Failed;
+                        r.last_error = Some(reply.one_line());
+                        out.failed.push((r, reply));
+                    }
+                }
             }
             continue;
         }

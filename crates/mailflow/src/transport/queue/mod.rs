@@ -6,7 +6,7 @@
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +27,9 @@ pub struct QueuedMessage {
     pub content: Arc<[u8]>,
     /// Recipients not yet delivered or failed, across all queues.
     pending: AtomicUsize,
+    /// Times handling this message crashed the server or panicked (poison detection):
+    /// the envelope's `crash_count` at load, counted on in memory.
+    crashes: AtomicU32,
 }
 
 impl QueuedMessage {
@@ -37,10 +40,25 @@ impl QueuedMessage {
         Arc::new(QueuedMessage {
             id,
             arrival,
+            crashes: AtomicU32::new(envelope.crash_count),
             envelope,
             content,
             pending: AtomicUsize::new(0),
         })
+    }
+
+    /// The same message with new content (mail flow rules edited it); the crash count
+    /// goes along.
+    pub fn with_content(&self, content: Arc<[u8]>) -> Arc<QueuedMessage> {
+        let m = QueuedMessage::new(self.id, self.envelope.clone(), content);
+        m.crashes
+            .store(self.crashes.load(Ordering::Acquire), Ordering::Release);
+        m
+    }
+
+    /// Counts one more crash; returns the new count.
+    pub fn record_crash(&self) -> u32 {
+        self.crashes.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// Recipients entering delivery queues (the categorizer adds before it subtracts

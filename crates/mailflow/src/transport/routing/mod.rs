@@ -13,6 +13,7 @@ pub mod topology;
 
 use std::net::SocketAddr;
 
+use mailflow_smtp::{Enhanced, Reply};
 use serde::Serialize;
 
 use crate::context::ActiveCopies;
@@ -201,12 +202,14 @@ impl RoutingView<'_> {
         self.is_local(server)
     }
 
-    /// The next hop for an external recipient domain; Unreachable when no connector
-    /// matches (reference §14.6: not an NDR).
-    pub fn route_external(&self, domain: &str) -> NextHop {
-        match select_connector(self.dir.send_connectors(), domain) {
-            Some(c) => self.route_connector(c, domain).next_hop,
-            None => NextHop::unreachable(),
+    /// The next hop for an external recipient domain and a message of `size` bytes;
+    /// Unreachable when no connector matches (reference §14.6: not an NDR); the NDR
+    /// reply when the message is too big for every connector that matches.
+    pub fn route_external(&self, domain: &str, size: u64) -> Result<NextHop, Reply> {
+        match select_connector(self.dir.send_connectors(), domain, size) {
+            Ok(c) => Ok(self.route_connector(c, domain).next_hop),
+            Err(NoConnector::NoAddressSpace) => Ok(NextHop::unreachable()),
+            Err(NoConnector::TooBig) => Err(size_limit_reply()),
         }
     }
 
@@ -376,12 +379,26 @@ fn specificity(space: &str, domain: &str) -> Option<usize> {
     (space == domain).then(|| 2 * space.split('.').count() + 1)
 }
 
-/// Send connector selection (reference §4.4): most specific address space, then lowest
-/// cost, then name.
+/// Why no send connector takes a message to a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoConnector {
+    /// No address space matches the domain: the recipient waits in the Unreachable
+    /// queue (reference §4.4, §14.6).
+    NoAddressSpace,
+    /// Connectors match, but the message exceeds the MaxMessageSize of every one of
+    /// them: an NDR 5.3.4 (reference §4.4, §11.2).
+    TooBig,
+}
+
+/// Send connector selection (reference §4.4): connectors whose MaxMessageSize is below
+/// the message's `size` are removed first, then the most specific address space wins,
+/// then the lowest cost, then the name.
 pub fn select_connector<'a>(
     connectors: impl Iterator<Item = &'a SendConnector>,
     domain: &str,
-) -> Option<&'a SendConnector> {
+    size: u64,
+) -> Result<&'a SendConnector, NoConnector> {
+    let mut matched = false;
     connectors
         .filter_map(|c| {
             c.address_spaces
@@ -390,12 +407,29 @@ pub fn select_connector<'a>(
                 .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
                 .map(|(spec, cost)| (spec, cost, c))
         })
+        .inspect(|_| matched = true)
+        .filter(|(_, _, c)| c.max_message_size.is_none_or(|limit| size <= limit))
         .max_by(|a, b| {
             a.0.cmp(&b.0)
                 .then(b.1.cmp(&a.1))
                 .then(b.2.name.cmp(&a.2.name))
         })
         .map(|(_, _, c)| c)
+        .ok_or(if matched {
+            NoConnector::TooBig
+        } else {
+            NoConnector::NoAddressSpace
+        })
+}
+
+/// The NDR for a message larger than every send connector toward its destination
+/// takes (reference §4.4, §11.2).
+pub fn size_limit_reply() -> Reply {
+    Reply::new(
+        550,
+        Enhanced(5, 3, 4),
+        "ROUTING.SizeLimit; message size exceeds fixed maximum message size for route",
+    )
 }
 
 #[cfg(test)]
@@ -432,16 +466,42 @@ mod tests {
             conn("Exact", &[("mkt.contoso.test", 9)]),
             conn("B", &[("*", 1)]),
         ];
-        let pick = |d| select_connector(cs.iter(), d).map(|c| c.name.as_str());
+        let pick = |d| {
+            select_connector(cs.iter(), d, 0)
+                .ok()
+                .map(|c| c.name.as_str())
+        };
         assert_eq!(pick("mkt.contoso.test"), Some("Exact"));
         assert_eq!(pick("x.contoso.test"), Some("Sub"));
         assert_eq!(pick("contoso.test"), Some("Sub"));
         assert_eq!(pick("fabrikam.test"), Some("Any"));
         assert_eq!(
-            select_connector([conn("X", &[("contoso.test", 1)])].iter(), "fabrikam.test")
-                .map(|c| c.name.clone()),
-            None
+            select_connector(
+                [conn("X", &[("contoso.test", 1)])].iter(),
+                "fabrikam.test",
+                0
+            )
+            .map(|c| c.name.clone()),
+            Err(NoConnector::NoAddressSpace)
         );
+    }
+
+    #[test]
+    fn a_connector_too_small_for_the_message_is_not_a_candidate() {
+        let mut small = conn("Exact small", &[("fabrikam.test", 1)]);
+        small.max_message_size = Some(1024);
+        let mut tiny = conn("Any tiny", &[("*", 1)]);
+        tiny.max_message_size = Some(10);
+        let big = conn("Any", &[("*", 5)]);
+        let pick = |cs: &[SendConnector], size| {
+            select_connector(cs.iter(), "fabrikam.test", size).map(|c| c.name.clone())
+        };
+        let all = [small.clone(), tiny.clone(), big];
+        // Reference §4.4: the size filter comes before specificity.
+        assert_eq!(pick(&all, 1024), Ok("Exact small".into()));
+        assert_eq!(pick(&all, 1025), Ok("Any".into()));
+        // Every matching connector too small: an NDR, not the Unreachable queue.
+        assert_eq!(pick(&[small, tiny], 5000), Err(NoConnector::TooBig));
     }
 
     const ORG: &str = r#"

@@ -11,9 +11,11 @@ pub mod dsn;
 pub mod outbound;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt;
 use mailflow_smtp::{Enhanced, Reply};
 use tokio::sync::Semaphore;
 
@@ -21,8 +23,9 @@ use self::dns::Dns;
 use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
 use self::outbound::ConnectFailure;
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
-use super::queue::{DeliveryQueue, DeliveryType, Item, QueuedMessage, RetryPolicy};
+use super::queue::{DeliveryQueue, DeliveryType, Item, QueuedMessage, Queues, RetryPolicy};
 use super::receive::ORG_HEADER_PREFIX;
+use super::supervisor::{self, POISON_THRESHOLD, Stage};
 use super::{INTRA_ORG_SEND_CONNECTOR, Resubmitter, tracking_event};
 use crate::context::ServerContext;
 use crate::logs::LoggingLevel;
@@ -53,6 +56,8 @@ pub struct Transmitter {
     pub outbound: Arc<Semaphore>,
     /// Where the queues' sessions run (see `serve`).
     pub runtime: tokio::runtime::Handle,
+    /// The queues these transmitters serve: a poison message is parked in one of them.
+    pub queues: Weak<Queues>,
 }
 
 /// The server a connection reached.
@@ -72,7 +77,12 @@ impl Transmitter {
             queue.set_suspended(true);
             return;
         }
-        self.runtime.spawn(self.clone().sweeper(queue.clone()));
+        // Supervised: a task that panics is replaced (DESIGN §7).
+        let what = |task: &str| format!("{task} of queue {}", queue.next_hop.domain);
+        let (this, q) = (self.clone(), queue.clone());
+        supervisor::spawn_supervised(&self.runtime, what("the sweeper"), move || {
+            this.clone().sweeper(q.clone())
+        });
         let workers = match queue.next_hop.delivery_type {
             DeliveryType::SmtpDeliveryToMailbox => MAILBOX_DELIVERY_CONNECTIONS,
             DeliveryType::Unreachable => {
@@ -90,7 +100,10 @@ impl Transmitter {
             _ => RELAY_CONNECTIONS,
         };
         for _ in 0..workers {
-            self.runtime.spawn(self.clone().worker(queue.clone()));
+            let (this, q) = (self.clone(), queue.clone());
+            supervisor::spawn_supervised(&self.runtime, what("a transmitter"), move || {
+                this.clone().worker(q.clone())
+            });
         }
     }
 
@@ -104,10 +117,10 @@ impl Transmitter {
                 .as_deref()
                 .and_then(|n| dir.send_connectors().find(|c| c.name == n))
             else {
-                return Err(ConnectFailure::Transient(format!(
-                    "451 4.4.0 Send connector {:?} no longer exists",
-                    hop.connector
-                )));
+                return Err(ConnectFailure::transient(
+                    Enhanced(4, 4, 0),
+                    format!("Send connector {:?} no longer exists", hop.connector),
+                ));
             };
             let permit = self.outbound.clone().acquire_owned().await.ok();
             if connector.front_end_proxy {
@@ -130,10 +143,10 @@ impl Transmitter {
         }
         let targets = self.ctx.config().routing(&self.ctx.active).targets(hop);
         if targets.is_empty() {
-            return Err(ConnectFailure::Transient(format!(
-                "451 4.4.0 No server is available for next hop {}",
-                hop.domain
-            )));
+            return Err(ConnectFailure::transient(
+                Enhanced(4, 4, 0),
+                format!("No server is available for next hop {}", hop.domain),
+            ));
         }
         let mut errors = Vec::new();
         for (name, fqdn, addr) in targets {
@@ -152,10 +165,10 @@ impl Transmitter {
                 }
             }
         }
-        Err(ConnectFailure::Transient(format!(
-            "451 4.4.1 Connection timed out or refused ({})",
-            errors.join("; ")
-        )))
+        Err(ConnectFailure::transient(
+            Enhanced(4, 4, 1),
+            format!("Connection timed out or refused ({})", errors.join("; ")),
+        ))
     }
 
     /// Connects to the Outbound Proxy Frontend of this server or another of its site.
@@ -175,10 +188,13 @@ impl Transmitter {
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
         }
-        Err(ConnectFailure::Transient(format!(
-            "451 4.4.1 No Outbound Proxy Frontend answered ({})",
-            errors.join("; ")
-        )))
+        Err(ConnectFailure::transient(
+            Enhanced(4, 4, 1),
+            format!(
+                "No Outbound Proxy Frontend answered ({})",
+                errors.join("; ")
+            ),
+        ))
     }
 
     async fn worker(self, queue: Arc<DeliveryQueue>) {
@@ -187,22 +203,33 @@ impl Transmitter {
             // Take the work before connecting, so idle workers never open a session
             // with nothing to send.
             let Some(first) = queue.pop() else { continue };
-            let mut peer = match self.connect(&queue).await {
+            // A panic while connecting is no message's fault: the item waits as after a
+            // failed connection.
+            let connected = AssertUnwindSafe(self.connect(&queue))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    tracing::error!(
+                        queue = %queue.next_hop.domain,
+                        "panic while connecting ({})",
+                        supervisor::panic_text(panic.as_ref())
+                    );
+                    Err(ConnectFailure::transient(
+                        Enhanced(4, 4, 0),
+                        "Transport failed while connecting to the next hop",
+                    ))
+                });
+            let mut peer = match connected {
                 Ok(p) => p,
-                Err(ConnectFailure::Transient(e)) => {
+                Err(ConnectFailure(reply)) if !reply.is_permanent() => {
                     queue.requeue_front(vec![first]);
                     queue.done();
-                    queue.connection_failed(e, &self.policy);
+                    queue.connection_failed(reply.one_line(), &self.policy);
                     continue;
                 }
-                Err(ConnectFailure::Permanent(e)) => {
+                Err(ConnectFailure(reply)) => {
                     // The destination cannot exist (NXDOMAIN, null MX): every message
                     // of this queue fails now rather than after two days.
-                    let reply = Reply::new(
-                        550,
-                        Enhanced(5, 4, 4),
-                        e.trim_start_matches("550 5.4.4 ").to_string(),
-                    );
                     let mut items = vec![first];
                     while let Some(item) = queue.pop() {
                         items.push(item);
@@ -222,9 +249,23 @@ impl Transmitter {
             // The session sat idle in the cache before this item.
             let mut was_idle = false;
             while let Some(item) = next.take() {
-                let result = self.deliver(&queue, &mut peer, item).await;
+                // What is needed to defer the item if delivering it panics.
+                let salvage = (item.message.clone(), item.recipients.clone());
+                let result = AssertUnwindSafe(self.deliver(&queue, &mut peer, item))
+                    .catch_unwind()
+                    .await;
                 queue.done();
                 sent += 1;
+                let result = match result {
+                    Ok(result) => result,
+                    Err(panic) => {
+                        let (message, recipients) = salvage;
+                        self.delivery_panicked(&queue, message, recipients, panic.as_ref());
+                        // The session's state is unknown: it is dropped, not reused.
+                        broken = true;
+                        break;
+                    }
+                };
                 if let Err((item, e)) = result {
                     queue.requeue_front(vec![item]);
                     if was_idle {
@@ -292,6 +333,66 @@ impl Transmitter {
         }
     }
 
+    /// A panic while delivering an item (DESIGN §7): the message counts a crash; below
+    /// PoisonThreshold its recipients are deferred (DEFER) for a retry interval, at the
+    /// threshold they are parked in the poison queue. The transmitter goes on.
+    fn delivery_panicked(
+        &self,
+        queue: &DeliveryQueue,
+        msg: Arc<QueuedMessage>,
+        mut recipients: Vec<QueuedRecipient>,
+        panic: &(dyn std::any::Any + Send),
+    ) {
+        let crashes = supervisor::record_crash(&self.db, &msg);
+        tracing::error!(
+            id = msg.id,
+            queue = %queue.next_hop.domain,
+            crashes,
+            "panic while delivering a message ({}); the transmitter goes on",
+            supervisor::panic_text(panic)
+        );
+        if crashes >= POISON_THRESHOLD
+            && let Some(queues) = self.queues.upgrade()
+        {
+            let why = format!("SMTP Send panicked on it {crashes} times");
+            supervisor::park_in_poison(&self.ctx, &queues, msg, recipients, why);
+            return;
+        }
+        let reply = Reply::new(
+            451,
+            Enhanced(4, 3, 0),
+            "Transport failed while sending this message; it will be retried",
+        );
+        let mut ev = tracking_event(&self.ctx, &msg, "DEFER", "SMTP");
+        ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
+        ev.recipient_status = vec![reply.one_line()];
+        ev.source_context = format!(
+            "SMTP Send panicked (crash {crashes} of PoisonThreshold {POISON_THRESHOLD}); deferred"
+        );
+        self.ctx.tracking_transport.log(ev);
+        for r in &mut recipients {
+            r.last_error = Some(reply.one_line());
+        }
+        self.db.update_recipients(
+            msg.id,
+            recipients
+                .iter()
+                .map(|r| {
+                    (
+                        r.address.clone(),
+                        RecipientState::Ready,
+                        r.last_error.clone(),
+                    )
+                })
+                .collect(),
+        );
+        queue.push(Item {
+            message: msg,
+            recipients,
+            not_before: Some(Instant::now() + self.policy.interval(crashes.saturating_sub(1))),
+        });
+    }
+
     /// Sends one item; per-recipient outcomes are recorded. A broken connection gives
     /// the item back for another attempt.
     async fn deliver(
@@ -303,6 +404,7 @@ impl Transmitter {
         let ctx = &self.ctx;
         let msg = item.message.clone();
         let env = &msg.envelope;
+        supervisor::test_panic_hook(Stage::Delivering, &env.subject);
         let external = peer.connector.is_some();
         // Leaving the organisation: the header firewall removes its private headers.
         let stripped = if external {
@@ -483,7 +585,14 @@ impl Transmitter {
                 .resubmit(msg.clone(), reroute.into_iter().map(|(r, _)| r).collect());
         }
         if !deferred.is_empty() {
-            let recipients = deferred.into_iter().map(|(r, _)| r).collect();
+            // Get-Message shows why each recipient waits.
+            let recipients = deferred
+                .into_iter()
+                .map(|(mut r, reply)| {
+                    r.last_error = Some(reply.one_line());
+                    r
+                })
+                .collect();
             // Per-recipient retry; the queue itself stays up.
             let not_before = Some(Instant::now() + self.policy.interval(0));
             queue.push(Item {

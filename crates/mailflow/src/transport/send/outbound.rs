@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mailflow_smtp::{Enhanced, Reply};
+
 use super::dns::{Dns, DnsFailure};
 use crate::context::ServerContext;
 use crate::directory::SendConnector;
@@ -17,12 +19,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Exchange's send connector ConnectionInactivityTimeOut is 10 minutes.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Why no connection could be made.
-pub enum ConnectFailure {
-    /// Retry later (the queue goes to Retry).
-    Transient(String),
-    /// The destination cannot exist: fail the recipients with an NDR.
-    Permanent(String),
+/// Why no connection could be made, as the reply that says so: built once here, and
+/// printed as it is by every caller (the queue's LastError, the NDR, the :717 Outbound
+/// Proxy's answer to RCPT), so no caller formats or trims a status again. A 4xx reply:
+/// retry later (the queue goes to Retry); a 5xx reply: the destination cannot exist,
+/// its recipients fail with an NDR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectFailure(pub Reply);
+
+impl ConnectFailure {
+    /// `451 <enhanced> <text>`: the next hop may answer later.
+    pub fn transient(enhanced: Enhanced, text: impl Into<String>) -> ConnectFailure {
+        ConnectFailure(Reply::new(451, enhanced, text))
+    }
+
+    /// `550 5.4.4 <text>`: the destination does not exist (NXDOMAIN, null MX).
+    pub fn permanent(text: impl Into<String>) -> ConnectFailure {
+        ConnectFailure(Reply::new(550, Enhanced(5, 4, 4), text))
+    }
 }
 
 /// A `host`, `host:port`, `[ip]` or `[ip]:port` smart host with the connector's port
@@ -63,11 +77,9 @@ pub async fn connect(
         } else {
             match dns.mail_hosts(&next_hop.domain).await {
                 Ok(hosts) => hosts.into_iter().map(|h| (h, connector.port)).collect(),
-                Err(DnsFailure::Permanent(e)) => {
-                    return Err(ConnectFailure::Permanent(format!("550 5.4.4 {e}")));
-                }
+                Err(DnsFailure::Permanent(e)) => return Err(ConnectFailure::permanent(e)),
                 Err(DnsFailure::Transient(e)) => {
-                    return Err(ConnectFailure::Transient(format!("451 4.4.0 {e}")));
+                    return Err(ConnectFailure::transient(Enhanced(4, 4, 0), e));
                 }
             }
         };
@@ -88,10 +100,10 @@ pub async fn connect(
             }
         }
     }
-    Err(ConnectFailure::Transient(format!(
-        "451 4.4.1 Connection failed: {}",
-        errors.join("; ")
-    )))
+    Err(ConnectFailure::transient(
+        Enhanced(4, 4, 1),
+        format!("Connection failed: {}", errors.join("; ")),
+    ))
 }
 
 async fn session(

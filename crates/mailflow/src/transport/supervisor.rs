@@ -1,0 +1,121 @@
+//! Supervision of the Transport service's tasks (DESIGN §7): a panic while handling one
+//! message never stops anything else. The categorizer and each delivery queue's
+//! transmitters catch a panic per message; the message is deferred and counted toward
+//! the poison queue, exactly as a process crash while categorizing is (reference §3.3,
+//! PoisonThreshold 2), and at the threshold it is parked there. A task that panics
+//! outside a message is replaced. This module imports only the Transport's queues and
+//! the tracking log writer.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use super::queue::store::{QueueDb, QueuedRecipient};
+use super::queue::{Item, NextHop, QueuedMessage, Queues};
+use super::tracking_event;
+use crate::context::ServerContext;
+
+/// PoisonThreshold (reference §3.3, §6): crashes before a message is parked.
+pub const POISON_THRESHOLD: u32 = 2;
+
+/// How long a task that panicked outside any message waits before it is replaced, so a
+/// task that fails at once cannot spin.
+const REPLACE_AFTER: Duration = Duration::from_secs(1);
+
+/// The text of a caught panic, for the operator's log.
+pub fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Runs the task `make` builds on `runtime`, and builds and runs a new one each time a
+/// task panics (logged as an error). Returns when a task ends normally.
+pub fn spawn_supervised<F, Fut>(runtime: &tokio::runtime::Handle, what: String, make: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let rt = runtime.clone();
+    runtime.spawn(async move {
+        loop {
+            match rt.spawn(make()).await {
+                Err(e) if e.is_panic() => {
+                    let panic = e.into_panic();
+                    tracing::error!(
+                        "{what} panicked ({}); replacing it",
+                        panic_text(panic.as_ref())
+                    );
+                    tokio::time::sleep(REPLACE_AFTER).await;
+                }
+                _ => return,
+            }
+        }
+    });
+}
+
+/// Counts one more crash against `msg` and writes the count to the queue database, so
+/// a process crash afterwards does not forget it (at start, a message whose count
+/// reached the threshold is parked again). Returns the new count.
+pub fn record_crash(db: &QueueDb, msg: &QueuedMessage) -> u32 {
+    let count = msg.record_crash();
+    let mut envelope = msg.envelope.clone();
+    envelope.crash_count = count;
+    db.update_envelope(msg.id, envelope);
+    count
+}
+
+/// Parks recipients of `msg` in the poison queue (reference §3.3: never retried or
+/// expired automatically): a POISONMESSAGE tracking event whose source context says
+/// `why`, and an error for the operator.
+pub fn park_in_poison(
+    ctx: &ServerContext,
+    queues: &Queues,
+    msg: Arc<QueuedMessage>,
+    recipients: Vec<QueuedRecipient>,
+    why: String,
+) {
+    let mut ev = tracking_event(ctx, &msg, "POISONMESSAGE", "POISONMESSAGE");
+    ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
+    ev.source_context = why.clone();
+    ctx.tracking_transport.log(ev);
+    tracing::error!(id = msg.id, "message parked in the poison queue: {why}");
+    queues.queue_for(&NextHop::poison()).push(Item {
+        message: msg,
+        recipients,
+        not_before: None,
+    });
+}
+
+/// Where the test hooks can make handling panic.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    Categorizing,
+    Delivering,
+    Receiving,
+}
+
+/// Test hook (fault injection for the supervision tests, never set in production):
+/// panics while handling a message whose subject starts with the value of
+/// `MAILFLOW_TEST_PANIC_IN_CATEGORIZER_ON_SUBJECT` (in the categorizer) or
+/// `MAILFLOW_TEST_PANIC_IN_DELIVERY_ON_SUBJECT` (in SMTP Send, before the message is
+/// sent), or `MAILFLOW_TEST_PANIC_IN_RECEIVE_ON_SUBJECT` (in SMTP Receive, before the
+/// message is queued). Read once: the check is on every message's path.
+pub fn test_panic_hook(stage: Stage, subject: &str) {
+    static HOOKS: LazyLock<[Option<String>; 3]> = LazyLock::new(|| {
+        let var = |name| std::env::var(name).ok().filter(|s| !s.is_empty());
+        [
+            var("MAILFLOW_TEST_PANIC_IN_CATEGORIZER_ON_SUBJECT"),
+            var("MAILFLOW_TEST_PANIC_IN_DELIVERY_ON_SUBJECT"),
+            var("MAILFLOW_TEST_PANIC_IN_RECEIVE_ON_SUBJECT"),
+        ]
+    });
+    if let Some(prefix) = &HOOKS[stage as usize]
+        && subject.starts_with(prefix.as_str())
+    {
+        panic!("test hook: panic while {stage:?} a message");
+    }
+}
