@@ -1,0 +1,209 @@
+//! Hardening: limits, files and logs. Nothing an outside client sends can stop or
+//! subvert the mail flow: connection floods, slow clients, recipient harvesting,
+//! control characters in names and content, and symbolic links in Pickup.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The standard organisation with `Default Frontend` limits of this test. The other
+/// connectors take 200 connections each, so the sum of the caps stays below what the
+/// open-files limit of any test machine leaves (else every cap is lowered in
+/// proportion).
+fn start_with_frontend_limits(limits: &str) -> Server {
+    let line = format!("max_inbound_connections = 200\nconnector_limits.frontend = {{ {limits} }}");
+    Server::start_edited(move |org| org.replace(FRONTEND_LIMITS, &line))
+}
+
+/// A connection from a chosen loopback source address; returns the first reply.
+fn connect_from(source: &str, port: u16) -> (BufReader<TcpStream>, TcpStream, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    let remote: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&remote.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut first = String::new();
+    let _ = reader.read_line(&mut first);
+    (reader, stream, first)
+}
+
+#[test]
+fn connections_past_the_per_source_and_connector_limits_get_421_4_3_2_and_others_are_served() {
+    let server = start_with_frontend_limits(
+        "max_inbound_connection = 5, max_inbound_connection_per_source = 3, \
+         max_inbound_connection_percentage_per_source = 100",
+    );
+    let port = server.ports.frontend;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (r, s, greeting) = connect_from("127.0.0.1", port);
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        held.push((r, s));
+    }
+    // The fourth from the same address is told and closed, not left in the backlog.
+    let (mut r, _s, reply) = connect_from("127.0.0.1", port);
+    assert_eq!(
+        reply,
+        "421 4.3.2 The maximum number of concurrent connections has exceeded a limit, closing transmission channel\r\n"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(r.read_to_end(&mut rest).unwrap_or(0), 0, "closed after 421");
+
+    // Another address is served meanwhile.
+    let (_r2, _s2, greeting) = connect_from("127.0.0.2", port);
+    assert!(greeting.starts_with("220 "), "other source: {greeting}");
+    let (_r3, _s3, greeting) = connect_from("127.0.0.2", port);
+    assert!(greeting.starts_with("220 "), "other source: {greeting}");
+    // Five sessions now: MaxInboundConnection refuses a sixth from anywhere.
+    let (_r4, _s4, reply) = connect_from("127.0.0.3", port);
+    assert_eq!(
+        reply,
+        "421 4.3.2 The maximum number of concurrent server connections has exceeded a limit, closing transmission channel\r\n"
+    );
+
+    // A session that ends gives its place back.
+    drop(held.pop());
+    let greeting = wait_for(
+        "a place for 127.0.0.1 again",
+        Duration::from_secs(10),
+        || {
+            let (_r, _s, first) = connect_from("127.0.0.1", port);
+            first.starts_with("220 ").then_some(first)
+        },
+    );
+    assert!(greeting.starts_with("220 "));
+}
+
+#[test]
+fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    std::fs::write(dir.path().join("mailflow.toml"), org_file(&ports, "")).unwrap();
+    std::fs::write(
+        dir.path().join("secret.key"),
+        "00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // Started with a soft limit of 256, as a shell's default of 1,024 would be.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -S -n 256 && exec \"$0\" serve --config \"$1\" --server MBX1")
+        .arg(BIN)
+        .arg(dir.path().join("mailflow.toml"))
+        .env("MAILFLOW_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = wait_for("serve to be ready", Duration::from_secs(30), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(false);
+        }
+        file_text(&log_path).contains("ready").then_some(true)
+    });
+    let limits = file_text(Path::new(&format!("/proc/{}/limits", child.id())));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "serve did not start: {}", file_text(&log_path));
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files in /proc/<pid>/limits");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "soft limit raised to the hard limit: {line}");
+}
+
+use std::path::Path;
+
+#[test]
+fn content_trickled_below_the_minimum_data_rate_gets_421_4_4_2_and_the_session_closes() {
+    let server = start_with_frontend_limits(
+        "min_data_rate = \"1KB\", min_data_rate_interval = \"1s\"",
+    );
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO slow.fabrikam.test");
+    assert!(c.cmd("MAIL FROM:<s@fabrikam.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    // 20 bytes every 100 ms: 200 bytes/s, a fifth of the minimum.
+    let mut writer = c.stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if writer.write_all(b"X-Slow: aaaaaaaaaa\r\n").is_err() {
+                return;
+            }
+            // The attack's own pace (not a wait for a condition).
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let reply = c.read_reply();
+    assert_eq!(
+        reply,
+        "421 4.4.2 Data rate too low, closing transmission channel\r\n"
+    );
+    assert!(c.is_closed());
+    let _ = trickle.join();
+
+    // A client sending at a normal pace is unaffected.
+    let mut ok = Smtp::connect(server.ports.frontend);
+    ok.cmd("EHLO fast.fabrikam.test");
+    let r = ok.send(
+        "s@fabrikam.test",
+        &["alice@contoso.test"],
+        &message("fast", "at full speed\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+}
+
+#[test]
+fn unknown_recipients_past_the_second_are_tarpitted_while_other_sessions_are_served() {
+    let server = start_with_frontend_limits("tarpit_interval = \"400ms\"");
+    let port = server.ports.frontend;
+    let mut c = Smtp::connect(port);
+    c.cmd("EHLO harvester.fabrikam.test");
+    assert!(c.cmd("MAIL FROM:<h@fabrikam.test>").starts_with("250"));
+    let mut times = Vec::new();
+    for i in 0..4 {
+        let t = Instant::now();
+        let r = c.cmd(&format!("RCPT TO:<nobody{i}@contoso.test>"));
+        assert!(r.starts_with("550 5.1.1"), "{r}");
+        times.push(t.elapsed());
+    }
+    // The third and fourth replies waited for the tarpit interval.
+    assert!(
+        times[2] >= Duration::from_millis(400) && times[3] >= Duration::from_millis(400),
+        "tarpit not applied: {times:?}"
+    );
+    // While the fifth is held, another client is served at once.
+    c.send_raw(b"RCPT TO:<nobody5@contoso.test>\r\n");
+    let t = Instant::now();
+    let mut other = Smtp::connect(port);
+    assert!(other.cmd("EHLO other.fabrikam.test").starts_with("250"));
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "other session waited for the tarpit"
+    );
+    assert!(c.read_reply().starts_with("550 5.1.1"));
+    // A known recipient is never delayed.
+    let t = Instant::now();
+    assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
+    assert!(t.elapsed() < Duration::from_millis(400));
+}
