@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod context;
 mod directory;
+mod files;
 mod frontend;
 mod logs;
 mod mailbox;

@@ -84,24 +84,16 @@ fn connections_past_the_per_source_and_connector_limits_get_421_4_3_2_and_others
     assert!(greeting.starts_with("220 "));
 }
 
-#[test]
-fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    std::fs::write(dir.path().join("mailflow.toml"), org_file(&ports, "")).unwrap();
-    std::fs::write(
-        dir.path().join("secret.key"),
-        "00112233445566778899aabbccddeeff\n",
-    )
-    .unwrap();
-    let log_path = dir.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    // Started with a soft limit of 256, as a shell's default of 1,024 would be.
+/// `mailflow serve` of the organisation file `config`, started through `sh -c
+/// "<prefix> exec mailflow serve …"`, once it logged "ready" (its output goes to
+/// `log_path`).
+fn spawn_serve(config: &Path, log_path: &Path, prefix: &str) -> std::process::Child {
+    let log = std::fs::File::create(log_path).unwrap();
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg("ulimit -S -n 256 && exec \"$0\" serve --config \"$1\" --server MBX1")
+        .arg(format!("{prefix} exec \"$0\" serve --config \"$1\""))
         .arg(BIN)
-        .arg(dir.path().join("mailflow.toml"))
+        .arg(config)
         .env("MAILFLOW_LOG", "info")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -112,12 +104,40 @@ fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
         if let Ok(Some(_)) = child.try_wait() {
             return Some(false);
         }
-        file_text(&log_path).contains("ready").then_some(true)
+        file_text(log_path).contains("ready").then_some(true)
     });
-    let limits = file_text(Path::new(&format!("/proc/{}/limits", child.id())));
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(ready, "serve did not start: {}", file_text(&log_path));
+    if !ready {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("serve did not start: {}", file_text(log_path));
+    }
+    child
+}
+
+/// Kills the child on drop, so a failed assertion leaves no server behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let config = dir.path().join("mailflow.toml");
+    std::fs::write(&config, org_file(&ports, "")).unwrap();
+    std::fs::write(
+        dir.path().join("secret.key"),
+        "00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    // Started with a soft limit of 256, as a shell's default of 1,024 would be.
+    let child = Killed(spawn_serve(&config, &dir.path().join("serve.log"), "ulimit -S -n 256 &&"));
+    let limits = file_text(Path::new(&format!("/proc/{}/limits", child.0.id())));
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
@@ -125,6 +145,113 @@ fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let (soft, hard) = (fields[3], fields[4]);
     assert_eq!(soft, hard, "soft limit raised to the hard limit: {line}");
+}
+
+/// Every file and folder under `root`, with its mode.
+fn modes_under(root: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        out.push((p.clone(), meta.permissions().mode() & 0o7777));
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let org = dir.path().join("org");
+    // The umask most shells have: the files must be private anyway.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("umask 022 && exec \"$0\" init --domain contoso.test --server MBX1 --mailbox alice@contoso.test --dir \"$1\"")
+        .arg(BIN)
+        .arg(&org)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = org.join("mailflow.toml");
+    let ports = Ports::new();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    for (key, port) in [
+        ("frontend = 25", ports.frontend),
+        ("transport = 2525", ports.transport),
+        ("mailbox_delivery = 475", ports.mailbox_delivery),
+        ("admin = 8025", ports.admin),
+        ("client_frontend = 587", free_ports(1)[0]),
+        ("client_proxy = 465", free_ports(1)[0]),
+        ("outbound_proxy = 717", free_ports(1)[0]),
+    ] {
+        let name = key.split(' ').next().unwrap();
+        assert!(text.contains(key), "init wrote no `{key}`");
+        text = text.replace(key, &format!("{name} = {port}"));
+    }
+    std::fs::write(&config, text).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let server = Killed(spawn_serve(&config, &dir.path().join("serve.log"), "umask 022 &&"));
+    let mut c = Smtp::connect(ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["alice@contoso.test"],
+        &message("private files", "kept private\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+    let mailbox_list = || {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["mailbox", "list", "--json"])
+            .output()
+            .unwrap()
+    };
+    wait_for("delivery to alice", Duration::from_secs(60), || {
+        let out = mailbox_list();
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list.as_array()?
+            .iter()
+            .any(|m| m["InboxItems"].as_u64() == Some(1))
+            .then_some(())
+    });
+
+    let set_password = || {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("umask 022 && exec \"$0\" --config \"$1\" mailbox set-password alice@contoso.test --password 'S3cret-pass!'")
+            .arg(BIN)
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    set_password();
+    let mut open = Vec::new();
+    for (path, mode) in modes_under(&org) {
+        let is_dir = path.is_dir();
+        if mode & 0o077 != 0 || (is_dir && mode != 0o700) {
+            open.push(format!("{:o} {}", mode, path.display()));
+        }
+    }
+    drop(server);
+    assert!(open.is_empty(), "not private:\n{}", open.join("\n"));
+
+    // An administrator who lets a group read the file keeps that choice.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    set_password();
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "set-password changed the mode the administrator chose");
 }
 
 use std::path::Path;
