@@ -334,3 +334,133 @@ fn unknown_recipients_past_the_second_are_tarpitted_while_other_sessions_are_ser
     assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
     assert!(t.elapsed() < Duration::from_millis(400));
 }
+
+/// Every physical line of the message tracking logs under `root` (headers skipped).
+fn tracking_lines(root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (path, _) in modes_under(root) {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("MSGTRK") && name.ends_with(".LOG") {
+            let text = file_text(&path);
+            lines.extend(
+                text.split("\r\n")
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+    }
+    lines
+}
+
+#[test]
+fn encoded_line_breaks_and_formulas_in_a_message_cannot_forge_tracking_rows_or_cells() {
+    let server = Server::start();
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    // A subject whose decoded text holds CR LF and then a whole forged row.
+    let forged = "2026-01-01T00:00:00.000Z,10.9.9.9,evil,,,,,SMTP,DELIVER,1,<forged@x>";
+    let subject = format!(
+        "=?utf-8?q?hi=0D=0A{}?=",
+        forged.replace(',', "=2C").replace(' ', "_")
+    );
+    let content = format!(
+        "From: <=1+2@fabrikam.test>\r\nTo: alice@contoso.test\r\nSubject: {subject}\r\nMessage-ID: <@injection@fabrikam.test>\r\n\r\nbody\r\n"
+    );
+    let r = c.send("=1+2@fabrikam.test", &["alice@contoso.test"], &content);
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+    server.wait_inbox("alice@contoso.test", 1);
+    let lines = wait_for("DELIVER in tracking", Duration::from_secs(30), || {
+        let lines = tracking_lines(&server.data_dir());
+        lines.iter().any(|l| l.contains(",DELIVER,")).then_some(lines)
+    });
+    for line in &lines {
+        // One event per physical line: it starts with its own timestamp and parses
+        // as exactly 30 fields.
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00.000Z"),
+            "the subject forged a row: {line}"
+        );
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(line.as_bytes());
+        let record = reader
+            .records()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("not one CSV row: {line}"));
+        assert_eq!(record.len(), 30, "{line}");
+        for cell in record.iter() {
+            assert!(
+                cell.len() < 2 || !cell.starts_with(['=', '+', '-', '@']),
+                "a cell a spreadsheet would run as a formula: {cell:?} in {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn helo_with_control_characters_gets_501_5_5_4_and_never_reaches_the_logs() {
+    let server = Server::start();
+    for hello in [&b"EHLO evil\x1b[2J.test\r\n"[..], b"HELO a\0b.test\r\n", b"EHLO x\ry.test\r\n"] {
+        let mut c = Smtp::connect(server.ports.frontend);
+        c.send_raw(hello);
+        let r = c.read_reply();
+        assert_eq!(
+            r,
+            "501 5.5.4 Invalid domain name\r\n",
+            "{:?}",
+            String::from_utf8_lossy(hello)
+        );
+        // The session goes on: a proper name is accepted.
+        assert!(c.cmd("EHLO client.fabrikam.test").starts_with("250"));
+        c.cmd("QUIT");
+    }
+    // The protocol log shows the refused command escaped, on one line.
+    let log = wait_for("the protocol log", Duration::from_secs(10), || {
+        let text: String = modes_under(&server.data_dir())
+            .iter()
+            .filter(|(p, _)| p.to_string_lossy().contains("ProtocolLog"))
+            .filter(|(p, _)| p.is_file())
+            .map(|(p, _)| file_text(p))
+            .collect();
+        text.contains("Invalid domain name").then_some(text)
+    });
+    assert!(!log.contains('\u{1b}') && !log.contains('\0'), "{log:?}");
+    assert!(log.contains("EHLO evil\\x1B[2J.test"), "{log}");
+}
+
+#[test]
+fn content_with_a_nul_byte_is_refused_with_550_5_6_0_and_not_stored() {
+    let server = Server::start();
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["alice@contoso.test"],
+        &message("nul", "before\0after\r\n"),
+    );
+    assert_eq!(
+        r,
+        "550 5.6.0 NUL characters are not allowed in message content\r\n"
+    );
+    // BDAT too.
+    assert!(c.cmd("MAIL FROM:<sender@fabrikam.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
+    let content = message("nul bdat", "a\0b\r\n");
+    c.send_raw(format!("BDAT {} LAST\r\n", content.len()).as_bytes());
+    c.send_raw(content.as_bytes());
+    let r = c.read_reply();
+    assert!(r.starts_with("550 5.6.0"), "{r}");
+    // The session goes on, and a clean message is delivered.
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["alice@contoso.test"],
+        &message("clean", "no nul\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    server.wait_inbox("alice@contoso.test", 1);
+    let stored = server.export("alice@contoso.test");
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains(&0u8));
+}
