@@ -464,3 +464,42 @@ fn content_with_a_nul_byte_is_refused_with_550_5_6_0_and_not_stored() {
     assert_eq!(stored.len(), 1);
     assert!(!stored[0].contains(&0u8));
 }
+
+#[test]
+fn pickup_never_follows_a_symbolic_link_or_opens_a_fifo_and_renames_them_bad() {
+    let server = Server::start_custom("pickup_directory_poll_interval = \"200ms\"", "");
+    let pickup = server.data_dir().join("Pickup");
+    wait_for("the Pickup directory", Duration::from_secs(10), || {
+        pickup.is_dir().then_some(())
+    });
+    // A file outside Pickup that reads as a message: the link must not send it.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    let secret_text = "From: app@contoso.test\nTo: bob@contoso.test\nSubject: leaked\n\nsecret\n";
+    std::fs::write(&secret, secret_text).unwrap();
+    std::os::unix::fs::symlink(&secret, pickup.join("a-leak.eml")).unwrap();
+    // A FIFO would block a reader forever.
+    let made = Command::new("mkfifo")
+        .arg(pickup.join("b-fifo.eml"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(
+        pickup.join("c-good.eml"),
+        "From: app@contoso.test\nTo: bob@contoso.test\nSubject: after the link\n\nok\n",
+    )
+    .unwrap();
+    server.wait_inbox("bob@contoso.test", 1);
+    wait_for("a-leak.bad and b-fifo.bad", Duration::from_secs(10), || {
+        (pickup.join("a-leak.bad").symlink_metadata().is_ok()
+            && pickup.join("b-fifo.bad").symlink_metadata().is_ok())
+        .then_some(())
+    });
+    let bob = server.export("bob@contoso.test");
+    assert_eq!(bob.len(), 1);
+    assert_eq!(header_values(&bob[0], "Subject"), ["after the link"]);
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), secret_text);
+    assert!(server.log().contains("symbolic link"), "{}", server.log());
+    let badmail = server.track(&["--event-id", "BADMAIL"]);
+    assert_eq!(badmail.len(), 2, "{badmail:?}");
+}
