@@ -194,8 +194,8 @@ pub struct Server {
     /// Protocol logging of `Default <server>` (None by default).
     #[serde(default)]
     pub transport_protocol_logging: LoggingLevel,
-    /// MaxInboundConnection of each receive connector (reference §1.2: 5000). Past it,
-    /// new clients wait in the kernel's backlog until a session ends.
+    /// MaxInboundConnection of each receive connector (reference §1.2: 5000) unless
+    /// `connector_limits` sets it. Past it, new clients get `421 4.3.2`.
     #[serde(default = "max_inbound")]
     pub max_inbound_connections: usize,
     /// PickupDirectoryPath (default `<data_dir>/Pickup`).
