@@ -838,7 +838,11 @@ pub fn size_exceeded() -> Reply {
 /// A NUL byte in content (RFC 5321 §2.3.8 forbids it in text, and BINARYMIME is not
 /// offered): stored, it would cut C strings short in whatever reads the message later.
 pub fn nul_reply() -> Reply {
-    r(550, (5, 6, 0), "NUL characters are not allowed in message content")
+    r(
+        550,
+        (5, 6, 0),
+        "NUL characters are not allowed in message content",
+    )
 }
 
 /// `501 5.5.4 Invalid domain name`, Exchange's answer to a HELO/EHLO argument that is

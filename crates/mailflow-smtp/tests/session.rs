@@ -346,7 +346,12 @@ fn nul_byte_in_data_or_bdat_is_refused_with_550_5_6_0() {
         b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\na\0b\r\n.\r\n",
         3,
     );
-    assert!(h.output.ends_with("550 5.6.0 NUL characters are not allowed in message content\r\n"), "{}", h.output);
+    assert!(
+        h.output
+            .ends_with("550 5.6.0 NUL characters are not allowed in message content\r\n"),
+        "{}",
+        h.output
+    );
     assert!(!h.events.contains(&"dataend".to_string()));
     let mut h = Harness::new(config());
     h.feed(

@@ -136,7 +136,11 @@ fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
     )
     .unwrap();
     // Started with a soft limit of 256, as a shell's default of 1,024 would be.
-    let child = Killed(spawn_serve(&config, &dir.path().join("serve.log"), "ulimit -S -n 256 &&"));
+    let child = Killed(spawn_serve(
+        &config,
+        &dir.path().join("serve.log"),
+        "ulimit -S -n 256 &&",
+    ));
     let limits = file_text(Path::new(&format!("/proc/{}/limits", child.0.id())));
     let line = limits
         .lines()
@@ -179,7 +183,11 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
         .arg(&org)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = org.join("mailflow.toml");
     let ports = Ports::new();
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -199,7 +207,11 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
     std::fs::write(&config, text).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let server = Killed(spawn_serve(&config, &dir.path().join("serve.log"), "umask 022 &&"));
+    let server = Killed(spawn_serve(
+        &config,
+        &dir.path().join("serve.log"),
+        "umask 022 &&",
+    ));
     let mut c = Smtp::connect(ports.frontend);
     c.cmd("EHLO client.fabrikam.test");
     let r = c.send(
@@ -234,7 +246,11 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
             .arg(&config)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     set_password();
     let mut open = Vec::new();
@@ -251,16 +267,18 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
     set_password();
     let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o640, "set-password changed the mode the administrator chose");
+    assert_eq!(
+        mode, 0o640,
+        "set-password changed the mode the administrator chose"
+    );
 }
 
 use std::path::Path;
 
 #[test]
 fn content_trickled_below_the_minimum_data_rate_gets_421_4_4_2_and_the_session_closes() {
-    let server = start_with_frontend_limits(
-        "min_data_rate = \"1KB\", min_data_rate_interval = \"1s\"",
-    );
+    let server =
+        start_with_frontend_limits("min_data_rate = \"1KB\", min_data_rate_interval = \"1s\"");
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO slow.fabrikam.test");
     assert!(c.cmd("MAIL FROM:<s@fabrikam.test>").starts_with("250"));
@@ -372,7 +390,10 @@ fn encoded_line_breaks_and_formulas_in_a_message_cannot_forge_tracking_rows_or_c
     server.wait_inbox("alice@contoso.test", 1);
     let lines = wait_for("DELIVER in tracking", Duration::from_secs(30), || {
         let lines = tracking_lines(&server.data_dir());
-        lines.iter().any(|l| l.contains(",DELIVER,")).then_some(lines)
+        lines
+            .iter()
+            .any(|l| l.contains(",DELIVER,"))
+            .then_some(lines)
     });
     for line in &lines {
         // One event per physical line: it starts with its own timestamp and parses
@@ -402,7 +423,11 @@ fn encoded_line_breaks_and_formulas_in_a_message_cannot_forge_tracking_rows_or_c
 #[test]
 fn helo_with_control_characters_gets_501_5_5_4_and_never_reaches_the_logs() {
     let server = Server::start();
-    for hello in [&b"EHLO evil\x1b[2J.test\r\n"[..], b"HELO a\0b.test\r\n", b"EHLO x\ry.test\r\n"] {
+    for hello in [
+        &b"EHLO evil\x1b[2J.test\r\n"[..],
+        b"HELO a\0b.test\r\n",
+        b"EHLO x\ry.test\r\n",
+    ] {
         let mut c = Smtp::connect(server.ports.frontend);
         c.send_raw(hello);
         let r = c.read_reply();

@@ -142,33 +142,32 @@ async fn serve(
         }
         all
     };
-    let connector =
-        |name: String,
-         port: u16,
-         session: SessionConfig,
-         auth: AuthPolicy,
-         log: Option<crate::logs::protocol::ProtocolLog>,
-         handler: crate::net::receive::HandlerFactory,
-         limits: Limits| ReceiveConnector {
-            id: format!("{}\\{}", server.name, name).into(),
-            bind: SocketAddr::new(ip, port),
-            session,
-            tls: Some(tls.clone()),
-            auth,
-            protocol_log: log,
-            inactivity_timeout: settings.connection_inactivity_timeout,
-            connection_timeout: settings.connection_timeout,
-            limits,
-            default_domain: org
-                .accepted_domains
-                .first()
-                .map(String::as_str)
-                .unwrap_or("localhost")
-                .into(),
-            implicit_tls: false,
-            remote_ranges: Vec::new(),
-            handler,
-        };
+    let connector = |name: String,
+                     port: u16,
+                     session: SessionConfig,
+                     auth: AuthPolicy,
+                     log: Option<crate::logs::protocol::ProtocolLog>,
+                     handler: crate::net::receive::HandlerFactory,
+                     limits: Limits| ReceiveConnector {
+        id: format!("{}\\{}", server.name, name).into(),
+        bind: SocketAddr::new(ip, port),
+        session,
+        tls: Some(tls.clone()),
+        auth,
+        protocol_log: log,
+        inactivity_timeout: settings.connection_inactivity_timeout,
+        connection_timeout: settings.connection_timeout,
+        limits,
+        default_domain: org
+            .accepted_domains
+            .first()
+            .map(String::as_str)
+            .unwrap_or("localhost")
+            .into(),
+        implicit_tls: false,
+        remote_ranges: Vec::new(),
+        handler,
+    };
     let verbose = |level: LoggingLevel, log: &crate::logs::protocol::ProtocolLog| {
         (level == LoggingLevel::Verbose).then(|| log.clone())
     };

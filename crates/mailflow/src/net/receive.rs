@@ -136,11 +136,7 @@ impl Limits {
         server_max: usize,
     ) -> Limits {
         let max_connections = cfg.max_inbound_connection.unwrap_or(server_max).max(1);
-        let (per_source, percentage) = if internal {
-            (usize::MAX, 100)
-        } else {
-            (20, 2)
-        };
+        let (per_source, percentage) = if internal { (usize::MAX, 100) } else { (20, 2) };
         let per_source = cfg
             .max_inbound_connection_per_source
             .unwrap_or(per_source)
@@ -270,6 +266,8 @@ impl DataPace {
 }
 
 /// The soft RLIMIT_NOFILE of this process (raised to the hard limit at start).
+// rlim_t is u64 on Linux but not on every target.
+#[allow(clippy::unnecessary_cast)]
 pub fn open_files_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -283,6 +281,7 @@ pub fn open_files_limit() -> Option<u64> {
 /// Raises the soft open-files limit to the hard limit: every session is a file
 /// descriptor, and the usual soft default of 1,024 lets one client address lock
 /// everyone out. Returns the soft limit in force.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_open_files_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -315,7 +314,9 @@ pub fn reserved_descriptors(open_files: u64) -> u64 {
 /// Lowers connection caps whose sum exceeds what the open-files limit leaves for
 /// sessions (each keeps its share), logging a warning; returns the caps to use.
 pub fn clamp_to_open_files(caps: &[usize], open_files: u64) -> Vec<usize> {
-    let budget = open_files.saturating_sub(reserved_descriptors(open_files)).max(1) as u128;
+    let budget = open_files
+        .saturating_sub(reserved_descriptors(open_files))
+        .max(1) as u128;
     let sum: u128 = caps.iter().map(|&c| c as u128).sum();
     if sum <= budget {
         return caps.to_vec();

@@ -184,7 +184,9 @@ fn read_regular(path: &Path, max_size: u64) -> std::io::Result<Result<Vec<u8>, &
         Ok(f) => f,
         // O_NOFOLLOW on a symbolic link fails with ELOOP.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Ok(Err("a symbolic link (Pickup and Replay never follow links)"));
+            return Ok(Err(
+                "a symbolic link (Pickup and Replay never follow links)",
+            ));
         }
         Err(e) => return Err(e),
     };

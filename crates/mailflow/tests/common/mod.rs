@@ -220,11 +220,7 @@ impl Server {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let ports = Ports::new();
-            std::fs::write(
-                dir.path().join("mailflow.toml"),
-                edit(org_file(&ports, "")),
-            )
-            .unwrap();
+            std::fs::write(dir.path().join("mailflow.toml"), edit(org_file(&ports, ""))).unwrap();
             std::fs::write(
                 dir.path().join("secret.key"),
                 "00112233445566778899aabbccddeeff\n",
