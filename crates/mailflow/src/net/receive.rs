@@ -129,7 +129,10 @@ impl Limits {
     /// connections from the organisation's own servers only, all from a few
     /// addresses: unlimited per source, as `Default <Server>` is in Exchange. The
     /// minimum data rate (mailflow's, like Postfix's `smtpd_min_data_rate`) is 1 KiB/s
-    /// over 30 s windows.
+    /// over 30 s windows where outside clients send content; internal connectors only
+    /// reach DATA after server authentication, and a Front End streaming a client's
+    /// content at the client's pace must not be judged a second time, so it is off
+    /// there.
     pub fn resolve(
         cfg: &crate::directory::config::ConnectorLimits,
         internal: bool,
@@ -150,7 +153,7 @@ impl Limits {
             max_connections,
             max_per_source: per_source.min(share),
             tarpit_interval: cfg.tarpit_interval.unwrap_or(Duration::from_secs(5)),
-            min_data_rate: cfg.min_data_rate.unwrap_or(1024),
+            min_data_rate: cfg.min_data_rate.unwrap_or(if internal { 0 } else { 1024 }),
             min_data_rate_interval: cfg
                 .min_data_rate_interval
                 .unwrap_or(Duration::from_secs(30))
@@ -793,5 +796,86 @@ impl ReceiveConnector {
         } else {
             Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::config::ConnectorLimits;
+
+    #[test]
+    fn limits_take_exchanges_defaults_and_the_lower_per_source_limit() {
+        let internet = Limits::resolve(&ConnectorLimits::default(), false, 5000);
+        assert_eq!(
+            (internet.max_connections, internet.max_per_source),
+            (5000, 20)
+        );
+        assert_eq!(internet.tarpit_interval, Duration::from_secs(5));
+        let internal = Limits::resolve(&ConnectorLimits::default(), true, 5000);
+        assert_eq!(
+            internal.max_per_source, 5000,
+            "unlimited, within the connector"
+        );
+        // 2 % of 500 is 10: below the 20 per source.
+        let small = Limits::resolve(
+            &ConnectorLimits {
+                max_inbound_connection: Some(500),
+                ..Default::default()
+            },
+            false,
+            5000,
+        );
+        assert_eq!(small.max_per_source, 10);
+    }
+
+    #[test]
+    fn caps_above_the_open_files_budget_are_lowered_in_proportion() {
+        assert_eq!(clamp_to_open_files(&[100, 200], 100_000), [100, 200]);
+        // 4096 open files keep 1024 in reserve: 3072 for sessions.
+        assert_eq!(clamp_to_open_files(&[5000, 1000], 4096), [2560, 512]);
+    }
+
+    #[test]
+    fn sessions_past_a_limit_are_refused_and_slots_come_back() {
+        let limits = Limits {
+            max_connections: 3,
+            max_per_source: 2,
+            tarpit_interval: Duration::ZERO,
+            min_data_rate: 0,
+            min_data_rate_interval: Duration::from_secs(1),
+        };
+        let sessions = Arc::new(Sessions::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = sessions.admit(a, &limits).unwrap();
+        let _a2 = sessions.admit(a, &limits).unwrap();
+        assert_eq!(
+            sessions.admit(a, &limits).err(),
+            Some(too_many_from_source_reply())
+        );
+        let _b1 = sessions.admit(b, &limits).unwrap();
+        assert_eq!(
+            sessions.admit(b, &limits).err(),
+            Some(too_many_connections_reply())
+        );
+        drop(a1);
+        assert!(sessions.admit(b, &limits).is_ok());
+    }
+
+    #[test]
+    fn data_pace_judges_each_window_by_the_time_spent_waiting() {
+        let limits = Limits {
+            max_connections: 1,
+            max_per_source: 1,
+            tarpit_interval: Duration::ZERO,
+            min_data_rate: 1000,
+            min_data_rate_interval: Duration::from_secs(10),
+        };
+        let mut pace = DataPace::default();
+        assert!(!pace.too_slow(Duration::from_secs(5), 100, &limits));
+        // 10 s waited for 10,100 bytes: fast enough; the window starts over.
+        assert!(!pace.too_slow(Duration::from_secs(5), 10_000, &limits));
+        assert!(pace.too_slow(Duration::from_secs(10), 9_999, &limits));
     }
 }

@@ -274,6 +274,10 @@ fn check_shape(content: &[u8], max_size: u64) -> Result<(), String> {
             content.len()
         ));
     }
+    if content.contains(&0) {
+        // As over SMTP (550 5.6.0): no hop after this one would take it.
+        return Err("NUL characters are not allowed in message content".into());
+    }
     let head = message::header_len(content);
     if head == content.len() && !content.windows(4).any(|w| w == b"\r\n\r\n") {
         return Err("no blank line between the header and the body".into());
@@ -447,6 +451,11 @@ mod tests {
             pickup(b"From: a@x.test\nTo: c@y.test\n", 1 << 20)
                 .unwrap_err()
                 .contains("blank line")
+        );
+        assert!(
+            pickup(b"From: a@x.test\nTo: c@y.test\n\nnul\0byte\n", 1 << 20)
+                .unwrap_err()
+                .contains("NUL")
         );
     }
 
