@@ -5,7 +5,7 @@
 
 use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Mode of new files: owner read/write only.
@@ -33,14 +33,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Replaces `path` atomically (a temporary file beside it, then rename) keeping the
-/// mode the old file had, or 0600 for a new file. A rewrite must never widen what
+/// mode and owner the old file had, or 0600 for a new file. A rewrite must never widen what
 /// the administrator narrowed (nor narrow a 0640 they chose for a reader group).
 pub fn replace_preserving_mode(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mode = match std::fs::metadata(path) {
-        Ok(m) => m.permissions().mode() & 0o7777,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FILE_MODE,
+    let old = match std::fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
+    let mode = old
+        .as_ref()
+        .map_or(FILE_MODE, |m| m.permissions().mode() & 0o7777);
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
@@ -52,6 +55,12 @@ pub fn replace_preserving_mode(path: &Path, bytes: &[u8]) -> std::io::Result<()>
             .mode(FILE_MODE)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        if let Some(m) = &old {
+            // Keep the owner too (root running `set-password` on the service
+            // account's file must not leave a file the service cannot read). Only
+            // root may give a file away; anyone else already owns it.
+            let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+        }
         f.set_permissions(Permissions::from_mode(mode))?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

@@ -320,7 +320,7 @@ fn content_trickled_below_the_minimum_data_rate_gets_421_4_4_2_and_the_session_c
 
 #[test]
 fn unknown_recipients_past_the_second_are_tarpitted_while_other_sessions_are_served() {
-    let server = start_with_frontend_limits("tarpit_interval = \"400ms\"");
+    let server = start_with_frontend_limits("tarpit_interval = \"1s\"");
     let port = server.ports.frontend;
     let mut c = Smtp::connect(port);
     c.cmd("EHLO harvester.fabrikam.test");
@@ -334,7 +334,7 @@ fn unknown_recipients_past_the_second_are_tarpitted_while_other_sessions_are_ser
     }
     // The third and fourth replies waited for the tarpit interval.
     assert!(
-        times[2] >= Duration::from_millis(400) && times[3] >= Duration::from_millis(400),
+        times[2] >= Duration::from_secs(1) && times[3] >= Duration::from_secs(1),
         "tarpit not applied: {times:?}"
     );
     // While the fifth is held, another client is served at once.
@@ -343,14 +343,14 @@ fn unknown_recipients_past_the_second_are_tarpitted_while_other_sessions_are_ser
     let mut other = Smtp::connect(port);
     assert!(other.cmd("EHLO other.fabrikam.test").starts_with("250"));
     assert!(
-        t.elapsed() < Duration::from_millis(400),
+        t.elapsed() < Duration::from_secs(1),
         "other session waited for the tarpit"
     );
     assert!(c.read_reply().starts_with("550 5.1.1"));
     // A known recipient is never delayed.
     let t = Instant::now();
     assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
-    assert!(t.elapsed() < Duration::from_millis(400));
+    assert!(t.elapsed() < Duration::from_secs(1));
 }
 
 /// Every physical line of the message tracking logs under `root` (headers skipped).
