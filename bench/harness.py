@@ -729,7 +729,14 @@ class Mailflow:
             raise RuntimeError("mailflow init wrote no `smart_hosts = []` send connector line")
         # MaxInboundConnection (default 5,000, Exchange's) raised so the idle-session
         # test's 10,000 connections are all served; an administrator's setting.
-        text, n = re.subn(r'(?m)^(data_dir = "data/[^"]+")$', rf"\1\nmax_inbound_connections = {MAX_INBOUND}", text)
+        # Every benchmark client connects from 127.0.0.1: no per-source limit on the
+        # Front End (Exchange's 20 would refuse the load's own concurrency).
+        text, n = re.subn(
+            r'(?m)^(data_dir = "data/[^"]+")$',
+            rf"\1\nmax_inbound_connections = {MAX_INBOUND}\n"
+            r'connector_limits.frontend = { max_inbound_connection_per_source = "unlimited", max_inbound_connection_percentage_per_source = 100 }',
+            text,
+        )
         if n != 1:
             raise RuntimeError("mailflow init wrote no `data_dir =` line in its [[servers]] table")
         text += f"""
@@ -740,6 +747,8 @@ service = "transport"
 bind = "127.0.0.1:{self.relay_port}"
 remote_ranges = ["127.0.0.0/8"]
 permissions = ["anonymous", "relay"]
+max_inbound_connection_per_source = "unlimited"
+max_inbound_connection_percentage_per_source = 100
 """
         with open(self.config, "w") as f:
             f.write(text)

@@ -12,6 +12,8 @@ pub struct DataDecoder {
     line_start: bool,
     /// Set when a bare CR or LF was seen anywhere in the content.
     pub bare_newline: bool,
+    /// Set when a NUL byte was seen anywhere in the content.
+    pub nul: bool,
     /// Decoded bytes so far (counted even when discarded for size).
     pub size: u64,
 }
@@ -34,6 +36,7 @@ impl Default for DataDecoder {
         DataDecoder {
             line_start: true,
             bare_newline: false,
+            nul: false,
             size: 0,
         }
     }
@@ -90,6 +93,9 @@ impl DataDecoder {
         if memchr::memchr2(b'\r', b'\n', inner).is_some() {
             self.bare_newline = true;
         }
+        if memchr::memchr(0, bytes).is_some() {
+            self.nul = true;
+        }
         self.size += bytes.len() as u64;
         out.extend_from_slice(bytes);
     }
@@ -107,10 +113,14 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 pub struct BareNewlineCheck {
     prev_cr: bool,
     bare: bool,
+    nul: bool,
 }
 
 impl BareNewlineCheck {
     pub fn feed(&mut self, content: &[u8]) {
+        if memchr::memchr(0, content).is_some() {
+            self.nul = true;
+        }
         for &b in content {
             match (self.prev_cr, b) {
                 (true, b'\n') => self.prev_cr = false,
@@ -124,6 +134,11 @@ impl BareNewlineCheck {
                 _ => {}
             }
         }
+    }
+
+    /// True when the content seen so far had a NUL byte.
+    pub fn has_nul(&self) -> bool {
+        self.nul
     }
 
     /// True when the content seen so far had a bare CR or LF (a trailing CR counts).

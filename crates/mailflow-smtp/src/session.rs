@@ -340,14 +340,17 @@ impl Session {
                     self.input.drain(..used);
                     let too_big = decoder.size > self.config.max_message_size;
                     let bare = decoder.bare_newline;
+                    let nul = decoder.nul;
                     if end {
-                        if too_big || bare {
+                        if too_big || bare || nul {
                             self.phase = Phase::Command;
                             self.tx = Transaction::default();
                             let reply = if too_big {
                                 size_exceeded()
-                            } else {
+                            } else if bare {
                                 bare_newline_reply()
+                            } else {
+                                nul_reply()
                             };
                             self.send(reply.clone());
                             return Some(Event::DataRejected(reply));
@@ -368,7 +371,19 @@ impl Session {
                     self.pending = Some(Pending::DataEnd);
                     return Some(Event::DataEnd);
                 }
-                Phase::Bdat { .. } => return self.bdat_step(),
+                Phase::Bdat { .. } => {
+                    if let Some(ev) = self.bdat_step() {
+                        return Some(ev);
+                    }
+                    // A chunk that is complete (not LAST) is answered and the
+                    // commands pipelined after it are read now, not when more input
+                    // happens to arrive.
+                    if matches!(self.phase, Phase::Bdat { .. } | Phase::Closed)
+                        || self.pending.is_some()
+                    {
+                        return None;
+                    }
+                }
                 Phase::SkipLine => {
                     let Some(nl) = self.input.iter().position(|&b| b == b'\n') else {
                         self.input.clear();
@@ -440,8 +455,8 @@ impl Session {
             _ => String::from_utf8_lossy(&line).into_owned(),
         });
         match command {
-            Command::Ehlo(domain) => Some(self.hello(domain, true)),
-            Command::Helo(domain) => Some(self.hello(domain, false)),
+            Command::Ehlo(domain) => self.hello(domain, true),
+            Command::Helo(domain) => self.hello(domain, false),
             Command::Mail(from, params) => self.mail(from, params),
             Command::Rcpt(to, params) => self.rcpt(to, params),
             Command::Data => self.data(),
@@ -490,7 +505,12 @@ impl Session {
         had.then_some(Event::Reset)
     }
 
-    fn hello(&mut self, domain: String, extended: bool) -> Event {
+    fn hello(&mut self, domain: String, extended: bool) -> Option<Event> {
+        if !is_hello_argument(&domain) {
+            // The name goes into Received: headers and logs: control characters or
+            // anything else that is not a name must never get that far.
+            return self.error(invalid_domain_reply());
+        }
         self.tx = Transaction::default();
         self.helo = Some(domain.clone());
         let host = &self.config.hostname;
@@ -522,7 +542,7 @@ impl Session {
             }
             self.send(Reply::multiline(250, lines));
         }
-        Event::Hello { domain, extended }
+        Some(Event::Hello { domain, extended })
     }
 
     fn mail(&mut self, from: Option<Address>, params: MailParams) -> Option<Event> {
@@ -645,11 +665,15 @@ impl Session {
             }
             return self.count_error_if_sequence(reply);
         }
-        if too_big || (last && self.tx.bdat_newlines.finish()) {
+        let bare = last && self.tx.bdat_newlines.finish();
+        let nul = last && self.tx.bdat_newlines.has_nul();
+        if too_big || bare || nul {
             let reply = if too_big {
                 size_exceeded()
-            } else {
+            } else if bare {
                 bare_newline_reply()
+            } else {
+                nul_reply()
             };
             // Later chunks of this transaction are discarded with the same answer.
             self.tx.bdat_refused = Some(reply.clone());
@@ -809,6 +833,49 @@ pub fn size_exceeded() -> Reply {
         (5, 3, 4),
         "Message size exceeds fixed maximum message size",
     )
+}
+
+/// A NUL byte in content (RFC 5321 §2.3.8 forbids it in text, and BINARYMIME is not
+/// offered): stored, it would cut C strings short in whatever reads the message later.
+pub fn nul_reply() -> Reply {
+    r(
+        550,
+        (5, 6, 0),
+        "NUL characters are not allowed in message content",
+    )
+}
+
+/// `501 5.5.4 Invalid domain name`, Exchange's answer to a HELO/EHLO argument that is
+/// neither a domain nor an address literal.
+pub fn invalid_domain_reply() -> Reply {
+    r(501, (5, 5, 4), "Invalid domain name")
+}
+
+/// RFC 5321 §4.1.1.1: `Domain / address-literal`. Labels are letters, digits and
+/// hyphens; underscores and UTF-8 (RFC 6531) are tolerated, as real clients send
+/// them (Windows machine names). An address literal is `[IPv4]` or `[IPv6:…]`.
+pub fn is_hello_argument(s: &str) -> bool {
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if let Some(v6) = inner
+            .strip_prefix("IPv6:")
+            .or_else(|| inner.strip_prefix("ipv6:"))
+        {
+            return v6.parse::<std::net::Ipv6Addr>().is_ok();
+        }
+        return inner.parse::<std::net::Ipv4Addr>().is_ok();
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii())
+                && !label.chars().any(char::is_control)
+        })
 }
 
 /// Bare CR or LF in content: refused so no two hops can disagree about the message's

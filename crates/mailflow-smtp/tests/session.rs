@@ -304,3 +304,60 @@ fn each_protocol_error_counts_towards_the_limit() {
     h.feed(b"RCPT TO:<a@b.test>\r\n", 100);
     assert!(h.output.contains("421 4.7.0"), "{}", h.output);
 }
+
+#[test]
+fn hello_with_control_characters_or_no_domain_gets_501_5_5_4() {
+    for bad in [
+        &b"EHLO bad\0name\r\n"[..],
+        b"EHLO evil\x1b[31m.test\r\n",
+        b"HELO a\rb.test\r\n",
+        b"EHLO -dash.test\r\n",
+        b"EHLO a..b\r\n",
+        b"EHLO [999.1.1.1]\r\n",
+        b"EHLO <x@y>\r\n",
+    ] {
+        let mut h = Harness::new(config());
+        h.feed(bad, 100);
+        assert!(
+            h.output.ends_with("501 5.5.4 Invalid domain name\r\n"),
+            "{:?}: {}",
+            String::from_utf8_lossy(bad),
+            h.output
+        );
+        assert!(!h.events.iter().any(|e| e.starts_with("Hello")));
+    }
+    for good in [
+        "EHLO client.test",
+        "EHLO c",
+        "EHLO [127.0.0.1]",
+        "EHLO [IPv6:::1]",
+        "EHLO WIN_PC01.corp.test.",
+    ] {
+        let mut h = Harness::new(config());
+        h.feed(format!("{good}\r\n").as_bytes(), 100);
+        assert!(h.output.contains("\r\n250 "), "{good}: {}", h.output);
+    }
+}
+
+#[test]
+fn nul_byte_in_data_or_bdat_is_refused_with_550_5_6_0() {
+    let mut h = Harness::new(config());
+    h.feed(
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\na\0b\r\n.\r\n",
+        3,
+    );
+    assert!(
+        h.output
+            .ends_with("550 5.6.0 NUL characters are not allowed in message content\r\n"),
+        "{}",
+        h.output
+    );
+    assert!(!h.events.contains(&"dataend".to_string()));
+    let mut h = Harness::new(config());
+    h.feed(
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3\r\na\0bBDAT 2 LAST\r\n\r\n",
+        100,
+    );
+    assert!(h.output.contains("550 5.6.0"), "{}", h.output);
+    assert!(!h.events.contains(&"dataend".to_string()));
+}

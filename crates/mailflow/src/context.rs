@@ -98,11 +98,9 @@ impl ActiveCopies {
         self.set_in_memory(database, server);
         if let Some(path) = &self.state_file {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let tmp = path.with_extension("tmp");
             let written = serde_json::to_vec_pretty(&map)
                 .map_err(std::io::Error::other)
-                .and_then(|bytes| std::fs::write(&tmp, bytes))
-                .and_then(|()| std::fs::rename(&tmp, path));
+                .and_then(|bytes| crate::files::replace_preserving_mode(path, &bytes));
             if let Err(e) = written {
                 tracing::error!("cannot record the active copies in {}: {e}", path.display());
             }
@@ -263,7 +261,7 @@ impl ServerContext {
         secret: OrgSecret,
     ) -> anyhow::Result<ServerContext> {
         let data_dir = dir.data_dir(&server);
-        std::fs::create_dir_all(&data_dir).map_err(|e| {
+        crate::files::create_private_dir_all(&data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data folder {}: {e}", data_dir.display())
         })?;
         let paths = LogPaths::new(&data_dir);

@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod context;
 mod directory;
+mod files;
 mod frontend;
 mod logs;
 mod mailbox;
@@ -15,6 +16,9 @@ mod wal;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Before anything can create a file: keys, the organisation file, queues,
+    // databases and logs are the organisation's secrets (DESIGN §7).
+    private_umask();
     let args = cli::Cli::parse();
     if !matches!(args.command, cli::Command::Serve) {
         restore_sigpipe();
@@ -26,6 +30,12 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if matches!(args.command, cli::Command::Serve) {
+        match net::receive::raise_open_files_limit() {
+            Some(n) => tracing::debug!("open files limit: {n}"),
+            None => tracing::warn!("cannot read the open files limit"),
+        }
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -44,5 +54,14 @@ fn restore_sigpipe() {
     // SAFETY: setting a signal's disposition to its default before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// umask 077: every file and folder this process creates is its owner's only, whatever
+/// the umask it was started with.
+fn private_umask() {
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
     }
 }

@@ -37,7 +37,7 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
     if file.exists() && !a.force {
         anyhow::bail!("{} exists; use --force to overwrite it", file.display());
     }
-    std::fs::create_dir_all(&a.dir)?;
+    crate::files::create_private_dir_all(&a.dir)?;
     let mailboxes: Vec<String> = if a.mailboxes.is_empty() {
         vec![format!("administrator@{}", a.domain)]
     } else {
@@ -60,7 +60,7 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
     // Validate before writing, so a bad --domain or --mailbox never leaves a broken file.
     Directory::parse(&text, &file.display().to_string(), a.dir.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    std::fs::write(&file, &text)?;
+    crate::files::replace_preserving_mode(&file, text.as_bytes())?;
     OrgSecret::load(&a.dir.join("secret.key"), true)?;
     let fqdn = format!("{}.{}", server.to_lowercase(), a.domain);
     crate::net::tls::ensure_self_signed(&a.dir.join(&cert), &a.dir.join(&key), &fqdn)?;

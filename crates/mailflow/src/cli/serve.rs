@@ -13,7 +13,7 @@ use crate::frontend::{FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
 use crate::net::orgauth::OrgSecret;
-use crate::net::receive::{AuthPolicy, ReceiveConnector};
+use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector};
 use crate::transport::TransportService;
 use crate::transport::receive::TransportReceive;
 
@@ -103,32 +103,64 @@ async fn serve(
         max_recipients,
         ..SessionConfig::default()
     };
-    let connector =
-        |name: String,
-         port: u16,
-         session: SessionConfig,
-         auth: AuthPolicy,
-         log: Option<crate::logs::protocol::ProtocolLog>,
-         handler: crate::net::receive::HandlerFactory| ReceiveConnector {
-            id: format!("{}\\{}", server.name, name).into(),
-            bind: SocketAddr::new(ip, port),
-            session,
-            tls: Some(tls.clone()),
-            auth,
-            protocol_log: log,
-            inactivity_timeout: settings.connection_inactivity_timeout,
-            connection_timeout: settings.connection_timeout,
-            max_connections: server.max_inbound_connections.max(1),
-            default_domain: org
-                .accepted_domains
-                .first()
-                .map(String::as_str)
-                .unwrap_or("localhost")
-                .into(),
-            implicit_tls: false,
-            remote_ranges: Vec::new(),
-            handler,
-        };
+    // Every connector's limits, their connection caps kept below the open-files limit
+    // together: [frontend, client frontend, client proxy, outbound proxy, transport,
+    // mailbox delivery, custom connectors in file order].
+    let limits = {
+        let cl = &server.connector_limits;
+        let max = server.max_inbound_connections;
+        let mut all = vec![
+            Limits::resolve(&cl.frontend, false, max),
+            Limits::resolve(&cl.client_frontend, false, max),
+            Limits::resolve(&cl.client_proxy, true, max),
+            Limits::resolve(&cl.outbound_proxy, true, max),
+            Limits::resolve(&cl.transport, true, max),
+            Limits::resolve(&cl.mailbox_delivery, true, max),
+        ];
+        all.extend(
+            dir.org
+                .receive_connectors
+                .iter()
+                .map(|r| r.get_ref())
+                .filter(|rc| rc.server.eq_ignore_ascii_case(&server.name))
+                .map(|rc| Limits::resolve(&rc.limits(), false, max)),
+        );
+        if let Some(open_files) = crate::net::receive::open_files_limit() {
+            let caps: Vec<usize> = all.iter().map(|l| l.max_connections).collect();
+            let clamped = crate::net::receive::clamp_to_open_files(&caps, open_files);
+            for (l, cap) in all.iter_mut().zip(clamped) {
+                l.max_connections = cap;
+                l.max_per_source = l.max_per_source.min(cap);
+            }
+        }
+        all
+    };
+    let connector = |name: String,
+                     port: u16,
+                     session: SessionConfig,
+                     auth: AuthPolicy,
+                     log: Option<crate::logs::protocol::ProtocolLog>,
+                     handler: crate::net::receive::HandlerFactory,
+                     limits: Limits| ReceiveConnector {
+        id: format!("{}\\{}", server.name, name).into(),
+        bind: SocketAddr::new(ip, port),
+        session,
+        tls: Some(tls.clone()),
+        auth,
+        protocol_log: log,
+        inactivity_timeout: settings.connection_inactivity_timeout,
+        connection_timeout: settings.connection_timeout,
+        limits,
+        default_domain: org
+            .accepted_domains
+            .first()
+            .map(String::as_str)
+            .unwrap_or("localhost")
+            .into(),
+        implicit_tls: false,
+        remote_ranges: Vec::new(),
+        handler,
+    };
     let verbose = |level: LoggingLevel, log: &crate::logs::protocol::ProtocolLog| {
         (level == LoggingLevel::Verbose).then(|| log.clone())
     };
@@ -149,6 +181,7 @@ async fn serve(
         AuthPolicy::None,
         verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
         Arc::new(move || Box::new(FrontendSession::new(fe_ctx.clone(), FrontendMode::Internet))),
+        limits[0],
     );
     let t = transport.clone();
     let hub = connector(
@@ -158,6 +191,7 @@ async fn serve(
         org_auth.clone(),
         verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
         Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
+        limits[4],
     );
     let (md_ctx, md_stores) = (ctx.clone(), stores.clone());
     let delivery = connector(
@@ -175,6 +209,7 @@ async fn serve(
                 md_stores.clone(),
             ))
         }),
+        limits[5],
     );
     // Downstream first, so the first message through :25 finds everything listening.
     let (delivery_addr, _d) = delivery_runtime
@@ -197,6 +232,7 @@ async fn serve(
                 op_dns.clone(),
             ))
         }),
+        limits[3],
     );
     let (proxy_addr, _p) = outbound_proxy.bind().await?;
 
@@ -216,6 +252,7 @@ async fn serve(
         org_auth.clone(),
         verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
         Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
+        limits[2],
     );
     let (client_proxy_addr, _cp) = client_proxy.bind().await?;
     let cf_ctx = ctx.clone();
@@ -234,6 +271,7 @@ async fn serve(
                 FrontendMode::Submission,
             ))
         }),
+        limits[1],
     );
     let (client_frontend_addr, _cf) = client_frontend.bind().await?;
     let mut custom = Vec::new();
@@ -298,6 +336,7 @@ async fn serve(
             auth,
             log,
             handler,
+            limits[6 + custom.len()],
         );
         rconn.bind = bind;
         rconn.implicit_tls = rc.tls.as_deref() == Some("implicit");

@@ -194,8 +194,8 @@ pub struct Server {
     /// Protocol logging of `Default <server>` (None by default).
     #[serde(default)]
     pub transport_protocol_logging: LoggingLevel,
-    /// MaxInboundConnection of each receive connector (reference §1.2: 5000). Past it,
-    /// new clients wait in the kernel's backlog until a session ends.
+    /// MaxInboundConnection of each receive connector (reference §1.2: 5000) unless
+    /// `connector_limits` sets it. Past it, new clients get `421 4.3.2`.
     #[serde(default = "max_inbound")]
     pub max_inbound_connections: usize,
     /// PickupDirectoryPath (default `<data_dir>/Pickup`).
@@ -204,6 +204,47 @@ pub struct Server {
     /// ReplayDirectoryPath (default `<data_dir>/Replay`).
     #[serde(default)]
     pub replay_directory: Option<String>,
+    /// Limits of the built-in receive connectors, one table per listener (the names of
+    /// `[servers.ports]`).
+    #[serde(default)]
+    pub connector_limits: BuiltinConnectorLimits,
+}
+
+/// `[servers.connector_limits.<listener>]`: Set-ReceiveConnector's limits for the
+/// built-in connectors.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinConnectorLimits {
+    pub frontend: ConnectorLimits,
+    pub client_frontend: ConnectorLimits,
+    pub client_proxy: ConnectorLimits,
+    pub outbound_proxy: ConnectorLimits,
+    pub transport: ConnectorLimits,
+    pub mailbox_delivery: ConnectorLimits,
+}
+
+/// Limits of one receive connector (reference §1.2); unset keys take the connector's
+/// default (net::receive::Limits).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorLimits {
+    /// MaxInboundConnection.
+    #[serde(deserialize_with = "de_opt_count")]
+    pub max_inbound_connection: Option<usize>,
+    /// MaxInboundConnectionPerSource (`"unlimited"` allowed).
+    #[serde(deserialize_with = "de_opt_count")]
+    pub max_inbound_connection_per_source: Option<usize>,
+    /// MaxInboundConnectionPercentagePerSource (1-100).
+    pub max_inbound_connection_percentage_per_source: Option<u32>,
+    /// TarpitInterval (`"0s"` turns the tarpit off).
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub tarpit_interval: Option<Duration>,
+    /// Least content bytes per second during DATA/BDAT (a size such as `"1KB"`; 0 off).
+    #[serde(deserialize_with = "de_opt_size")]
+    pub min_data_rate: Option<u64>,
+    /// The window the rate is measured over, the first one being the grace period.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub min_data_rate_interval: Option<Duration>,
 }
 
 fn max_inbound() -> usize {
@@ -362,6 +403,54 @@ pub struct ReceiveConnector {
     pub protocol_logging: LoggingLevel,
     #[serde(default)]
     pub tls: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_count")]
+    pub max_inbound_connection: Option<usize>,
+    #[serde(default, deserialize_with = "de_opt_count")]
+    pub max_inbound_connection_per_source: Option<usize>,
+    #[serde(default)]
+    pub max_inbound_connection_percentage_per_source: Option<u32>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub tarpit_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub min_data_rate: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub min_data_rate_interval: Option<Duration>,
+}
+
+impl ReceiveConnector {
+    /// The connector's limit keys, as for a built-in connector.
+    pub fn limits(&self) -> ConnectorLimits {
+        ConnectorLimits {
+            max_inbound_connection: self.max_inbound_connection,
+            max_inbound_connection_per_source: self.max_inbound_connection_per_source,
+            max_inbound_connection_percentage_per_source: self
+                .max_inbound_connection_percentage_per_source,
+            tarpit_interval: self.tarpit_interval,
+            min_data_rate: self.min_data_rate,
+            min_data_rate_interval: self.min_data_rate_interval,
+        }
+    }
+}
+
+/// A connection count, or `"unlimited"` (Exchange's word), which is `usize::MAX`.
+fn de_opt_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Count {
+        Int(usize),
+        Text(String),
+    }
+    match Count::deserialize(d)? {
+        Count::Int(n) => Ok(Some(n)),
+        Count::Text(s) if s.eq_ignore_ascii_case("unlimited") => Ok(Some(usize::MAX)),
+        Count::Text(s) => Err(serde::de::Error::custom(format!(
+            "invalid count {s:?}: expected a number or \"unlimited\""
+        ))),
+    }
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 /// Sizes like `10MB`, `36MB`, `512KB` or a plain byte count. Exchange's MB is 1024² bytes

@@ -177,9 +177,7 @@ pub fn set_password_in_file(
         })
         .ok_or_else(|| anyhow::anyhow!("{}: no mailbox {address}", file.display()))?;
     entry["password_hash"] = toml_edit::value(hash_password(password)?);
-    let tmp = file.with_extension("toml.tmp");
-    std::fs::write(&tmp, doc.to_string())?;
-    std::fs::rename(&tmp, file)?;
+    crate::files::replace_preserving_mode(file, doc.to_string().as_bytes())?;
     Ok(())
 }
 

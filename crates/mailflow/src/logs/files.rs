@@ -12,6 +12,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
@@ -93,7 +94,7 @@ impl RollingLog {
         max_file_size: u64,
         clock: Clock,
     ) -> io::Result<RollingLog> {
-        fs::create_dir_all(dir)?;
+        crate::files::create_private_dir_all(dir)?;
         let writer = Writer {
             dir: dir.to_path_buf(),
             prefix: prefix.to_string(),
@@ -223,6 +224,7 @@ impl Writer {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(crate::files::FILE_MODE)
             .open(self.path(hour, n))?;
         let mut size = file.metadata()?.len();
         let mut out = BufWriter::new(file);

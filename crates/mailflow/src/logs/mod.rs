@@ -6,6 +6,7 @@ pub mod files;
 pub mod protocol;
 pub mod tracking;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -67,15 +68,19 @@ fn process_random() -> u64 {
     })
 }
 
-/// One CSV record without its terminator. Values containing commas, quotes or line
-/// breaks are double-quoted with `""` escaping, as in real Exchange logs (reference §7.2).
+/// One CSV record without its terminator. Values containing commas or quotes are
+/// double-quoted with `""` escaping, as in real Exchange logs (reference §7.2). Every
+/// value first goes through [`clean_cell`]: most of them are outside text (HELO
+/// names, addresses, subjects, commands), and this is the one place all log lines
+/// pass.
 fn csv_line(fields: &[&str]) -> String {
     let mut w = csv::WriterBuilder::new()
         .buffer_capacity(512)
         .from_writer(Vec::new());
+    let cleaned: Vec<Cow<'_, str>> = fields.iter().map(|f| clean_cell(f)).collect();
     // Writing into a Vec cannot fail; if it somehow did, an empty line is harmless to
     // readers (it is skipped), whereas a panic would take the caller's task down.
-    if w.write_record(fields).is_err() {
+    if w.write_record(cleaned.iter().map(|c| c.as_ref())).is_err() {
         return String::new();
     }
     let mut bytes = w.into_inner().unwrap_or_default();
@@ -83,6 +88,40 @@ fn csv_line(fields: &[&str]) -> String {
         bytes.pop();
     }
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Makes one log value safe to read (DESIGN §7):
+///
+/// - control characters (C0, DEL, C1) and the Unicode line and paragraph separators
+///   are written as `\xNN` (`\x0D` for CR) or `\u{2028}`, so no value can start a
+///   physical line of its own (a forged row) or drive a terminal;
+/// - a value of two or more characters starting with `=`, `+`, `-` or `@` gets a
+///   leading `'`, as OWASP recommends against CSV formula injection, so a spreadsheet
+///   shows it as text. A lone `-` (the protocol log's disconnect event) is no formula
+///   and stays.
+///
+/// Logs are evidence, not storage: the change is one way, and the tracking search
+/// shows values as logged.
+pub fn clean_cell(value: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    let formula = value.len() > 1 && value.starts_with(['=', '+', '-', '@']);
+    if !formula && !value.chars().any(unsafe_char) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    if formula {
+        out.push('\'');
+    }
+    for c in value.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02X}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:04X}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -101,6 +140,24 @@ mod tests {
             csv_line(&["a b", "c,d", "e\"f", ""]),
             "a b,\"c,d\",\"e\"\"f\","
         );
+    }
+
+    #[test]
+    fn log_values_cannot_start_a_line_or_a_formula() {
+        assert_eq!(
+            csv_line(&["a\r\nforged,row", "\u{1b}[31m", "x\u{2028}y", "-"]),
+            "\"a\\x0D\\x0Aforged,row\",\\x1B[31m,x\\u{2028}y,-"
+        );
+        for (value, cleaned) in [
+            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+            ("+1", "'+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(clean_cell(value), cleaned);
+        }
     }
 
     #[test]

@@ -486,10 +486,11 @@ mod tests {
         log.log(e.clone());
         log.flush();
         let text = fs::read_to_string(&files(dir.path())[0]).unwrap();
-        assert!(text.contains(",\"Hi, \"\"you\"\"\nthere\","), "{text}");
+        // The line break is escaped (DESIGN §7): one event, one physical line.
+        assert!(text.contains(",\"Hi, \"\"you\"\"\\x0Athere\","), "{text}");
         let got = search(&[dir.path().to_path_buf()], &TrackingFilter::default()).unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].message_subject, e.message_subject);
+        assert_eq!(got[0].message_subject, "Hi, \"you\"\\x0Athere");
         assert_eq!(got[0].recipient_status, e.recipient_status);
         assert_eq!(got[0].recipient_count, 1);
         let json = serde_json::to_value(&got[0]).unwrap();

@@ -32,7 +32,7 @@ impl Stores {
             }
             let path = database_path(ctx, &db.name);
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+                crate::files::create_private_dir_all(parent)?;
             }
             let store = super::store::open_store(&db.store, &db.name, &path)
                 .map_err(|e| anyhow::anyhow!("mailbox database {}: {e}", db.name))?;

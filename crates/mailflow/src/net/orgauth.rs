@@ -27,14 +27,9 @@ impl OrgSecret {
                 let bytes: [u8; 32] = rand::random();
                 let text = hex::encode(bytes);
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
+                    crate::files::create_private_dir_all(dir)?;
                 }
-                std::fs::write(path, format!("{text}\n"))?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                }
+                crate::files::write_private(path, format!("{text}\n").as_bytes())?;
                 Ok(OrgSecret(text.into_bytes()))
             }
             Err(e) => anyhow::bail!(

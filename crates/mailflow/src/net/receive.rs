@@ -4,8 +4,10 @@
 //! rules of the protocol live in one place (mailflow-smtp) and the rules of each
 //! Exchange service in its own folder.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -14,7 +16,6 @@ use mailflow_smtp::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::orgauth::OrgSecret;
 use super::stream::Stream;
@@ -89,8 +90,8 @@ pub struct ReceiveConnector {
     pub protocol_log: Option<ProtocolLog>,
     pub inactivity_timeout: Duration,
     pub connection_timeout: Duration,
-    /// MaxInboundConnection (reference §1.2).
-    pub max_connections: usize,
+    /// MaxInboundConnection and the other Set-ReceiveConnector limits (reference §1.2).
+    pub limits: Limits,
     /// The domain `RCPT TO:<Postmaster>` stands for.
     pub default_domain: Arc<str>,
     /// TLS from the first byte (RFC 8314 implicit TLS) instead of STARTTLS.
@@ -98,6 +99,237 @@ pub struct ReceiveConnector {
     /// RemoteIPRanges: clients outside them are refused at connect (empty: all).
     pub remote_ranges: Vec<ipnet::IpNet>,
     pub handler: HandlerFactory,
+}
+
+/// A receive connector's limits, resolved from its configuration and defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// MaxInboundConnection: sessions at once; past it `421 4.3.2`.
+    pub max_connections: usize,
+    /// MaxInboundConnectionPerSource, already lowered to
+    /// MaxInboundConnectionPercentagePerSource of `max_connections`.
+    pub max_per_source: usize,
+    /// TarpitInterval: the delay of each failing RCPT reply once a session has had
+    /// [`TARPIT_AFTER`] unknown recipients (zero: off).
+    pub tarpit_interval: Duration,
+    /// Least content bytes per second while DATA/BDAT content is read (zero: off).
+    pub min_data_rate: u64,
+    /// How long the rate is measured over; the first window is the grace period.
+    pub min_data_rate_interval: Duration,
+}
+
+/// Unknown recipients (5.1.1) a session gets answered at once; from the next failing
+/// RCPT on, the tarpit applies (a directory harvest costs the harvester time).
+pub const TARPIT_AFTER: u32 = 2;
+
+impl Limits {
+    /// Exchange's defaults (reference §1.2): 5000 connections, 20 per source and 2 %
+    /// of the connector per source, tarpit 5 s. `internal` connectors (`Default
+    /// <server>`, Mailbox Delivery, Client Proxy, Outbound Proxy Frontend) take
+    /// connections from the organisation's own servers only, all from a few
+    /// addresses: unlimited per source, as `Default <Server>` is in Exchange. The
+    /// minimum data rate (mailflow's, like Postfix's `smtpd_min_data_rate`) is 1 KiB/s
+    /// over 30 s windows where outside clients send content; internal connectors only
+    /// reach DATA after server authentication, and a Front End streaming a client's
+    /// content at the client's pace must not be judged a second time, so it is off
+    /// there.
+    pub fn resolve(
+        cfg: &crate::directory::config::ConnectorLimits,
+        internal: bool,
+        server_max: usize,
+    ) -> Limits {
+        let max_connections = cfg.max_inbound_connection.unwrap_or(server_max).max(1);
+        let (per_source, percentage) = if internal { (usize::MAX, 100) } else { (20, 2) };
+        let per_source = cfg
+            .max_inbound_connection_per_source
+            .unwrap_or(per_source)
+            .max(1);
+        let percentage = cfg
+            .max_inbound_connection_percentage_per_source
+            .unwrap_or(percentage)
+            .clamp(1, 100) as usize;
+        let share = (max_connections.saturating_mul(percentage) / 100).max(1);
+        Limits {
+            max_connections,
+            max_per_source: per_source.min(share),
+            tarpit_interval: cfg.tarpit_interval.unwrap_or(Duration::from_secs(5)),
+            min_data_rate: cfg.min_data_rate.unwrap_or(if internal { 0 } else { 1024 }),
+            min_data_rate_interval: cfg
+                .min_data_rate_interval
+                .unwrap_or(Duration::from_secs(30))
+                .max(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Past MaxInboundConnection (Exchange's text).
+fn too_many_connections_reply() -> Reply {
+    Reply::new(
+        421,
+        Enhanced(4, 3, 2),
+        "The maximum number of concurrent server connections has exceeded a limit, closing transmission channel",
+    )
+}
+
+/// Past MaxInboundConnectionPerSource (Exchange's text).
+fn too_many_from_source_reply() -> Reply {
+    Reply::new(
+        421,
+        Enhanced(4, 3, 2),
+        "The maximum number of concurrent connections has exceeded a limit, closing transmission channel",
+    )
+}
+
+/// Content slower than the minimum data rate: the session is closed so a trickling
+/// client cannot hold a session (and its file descriptor) for the full
+/// ConnectionTimeout.
+fn data_rate_too_low_reply() -> Reply {
+    Reply::new(
+        421,
+        Enhanced(4, 4, 2),
+        "Data rate too low, closing transmission channel",
+    )
+}
+
+/// Open sessions of one connector, in total and per client address.
+#[derive(Default)]
+struct Sessions {
+    total: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One session's place in [`Sessions`], given back on drop.
+struct SessionSlot {
+    sessions: Arc<Sessions>,
+    ip: IpAddr,
+}
+
+impl Sessions {
+    /// Takes a slot for a new session from `ip`, or the reply that refuses it.
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<SessionSlot, Reply> {
+        let mut per_source = self
+            .per_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.total.load(Ordering::Relaxed) >= limits.max_connections {
+            return Err(too_many_connections_reply());
+        }
+        let count = per_source.entry(ip).or_insert(0);
+        if *count >= limits.max_per_source {
+            return Err(too_many_from_source_reply());
+        }
+        *count += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(SessionSlot {
+            sessions: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut per_source = self
+            .sessions
+            .per_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = per_source.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_source.remove(&self.ip);
+            }
+        }
+        self.sessions.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Content bytes and time spent waiting for them in the current window of the
+/// minimum data rate. Only time blocked in `read` counts, so a server slow to store
+/// content never blames its client.
+#[derive(Default)]
+struct DataPace {
+    waited: Duration,
+    bytes: u64,
+}
+
+impl DataPace {
+    /// Records one read; true when a window ended below the minimum rate.
+    fn too_slow(&mut self, waited: Duration, bytes: usize, limits: &Limits) -> bool {
+        self.waited += waited;
+        self.bytes += bytes as u64;
+        if self.waited < limits.min_data_rate_interval {
+            return false;
+        }
+        let needed = (limits.min_data_rate as u128 * self.waited.as_millis() / 1000) as u64;
+        let slow = self.bytes < needed;
+        *self = DataPace::default();
+        slow
+    }
+}
+
+/// The soft RLIMIT_NOFILE of this process (raised to the hard limit at start).
+// rlim_t is u64 on Linux but not on every target.
+#[allow(clippy::unnecessary_cast)]
+pub fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0).then_some(lim.rlim_cur as u64)
+}
+
+/// Raises the soft open-files limit to the hard limit: every session is a file
+/// descriptor, and the usual soft default of 1,024 lets one client address lock
+/// everyone out. Returns the soft limit in force.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    Some(lim.rlim_cur as u64)
+}
+
+/// File descriptors kept out of the connection caps: databases, logs, queue files,
+/// outbound connections.
+pub fn reserved_descriptors(open_files: u64) -> u64 {
+    (open_files / 4).max(64)
+}
+
+/// Lowers connection caps whose sum exceeds what the open-files limit leaves for
+/// sessions (each keeps its share), logging a warning; returns the caps to use.
+pub fn clamp_to_open_files(caps: &[usize], open_files: u64) -> Vec<usize> {
+    let budget = open_files
+        .saturating_sub(reserved_descriptors(open_files))
+        .max(1) as u128;
+    let sum: u128 = caps.iter().map(|&c| c as u128).sum();
+    if sum <= budget {
+        return caps.to_vec();
+    }
+    tracing::warn!(
+        "receive connectors allow {sum} connections in total, more than the {budget} the open-files limit ({open_files}) leaves for sessions: caps lowered in proportion"
+    );
+    caps.iter()
+        .map(|&c| ((c as u128 * budget / sum) as usize).max(1))
+        .collect()
 }
 
 /// Connections the kernel completes and queues for `accept` (the kernel caps it at
@@ -140,29 +372,51 @@ impl ReceiveConnector {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
-        // A semaphore bounds sessions: past the limit new clients wait in the kernel's
-        // backlog instead of exhausting memory.
-        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let sessions = Arc::new(Sessions::default());
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
             let (tcp, remote) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
+                    // EMFILE and the like: wait a little instead of spinning.
                     tracing::warn!(connector = %self.id, "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
             let this = self.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = this.run_session(tcp, remote).await {
-                    tracing::debug!(connector = %this.id, %remote, "session ended: {e}");
+            match sessions.admit(remote.ip(), &self.limits) {
+                Ok(slot) => {
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        if let Err(e) = this.run_session(tcp, remote).await {
+                            tracing::debug!(connector = %this.id, %remote, "session ended: {e}");
+                        }
+                    });
                 }
-            });
+                // Past a limit the client is told at once and the connection closed,
+                // rather than left waiting in the backlog.
+                Err(reply) => {
+                    tokio::spawn(async move { this.refuse(tcp, remote, reply).await });
+                }
+            }
         }
+    }
+
+    /// Answers a connection that a limit refuses, and closes it.
+    async fn refuse(&self, mut tcp: TcpStream, remote: SocketAddr, reply: Reply) {
+        let Ok(local) = tcp.local_addr() else { return };
+        let mut log = match &self.protocol_log {
+            Some(l) => l.session(&self.id, local, remote),
+            None => ProtocolSession::disabled(),
+        };
+        log.connect();
+        log.sent(&reply.one_line());
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = tcp.write_all(&reply.to_bytes()).await;
+            let _ = tcp.shutdown().await;
+        })
+        .await;
+        log.disconnect("Local");
     }
 
     async fn run_session(&self, tcp: TcpStream, remote: SocketAddr) -> std::io::Result<()> {
@@ -248,6 +502,8 @@ impl ReceiveConnector {
         let mut handler = (self.handler)();
         let started = Instant::now();
         let mut in_transaction = false;
+        let mut unknown_recipients = 0u32;
+        let mut pace = DataPace::default();
         // Small while the session only exchanges commands (an idle session holds it,
         // and thousands may be idle); it grows to READ_BUFFER once a read fills it,
         // which is content arriving.
@@ -286,6 +542,8 @@ impl ReceiveConnector {
                                 to.domain = self.default_domain.to_string();
                             }
                             let reply = handler.rcpt(&info, to, params).await;
+                            self.tarpit(&reply, &info, &mut unknown_recipients, &mut log)
+                                .await;
                             session.respond(reply);
                         }
                         Event::DataStart => {
@@ -363,25 +621,54 @@ impl ReceiveConnector {
                 if session.is_closed() {
                     break;
                 }
-                let timeout = self.inactivity_timeout.min(
+                let mut timeout = self.inactivity_timeout.min(
                     self.connection_timeout
                         .saturating_sub(started.elapsed())
                         .max(Duration::from_millis(1)),
                 );
-                let n = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
-                    Ok(r) => r?,
-                    Err(_) => {
+                let paced = session.in_data() && self.limits.min_data_rate > 0;
+                let mut window_end = false;
+                if !paced {
+                    pace = DataPace::default();
+                } else {
+                    let left = self
+                        .limits
+                        .min_data_rate_interval
+                        .saturating_sub(pace.waited)
+                        .max(Duration::from_millis(1));
+                    if left < timeout {
+                        timeout = left;
+                        window_end = true;
+                    }
+                }
+                let read_started = Instant::now();
+                let read = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+                    Ok(r) => Some(r?),
+                    Err(_) => None,
+                };
+                if paced && pace.too_slow(read_started.elapsed(), read.unwrap_or(0), &self.limits) {
+                    log.info(&remote.ip().to_string(), "data rate below min_data_rate");
+                    self.close_session(&mut session, &mut stream, &mut log, data_rate_too_low_reply())
+                        .await;
+                    break;
+                }
+                let n = match read {
+                    Some(n) => n,
+                    // The rate window ended in time: keep reading.
+                    None if window_end => continue,
+                    None => {
                         let text = if started.elapsed() >= self.connection_timeout {
                             "Connection timed out, closing transmission channel"
                         } else {
                             "Connection inactivity timeout, closing transmission channel"
                         };
-                        session.close_with(Reply::new(421, Enhanced(4, 4, 2), text));
-                        let (_, sent) = session.take_log();
-                        for line in sent {
-                            log.sent(&line);
-                        }
-                        let _ = tokio::time::timeout(Duration::from_secs(10), stream.write_all(&session.take_output())).await;
+                        self.close_session(
+                            &mut session,
+                            &mut stream,
+                            &mut log,
+                            Reply::new(421, Enhanced(4, 4, 2), text),
+                        )
+                        .await;
                         break;
                     }
                 };
@@ -406,6 +693,55 @@ impl ReceiveConnector {
             "Remote"
         });
         result
+    }
+
+    /// Closes the session with `reply` (timeouts, data rate), written best effort.
+    async fn close_session(
+        &self,
+        session: &mut Session,
+        stream: &mut Stream,
+        log: &mut ProtocolSession,
+        reply: Reply,
+    ) {
+        session.close_with(reply);
+        let (_, sent) = session.take_log();
+        for line in sent {
+            log.sent(&line);
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            stream.write_all(&session.take_output()),
+        )
+        .await;
+    }
+
+    /// TarpitInterval (reference §1.2): once a session has had [`TARPIT_AFTER`]
+    /// unknown recipients, each further failing RCPT reply waits. Applied here, on
+    /// whatever reply the handler gave, so every connector has it. Organisation
+    /// servers and authenticated users are not tarpitted.
+    async fn tarpit(
+        &self,
+        reply: &Reply,
+        info: &SessionInfo,
+        unknown: &mut u32,
+        log: &mut ProtocolSession,
+    ) {
+        if reply.enhanced == Some(Enhanced(5, 1, 1)) {
+            *unknown = unknown.saturating_add(1);
+        }
+        let trusted = info.org_server.is_some() || info.user.is_some();
+        if trusted
+            || self.limits.tarpit_interval.is_zero()
+            || reply.is_positive()
+            || *unknown <= TARPIT_AFTER
+        {
+            return;
+        }
+        log.info(
+            &format!("{}ms", self.limits.tarpit_interval.as_millis()),
+            "tarpit",
+        );
+        tokio::time::sleep(self.limits.tarpit_interval).await;
     }
 
     async fn authenticate(
@@ -460,5 +796,86 @@ impl ReceiveConnector {
         } else {
             Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::config::ConnectorLimits;
+
+    #[test]
+    fn limits_take_exchanges_defaults_and_the_lower_per_source_limit() {
+        let internet = Limits::resolve(&ConnectorLimits::default(), false, 5000);
+        assert_eq!(
+            (internet.max_connections, internet.max_per_source),
+            (5000, 20)
+        );
+        assert_eq!(internet.tarpit_interval, Duration::from_secs(5));
+        let internal = Limits::resolve(&ConnectorLimits::default(), true, 5000);
+        assert_eq!(
+            internal.max_per_source, 5000,
+            "unlimited, within the connector"
+        );
+        // 2 % of 500 is 10: below the 20 per source.
+        let small = Limits::resolve(
+            &ConnectorLimits {
+                max_inbound_connection: Some(500),
+                ..Default::default()
+            },
+            false,
+            5000,
+        );
+        assert_eq!(small.max_per_source, 10);
+    }
+
+    #[test]
+    fn caps_above_the_open_files_budget_are_lowered_in_proportion() {
+        assert_eq!(clamp_to_open_files(&[100, 200], 100_000), [100, 200]);
+        // 4096 open files keep 1024 in reserve: 3072 for sessions.
+        assert_eq!(clamp_to_open_files(&[5000, 1000], 4096), [2560, 512]);
+    }
+
+    #[test]
+    fn sessions_past_a_limit_are_refused_and_slots_come_back() {
+        let limits = Limits {
+            max_connections: 3,
+            max_per_source: 2,
+            tarpit_interval: Duration::ZERO,
+            min_data_rate: 0,
+            min_data_rate_interval: Duration::from_secs(1),
+        };
+        let sessions = Arc::new(Sessions::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = sessions.admit(a, &limits).unwrap();
+        let _a2 = sessions.admit(a, &limits).unwrap();
+        assert_eq!(
+            sessions.admit(a, &limits).err(),
+            Some(too_many_from_source_reply())
+        );
+        let _b1 = sessions.admit(b, &limits).unwrap();
+        assert_eq!(
+            sessions.admit(b, &limits).err(),
+            Some(too_many_connections_reply())
+        );
+        drop(a1);
+        assert!(sessions.admit(b, &limits).is_ok());
+    }
+
+    #[test]
+    fn data_pace_judges_each_window_by_the_time_spent_waiting() {
+        let limits = Limits {
+            max_connections: 1,
+            max_per_source: 1,
+            tarpit_interval: Duration::ZERO,
+            min_data_rate: 1000,
+            min_data_rate_interval: Duration::from_secs(10),
+        };
+        let mut pace = DataPace::default();
+        assert!(!pace.too_slow(Duration::from_secs(5), 100, &limits));
+        // 10 s waited for 10,100 bytes: fast enough; the window starts over.
+        assert!(!pace.too_slow(Duration::from_secs(5), 10_000, &limits));
+        assert!(pace.too_slow(Duration::from_secs(10), 9_999, &limits));
     }
 }

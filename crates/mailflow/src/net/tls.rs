@@ -16,12 +16,13 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, hostname: &str) -> anyhow::Re
         .context("generating a self-signed certificate")?;
     for p in [cert, key] {
         if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::files::create_private_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    std::fs::write(cert, certified.cert.pem())
+    crate::files::write_private(cert, certified.cert.pem().as_bytes())
         .with_context(|| format!("writing {}", cert.display()))?;
-    std::fs::write(key, certified.signing_key.serialize_pem())
+    crate::files::write_private(key, certified.signing_key.serialize_pem().as_bytes())
         .with_context(|| format!("writing {}", key.display()))?;
     Ok(())
 }

@@ -101,37 +101,27 @@ async fn process(service: &TransportService, file: &Path, kind: Kind) {
     if std::fs::rename(file, &claimed).is_err() {
         return;
     }
-    let raw = match std::fs::read(&claimed) {
-        Ok(r) => r,
+    let ctx = &service.ctx;
+    let max_size = ctx.dir().org.organization.max_message_size;
+    let raw = match read_regular(&claimed, max_size) {
+        Ok(Ok(r)) => r,
+        Ok(Err(reason)) => {
+            badmail(service, file, &claimed, kind, reason, &[]);
+            return;
+        }
         Err(_) => {
             let _ = std::fs::rename(&claimed, file);
             return;
         }
     };
-    let ctx = &service.ctx;
     let result = match kind {
-        Kind::Pickup => pickup(&raw, ctx.dir().org.organization.max_message_size),
-        Kind::Replay => replay(&raw, ctx.dir().org.organization.max_message_size),
+        Kind::Pickup => pickup(&raw, max_size),
+        Kind::Replay => replay(&raw, max_size),
     };
     let accepted = match result {
         Ok(a) => a,
         Err(reason) => {
-            let bad = file.with_extension("bad");
-            let _ = std::fs::rename(&claimed, &bad);
-            tracing::warn!("{kind:?} file {} is badmail: {reason}", bad.display());
-            ctx.tracking_transport.log(TrackingEvent {
-                server_hostname: ctx.fqdn().to_string(),
-                source: if kind == Kind::Pickup {
-                    "PICKUP"
-                } else {
-                    "ADMIN"
-                }
-                .into(),
-                event_id: "BADMAIL".into(),
-                source_context: format!("{}: {reason}", bad.display()),
-                message_subject: message::subject(&raw),
-                ..Default::default()
-            });
+            badmail(service, file, &claimed, kind, &reason, &raw);
             return;
         }
     };
@@ -175,6 +165,67 @@ async fn process(service: &TransportService, file: &Path, kind: Kind) {
             let _ = std::fs::rename(&claimed, file);
         }
     }
+}
+
+/// Reads a claimed file that must be a regular file in the directory itself: never
+/// through a symbolic link (a link to `/etc/shadow` or another user's mail must not
+/// be sent), nor a FIFO or device (which would block or never end). The inner `Err`
+/// is why the file is badmail; the outer one an I/O error worth a retry. At most a
+/// little more than `max_size` is read: more is refused as too big anyway.
+fn read_regular(path: &Path, max_size: u64) -> std::io::Result<Result<Vec<u8>, &'static str>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: opening a FIFO must not wait for a writer.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        // O_NOFOLLOW on a symbolic link fails with ELOOP.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Err(
+                "a symbolic link (Pickup and Replay never follow links)",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(Err("not a regular file"));
+    }
+    let mut raw = Vec::new();
+    file.take(max_size.saturating_add(MAX_HEADER_SIZE as u64 + 1))
+        .read_to_end(&mut raw)?;
+    Ok(Ok(raw))
+}
+
+/// Renames a claimed file `.bad` (as Exchange does with files it cannot process),
+/// with the reason in the log and a BADMAIL tracking event.
+fn badmail(
+    service: &TransportService,
+    file: &Path,
+    claimed: &Path,
+    kind: Kind,
+    reason: &str,
+    raw: &[u8],
+) {
+    let ctx = &service.ctx;
+    let bad = file.with_extension("bad");
+    let _ = std::fs::rename(claimed, &bad);
+    tracing::warn!("{kind:?} file {} is badmail: {reason}", bad.display());
+    ctx.tracking_transport.log(TrackingEvent {
+        server_hostname: ctx.fqdn().to_string(),
+        source: if kind == Kind::Pickup {
+            "PICKUP"
+        } else {
+            "ADMIN"
+        }
+        .into(),
+        event_id: "BADMAIL".into(),
+        source_context: format!("{}: {reason}", bad.display()),
+        message_subject: message::subject(raw),
+        ..Default::default()
+    });
 }
 
 /// The header rewrites both directories do: no Received, Resent-* or Bcc; Message-ID
@@ -222,6 +273,10 @@ fn check_shape(content: &[u8], max_size: u64) -> Result<(), String> {
             "message size {} exceeds the limit of {max_size} bytes",
             content.len()
         ));
+    }
+    if content.contains(&0) {
+        // As over SMTP (550 5.6.0): no hop after this one would take it.
+        return Err("NUL characters are not allowed in message content".into());
     }
     let head = message::header_len(content);
     if head == content.len() && !content.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -396,6 +451,11 @@ mod tests {
             pickup(b"From: a@x.test\nTo: c@y.test\n", 1 << 20)
                 .unwrap_err()
                 .contains("blank line")
+        );
+        assert!(
+            pickup(b"From: a@x.test\nTo: c@y.test\n\nnul\0byte\n", 1 << 20)
+                .unwrap_err()
+                .contains("NUL")
         );
     }
 

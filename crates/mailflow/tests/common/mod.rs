@@ -124,6 +124,7 @@ fqdn = "mbx1.contoso.test"
 address = "127.0.0.1"
 data_dir = "data/MBX1"
 transport_protocol_logging = "verbose"
+{frontend_limits}
 {ports}
 [[databases]]
 name = "DB01"
@@ -155,9 +156,15 @@ name = "Internet"
 address_spaces = [{{ domain = "*", cost = 1 }}]
 source_servers = ["MBX1"]
 {extra}"#,
-        ports = ports.toml()
+        ports = ports.toml(),
+        frontend_limits = FRONTEND_LIMITS,
     )
 }
+
+/// Every test client connects from 127.0.0.1: a limit of 100 sessions per source on
+/// `Default Frontend` instead of Exchange's 20 (tests replace this line to test limits).
+pub const FRONTEND_LIMITS: &str =
+    "connector_limits.frontend = { max_inbound_connection_per_source = 100 }";
 
 /// A running `mailflow serve`.
 pub struct Server {
@@ -205,6 +212,36 @@ impl Server {
             }
         }
         panic!("mailflow serve did not start in 5 attempts");
+    }
+
+    /// Starts a server whose standard organisation file is first passed through
+    /// `edit` (limits, settings the other helpers do not take).
+    pub fn start_edited(edit: impl Fn(String) -> String) -> Server {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let ports = Ports::new();
+            std::fs::write(dir.path().join("mailflow.toml"), edit(org_file(&ports, ""))).unwrap();
+            std::fs::write(
+                dir.path().join("secret.key"),
+                "00112233445566778899aabbccddeeff\n",
+            )
+            .unwrap();
+            let mut s = Server {
+                dir,
+                ports,
+                child: None,
+                env: Vec::new(),
+            };
+            if s.try_spawn() {
+                return s;
+            }
+        }
+        panic!("mailflow serve did not start in 5 attempts");
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn config(&self) -> PathBuf {

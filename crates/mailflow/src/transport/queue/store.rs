@@ -176,7 +176,7 @@ impl QueueDb {
     /// Opens (creating) the queue database, loads what it holds, and starts the writer.
     pub fn open(path: &Path) -> anyhow::Result<(QueueDb, Vec<Loaded>)> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::files::create_private_dir_all(dir)?;
         }
         let conn = open(path).map_err(|e| {
             anyhow::anyhow!("{}: cannot open the queue database: {e}", path.display())

@@ -355,7 +355,7 @@ pub fn write_routing_log(dir: &std::path::Path, server: &str, table: &[Route]) {
     let file = dir.join(format!("RoutingTable{}.log", now.format("%Y%m%d%H%M%S%3f")));
     let doc =
         serde_json::json!({ "Server": server, "Computed": now.to_rfc3339(), "Routes": table });
-    let written = std::fs::create_dir_all(dir)
+    let written = crate::files::create_private_dir_all(dir)
         .and_then(|()| std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap_or_default()));
     if let Err(e) = written {
         tracing::warn!("cannot write the routing table log {}: {e}", file.display());
