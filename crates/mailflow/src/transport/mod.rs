@@ -319,10 +319,17 @@ impl TransportService {
         let mut envelope = pickup::envelope(from, &content, source);
         // The id travels in the header too, so every hop (and the store's duplicate
         // detection) sees the same message.
+        // An administrator wrote these files: inside the organisation (Exchange stamps
+        // Pickup mail as authenticated).
+        let content = crate::message::strip_fields(&content, |n| {
+            n.eq_ignore_ascii_case(crate::message::AUTH_AS_HEADER)
+        })
+        .unwrap_or(content);
         let mut with_id = format!(
-            "{}: {}\r\n",
+            "{}: {}\r\n{}",
             receive::NETWORK_MESSAGE_ID_HEADER,
-            envelope.network_message_id
+            envelope.network_message_id,
+            crate::message::AuthAs::Internal.header_line()
         )
         .into_bytes();
         with_id.extend_from_slice(&content);
@@ -421,7 +428,8 @@ async fn categorizer_loop(
         {
             std::process::abort();
         }
-        let mut result = categorizer::categorize(ctx, recipients);
+        let auth = crate::message::AuthAs::of(&msg.content);
+        let mut result = categorizer::categorize(ctx, recipients, auth);
         service.poison_marker.set(0);
         for (resolved, original) in &result.resolved {
             let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
@@ -534,7 +542,14 @@ async fn apply_rules(
     };
     let started = std::time::Instant::now();
     let cfg = ctx.config();
-    let outcome = agents::rules::apply(&cfg.rules, &cfg.dir, sender, &recipients, &msg.content);
+    let outcome = agents::rules::apply(
+        &cfg.rules,
+        &cfg.dir,
+        crate::message::AuthAs::of(&msg.content),
+        sender,
+        &recipients,
+        &msg.content,
+    );
     let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
     ev.connector_id = "Transport Rule Agent".into();
     ev.recipient_address = recipients.clone();
@@ -601,7 +616,8 @@ async fn apply_rules(
                 delay_notified: false,
             })
             .collect();
-        let more = categorizer::categorize(ctx, added);
+        // Recipients an administrator's rule adds are the organisation's own choice.
+        let more = categorizer::categorize(ctx, added, crate::message::AuthAs::Internal);
         for (hop, rs) in more.routed {
             match result.routed.iter_mut().find(|(h, _)| *h == hop) {
                 Some((_, existing)) => existing.extend(rs),

@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use mailflow_smtp::{Enhanced, Reply};
 
 use crate::context::ServerContext;
-use crate::directory::Recipient;
+use crate::directory::{Recipient, permissions};
+use crate::message::AuthAs;
 use crate::transport::queue::NextHop;
 use crate::transport::queue::store::{QueuedRecipient, RecipientState};
 
@@ -28,7 +29,13 @@ pub struct Categorized {
 /// Upper bound on recipients after expansion: nested groups cannot blow up a message.
 const MAX_EXPANDED_RECIPIENTS: usize = 10_000;
 
-pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Categorized {
+/// `auth` is how the message entered the organisation (its AuthAs stamp): groups that
+/// require authenticated senders refuse Anonymous mail, nested ones included.
+pub fn categorize(
+    ctx: &ServerContext,
+    recipients: Vec<QueuedRecipient>,
+    auth: AuthAs,
+) -> Categorized {
     let dir = &ctx.dir();
     let cfg = ctx.config();
     let view = cfg.routing(&ctx.active);
@@ -76,6 +83,14 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>) -> Cate
                 // A group seen before in this message is a loop or a repeat: its members
                 // are already in the work list, so it is skipped, not expanded again.
                 if !expanded_groups.insert(g) {
+                    continue;
+                }
+                // The authoritative delivery restriction (Front End refuses at RCPT
+                // what it can see; a nested group is only seen here).
+                if let Err(reply) = permissions::check_group_sender(dir, g, auth) {
+                    r.state = RecipientState::Failed;
+                    r.last_error = Some(reply.one_line());
+                    out.failed.push((r, reply));
                     continue;
                 }
                 let group = dir.group(g);
