@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::*;
 
 /// One SMTP session described as JSON → its replies as JSON. Keys: port, starttls,
-/// user/password (AUTH via smtplib's login), src (source address), from, to (list),
-/// notify (RCPT NOTIFY=), data (the message, CRLF).
+/// user/password (AUTH via smtplib's login), src (source address), from, mail_options
+/// (MAIL parameters), to (list), notify (RCPT NOTIFY=), data (the message, CRLF).
 const CLIENT: &str = r#"
 import json, smtplib, ssl, sys
 cell = json.loads(sys.argv[1])
@@ -34,7 +34,7 @@ try:
             out["auth"] = "235"
         except smtplib.SMTPResponseException as e:
             out["auth"] = f"{e.smtp_code} {e.smtp_error.decode()}"
-    code, msg = s.mail(cell["from"])
+    code, msg = s.mail(cell["from"], cell.get("mail_options", []))
     out["mail"] = f"{code} {msg.decode()}"
     if code == 250:
         options = ["NOTIFY=" + cell["notify"]] if cell.get("notify") else []
@@ -224,15 +224,20 @@ fn send_as_is_checked_on_header_from_and_sender_for_587_clients_and_the_outbox()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let failed = wait_for("SUBMITFAIL of the forged Outbox message", Duration::from_secs(30), || {
-        let e = server.track(&["--event-id", "SUBMITFAIL", "--subject", "outbox forged from"]);
-        (!e.is_empty()).then_some(e)
-    });
-    assert!(
-        failed[0].to_string().contains("5.7.60"),
-        "{}",
-        failed[0]
+    let failed = wait_for(
+        "SUBMITFAIL of the forged Outbox message",
+        Duration::from_secs(30),
+        || {
+            let e = server.track(&[
+                "--event-id",
+                "SUBMITFAIL",
+                "--subject",
+                "outbox forged from",
+            ]);
+            (!e.is_empty()).then_some(e)
+        },
     );
+    assert!(failed[0].to_string().contains("5.7.60"), "{}", failed[0]);
     assert_eq!(subjects(&server, "bob@contoso.test"), ["own alias"]);
 }
 
@@ -316,17 +321,21 @@ fn anonymous_mail_with_an_organisation_sender_is_outside_the_organisation_for_ru
         "\n[[transport_rules]]\nname = \"Tag external\"\nif = { from_scope = \"not_in_organization\" }\nthen = { prepend_subject = \"[EXTERNAL] \" }\n",
     );
     set_password(&server, "alice@contoso.test", "Pa55word!");
-    // Anonymous on :25, claiming an organisation sender and the Internal stamp.
+    // Anonymous on :25, claiming an organisation sender, a submitter (AUTH=) and the
+    // Internal stamp.
     let r = session(serde_json::json!({"port": server.ports.frontend,
-        "from": "carol@contoso.test", "to": ["bob@contoso.test"],
+        "from": "carol@contoso.test", "mail_options": ["AUTH=<carol@contoso.test>"],
+        "to": ["bob@contoso.test"],
         "data": mail("Carol <carol@contoso.test>", "bob@contoso.test", "forged internal",
             "X-MS-Exchange-Organization-AuthAs: Internal\r\n", "wire the money")}));
     assert!(r["data"].as_str().unwrap_or("").contains("Queued"), "{r}");
     // Authenticated at 587: inside.
-    let r = session(serde_json::json!({"port": port_of(&server, "client_frontend"),
+    let r = session(
+        serde_json::json!({"port": port_of(&server, "client_frontend"),
         "starttls": true, "user": "alice@contoso.test", "password": "Pa55word!",
         "from": "alice@contoso.test", "to": ["bob@contoso.test"],
-        "data": mail("alice@contoso.test", "bob@contoso.test", "really internal", "", "hi")}));
+        "data": mail("alice@contoso.test", "bob@contoso.test", "really internal", "", "hi")}),
+    );
     assert!(r["data"].as_str().unwrap_or("").contains("Queued"), "{r}");
     server.wait_inbox("bob@contoso.test", 2);
     let messages = server.export("bob@contoso.test");
@@ -382,10 +391,12 @@ fn anonymous_senders_get_5_7_133_from_groups_that_require_authentication() {
     });
     assert!(fail[0].to_string().contains("5.7.133"), "{}", fail[0]);
     // An authenticated sender reaches every member.
-    let r = session(serde_json::json!({"port": port_of(&server, "client_frontend"),
+    let r = session(
+        serde_json::json!({"port": port_of(&server, "client_frontend"),
         "starttls": true, "user": "alice@contoso.test", "password": "Pa55word!",
         "from": "alice@contoso.test", "to": ["staff@contoso.test"],
-        "data": mail("alice@contoso.test", "staff@contoso.test", "staff meeting", "", "at 10")}));
+        "data": mail("alice@contoso.test", "staff@contoso.test", "staff meeting", "", "at 10")}),
+    );
     assert!(r["data"].as_str().unwrap_or("").contains("Queued"), "{r}");
     server.wait_inbox("bob@contoso.test", 1);
     assert_eq!(subjects(&server, "bob@contoso.test"), ["staff meeting"]);
@@ -394,7 +405,11 @@ fn anonymous_senders_get_5_7_133_from_groups_that_require_authentication() {
         .iter()
         .filter(|e| e["RelatedRecipientAddress"] == "staff@contoso.test")
         .collect();
-    assert_eq!(staff.len(), 1, "only the authenticated message expands staff@: {staff:#?}");
+    assert_eq!(
+        staff.len(),
+        1,
+        "only the authenticated message expands staff@: {staff:#?}"
+    );
 }
 
 /// Finding 6a: anyone could have the server send a notice quoting their message to
@@ -409,10 +424,12 @@ fn success_notices_to_anonymous_senders_carry_headers_only_and_can_be_switched_o
     ));
     // The Default Frontend keeps Exchange's behaviour here; switched off below.
     let forged = |port: u16, subject: &str| {
-        let r = session(serde_json::json!({"port": port, "from": "carol@contoso.test",
+        let r = session(
+            serde_json::json!({"port": port, "from": "carol@contoso.test",
             "to": ["bob@contoso.test"], "notify": "SUCCESS",
             "data": mail("carol@contoso.test", "bob@contoso.test", subject, "",
-                "REFLECTED-PAYLOAD http://spam.example/")}));
+                "REFLECTED-PAYLOAD http://spam.example/")}),
+        );
         assert!(r["data"].as_str().unwrap_or("").contains("Queued"), "{r}");
     };
     forged(quiet, "via quiet");
@@ -426,9 +443,11 @@ fn success_notices_to_anonymous_senders_carry_headers_only_and_can_be_switched_o
     assert!(text.contains("Subject: Delivered: via default"), "{text}");
     assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
     assert!(!text.contains("REFLECTED-PAYLOAD"), "{text}");
-    assert!(server
-        .track(&["--event-id", "DSN", "--subject", "via quiet"])
-        .is_empty());
+    assert!(
+        server
+            .track(&["--event-id", "DSN", "--subject", "via quiet"])
+            .is_empty()
+    );
 
     // The Default Frontend's own setting.
     server.stop();
@@ -444,8 +463,49 @@ fn success_notices_to_anonymous_senders_carry_headers_only_and_can_be_switched_o
     server.wait_inbox("bob@contoso.test", 3);
     forged(quiet, "quiet again");
     server.wait_inbox("bob@contoso.test", 4);
-    assert!(server
-        .track(&["--event-id", "DSN", "--subject", "default switched off"])
-        .is_empty());
+    assert!(
+        server
+            .track(&["--event-id", "DSN", "--subject", "default switched off"])
+            .is_empty()
+    );
     assert_eq!(server.export("carol@contoso.test").len(), 1);
+}
+
+/// Finding 6a, delay notices: ExternalDelayDSNEnabled = false stops delay notices for
+/// mail that entered anonymously (whose sender may be forged), while the organisation's
+/// own senders still get theirs (InternalDelayDSNEnabled).
+#[test]
+fn external_delay_notices_can_be_switched_off_while_internal_senders_keep_theirs() {
+    let server = Server::start_custom(
+        "delay_notification_timeout = \"2s\"\nexternal_delay_dsn_enabled = false",
+        "",
+    );
+    set_password(&server, "alice@contoso.test", "Pa55word!");
+    // sales@ has an external member, who waits: no DNS on the test machine.
+    let r = session(serde_json::json!({"port": server.ports.frontend,
+        "from": "carol@contoso.test", "to": ["sales@contoso.test"],
+        "data": mail("carol@contoso.test", "sales@contoso.test", "anonymous waits", "", "x")}));
+    assert!(r["data"].as_str().unwrap_or("").contains("Queued"), "{r}");
+    let r = session(
+        serde_json::json!({"port": port_of(&server, "client_frontend"),
+        "starttls": true, "user": "alice@contoso.test", "password": "Pa55word!",
+        "from": "alice@contoso.test", "to": ["partner@fabrikam.test"],
+        "data": mail("alice@contoso.test", "partner@fabrikam.test", "internal waits", "", "x")}),
+    );
+    assert!(r["data"].as_str().unwrap_or("").contains("Queued"), "{r}");
+    // Both are past the delay notification timeout once the queue logs DEFER for them.
+    for subject in ["anonymous waits", "internal waits"] {
+        wait_for(
+            &format!("DEFER of {subject:?}"),
+            Duration::from_secs(60),
+            || {
+                let e = server.track(&["--event-id", "DEFER", "--subject", subject]);
+                e.iter().any(|e| e["Source"] == "QUEUE").then_some(())
+            },
+        );
+    }
+    let dsn = |subject: &str| server.track(&["--event-id", "DSN", "--subject", subject]);
+    assert_eq!(dsn("internal waits").len(), 1);
+    assert!(dsn("anonymous waits").is_empty());
+    assert_eq!(server.inbox_count("carol@contoso.test"), 0);
 }

@@ -596,8 +596,7 @@ fn send_log(server: &Server, connector: &str) -> Vec<String> {
 
 /// `partners@contoso.test` has one member, outside: mail to it leaves through the
 /// send connector.
-const PARTNERS: &str =
-    "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"partner@fabrikam.test\"]\nrequire_sender_authentication = false\n";
+const PARTNERS: &str = "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"partner@fabrikam.test\"]\nrequire_sender_authentication = false\n";
 
 /// A Postfix peer for fabrikam.test started with `peer`, and a server that sends it
 /// the mail for partners@ ([`PARTNERS`]) through the "To Postfix" connector

@@ -88,13 +88,19 @@ mod tests {
 
     #[test]
     fn send_as_covers_envelope_from_and_sender() {
-        let own = vec!["alice@contoso.test".to_string(), "a.smith@contoso.test".into()];
+        let own = vec![
+            "alice@contoso.test".to_string(),
+            "a.smith@contoso.test".into(),
+        ];
         let ok = b"From: Alice <A.Smith@contoso.test>\r\nSubject: x\r\n\r\nbody\r\n";
         assert!(check_send_as(&own, "alice@contoso.test", ok).is_ok());
         assert!(check_send_as(&own, "alice@contoso.test", b"Subject: none\r\n\r\nx\r\n").is_ok());
         let refused: [(&str, &[u8]); 6] = [
             ("ceo@contoso.test", ok),
-            ("alice@contoso.test", b"From: CEO <ceo@contoso.test>\r\n\r\nx\r\n"),
+            (
+                "alice@contoso.test",
+                b"From: CEO <ceo@contoso.test>\r\n\r\nx\r\n",
+            ),
             (
                 "alice@contoso.test",
                 b"From: alice@contoso.test\r\nSender: ceo@contoso.test\r\n\r\nx\r\n",

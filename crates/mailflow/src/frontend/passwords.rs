@@ -409,7 +409,10 @@ mod tests {
             t.record_failure(a, "ann@c.test", now);
         }
         assert!(t.is_throttled(a, "ann@c.test", now));
-        assert!(t.is_throttled(a, "bob@c.test", now), "the address, any account");
+        assert!(
+            t.is_throttled(a, "bob@c.test", now),
+            "the address, any account"
+        );
         assert!(!t.is_throttled(a, "ann@c.test", now + WINDOW));
     }
 

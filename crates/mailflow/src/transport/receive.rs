@@ -152,7 +152,11 @@ impl TransportReceive {
         // Outbox's owner, a Front End names the user who logged on as AUTH= (Client
         // Proxy). Send As is checked here, where the content is known (Front End cannot
         // inspect it), on the envelope and on From:/Sender: (DESIGN §7).
-        let envelope_from = self.from.as_ref().map(|a| a.to_string()).unwrap_or_default();
+        let envelope_from = self
+            .from
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let submitter = match service {
             Some(orgauth::SUBMISSION) => Some(envelope_from.clone()),
             Some(orgauth::FRONTEND) => self

@@ -210,10 +210,7 @@ pub fn apply(
     let mut current: Option<Vec<u8>> = None;
     for rule in rules {
         let hit = matches(&rule.conditions, &facts)
-            && !rule
-                .except_if
-                .as_ref()
-                .is_some_and(|e| matches(e, &facts));
+            && !rule.except_if.as_ref().is_some_and(|e| matches(e, &facts));
         if !hit {
             continue;
         }
@@ -382,11 +379,25 @@ mod tests {
         let rules = load(&dir).unwrap();
         let msg = b"From: ceo@contoso.test\r\nSubject: wire money\r\n\r\nx\r\n";
         let to = ["b@contoso.test".to_string()];
-        let forged = apply(&rules, &dir, AuthAs::Anonymous, "ceo@contoso.test", &to, msg);
-        assert_eq!(forged.matched.len(), 1, "anonymous mail is outside the organisation");
+        let forged = apply(
+            &rules,
+            &dir,
+            AuthAs::Anonymous,
+            "ceo@contoso.test",
+            &to,
+            msg,
+        );
+        assert_eq!(
+            forged.matched.len(),
+            1,
+            "anonymous mail is outside the organisation"
+        );
         let inside = apply(&rules, &dir, AuthAs::Internal, "ceo@contoso.test", &to, msg);
         assert!(inside.matched.is_empty());
         let partner = apply(&rules, &dir, AuthAs::Internal, "x@fabrikam.test", &to, msg);
-        assert!(partner.matched.is_empty(), "Internal is inside whatever the address");
+        assert!(
+            partner.matched.is_empty(),
+            "Internal is inside whatever the address"
+        );
     }
 }
