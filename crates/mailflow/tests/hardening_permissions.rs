@@ -366,19 +366,23 @@ fn anonymous_mail_with_an_organisation_sender_is_outside_the_organisation_for_ru
 /// now require authenticated senders by default (Exchange's default).
 #[test]
 fn anonymous_senders_get_5_7_133_from_groups_that_require_authentication() {
-    let server = Server::start_with(
-        "\n[[groups]]\naddress = \"staff@contoso.test\"\nmembers = [\"bob@contoso.test\", \"ext@fabrikam.test\"]\n\n[[groups]]\naddress = \"open@contoso.test\"\nmembers = [\"staff@contoso.test\", \"carol@contoso.test\"]\nrequire_sender_authentication = false\n",
-    );
+    let relay = free_ports(1)[0];
+    let server = Server::start_with(&format!(
+        "\n[[groups]]\naddress = \"staff@contoso.test\"\nmembers = [\"bob@contoso.test\", \"ext@fabrikam.test\"]\n\n[[groups]]\naddress = \"open@contoso.test\"\nmembers = [\"staff@contoso.test\", \"carol@contoso.test\"]\nrequire_sender_authentication = false\n\n[[receive_connectors]]\nname = \"App relay MBX1\"\nserver = \"MBX1\"\nservice = \"transport\"\nbind = \"127.0.0.1:{relay}\"\nremote_ranges = [\"127.0.0.0/8\"]\npermissions = [\"anonymous\", \"relay\"]\n"
+    ));
     set_password(&server, "alice@contoso.test", "Pa55word!");
     // At RCPT on :25: Front End knows the group from the directory.
     let r = session(serde_json::json!({"port": server.ports.frontend,
         "from": "spammer@fabrikam.test", "to": ["staff@contoso.test"],
         "data": mail("spammer@fabrikam.test", "staff@contoso.test", "to staff", "", "buy")}));
-    assert_eq!(
-        r["rcpt"][0],
-        "550 5.7.133 RESOLVER.RST.SenderNotAuthenticatedForGroup; authentication required",
-        "{r}"
-    );
+    let refused =
+        "550 5.7.133 RESOLVER.RST.SenderNotAuthenticatedForGroup; authentication required";
+    assert_eq!(r["rcpt"][0], refused, "{r}");
+    // An anonymous relay connector straight into Transport refuses it the same way.
+    let r = session(serde_json::json!({"port": relay,
+        "from": "app@contoso.test", "to": ["staff@contoso.test"],
+        "data": mail("app@contoso.test", "staff@contoso.test", "app to staff", "", "x")}));
+    assert_eq!(r["rcpt"][0], refused, "{r}");
     // Nested in an open group: the categorizer refuses the protected group.
     let r = session(serde_json::json!({"port": server.ports.frontend,
         "from": "spammer@fabrikam.test", "to": ["open@contoso.test"],

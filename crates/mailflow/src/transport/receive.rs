@@ -65,8 +65,18 @@ impl SmtpHandler for TransportReceive {
     }
 
     async fn rcpt(&mut self, info: &SessionInfo, to: Address, mut params: RcptParams) -> Reply {
-        if info.org_server.is_none() && !self.success_dsn_for_anonymous {
-            params.notify = permissions::without_success_notify(params.notify);
+        // A custom transport connector's clients are anonymous (organisation servers
+        // authenticate): what Front End refuses at RCPT is refused here too.
+        if info.org_server.is_none() {
+            let dir = self.service.ctx.dir();
+            if let Some(crate::directory::Recipient::Group(g)) = dir.lookup(&to.key())
+                && let Err(reply) = permissions::check_group_sender(&dir, g, AuthAs::Anonymous)
+            {
+                return reply;
+            }
+            if !self.success_dsn_for_anonymous {
+                params.notify = permissions::without_success_notify(params.notify);
+            }
         }
         // ExchangeServers hold SMTP-Accept-Any-Recipient: the categorizer decides.
         if self
