@@ -42,11 +42,16 @@ pub fn own_addresses(dir: &Directory, user: &str) -> Vec<String> {
     }
 }
 
+/// Whether `address` is one of `own` (case-insensitively).
+pub fn is_own(own: &[String], address: &str) -> bool {
+    own.iter().any(|o| o.eq_ignore_ascii_case(address))
+}
+
 /// Send As for a message a mailbox user submitted: the envelope sender and every
 /// address of every `From:` and `Sender:` field must be the user's own. A field whose
 /// address cannot be read is refused too (a reader's client may still show a name).
 pub fn check_send_as(own: &[String], envelope_from: &str, content: &[u8]) -> Result<(), Reply> {
-    let mine = |a: &str| own.iter().any(|o| o.eq_ignore_ascii_case(a));
+    let mine = |a: &str| is_own(own, a);
     if !mine(envelope_from) {
         return Err(send_as_denied());
     }
@@ -124,5 +129,17 @@ mod tests {
                 String::from_utf8_lossy(content)
             );
         }
+    }
+
+    #[test]
+    fn dropping_success_from_notify_never_widens_it() {
+        let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(without_success_notify(n(&["SUCCESS"])), n(&["NEVER"]));
+        assert_eq!(
+            without_success_notify(n(&["SUCCESS", "FAILURE"])),
+            n(&["FAILURE"])
+        );
+        assert_eq!(without_success_notify(n(&[])), n(&[]));
+        assert_eq!(without_success_notify(n(&["DELAY"])), n(&["DELAY"]));
     }
 }

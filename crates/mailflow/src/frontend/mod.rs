@@ -107,9 +107,7 @@ impl SmtpHandler for FrontendSession {
             // Send As on the envelope, early; Transport's Client Proxy checks the
             // header too once the content is known (DESIGN §7).
             let allowed = match (&info.user, &from) {
-                (Some((_, addresses)), Some(from)) => addresses
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(&from.to_string())),
+                (Some((_, own)), Some(from)) => permissions::is_own(own, &from.to_string()),
                 _ => false,
             };
             if !allowed {

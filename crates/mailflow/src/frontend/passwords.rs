@@ -72,10 +72,18 @@ impl PasswordBook {
     /// and case count as one account), else the name itself in lower case.
     pub fn account_key(&self, username: &str) -> String {
         let dir = self.directory();
-        match dir.lookup(username) {
+        let mut key = match dir.lookup(username) {
             Some(Recipient::Mailbox(i)) => dir.mailbox(i).address.to_lowercase(),
             _ => username.to_lowercase(),
+        };
+        if key.len() > MAX_ACCOUNT_KEY {
+            let mut end = MAX_ACCOUNT_KEY;
+            while !key.is_char_boundary(end) {
+                end -= 1;
+            }
+            key.truncate(end);
         }
+        key
     }
 
     /// Checks a logon; on success, the mailbox's primary address and all its addresses.
@@ -119,16 +127,32 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 
 /// MaxLogonFailures (reference §1.2: 3): failures within [`WINDOW`] before logons are
 /// refused, counted per client address and per account.
-pub const MAX_LOGON_FAILURES: usize = 3;
+const MAX_LOGON_FAILURES: usize = 3;
 /// AuthTarpitInterval (reference §1.2: 5 s): every failed logon is answered this late,
 /// so one connection cannot try passwords faster.
-pub const AUTH_TARPIT_INTERVAL: Duration = Duration::from_secs(5);
+const AUTH_TARPIT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a failure counts (a sliding window: each failure ages out on its own).
 const WINDOW: Duration = Duration::from_secs(300);
 /// How long a successful logon makes its client address trusted for that account.
 const KNOWN_GOOD: Duration = Duration::from_secs(24 * 3600);
 /// Entries each map keeps at most; past it the expired go first, then the oldest.
 const MAX_TRACKED: usize = 10_000;
+/// Longest account key kept (RFC 5321 §4.5.3.1: an address is at most 256 octets), so
+/// a spray of long logon names cannot inflate the maps.
+const MAX_ACCOUNT_KEY: usize = 256;
+
+/// The client as the throttle counts it: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's usual allocation, in which an attacker can pick any address).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+    }
+}
 
 /// What became of one AUTH attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,8 +185,9 @@ impl Logon {
 
 /// Failed-logon throttling for mailbox users (Exchange's MaxLogonFailures and
 /// AuthTarpitInterval), built so that:
-/// - failures count per client address and per account (the logon name as the
-///   directory resolves it, so aliases and case do not multiply the tries);
+/// - failures count per client (an IPv4 address or an IPv6 /64) and per account (the
+///   logon name as the directory resolves it, so aliases and case do not multiply the
+///   tries);
 /// - a successful logon clears only its own account's failures from its own address:
 ///   an attacker holding one valid account cannot reset the count for another;
 /// - an account that failed [`MAX_LOGON_FAILURES`] times within the window, from any
@@ -288,21 +313,6 @@ impl AuthThrottle {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a logon to `account` from `ip` is refused now, without a password check.
-    #[cfg(test)]
-    pub fn is_throttled(&self, ip: IpAddr, account: &str, now: Instant) -> bool {
-        self.state().is_throttled(ip, account, now)
-    }
-
-    #[cfg(test)]
-    pub fn record_failure(&self, ip: IpAddr, account: &str, now: Instant) {
-        self.state().record_failure(ip, account, now);
-    }
-
-    pub fn record_success(&self, ip: IpAddr, account: &str, now: Instant) {
-        self.state().record_success(ip, account, now);
-    }
-
     /// One AUTH attempt: throttled, checked, and a failure answered after
     /// [`AUTH_TARPIT_INTERVAL`].
     pub async fn logon(
@@ -313,6 +323,7 @@ impl AuthThrottle {
         password: &str,
     ) -> Logon {
         let account = book.account_key(username);
+        let ip = client_key(ip);
         {
             let mut state = self.state();
             if state.is_throttled(ip, &account, Instant::now()) {
@@ -323,7 +334,7 @@ impl AuthThrottle {
         }
         match book.verify(username, password).await {
             Some(user) => {
-                self.record_success(ip, &account, Instant::now());
+                self.state().record_success(ip, &account, Instant::now());
                 Logon::Accepted(user)
             }
             None => {
@@ -405,15 +416,15 @@ mod tests {
         let now = Instant::now();
         let a = ip("192.0.2.1");
         for i in 0..MAX_LOGON_FAILURES {
-            assert!(!t.is_throttled(a, "ann@c.test", now), "attempt {i}");
-            t.record_failure(a, "ann@c.test", now);
+            assert!(!t.state().is_throttled(a, "ann@c.test", now), "attempt {i}");
+            t.state().record_failure(a, "ann@c.test", now);
         }
-        assert!(t.is_throttled(a, "ann@c.test", now));
+        assert!(t.state().is_throttled(a, "ann@c.test", now));
         assert!(
-            t.is_throttled(a, "bob@c.test", now),
+            t.state().is_throttled(a, "bob@c.test", now),
             "the address, any account"
         );
-        assert!(!t.is_throttled(a, "ann@c.test", now + WINDOW));
+        assert!(!t.state().is_throttled(a, "ann@c.test", now + WINDOW));
     }
 
     #[test]
@@ -421,18 +432,18 @@ mod tests {
         let t = AuthThrottle::default();
         let now = Instant::now();
         let a = ip("192.0.2.1");
-        t.record_failure(a, "ann@c.test", now);
-        t.record_failure(a, "ann@c.test", now);
-        t.record_success(a, "eve@c.test", now);
-        t.record_failure(a, "ann@c.test", now);
-        assert!(t.is_throttled(a, "ann@c.test", now));
+        t.state().record_failure(a, "ann@c.test", now);
+        t.state().record_failure(a, "ann@c.test", now);
+        t.state().record_success(a, "eve@c.test", now);
+        t.state().record_failure(a, "ann@c.test", now);
+        assert!(t.state().is_throttled(a, "ann@c.test", now));
         // The owner's own success forgives her own typos from her own address.
         let b = ip("192.0.2.2");
-        t.record_failure(b, "bob@c.test", now);
-        t.record_failure(b, "bob@c.test", now);
-        t.record_success(b, "bob@c.test", now);
-        t.record_failure(b, "bob@c.test", now);
-        assert!(!t.is_throttled(b, "bob@c.test", now));
+        t.state().record_failure(b, "bob@c.test", now);
+        t.state().record_failure(b, "bob@c.test", now);
+        t.state().record_success(b, "bob@c.test", now);
+        t.state().record_failure(b, "bob@c.test", now);
+        assert!(!t.state().is_throttled(b, "bob@c.test", now));
     }
 
     #[test]
@@ -440,14 +451,37 @@ mod tests {
         let t = AuthThrottle::default();
         let now = Instant::now();
         let home = ip("192.0.2.10");
-        t.record_success(home, "ann@c.test", now);
+        t.state().record_success(home, "ann@c.test", now);
         for i in 1..=MAX_LOGON_FAILURES {
-            t.record_failure(ip(&format!("198.51.100.{i}")), "ann@c.test", now);
+            t.state()
+                .record_failure(ip(&format!("198.51.100.{i}")), "ann@c.test", now);
         }
-        assert!(t.is_throttled(ip("198.51.100.200"), "ann@c.test", now));
-        assert!(!t.is_throttled(ip("198.51.100.200"), "bob@c.test", now));
-        assert!(!t.is_throttled(home, "ann@c.test", now));
-        assert!(!t.is_throttled(ip("198.51.100.200"), "ann@c.test", now + WINDOW));
+        assert!(
+            t.state()
+                .is_throttled(ip("198.51.100.200"), "ann@c.test", now)
+        );
+        assert!(
+            !t.state()
+                .is_throttled(ip("198.51.100.200"), "bob@c.test", now)
+        );
+        assert!(!t.state().is_throttled(home, "ann@c.test", now));
+        assert!(
+            !t.state()
+                .is_throttled(ip("198.51.100.200"), "ann@c.test", now + WINDOW)
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1")),
+            client_key(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
     }
 
     #[test]
@@ -456,8 +490,8 @@ mod tests {
         let now = Instant::now();
         for i in 0..(MAX_TRACKED as u32 + 500) {
             let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            t.record_failure(a, &format!("user{i}@c.test"), now);
-            t.record_success(a, &format!("user{i}@c.test"), now);
+            t.state().record_failure(a, &format!("user{i}@c.test"), now);
+            t.state().record_success(a, &format!("user{i}@c.test"), now);
         }
         let s = t.state();
         assert!(s.by_ip.len() <= MAX_TRACKED);
