@@ -47,12 +47,17 @@ impl AuthAs {
     pub fn header_line(self) -> String {
         format!("{AUTH_AS_HEADER}: {}\r\n", self.as_str())
     }
+
+    /// `content` without any stamp, before a service that decides afresh adds its own.
+    pub fn unstamped(content: Vec<u8>) -> Vec<u8> {
+        strip_fields(&content, |n| n.eq_ignore_ascii_case(AUTH_AS_HEADER)).unwrap_or(content)
+    }
 }
 
-/// The addresses of every `From:` and `Sender:` field, one entry per field (a field
+/// The addresses of every `From:` and `Sender:` field, one list per field (a field
 /// whose addresses cannot be read gives an empty list): what a reader sees as the
 /// author, which Send As must cover (DESIGN §7).
-pub fn author_fields(content: &[u8]) -> Vec<(String, Vec<String>)> {
+pub fn author_fields(content: &[u8]) -> Vec<Vec<String>> {
     static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
         MessageParser::new()
             .header_address(HeaderName::Sender)
@@ -65,7 +70,7 @@ pub fn author_fields(content: &[u8]) -> Vec<(String, Vec<String>)> {
             // Each field parsed alone, so a second From: cannot hide behind the first.
             let mut one = raw.to_vec();
             one.extend_from_slice(b"\r\n");
-            let addresses = PARSER
+            PARSER
                 .parse_headers(&one[..])
                 .map(|m| {
                     let list = if name.eq_ignore_ascii_case("From") {
@@ -81,8 +86,7 @@ pub fn author_fields(content: &[u8]) -> Vec<(String, Vec<String>)> {
                     })
                     .unwrap_or_default()
                 })
-                .unwrap_or_default();
-            (name.to_string(), addresses)
+                .unwrap_or_default()
         })
         .collect()
 }

@@ -55,7 +55,7 @@ pub fn check_send_as(own: &[String], envelope_from: &str, content: &[u8]) -> Res
     if !mine(envelope_from) {
         return Err(send_as_denied());
     }
-    for (_, addresses) in message::author_fields(content) {
+    for addresses in message::author_fields(content) {
         if addresses.is_empty() || !addresses.iter().all(|a| mine(a)) {
             return Err(send_as_denied());
         }

@@ -317,14 +317,11 @@ impl TransportService {
         source: &str,
     ) -> Result<(), String> {
         let mut envelope = pickup::envelope(from, &content, source);
-        // The id travels in the header too, so every hop (and the store's duplicate
-        // detection) sees the same message.
         // An administrator wrote these files: inside the organisation (Exchange stamps
         // Pickup mail as authenticated).
-        let content = crate::message::strip_fields(&content, |n| {
-            n.eq_ignore_ascii_case(crate::message::AUTH_AS_HEADER)
-        })
-        .unwrap_or(content);
+        let content = crate::message::AuthAs::unstamped(content);
+        // The id travels in the header too, so every hop (and the store's duplicate
+        // detection) sees the same message.
         let mut with_id = format!(
             "{}: {}\r\n{}",
             receive::NETWORK_MESSAGE_ID_HEADER,

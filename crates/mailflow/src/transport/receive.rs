@@ -192,10 +192,7 @@ impl TransportReceive {
             _ => Some(AuthAs::Anonymous),
         };
         let content = match auth_as {
-            Some(_) => message::strip_fields(&content, |n| {
-                n.eq_ignore_ascii_case(message::AUTH_AS_HEADER)
-            })
-            .unwrap_or(content),
+            Some(_) => AuthAs::unstamped(content),
             None => content,
         };
         let existing_network_id = if trusted {

@@ -371,6 +371,7 @@ mod tests {
         );
         assert!(boss.reject.is_none());
     }
+
     #[test]
     fn from_scope_is_decided_by_authentication_not_by_the_address() {
         let dir = dir_with(
