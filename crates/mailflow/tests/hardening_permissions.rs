@@ -337,7 +337,47 @@ fn anonymous_mail_with_an_organisation_sender_is_outside_the_organisation_for_ru
         "data": mail("alice@contoso.test", "bob@contoso.test", "really internal", "", "hi")}),
     );
     assert!(r["data"].as_str().unwrap_or("").contains("Queued"), "{r}");
-    server.wait_inbox("bob@contoso.test", 2);
+    // From an Outbox, and from the Pickup directory (an administrator's): inside.
+    let eml = server.dir.path().join("outbox.eml");
+    std::fs::write(
+        &eml,
+        mail(
+            "alice@contoso.test",
+            "bob@contoso.test",
+            "from the outbox",
+            "",
+            "hi",
+        ),
+    )
+    .unwrap();
+    let out = server.cli(&[
+        "mailbox",
+        "send",
+        "alice@contoso.test",
+        "--eml",
+        eml.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pickup = server.data_dir().join("Pickup");
+    wait_for("the Pickup directory", Duration::from_secs(30), || {
+        pickup.is_dir().then_some(())
+    });
+    std::fs::write(
+        pickup.join("app.eml"),
+        mail(
+            "app@contoso.test",
+            "bob@contoso.test",
+            "from pickup",
+            "",
+            "hi",
+        ),
+    )
+    .unwrap();
+    server.wait_inbox("bob@contoso.test", 4);
     let messages = server.export("bob@contoso.test");
     let find = |s: &str| {
         messages
@@ -354,12 +394,15 @@ fn anonymous_mail_with_an_organisation_sender_is_outside_the_organisation_for_ru
         header_values(forged, "X-MS-Exchange-Organization-AuthAs"),
         ["Anonymous"]
     );
-    let internal = find("really internal");
-    assert_eq!(header_values(internal, "Subject"), ["really internal"]);
-    assert_eq!(
-        header_values(internal, "X-MS-Exchange-Organization-AuthAs"),
-        ["Internal"]
-    );
+    for subject in ["really internal", "from the outbox", "from pickup"] {
+        let internal = find(subject);
+        assert_eq!(header_values(internal, "Subject"), [subject]);
+        assert_eq!(
+            header_values(internal, "X-MS-Exchange-Organization-AuthAs"),
+            ["Internal"],
+            "{subject}"
+        );
+    }
 }
 
 /// Finding 6b: an anonymous message to a group reached its external members. Groups
@@ -430,7 +473,7 @@ fn success_notices_to_anonymous_senders_carry_headers_only_and_can_be_switched_o
     let forged = |port: u16, subject: &str| {
         let r = session(
             serde_json::json!({"port": port, "from": "carol@contoso.test",
-            "to": ["bob@contoso.test"], "notify": "SUCCESS",
+            "mail_options": ["RET=FULL"], "to": ["bob@contoso.test"], "notify": "SUCCESS",
             "data": mail("carol@contoso.test", "bob@contoso.test", subject, "",
                 "REFLECTED-PAYLOAD http://spam.example/")}),
         );
