@@ -7,6 +7,90 @@ use std::sync::LazyLock;
 
 use mail_parser::{HeaderName, MessageParser};
 
+/// `X-MS-Exchange-Organization-AuthAs`: how the organisation first received the
+/// message, stamped by the Transport service that took it in and carried between
+/// organisation servers (the header firewall strips it from anything entering from
+/// outside, so a client cannot claim it). Mail flow rules (`from_scope`) and groups
+/// that require authenticated senders judge "inside the organisation" by it, never by
+/// the sender's address (DESIGN §7).
+pub const AUTH_AS_HEADER: &str = "X-MS-Exchange-Organization-AuthAs";
+
+/// The values of [`AUTH_AS_HEADER`] mailflow writes (Exchange also knows `Partner` and
+/// `External`, which mailflow does not grant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthAs {
+    /// A mailbox user, an organisation server's own mail, or an administrator (Pickup,
+    /// Replay, reports).
+    Internal,
+    /// Anything else: the internet on `Default Frontend`, anonymous relay connectors.
+    Anonymous,
+}
+
+impl AuthAs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthAs::Internal => "Internal",
+            AuthAs::Anonymous => "Anonymous",
+        }
+    }
+
+    /// The value stamped in `content`; a message without one (or with anything else)
+    /// is Anonymous, so a missing stamp never grants trust.
+    pub fn of(content: &[u8]) -> AuthAs {
+        match get(content, AUTH_AS_HEADER) {
+            Some(v) if v.eq_ignore_ascii_case("Internal") => AuthAs::Internal,
+            _ => AuthAs::Anonymous,
+        }
+    }
+
+    /// The header line to put in front of a message.
+    pub fn header_line(self) -> String {
+        format!("{AUTH_AS_HEADER}: {}\r\n", self.as_str())
+    }
+
+    /// `content` without any stamp, before a service that decides afresh adds its own.
+    pub fn unstamped(content: Vec<u8>) -> Vec<u8> {
+        strip_fields(&content, |n| n.eq_ignore_ascii_case(AUTH_AS_HEADER)).unwrap_or(content)
+    }
+}
+
+/// The addresses of every `From:` and `Sender:` field, one list per field (a field
+/// whose addresses cannot be read gives an empty list): what a reader sees as the
+/// author, which Send As must cover (DESIGN §7).
+pub fn author_fields(content: &[u8]) -> Vec<Vec<String>> {
+    static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+        MessageParser::new()
+            .header_address(HeaderName::Sender)
+            .header_address(HeaderName::From)
+    });
+    fields(content)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("From") || n.eq_ignore_ascii_case("Sender"))
+        .map(|(name, raw)| {
+            // Each field parsed alone, so a second From: cannot hide behind the first.
+            let mut one = raw.to_vec();
+            one.extend_from_slice(b"\r\n");
+            PARSER
+                .parse_headers(&one[..])
+                .map(|m| {
+                    let list = if name.eq_ignore_ascii_case("From") {
+                        m.from()
+                    } else {
+                        m.sender()
+                    };
+                    list.map(|l| {
+                        l.iter()
+                            .filter_map(|a| a.address())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// Length of the header block including the blank line, or the whole content when the
 /// message has no body separator.
 pub fn header_len(content: &[u8]) -> usize {

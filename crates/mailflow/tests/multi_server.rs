@@ -78,6 +78,7 @@ database = "{database}"
 [[groups]]
 address = "{group}"
 members = ["{member}"]
+require_sender_authentication = false
 "#
     )
 }
@@ -255,7 +256,7 @@ fn equal_cost_paths_are_decided_by_the_site_name_nearest_the_destination() {
         for (name, site) in [("SA", "A"), ("SX", "X"), ("SY", "Y"), ("SZ", "Z")] {
             org.push_str(&server_entry(name, site, &p[name]));
         }
-        org.push_str("\n[[databases]]\nname = \"DBZ\"\ncopies = [\"SZ\"]\n\n[[mailboxes]]\naddress = \"zoe@contoso.test\"\ndatabase = \"DBZ\"\n\n[[groups]]\naddress = \"zteam@contoso.test\"\nmembers = [\"zoe@contoso.test\"]\n");
+        org.push_str("\n[[databases]]\nname = \"DBZ\"\ncopies = [\"SZ\"]\n\n[[mailboxes]]\naddress = \"zoe@contoso.test\"\ndatabase = \"DBZ\"\n\n[[groups]]\naddress = \"zteam@contoso.test\"\nmembers = [\"zoe@contoso.test\"]\nrequire_sender_authentication = false\n");
         org
     };
     let mut c = Cluster::new(&["SA", "SX", "SY", "SZ"], org);

@@ -269,7 +269,7 @@ fn address_space_specificity_and_cost_choose_the_connector() {
     let extra = connector("Cheap", "*.test", 1, cheap.port)
         + &connector("Dear", "*.test", 5, dear.port)
         + &connector("Specific", "northwind.test", 9, specific.port)
-        + "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"a@fabrikam.test\", \"b@northwind.test\"]\n";
+        + "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"a@fabrikam.test\", \"b@northwind.test\"]\nrequire_sender_authentication = false\n";
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.contoso.test");
@@ -596,8 +596,7 @@ fn send_log(server: &Server, connector: &str) -> Vec<String> {
 
 /// `partners@contoso.test` has one member, outside: mail to it leaves through the
 /// send connector.
-const PARTNERS: &str =
-    "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"partner@fabrikam.test\"]\n";
+const PARTNERS: &str = "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"partner@fabrikam.test\"]\nrequire_sender_authentication = false\n";
 
 /// A Postfix peer for fabrikam.test started with `peer`, and a server that sends it
 /// the mail for partners@ ([`PARTNERS`]) through the "To Postfix" connector

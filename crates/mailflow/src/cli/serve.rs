@@ -169,6 +169,7 @@ async fn serve(
     let internal_size = org.max_message_size.saturating_mul(2);
 
     let fe_ctx = ctx.clone();
+    let fe_success_dsn = server.frontend_success_dsn_for_anonymous;
     let frontend = connector(
         format!("Default Frontend {}", server.name),
         server.ports.frontend,
@@ -180,7 +181,14 @@ async fn serve(
         ),
         AuthPolicy::None,
         verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
-        Arc::new(move || Box::new(FrontendSession::new(fe_ctx.clone(), FrontendMode::Internet))),
+        Arc::new(move || {
+            let session = FrontendSession::new(fe_ctx.clone(), FrontendMode::Internet);
+            Box::new(if fe_success_dsn {
+                session
+            } else {
+                session.without_success_dsn_for_anonymous()
+            })
+        }),
         limits[0],
     );
     let t = transport.clone();
@@ -300,6 +308,7 @@ async fn serve(
                 &ctx.frontend_receive_log
             },
         );
+        let success_dsn = rc.success_dsn_for_anonymous;
         let (auth, handler): (AuthPolicy, crate::net::receive::HandlerFactory) =
             if rc.service == "transport" {
                 // An anonymous relay for applications in `remote_ranges` (validation
@@ -307,7 +316,14 @@ async fn serve(
                 let t = transport.clone();
                 (
                     AuthPolicy::None,
-                    Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
+                    Arc::new(move || {
+                        let session = TransportReceive::new(t.clone());
+                        Box::new(if success_dsn {
+                            session
+                        } else {
+                            session.without_success_dsn_for_anonymous()
+                        })
+                    }),
                 )
             } else {
                 let mode = if user_auth {
@@ -325,7 +341,14 @@ async fn serve(
                 };
                 (
                     auth,
-                    Arc::new(move || Box::new(FrontendSession::new(c.clone(), mode))),
+                    Arc::new(move || {
+                        let session = FrontendSession::new(c.clone(), mode);
+                        Box::new(if success_dsn {
+                            session
+                        } else {
+                            session.without_success_dsn_for_anonymous()
+                        })
+                    }),
                 )
             };
         let bind: SocketAddr = rc.bind.parse()?;

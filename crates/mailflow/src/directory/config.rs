@@ -95,6 +95,12 @@ pub struct TransportSettings {
     pub message_expiration_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub delay_notification_timeout: Duration,
+    /// ExternalDelayDSNEnabled (Set-TransportConfig, default true): delay notices for
+    /// messages that entered anonymously.
+    pub external_delay_dsn_enabled: bool,
+    /// InternalDelayDSNEnabled (default true): delay notices for the organisation's own
+    /// senders.
+    pub internal_delay_dsn_enabled: bool,
     /// Receive connectors' ConnectionInactivityTimeout (5 min on Mailbox servers).
     #[serde(deserialize_with = "de_duration")]
     pub connection_inactivity_timeout: Duration,
@@ -132,6 +138,8 @@ impl Default for TransportSettings {
             mailbox_delivery_queue_retry_interval: min(5),
             message_expiration_timeout: min(2 * 24 * 60),
             delay_notification_timeout: min(4 * 60),
+            external_delay_dsn_enabled: true,
+            internal_delay_dsn_enabled: true,
             connection_inactivity_timeout: min(5),
             connection_timeout: min(10),
             intra_org_connector_protocol_logging: LoggingLevel::None,
@@ -191,6 +199,10 @@ pub struct Server {
     /// Protocol logging of `Default Frontend <server>` (Verbose by default, reference §1.2).
     #[serde(default = "verbose")]
     pub frontend_protocol_logging: LoggingLevel,
+    /// `success_dsn_for_anonymous` of `Default Frontend <server>` (see
+    /// [`ReceiveConnector::success_dsn_for_anonymous`]).
+    #[serde(default = "yes")]
+    pub frontend_success_dsn_for_anonymous: bool,
     /// Protocol logging of `Default <server>` (None by default).
     #[serde(default)]
     pub transport_protocol_logging: LoggingLevel,
@@ -330,6 +342,14 @@ pub struct Group {
     pub members: Vec<String>,
     #[serde(default)]
     pub expansion_server: Option<String>,
+    /// RequireSenderAuthenticationEnabled (Exchange's default: true): anonymous
+    /// senders get `550 5.7.133` at RCPT on Front End and from the categorizer.
+    #[serde(default = "yes")]
+    pub require_sender_authentication: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +435,12 @@ pub struct ReceiveConnector {
     pub min_data_rate: Option<u64>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub min_data_rate_interval: Option<Duration>,
+    /// Whether anonymous senders on this connector get success notices
+    /// (`NOTIFY=SUCCESS`); with false the request is dropped at RCPT, so a forged
+    /// sender cannot turn the server into a reflector. Failure and delay notices are
+    /// not affected.
+    #[serde(default = "yes")]
+    pub success_dsn_for_anonymous: bool,
 }
 
 impl ReceiveConnector {

@@ -3,6 +3,7 @@
 
 pub mod builtin;
 pub mod config;
+pub mod permissions;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -15,7 +15,8 @@ use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
 
 use crate::context::ServerContext;
-use crate::directory::Recipient;
+use crate::directory::{Recipient, permissions};
+use crate::message::AuthAs;
 use crate::net::receive::{SessionInfo, SmtpHandler};
 use proxy::{BeginError, Proxy};
 
@@ -47,6 +48,8 @@ pub struct FrontendSession {
     relaying: Option<DotStuffer>,
     /// A relay write failed mid-content; the end-of-data reply will be 4xx.
     relay_failed: bool,
+    /// The receive connector's `success_dsn_for_anonymous`.
+    success_dsn_for_anonymous: bool,
 }
 
 impl FrontendSession {
@@ -60,7 +63,15 @@ impl FrontendSession {
             proxy: None,
             relaying: None,
             relay_failed: false,
+            success_dsn_for_anonymous: true,
         }
+    }
+
+    /// For a connector whose `success_dsn_for_anonymous` is false: anonymous senders'
+    /// `NOTIFY=SUCCESS` is dropped before the message reaches Transport.
+    pub fn without_success_dsn_for_anonymous(mut self) -> FrontendSession {
+        self.success_dsn_for_anonymous = false;
+        self
     }
 
     fn unavailable(detail: &str) -> Reply {
@@ -93,19 +104,14 @@ impl SmtpHandler for FrontendSession {
         params: MailParams,
     ) -> Reply {
         if self.mode == FrontendMode::Submission {
-            // Send As: only the authenticated mailbox's own addresses (reference §11.2).
+            // Send As on the envelope, early; Transport's Client Proxy checks the
+            // header too once the content is known (DESIGN §7).
             let allowed = match (&info.user, &from) {
-                (Some((_, addresses)), Some(from)) => addresses
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(&from.to_string())),
+                (Some((_, own)), Some(from)) => permissions::is_own(own, &from.to_string()),
                 _ => false,
             };
             if !allowed {
-                return Reply::new(
-                    550,
-                    Enhanced(5, 7, 60),
-                    "SMTP; Client does not have permissions to send as this sender",
-                );
+                return permissions::send_as_denied();
             }
         }
         self.from = from;
@@ -114,8 +120,17 @@ impl SmtpHandler for FrontendSession {
         Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
     }
 
-    async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
+    async fn rcpt(&mut self, info: &SessionInfo, to: Address, mut params: RcptParams) -> Reply {
         let dir = &self.ctx.dir();
+        // Submission connectors only take mail from users who logged on.
+        let auth = if info.user.is_some() {
+            AuthAs::Internal
+        } else {
+            AuthAs::Anonymous
+        };
+        if auth == AuthAs::Anonymous && !self.success_dsn_for_anonymous {
+            params.notify = permissions::without_success_notify(params.notify);
+        }
         if self.mode != FrontendMode::Internet && !dir.is_accepted_domain(&to.domain) {
             // Authenticated users (ExchangeUsers) and relay connectors hold
             // SMTP-Accept-Any-Recipient.
@@ -130,7 +145,15 @@ impl SmtpHandler for FrontendSession {
                 "SMTP; Unable to relay recipient in non-accepted domain",
             );
         }
-        match dir.lookup(&to.key()) {
+        let found = dir.lookup(&to.key());
+        // A group's delivery restriction is known from the directory here, so it is
+        // refused at RCPT; the categorizer checks again (nested groups, other ways in).
+        if let Some(Recipient::Group(g)) = found
+            && let Err(reply) = permissions::check_group_sender(dir, g, auth)
+        {
+            return reply;
+        }
+        match found {
             Some(Recipient::Mailbox(_) | Recipient::Group(_)) => {
                 self.recipients.push((to, params));
                 Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")

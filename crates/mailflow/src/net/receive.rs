@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::orgauth::OrgSecret;
 use super::stream::Stream;
+use crate::frontend::passwords::Logon;
 use crate::logs::protocol::{ProtocolLog, ProtocolSession};
 
 /// Who is on the other end, as the handler sees it.
@@ -756,30 +757,19 @@ impl ReceiveConnector {
             AuthPolicy::OrgServers { secret, servers } => (secret, servers),
             AuthPolicy::Mailboxes { book, throttle } => {
                 let ip = info.remote.ip();
-                if throttle.is_blocked(ip) {
-                    log.info(
-                        &ip.to_string(),
-                        "logon refused: too many failures from this address",
-                    );
-                    return Reply::new(
-                        454,
-                        Enhanced(4, 7, 0),
-                        "Too many failed logons from your address; try again later",
-                    );
-                }
-                // Counted before the check, so parallel attempts cannot outrun the limit.
-                throttle.failed(ip);
-                return match book.verify(server, password).await {
-                    Some(user) => {
-                        throttle.succeeded(ip);
+                let logon = throttle.logon(book, ip, server, password).await;
+                match &logon {
+                    Logon::Accepted(user) => {
                         log.info(&user.0, "authenticated as a mailbox user");
-                        info.user = Some(user);
-                        Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
+                        info.user = Some(user.clone());
                     }
-                    None => {
-                        Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
-                    }
-                };
+                    Logon::Throttled => log.info(
+                        &ip.to_string(),
+                        "logon refused: too many recent failures from this address or for this account",
+                    ),
+                    Logon::Rejected => {}
+                }
+                return logon.reply();
             }
             AuthPolicy::None => {
                 return Reply::new(504, Enhanced(5, 7, 4), "Unrecognized authentication type");

@@ -322,12 +322,16 @@ impl TransportService {
         source: &str,
     ) -> Result<(), String> {
         let mut envelope = pickup::envelope(from, &content, source);
+        // An administrator wrote these files: inside the organisation (Exchange stamps
+        // Pickup mail as authenticated).
+        let content = crate::message::AuthAs::unstamped(content);
         // The id travels in the header too, so every hop (and the store's duplicate
         // detection) sees the same message.
         let mut with_id = format!(
-            "{}: {}\r\n",
+            "{}: {}\r\n{}",
             receive::NETWORK_MESSAGE_ID_HEADER,
-            envelope.network_message_id
+            envelope.network_message_id,
+            crate::message::AuthAs::Internal.header_line()
         )
         .into_bytes();
         with_id.extend_from_slice(&content);
@@ -493,7 +497,8 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
         std::process::abort();
     }
     supervisor::test_panic_hook(Stage::Categorizing, &msg.envelope.subject);
-    let mut result = categorizer::categorize(ctx, recipients, msg.content.len() as u64);
+    let auth = crate::message::AuthAs::of(&msg.content);
+    let mut result = categorizer::categorize(ctx, recipients, msg.content.len() as u64, auth);
     service.poison_marker.set(0);
     for (resolved, original) in &result.resolved {
         let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
@@ -605,7 +610,14 @@ async fn apply_rules(
     };
     let started = std::time::Instant::now();
     let cfg = ctx.config();
-    let outcome = agents::rules::apply(&cfg.rules, &cfg.dir, sender, &recipients, &msg.content);
+    let outcome = agents::rules::apply(
+        &cfg.rules,
+        &cfg.dir,
+        crate::message::AuthAs::of(&msg.content),
+        sender,
+        &recipients,
+        &msg.content,
+    );
     let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
     ev.connector_id = "Transport Rule Agent".into();
     ev.recipient_address = recipients.clone();
@@ -672,7 +684,13 @@ async fn apply_rules(
                 delay_notified: false,
             })
             .collect();
-        let more = categorizer::categorize(ctx, added, msg.content.len() as u64);
+        // Recipients an administrator's rule adds are the organisation's own choice.
+        let more = categorizer::categorize(
+            ctx,
+            added,
+            msg.content.len() as u64,
+            crate::message::AuthAs::Internal,
+        );
         for (hop, rs) in more.routed {
             match result.routed.iter_mut().find(|(h, _)| *h == hop) {
                 Some((_, existing)) => existing.extend(rs),

@@ -10,8 +10,9 @@ use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
 use super::TransportService;
 use super::queue::QueuedMessage;
 use super::queue::store::{Envelope, QueuedRecipient, RecipientState};
+use crate::directory::permissions;
 use crate::logs::tracking::now_timestamp;
-use crate::message;
+use crate::message::{self, AuthAs};
 use crate::net::orgauth;
 use crate::net::receive::{SessionInfo, SmtpHandler};
 
@@ -26,6 +27,9 @@ pub struct TransportReceive {
     params: MailParams,
     recipients: Vec<QueuedRecipient>,
     content: Vec<u8>,
+    /// The receive connector's `success_dsn_for_anonymous` (custom transport
+    /// connectors; organisation servers are never anonymous).
+    success_dsn_for_anonymous: bool,
 }
 
 impl TransportReceive {
@@ -36,7 +40,14 @@ impl TransportReceive {
             params: MailParams::default(),
             recipients: Vec::new(),
             content: Vec::new(),
+            success_dsn_for_anonymous: true,
         }
+    }
+
+    /// For a custom receive connector whose `success_dsn_for_anonymous` is false.
+    pub fn without_success_dsn_for_anonymous(mut self) -> TransportReceive {
+        self.success_dsn_for_anonymous = false;
+        self
     }
 }
 
@@ -53,7 +64,20 @@ impl SmtpHandler for TransportReceive {
         Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
     }
 
-    async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
+    async fn rcpt(&mut self, info: &SessionInfo, to: Address, mut params: RcptParams) -> Reply {
+        // A custom transport connector's clients are anonymous (organisation servers
+        // authenticate): what Front End refuses at RCPT is refused here too.
+        if info.org_server.is_none() {
+            let dir = self.service.ctx.dir();
+            if let Some(crate::directory::Recipient::Group(g)) = dir.lookup(&to.key())
+                && let Err(reply) = permissions::check_group_sender(&dir, g, AuthAs::Anonymous)
+            {
+                return reply;
+            }
+            if !self.success_dsn_for_anonymous {
+                params.notify = permissions::without_success_notify(params.notify);
+            }
+        }
         // ExchangeServers hold SMTP-Accept-Any-Recipient: the categorizer decides.
         if self
             .recipients
@@ -127,14 +151,49 @@ impl TransportReceive {
         // Only another Transport service is trusted with organisation headers; what a
         // Front End proxies came from outside and passes the header firewall.
         // Mailbox Transport Submission strips what users wrote and stamps its own id.
-        let trusted = info
-            .org_server
-            .as_ref()
-            .is_some_and(|(_, service)| service == orgauth::HUB || service == orgauth::SUBMISSION);
+        let service = info.org_server.as_ref().map(|(_, s)| s.as_str());
+        let trusted = matches!(service, Some(orgauth::HUB | orgauth::SUBMISSION));
         let content = if trusted {
             content
         } else {
             message::strip_prefixed(&content, ORG_HEADER_PREFIX).unwrap_or(content)
+        };
+        // The mailbox user behind the message: Mailbox Transport Submission sends as the
+        // Outbox's owner, a Front End names the user who logged on as AUTH= (Client
+        // Proxy). Send As is checked here, where the content is known (Front End cannot
+        // inspect it), on the envelope and on From:/Sender: (DESIGN §7).
+        let envelope_from = self
+            .from
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let submitter = match service {
+            Some(orgauth::SUBMISSION) => Some(envelope_from.clone()),
+            Some(orgauth::FRONTEND) => self
+                .params
+                .auth
+                .as_deref()
+                .filter(|a| *a != "<>")
+                .map(crate::transport::send::dsn::decode_xtext),
+            _ => None,
+        };
+        if let Some(user) = &submitter {
+            let own = permissions::own_addresses(&ctx.dir(), user);
+            if let Err(reply) = permissions::check_send_as(&own, &envelope_from, &content) {
+                tracing::info!(user = %user, "Send As refused");
+                return reply;
+            }
+        }
+        // "Inside the organisation" is decided by authentication, once, where the
+        // message enters; later hops (other Transport services) keep the stamp.
+        let auth_as = match service {
+            Some(orgauth::HUB) => None,
+            _ if submitter.is_some() => Some(AuthAs::Internal),
+            _ => Some(AuthAs::Anonymous),
+        };
+        let content = match auth_as {
+            Some(_) => AuthAs::unstamped(content),
+            None => content,
         };
         let existing_network_id = if trusted {
             message::get(&content, NETWORK_MESSAGE_ID_HEADER)
@@ -158,6 +217,9 @@ impl TransportReceive {
                 "{NETWORK_MESSAGE_ID_HEADER}: {network_message_id}\r\n"
             ));
         }
+        if let Some(auth_as) = auth_as {
+            prefix.push_str(&auth_as.header_line());
+        }
         let message_id = match message::get(&content, "Message-ID") {
             Some(id) if !id.is_empty() => id,
             _ => {
@@ -172,11 +234,7 @@ impl TransportReceive {
         full.extend_from_slice(&content);
         let full: Arc<[u8]> = full.into();
         let envelope = Envelope {
-            return_path: self
-                .from
-                .as_ref()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            return_path: envelope_from,
             network_message_id,
             message_id: message_id.clone(),
             subject: message::subject(&full),

@@ -146,10 +146,14 @@ database = "DB01"
 [[groups]]
 address = "sales@contoso.test"
 members = ["alice@contoso.test", "a.smith@contoso.test", "bob@contoso.test", "ext@fabrikam.test", "team@contoso.test"]
+# The tests send to groups from the internet; Exchange's default (true) is tested in
+# hardening_permissions.rs.
+require_sender_authentication = false
 
 [[groups]]
 address = "team@contoso.test"
 members = ["sales@contoso.test", "bob@contoso.test"]
+require_sender_authentication = false
 
 [[send_connectors]]
 name = "Internet"

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 
 use crate::directory::Directory;
-use crate::message;
+use crate::message::{self, AuthAs};
 
 /// One `[[transport_rules]]` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,7 +45,9 @@ pub struct Conditions {
     /// From.
     #[serde(default)]
     pub from: Vec<String>,
-    /// FromScope: `in_organization` or `not_in_organization`.
+    /// FromScope: `in_organization` or `not_in_organization`, decided by how the message
+    /// entered the organisation (its AuthAs stamp), never by the sender's address: an
+    /// anonymous client may write any address (DESIGN §7).
     #[serde(default)]
     pub from_scope: Option<String>,
     /// SentTo.
@@ -123,6 +125,8 @@ pub fn load(dir: &Directory) -> Result<Vec<Rule>, String> {
     Ok(rules)
 }
 
+/// A recipient is in the organisation when its address is in an accepted domain (the
+/// categorizer resolved it there).
 fn in_org(dir: &Directory, address: &str) -> bool {
     address
         .rsplit('@')
@@ -130,13 +134,23 @@ fn in_org(dir: &Directory, address: &str) -> bool {
         .is_some_and(|d| dir.is_accepted_domain(d))
 }
 
-fn matches(
-    c: &Conditions,
-    dir: &Directory,
-    sender: &str,
-    recipients: &[String],
-    subject: &str,
-) -> bool {
+/// What the conditions look at.
+struct Facts<'a> {
+    dir: &'a Directory,
+    auth: AuthAs,
+    sender: &'a str,
+    recipients: &'a [String],
+    subject: &'a str,
+}
+
+fn matches(c: &Conditions, f: &Facts) -> bool {
+    let Facts {
+        dir,
+        auth,
+        sender,
+        recipients,
+        subject,
+    } = *f;
     let domain_of = |a: &str| a.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
     let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let scope = |s: &str, address: &str| match s {
@@ -144,9 +158,15 @@ fn matches(
         "not_in_organization" => !in_org(dir, address),
         _ => false,
     };
+    let sender_inside = auth == AuthAs::Internal;
+    let from_scope = |s: &str| match s {
+        "in_organization" => sender_inside,
+        "not_in_organization" => !sender_inside,
+        _ => false,
+    };
     (c.sender_domain_is.is_empty() || c.sender_domain_is.iter().any(|d| eq(d, &domain_of(sender))))
         && (c.from.is_empty() || c.from.iter().any(|f| eq(f, sender)))
-        && c.from_scope.as_deref().is_none_or(|s| scope(s, sender))
+        && c.from_scope.as_deref().is_none_or(from_scope)
         && (c.sent_to.is_empty()
             || recipients
                 .iter()
@@ -166,10 +186,11 @@ fn matches(
         })
 }
 
-/// Runs the rules over a resolved message.
+/// Runs the rules over a resolved message; `auth` is its AuthAs stamp.
 pub fn apply(
     rules: &[Rule],
     dir: &Directory,
+    auth: AuthAs,
     sender: &str,
     recipients: &[String],
     content: &[u8],
@@ -179,13 +200,17 @@ pub fn apply(
         ..Default::default()
     };
     let subject = message::subject(content);
+    let facts = Facts {
+        dir,
+        auth,
+        sender,
+        recipients,
+        subject: &subject,
+    };
     let mut current: Option<Vec<u8>> = None;
     for rule in rules {
-        let hit = matches(&rule.conditions, dir, sender, recipients, &subject)
-            && !rule
-                .except_if
-                .as_ref()
-                .is_some_and(|e| matches(e, dir, sender, recipients, &subject));
+        let hit = matches(&rule.conditions, &facts)
+            && !rule.except_if.as_ref().is_some_and(|e| matches(e, &facts));
         if !hit {
             continue;
         }
@@ -289,6 +314,7 @@ mod tests {
         let out = apply(
             &rules,
             &dir,
+            AuthAs::Internal,
             "a@contoso.test",
             &["x@fabrikam.test".into()],
             msg,
@@ -305,6 +331,7 @@ mod tests {
         let inside = apply(
             &rules,
             &dir,
+            AuthAs::Internal,
             "a@contoso.test",
             &["b@contoso.test".into()],
             msg,
@@ -322,6 +349,7 @@ mod tests {
         let out = apply(
             &rules,
             &dir,
+            AuthAs::Internal,
             "a@contoso.test",
             &["b@contoso.test".into()],
             msg,
@@ -336,10 +364,41 @@ mod tests {
         let boss = apply(
             &rules,
             &dir,
+            AuthAs::Internal,
             "boss@contoso.test",
             &["b@contoso.test".into()],
             msg,
         );
         assert!(boss.reject.is_none());
+    }
+
+    #[test]
+    fn from_scope_is_decided_by_authentication_not_by_the_address() {
+        let dir = dir_with(
+            "[[transport_rules]]\nname = \"Outside\"\nif = { from_scope = \"not_in_organization\" }\nthen = { prepend_subject = \"[EXTERNAL] \" }\n",
+        );
+        let rules = load(&dir).unwrap();
+        let msg = b"From: ceo@contoso.test\r\nSubject: wire money\r\n\r\nx\r\n";
+        let to = ["b@contoso.test".to_string()];
+        let forged = apply(
+            &rules,
+            &dir,
+            AuthAs::Anonymous,
+            "ceo@contoso.test",
+            &to,
+            msg,
+        );
+        assert_eq!(
+            forged.matched.len(),
+            1,
+            "anonymous mail is outside the organisation"
+        );
+        let inside = apply(&rules, &dir, AuthAs::Internal, "ceo@contoso.test", &to, msg);
+        assert!(inside.matched.is_empty());
+        let partner = apply(&rules, &dir, AuthAs::Internal, "x@fabrikam.test", &to, msg);
+        assert!(
+            partner.matched.is_empty(),
+            "Internal is inside whatever the address"
+        );
     }
 }

@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use mailflow_smtp::{Enhanced, Reply};
 
 use crate::context::ServerContext;
-use crate::directory::Recipient;
+use crate::directory::{Recipient, permissions};
+use crate::message::AuthAs;
 use crate::transport::queue::NextHop;
 use crate::transport::queue::store::{QueuedRecipient, RecipientState};
 
@@ -29,8 +30,15 @@ pub struct Categorized {
 const MAX_EXPANDED_RECIPIENTS: usize = 10_000;
 
 /// Categorizes `recipients` of a message of `size` bytes (send connectors too small for
-/// it are not candidates, reference §4.4).
-pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>, size: u64) -> Categorized {
+/// it are not candidates, reference §4.4). `auth` is how the message entered the
+/// organisation (its AuthAs stamp): groups that require authenticated senders refuse
+/// Anonymous mail, nested ones included.
+pub fn categorize(
+    ctx: &ServerContext,
+    recipients: Vec<QueuedRecipient>,
+    size: u64,
+    auth: AuthAs,
+) -> Categorized {
     let dir = &ctx.dir();
     let cfg = ctx.config();
     let view = cfg.routing(&ctx.active);
@@ -85,6 +93,14 @@ pub fn categorize(ctx: &ServerContext, recipients: Vec<QueuedRecipient>, size: u
                 // A group seen before in this message is a loop or a repeat: its members
                 // are already in the work list, so it is skipped, not expanded again.
                 if !expanded_groups.insert(g) {
+                    continue;
+                }
+                // The authoritative delivery restriction (Front End refuses at RCPT
+                // what it can see; a nested group is only seen here).
+                if let Err(reply) = permissions::check_group_sender(dir, g, auth) {
+                    r.state = RecipientState::Failed;
+                    r.last_error = Some(reply.one_line());
+                    out.failed.push((r, reply));
                     continue;
                 }
                 let group = dir.group(g);

@@ -225,7 +225,9 @@ pub fn build(
         }
     }
     // RFC 3461 §4.3: RET=HDRS returns headers only; Exchange returns the whole message
-    // on failures by default, headers on other reports.
+    // on failures by default, headers on other reports. A success notice never returns
+    // the content, whatever RET= asked: for an anonymous sender (who may have forged
+    // the return path) it would reflect a whole message to a third party.
     let full = kind == DsnKind::Failed && env.ret.as_deref() != Some("HDRS");
     let (ctype, original): (&str, &[u8]) = if full {
         ("message/rfc822", &original_content)
@@ -253,7 +255,7 @@ fn arrival_rfc2822(received_at: &str) -> String {
 }
 
 /// RFC 3461 §4: xtext `+XX` escapes.
-fn decode_xtext(s: &str) -> String {
+pub fn decode_xtext(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -296,6 +298,18 @@ impl DsnSubmitter {
         if msg.envelope.return_path.is_empty() {
             return;
         }
+        // ExternalDelayDSNEnabled / InternalDelayDSNEnabled (reference §6), by how the
+        // message entered the organisation.
+        if kind == DsnKind::Delayed {
+            let settings = &self.ctx.dir().org.transport;
+            let enabled = match message::AuthAs::of(&msg.content) {
+                message::AuthAs::Internal => settings.internal_delay_dsn_enabled,
+                message::AuthAs::Anonymous => settings.external_delay_dsn_enabled,
+            };
+            if !enabled {
+                return;
+            }
+        }
         let wanted: Vec<DsnRecipient> = recipients
             .into_iter()
             .filter(|(q, _)| kind.wanted_by(&q.notify))
@@ -307,9 +321,11 @@ impl DsnSubmitter {
         let ctx = &self.ctx;
         let (report, message_id) = build(ctx, kind, msg, &wanted);
         let network_message_id = uuid::Uuid::new_v4().simple().to_string();
+        // A report is the organisation's own message.
         let mut content = format!(
-            "{}: {network_message_id}\r\n",
-            crate::transport::receive::NETWORK_MESSAGE_ID_HEADER
+            "{}: {network_message_id}\r\n{}",
+            crate::transport::receive::NETWORK_MESSAGE_ID_HEADER,
+            message::AuthAs::Internal.header_line()
         )
         .into_bytes();
         content.extend_from_slice(&report);
