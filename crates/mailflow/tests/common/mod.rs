@@ -459,6 +459,12 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn connect(port: u16) -> Smtp {
+        Smtp::try_connect(port).unwrap_or_else(|greeting| panic!("greeting: {greeting}"))
+    }
+
+    /// Connects and reads the greeting; `Err` holds a greeting that is not `220`
+    /// (e.g. `421 4.3.2` from a connector at its connection limit).
+    pub fn try_connect(port: u16) -> Result<Smtp, String> {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
@@ -466,8 +472,11 @@ impl Smtp {
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut s = Smtp { reader, stream };
         let greeting = s.read_reply();
-        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
-        s
+        if greeting.starts_with("220 ") {
+            Ok(s)
+        } else {
+            Err(greeting)
+        }
     }
 
     /// Reads one reply (all lines), returns it with CRLFs.
