@@ -373,11 +373,19 @@ fn panicking_receive_sessions_release_their_connection_slots_and_acknowledge_not
         // Never acknowledged: the message was not made durable.
         assert!(!r.starts_with("250"), "message {i}: {r}");
     }
-    send_via(
-        server.ports.frontend,
-        &["bob@contoso.test"],
-        "after receive panics",
+    let mut c = wait_for(
+        "a free session slot on Default Frontend",
+        Duration::from_secs(10),
+        || Smtp::try_connect(server.ports.frontend).ok(),
     );
+    c.cmd("EHLO client.fabrikam.test");
+    let r = c.send(
+        "sender@fabrikam.test",
+        &["bob@contoso.test"],
+        &message("after receive panics", "delivered\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
     server.wait_inbox("bob@contoso.test", 1);
     assert_eq!(server.inbox_count("alice@contoso.test"), 0);
     let submission = server
