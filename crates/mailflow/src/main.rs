@@ -5,6 +5,8 @@ mod cli;
 mod context;
 mod directory;
 mod frontend;
+#[cfg(test)]
+mod fuzz;
 mod logs;
 mod mailbox;
 mod message;

@@ -89,10 +89,10 @@ fn eml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// A file turned into a submission, or why not.
 #[derive(Debug)]
-struct Accepted {
-    envelope_from: String,
-    recipients: Vec<String>,
-    content: Vec<u8>,
+pub(crate) struct Accepted {
+    pub(crate) envelope_from: String,
+    pub(crate) recipients: Vec<String>,
+    pub(crate) content: Vec<u8>,
 }
 
 async fn process(service: &TransportService, file: &Path, kind: Kind) {
@@ -235,7 +235,7 @@ fn check_shape(content: &[u8], max_size: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn pickup(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
+pub(crate) fn pickup(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     let content = crlf(raw);
     check_shape(&content, max_size)?;
     let head = &content[..message::header_len(&content)];
@@ -284,7 +284,7 @@ fn pickup(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     })
 }
 
-fn replay(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
+pub(crate) fn replay(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     let content = crlf(raw);
     check_shape(&content, max_size)?;
     // X-headers come first; they end at X-EndOfInjectedXHeaders or the first other field.

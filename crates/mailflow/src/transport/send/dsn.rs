@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use mailflow_smtp::xtext;
 use tokio::sync::mpsc;
 
 use crate::context::ServerContext;
@@ -196,7 +197,9 @@ pub fn build(
     text.push_str(&String::from_utf8_lossy(headers));
 
     let mut status = format!("Reporting-MTA: dns; {}\r\n", ctx.fqdn());
-    if let Some(envid) = &env.envid {
+    // Checked at MAIL; checked again because the queue also holds what Pickup and
+    // older versions wrote, and a report field must stay one printable line.
+    if let Some(envid) = env.envid.as_ref().filter(|e| xtext::check_envid(e).is_ok()) {
         status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
     }
     status.push_str(&format!(
@@ -205,11 +208,16 @@ pub fn build(
     ));
     for r in recipients {
         status.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.address));
-        if let Some(orcpt) = &r.orcpt {
-            let (kind_, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+        // RFC 3464 §2.3.1: the ORCPT decoded; one that does not decode is left out
+        // (the field is optional) rather than guessed at.
+        if let Some(orcpt) = r
+            .orcpt
+            .as_deref()
+            .and_then(|o| xtext::OriginalRecipient::parse(o).ok())
+        {
             status.push_str(&format!(
-                "Original-Recipient: {kind_}; {}\r\n",
-                decode_xtext(addr)
+                "Original-Recipient: {}\r\n",
+                orcpt.report_value()
             ));
         }
         status.push_str(&format!(
@@ -250,30 +258,6 @@ fn arrival_rfc2822(received_at: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(received_at)
         .map(|t| t.format("%a, %-d %b %Y %H:%M:%S +0000").to_string())
         .unwrap_or_else(|_| crate::net::rfc2822_now())
-}
-
-/// RFC 3461 §4: xtext `+XX` escapes.
-fn decode_xtext(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'+'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..(i + 3).min(s.len())], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    // Decoded text goes into report fields: no line breaks or controls may get in.
-    String::from_utf8_lossy(&out)
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect()
 }
 
 /// Submits reports into this Transport service like any other message.
@@ -403,6 +387,5 @@ mod tests {
             ..r
         };
         assert_eq!(r.status(DsnKind::Delayed), "4.4.7");
-        assert_eq!(decode_xtext("bob+2Bx@y.test"), "bob+x@y.test");
     }
 }
