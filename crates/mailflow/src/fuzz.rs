@@ -273,7 +273,14 @@ fn dsn_case() -> impl Strategy<Value = DsnCase> {
             DsnKind::Delivered,
             DsnKind::Relayed,
         ]),
-        (line_text(), ".{0,60}", prop::option::of(line_text()), prop::option::of(line_text()), line_text()),
+        (
+            // The return path is an address the session parsed.
+            "[a-z0-9.+é]{1,12}@[a-z0-9.]{1,12}",
+            ".{0,60}",
+            prop::option::of(line_text()),
+            prop::option::of(line_text()),
+            line_text(),
+        ),
         queued_content(),
         prop::collection::vec(recipient, 1..4),
     )
@@ -563,5 +570,10 @@ fn check_pickup(raw: Vec<u8>) -> Result<(), TestCaseError> {
 
 #[test]
 fn pickup_and_replay_files_are_accepted_or_refused_never_a_panic() {
+    // Found by this target: a bare CR was accepted, then refused at the next hop.
+    replay(
+        [b"To: b@contoso.test\nSender: s@x.test\r\n\rFrom: a@contoso.test\r\n\r\n".to_vec()],
+        check_pickup,
+    );
     fuzz("pickup", CASES, pickup_bytes(), check_pickup);
 }

@@ -201,16 +201,18 @@ fn rewrite(content: &[u8], default_domain_host: &str) -> Vec<u8> {
     out
 }
 
-/// Files written with bare LF are normalised to CRLF (the rest of the pipeline refuses
-/// bare newlines).
+/// Files written with bare LF (or bare CR) line ends are normalised to CRLF: the rest
+/// of the pipeline refuses bare newlines (SMTP smuggling), so a bare CR left in would
+/// make the message undeliverable at the next hop.
 fn crlf(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
     let mut prev = 0u8;
-    for &b in raw {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'\n' if prev != b'\r' => out.extend_from_slice(b"\r\n"),
+            b'\r' if raw.get(i + 1) != Some(&b'\n') => out.extend_from_slice(b"\r\n"),
+            _ => out.push(b),
         }
-        out.push(b);
         prev = b;
     }
     out
@@ -397,6 +399,15 @@ mod tests {
                 .unwrap_err()
                 .contains("blank line")
         );
+    }
+
+    #[test]
+    fn bare_cr_line_ends_are_normalised_like_bare_lf() {
+        // Found by the fuzzer: a bare CR was queued and refused at the next hop.
+        let ok = pickup(b"From: a@x.test\rTo: b@y.test\r\rbody\r\nend\r", 1 << 20).unwrap();
+        assert_eq!(ok.recipients, ["b@y.test"]);
+        assert!(!mailflow_smtp::data::has_bare_newline(&ok.content));
+        assert!(ok.content.ends_with(b"\r\n\r\nbody\r\nend\r\n"));
     }
 
     #[test]

@@ -164,14 +164,14 @@ pub fn build(
         ),
     }
     for r in recipients {
+        let address = one_line(&r.address);
         match kind {
             DsnKind::Failed | DsnKind::Delayed => text.push_str(&format!(
-                "{}\r\n{}\r\n\r\n",
-                r.address,
+                "{address}\r\n{}\r\n\r\n",
                 explain(&r.status(kind))
             )),
             DsnKind::Delivered | DsnKind::Relayed => {
-                text.push_str(&format!("{}\r\n\r\n", r.address))
+                text.push_str(&format!("{address}\r\n\r\n"))
             }
         }
     }
@@ -180,12 +180,13 @@ pub fn build(
         ctx.fqdn()
     ));
     for r in recipients {
+        let (address, diagnostic) = (one_line(&r.address), one_line(&r.diagnostic));
         match &r.remote_mta {
             Some(host) => text.push_str(&format!(
-                "{}\r\nRemote server {host} returned '{}'\r\n\r\n",
-                r.address, r.diagnostic
+                "{address}\r\nRemote server {} returned '{diagnostic}'\r\n\r\n",
+                one_line(host)
             )),
-            None => text.push_str(&format!("{}\r\n{}\r\n\r\n", r.address, r.diagnostic)),
+            None => text.push_str(&format!("{address}\r\n{diagnostic}\r\n\r\n")),
         }
     }
     // The organisation's private headers never leave in a returned copy either.
@@ -207,7 +208,10 @@ pub fn build(
         arrival_rfc2822(&env.received_at)
     ));
     for r in recipients {
-        status.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.address));
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: {}\r\n",
+            final_recipient(&r.address)
+        ));
         // RFC 3464 §2.3.1: the ORCPT decoded; one that does not decode is left out
         // (the field is optional) rather than guessed at.
         if let Some(orcpt) = r
@@ -226,10 +230,13 @@ pub fn build(
             r.status(kind)
         ));
         if let Some(host) = &r.remote_mta {
-            status.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
+            status.push_str(&format!("Remote-MTA: dns; {}\r\n", field_text(host)));
         }
         if !r.diagnostic.is_empty() {
-            status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", r.diagnostic));
+            status.push_str(&format!(
+                "Diagnostic-Code: smtp; {}\r\n",
+                field_text(&r.diagnostic)
+            ));
         }
     }
     // RFC 3461 §4.3: RET=HDRS returns headers only; Exchange returns the whole message
@@ -258,6 +265,42 @@ fn arrival_rfc2822(received_at: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(received_at)
         .map(|t| t.format("%a, %-d %b %Y %H:%M:%S +0000").to_string())
         .unwrap_or_else(|_| crate::net::rfc2822_now())
+}
+
+/// Text from outside (an address, a remote server's reply) as one line: a control
+/// character (a bare CR or LF above all) must not break the report's lines.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// [`one_line`] for a message/delivery-status field, which is 7-bit (RFC 3464 §2.1):
+/// non-ASCII characters become RFC 6533 `\x{HEX}` escapes.
+fn field_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in one_line(s).chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:X}}}", u32::from(c)));
+        }
+    }
+    out
+}
+
+/// `Final-Recipient:` (RFC 3464 §2.3.2): `rfc822;` for an ASCII address, RFC 6533
+/// `utf-8;` with escapes for an SMTPUTF8 one.
+fn final_recipient(address: &str) -> String {
+    if address.is_ascii() {
+        format!("rfc822; {}", one_line(address))
+    } else {
+        xtext::OriginalRecipient {
+            addr_type: "utf-8".into(),
+            address: one_line(address),
+        }
+        .report_value()
+    }
 }
 
 /// Submits reports into this Transport service like any other message.
