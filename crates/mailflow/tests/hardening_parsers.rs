@@ -42,11 +42,13 @@ fn an_orcpt_that_is_not_xtext_gets_501_at_rcpt_and_mail_flow_goes_on() {
             "{bad}: {r}"
         );
     }
-    let r = c.cmd("RSET");
-    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+    // A new session: four refusals are close to the limit of protocol errors.
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
     let r = c.cmd("MAIL FROM:<bob@contoso.test> ENVID=a=b");
     assert!(r.starts_with("501 5.5.4 Invalid ENVID parameter"), "{r}");
-    // The same session and the delivery queues carry on.
+    // The session and the delivery queues carry on.
     let r = c.send(
         "bob@contoso.test",
         &["alice@contoso.test"],
