@@ -395,6 +395,9 @@ impl Session {
                         line.pop();
                     }
                     if line.len() > self.config.max_command_line {
+                        // As when the line arrives in pieces (SkipLine): an AUTH exchange
+                        // ends, so the next line means the same however TCP cut the stream.
+                        self.phase = Phase::Command;
                         if let Some(ev) = self.error(line_too_long()) {
                             return Some(ev);
                         }
