@@ -103,7 +103,11 @@ pub fn replay<T: Debug>(
     for input in inputs {
         let shown = format!("{input:?}");
         if let Err(e) = test(input) {
-            panic!("regression input {} failed: {}", shorten(&shown), shorten(&e.to_string()));
+            panic!(
+                "regression input {} failed: {}",
+                shorten(&shown),
+                shorten(&e.to_string())
+            );
         }
     }
 }

@@ -468,19 +468,20 @@ mod tests {
             "RCPT TO:<a@b.test> ORCPT=rfc822;a=b",
             "RCPT TO:<a@b.test> ORCPT=rfc822;a+0Ab",
         ] {
-            assert_eq!(
-                parse_command(bad.as_bytes()),
-                Err(invalid_orcpt()),
-                "{bad}"
-            );
+            assert_eq!(parse_command(bad.as_bytes()), Err(invalid_orcpt()), "{bad}");
         }
-        for bad in ["MAIL FROM:<a@b.test> ENVID=a=b", "MAIL FROM:<a@b.test> ENVID=+4"] {
+        for bad in [
+            "MAIL FROM:<a@b.test> ENVID=a=b",
+            "MAIL FROM:<a@b.test> ENVID=+4",
+        ] {
             assert_eq!(parse_command(bad.as_bytes()), Err(invalid_envid()), "{bad}");
         }
         let long = format!("MAIL FROM:<a@b.test> ENVID={}", "x".repeat(101));
         assert_eq!(parse_command(long.as_bytes()), Err(invalid_envid()));
         assert!(parse_command(b"MAIL FROM:<a@b.test> ENVID=QQ+2B314").is_ok());
-        assert!(parse_command("RCPT TO:<a@b.test> ORCPT=utf-8;j\\x{F6}rg@b.test".as_bytes()).is_ok());
+        assert!(
+            parse_command("RCPT TO:<a@b.test> ORCPT=utf-8;j\\x{F6}rg@b.test".as_bytes()).is_ok()
+        );
     }
 
     #[test]

@@ -121,16 +121,16 @@ fn check_command(line: Vec<u8>) -> Result<(), TestCaseError> {
 fn check_address_round_trip(a: &Address) -> Result<(), TestCaseError> {
     let again = Address::parse(&a.to_string(), true);
     prop_assert_eq!(again.as_ref(), Ok(a), "{} does not re-parse", a);
-    prop_assert_eq!(
-        Address::parse(&a.key(), true).map(|k| k.key()),
-        Ok(a.key())
-    );
+    prop_assert_eq!(Address::parse(&a.key(), true).map(|k| k.key()), Ok(a.key()));
     Ok(())
 }
 
 #[test]
 fn parse_command_never_panics_and_what_it_accepts_is_consistent() {
-    replay(COMMAND_REGRESSIONS.iter().map(|l| l.to_vec()), check_command);
+    replay(
+        COMMAND_REGRESSIONS.iter().map(|l| l.to_vec()),
+        check_command,
+    );
     let line = prop_oneof![
         smtp_token().prop_map(|mut t| {
             while matches!(t.last(), Some(b'\r' | b'\n')) {
@@ -149,18 +149,13 @@ fn an_address_that_parses_redisplays_and_reparses_to_itself() {
         "[a-zA-Z0-9.!#+\"\\\\ é@-]{0,24}@[a-zA-Z0-9.é\\[\\]:-]{0,24}",
         ".{0,80}",
     ];
-    fuzz(
-        "address",
-        CASES,
-        (text, any::<bool>()),
-        |(text, utf8)| {
-            if let Ok(a) = Address::parse(&text, utf8) {
-                check_address_round_trip(&a)?;
-                prop_assert!(utf8 || text.is_ascii());
-            }
-            Ok(())
-        },
-    );
+    fuzz("address", CASES, (text, any::<bool>()), |(text, utf8)| {
+        if let Ok(a) = Address::parse(&text, utf8) {
+            check_address_round_trip(&a)?;
+            prop_assert!(utf8 || text.is_ascii());
+        }
+        Ok(())
+    });
 }
 
 #[test]
@@ -329,9 +324,7 @@ fn run_session(fragments: &[&[u8]]) -> Transcript {
             let ok = |code, e: (u8, u16, u16)| Reply::new(code, Enhanced(e.0, e.1, e.2), "ok");
             match ev {
                 Event::Mail { .. } => s.respond(ok(250, (2, 1, 0))),
-                Event::Rcpt { to, .. } if to.local == "nobody" => {
-                    s.respond(ok(550, (5, 1, 1)))
-                }
+                Event::Rcpt { to, .. } if to.local == "nobody" => s.respond(ok(550, (5, 1, 1))),
                 Event::Rcpt { .. } => s.respond(ok(250, (2, 1, 5))),
                 Event::DataStart => s.respond(Reply::plain(354, "go")),
                 Event::DataEnd => s.respond(ok(250, (2, 6, 0))),
@@ -386,7 +379,11 @@ fn check_session((input, cuts): (Vec<u8>, Vec<usize>)) -> Result<(), TestCaseErr
             );
             // Every reply line is `ddd` + space or dash, and CRLF-terminated.
             for line in whole.output.split_inclusive(|&b| b == b'\n') {
-                prop_assert!(line.ends_with(b"\r\n"), "{:?}", String::from_utf8_lossy(line));
+                prop_assert!(
+                    line.ends_with(b"\r\n"),
+                    "{:?}",
+                    String::from_utf8_lossy(line)
+                );
                 prop_assert!(line.len() >= 5 && line[..3].iter().all(u8::is_ascii_digit));
                 prop_assert!(matches!(line[3], b' ' | b'-' | b'\r'));
             }

@@ -87,7 +87,10 @@ fn leaf() -> impl Strategy<Value = Vec<u8>> {
             // Without the blank line the body would continue the field before it (the
             // leaf's or its parent's), and a trace or identifier field keeps its 8-bit
             // bytes by design.
-            if blank || !headers.is_empty() || body.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            if blank
+                || !headers.is_empty()
+                || body.first().is_some_and(|&b| b == b' ' || b == b'\t')
+            {
                 out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(&body);
@@ -130,10 +133,8 @@ fn mime_entity() -> impl Strategy<Value = Vec<u8>> {
             prop::collection::vec(body_piece(), 0..2),
         )
             .prop_map(|(sub, boundary, headers, parts, glitch, around)| {
-                let mut m = format!(
-                    "Content-Type: multipart/{sub}; boundary=\"{boundary}\"\r\n"
-                )
-                .into_bytes();
+                let mut m = format!("Content-Type: multipart/{sub}; boundary=\"{boundary}\"\r\n")
+                    .into_bytes();
                 m.extend_from_slice(&headers.concat());
                 m.extend_from_slice(b"\r\n");
                 m.extend_from_slice(&around.concat());
@@ -190,12 +191,14 @@ fn check_downgrade(content: Vec<u8>) -> Result<(), TestCaseError> {
 
 #[test]
 fn the_7bit_downgrade_of_any_mime_is_7bit_and_never_panics() {
-    replay(DOWNGRADE_REGRESSIONS.iter().map(|m| m.to_vec()), check_downgrade);
-    let message = (
-        prop::collection::vec(leaf_header(), 0..3),
-        mime_entity(),
-    )
-        .prop_map(|(top, entity)| [top.concat(), b"MIME-Version: 1.0\r\n".to_vec(), entity].concat());
+    replay(
+        DOWNGRADE_REGRESSIONS.iter().map(|m| m.to_vec()),
+        check_downgrade,
+    );
+    let message =
+        (prop::collection::vec(leaf_header(), 0..3), mime_entity()).prop_map(|(top, entity)| {
+            [top.concat(), b"MIME-Version: 1.0\r\n".to_vec(), entity].concat()
+        });
     fuzz(
         "downgrade",
         CASES,
@@ -232,11 +235,10 @@ fn test_context(dir: &std::path::Path) -> Arc<crate::context::ServerContext> {
     let directory = crate::directory::Directory::parse(&text, "builtin", dir.to_path_buf())
         .expect("the built-in organisation is valid");
     let server = directory.server("MBX1").expect("MBX1").clone();
-    let secret = crate::net::orgauth::OrgSecret::load(&dir.join("secret.key"), true)
-        .expect("secret");
+    let secret =
+        crate::net::orgauth::OrgSecret::load(&dir.join("secret.key"), true).expect("secret");
     Arc::new(
-        crate::context::ServerContext::new(Arc::new(directory), server, secret)
-            .expect("context"),
+        crate::context::ServerContext::new(Arc::new(directory), server, secret).expect("context"),
     )
 }
 
@@ -257,7 +259,10 @@ fn line_text() -> impl Strategy<Value = String> {
 /// Content as the queue holds it: CRLF lines, no bare CR or LF.
 fn queued_content() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(
-        prop::collection::vec(any::<u8>().prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'), 0..40),
+        prop::collection::vec(
+            any::<u8>().prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'),
+            0..40,
+        ),
         0..12,
     )
     .prop_map(|lines| lines.join(&b"\r\n"[..]))
@@ -272,7 +277,12 @@ struct DsnCase {
 }
 
 fn dsn_case() -> impl Strategy<Value = DsnCase> {
-    let recipient = (line_text(), orcpt_text(), line_text(), prop::option::of(line_text()))
+    let recipient = (
+        line_text(),
+        orcpt_text(),
+        line_text(),
+        prop::option::of(line_text()),
+    )
         .prop_map(|(address, orcpt, diagnostic, remote_mta)| DsnRecipient {
             address,
             orcpt,
@@ -297,21 +307,23 @@ fn dsn_case() -> impl Strategy<Value = DsnCase> {
         queued_content(),
         prop::collection::vec(recipient, 1..4),
     )
-        .prop_map(|(kind, (return_path, subject, envid, ret, received_at), content, recipients)| {
-            DsnCase {
-                kind,
-                envelope: Envelope {
-                    return_path,
-                    subject,
-                    envid,
-                    ret,
-                    received_at,
-                    ..Default::default()
-                },
-                content,
-                recipients,
-            }
-        })
+        .prop_map(
+            |(kind, (return_path, subject, envid, ret, received_at), content, recipients)| {
+                DsnCase {
+                    kind,
+                    envelope: Envelope {
+                        return_path,
+                        subject,
+                        envid,
+                        ret,
+                        received_at,
+                        ..Default::default()
+                    },
+                    content,
+                    recipients,
+                }
+            },
+        )
 }
 
 fn check_dsn(ctx: &crate::context::ServerContext, case: DsnCase) -> Result<(), TestCaseError> {
@@ -337,7 +349,11 @@ fn check_dsn(ctx: &crate::context::ServerContext, case: DsnCase) -> Result<(), T
         );
     }
     for r in &case.recipients {
-        if let Some(o) = r.orcpt.as_deref().and_then(|o| OriginalRecipient::parse(o).ok()) {
+        if let Some(o) = r
+            .orcpt
+            .as_deref()
+            .and_then(|o| OriginalRecipient::parse(o).ok())
+        {
             let field = format!("Original-Recipient: {}\r\n", o.report_value());
             prop_assert!(status.contains(&field), "{field:?} missing from {status:?}");
         }
@@ -417,7 +433,10 @@ fn check_headers(content: Vec<u8>) -> Result<(), TestCaseError> {
                 .is_some_and(|h| h.eq_ignore_ascii_case(PREFIX.as_bytes()))),
             "a prefixed field survived"
         );
-        if content.get(..head).is_some_and(|h| h.ends_with(b"\r\n\r\n")) {
+        if content
+            .get(..head)
+            .is_some_and(|h| h.ends_with(b"\r\n\r\n"))
+        {
             prop_assert!(out.ends_with(&content[head..]), "the body changed");
         }
     }

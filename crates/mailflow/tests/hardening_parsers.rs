@@ -189,7 +189,10 @@ Content-Transfer-Encoding: 8bit\r\n\
         String::from_utf8_lossy(m)
     );
     let text = String::from_utf8_lossy(m);
-    assert!(text.contains("\r\n\r\n--b\r\n--b\r\nContent-Type: text/plain"), "{text}");
+    assert!(
+        text.contains("\r\n\r\n--b\r\n--b\r\nContent-Type: text/plain"),
+        "{text}"
+    );
     assert!(
         text.contains("Content-Transfer-Encoding: quoted-printable"),
         "{text}"

@@ -170,9 +170,7 @@ pub fn build(
                 "{address}\r\n{}\r\n\r\n",
                 explain(&r.status(kind))
             )),
-            DsnKind::Delivered | DsnKind::Relayed => {
-                text.push_str(&format!("{address}\r\n\r\n"))
-            }
+            DsnKind::Delivered | DsnKind::Relayed => text.push_str(&format!("{address}\r\n\r\n")),
         }
     }
     text.push_str(&format!(
@@ -219,10 +217,7 @@ pub fn build(
             .as_deref()
             .and_then(|o| xtext::OriginalRecipient::parse(o).ok())
         {
-            status.push_str(&format!(
-                "Original-Recipient: {}\r\n",
-                orcpt.report_value()
-            ));
+            status.push_str(&format!("Original-Recipient: {}\r\n", orcpt.report_value()));
         }
         status.push_str(&format!(
             "Action: {}\r\nStatus: {}\r\n",

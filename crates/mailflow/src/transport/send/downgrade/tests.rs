@@ -329,7 +329,10 @@ fn two_delimiter_lines_in_a_row_make_an_empty_part_not_a_panic() {
     let out = to_7bit(m, true);
     assert_7bit(&out);
     let t = text(&out);
-    assert!(t.contains("\r\n\r\n--b\r\n--b\r\nContent-Type: text/plain"), "{t}");
+    assert!(
+        t.contains("\r\n\r\n--b\r\n--b\r\nContent-Type: text/plain"),
+        "{t}"
+    );
     assert!(t.ends_with("\r\n--b\r\n--b--\r\n--b\r\n"), "{t}");
     let parsed = parse(&out);
     assert!(
