@@ -7,9 +7,10 @@
 //! parsed, so nothing downstream meets a value it cannot decode. Decoding works on
 //! bytes and never slices a string, so no input can make it panic.
 
-/// RFC 3461 §4.2: an ORCPT value is at most 500 characters.
+/// RFC 3461 lets NOTIFY and ORCPT lengthen a RCPT line by at most 500 characters, so
+/// no longer ORCPT is valid.
 pub const MAX_ORCPT: usize = 500;
-/// RFC 3461 §4.4: an ENVID value is at most 100 characters.
+/// RFC 3461 §4.4: an ENVID is at most 100 characters.
 pub const MAX_ENVID: usize = 100;
 
 /// Why an xtext value was refused.
