@@ -208,3 +208,43 @@ Content-Transfer-Encoding: 8bit\r\n\
         "the text part does not decode to the original: {text}"
     );
 }
+
+#[test]
+fn an_overlong_line_during_auth_ends_the_exchange_so_the_next_line_is_a_command() {
+    let server = Server::start();
+    // The Transport port offers AUTH PLAIN to loopback clients without TLS.
+    let mut c = Smtp::connect(server.ports.transport);
+    let r = c.cmd("EHLO client.contoso.test");
+    assert!(r.contains("AUTH PLAIN"), "{r}");
+    // Found by the session fuzz target: whole, the overlong line left the session
+    // waiting for the AUTH response, so NOOP was taken for one; in pieces it did not.
+    let long = "a".repeat(2100);
+    c.send_raw(format!("AUTH PLAIN\r\n{long}\r\nNOOP\r\n").as_bytes());
+    let r = c.read_reply();
+    assert!(r.starts_with("334"), "{r}");
+    let r = c.read_reply();
+    assert!(r.starts_with("500 5.5.2 Line too long"), "{r}");
+    let r = c.read_reply();
+    assert!(r.starts_with("250"), "NOOP after the overlong line: {r}");
+    c.cmd("QUIT");
+}
+
+#[test]
+fn a_pickup_file_with_bare_cr_line_ends_is_delivered() {
+    let server = Server::start();
+    // Found by the Pickup fuzz target: bare LF was normalised, bare CR was queued as is
+    // and refused at the next hop (550 bare newline), so the message bounced.
+    let pickup = server.data_dir().join("Pickup");
+    wait_for("the Pickup folder", Duration::from_secs(20), || {
+        pickup.is_dir().then_some(())
+    });
+    std::fs::write(
+        pickup.join("cr.eml.tmp-write"),
+        b"From: bob@contoso.test\rTo: alice@contoso.test\rSubject: old Mac line ends\r\rhello\rworld\r",
+    )
+    .unwrap();
+    std::fs::rename(pickup.join("cr.eml.tmp-write"), pickup.join("cr.eml")).unwrap();
+    let got = inbox_texts(&server, "alice@contoso.test", 1);
+    assert!(got[0].contains("\r\n\r\nhello\r\nworld\r\n"), "{}", got[0]);
+    assert_eq!(server.inbox_count("bob@contoso.test"), 0, "no NDR to bob");
+}
