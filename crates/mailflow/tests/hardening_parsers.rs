@@ -248,3 +248,29 @@ fn a_pickup_file_with_bare_cr_line_ends_is_delivered() {
     assert!(got[0].contains("\r\n\r\nhello\r\nworld\r\n"), "{}", got[0]);
     assert_eq!(server.inbox_count("bob@contoso.test"), 0, "no NDR to bob");
 }
+
+#[test]
+fn a_replay_file_whose_x_headers_a_non_field_line_interrupts_is_badmail() {
+    let server = Server::start();
+    // Found by the Pickup fuzz target: Replay skipped the X-headers by adding up the
+    // lengths of the fields it recognised, so a line that is no field among them made
+    // the message start inside a line, with a bare LF that the next hop refuses.
+    let replay = server.data_dir().join("Replay");
+    wait_for("the Replay folder", Duration::from_secs(20), || {
+        replay.is_dir().then_some(())
+    });
+    let mut file = b"X-Sender: <bob@contoso.test>\r\n\x0e\x80 not a field\n".to_vec();
+    file.extend_from_slice(
+        b"X-Receiver: <alice@contoso.test>\r\nSubject: replayed\r\n\r\nbody\r\n",
+    );
+    std::fs::write(replay.join("x.eml.tmp-write"), &file).unwrap();
+    std::fs::rename(replay.join("x.eml.tmp-write"), replay.join("x.eml")).unwrap();
+    wait_for("x.bad in Replay", Duration::from_secs(30), || {
+        replay.join("x.bad").exists().then_some(())
+    });
+    assert!(
+        server.log().contains("no valid X-Receiver header"),
+        "{}",
+        server.log()
+    );
+}

@@ -294,7 +294,11 @@ pub(crate) fn replay(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     let mut recipients = Vec::new();
     let mut consumed = 0;
     for (name, raw_field) in message::fields(&content) {
-        if !name.to_ascii_lowercase().starts_with("x-") {
+        // `fields` skips lines that are not fields; such a line ends the X-headers
+        // too, or the rest would start inside it (a CRLF cut in two, found by the
+        // fuzzer). A field's offset is where its bytes sit in `content`.
+        let at = (raw_field.as_ptr() as usize).wrapping_sub(content.as_ptr() as usize);
+        if at != consumed || !name.to_ascii_lowercase().starts_with("x-") {
             break;
         }
         consumed += raw_field.len();
@@ -331,7 +335,7 @@ pub(crate) fn replay(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     {
         return Err("no valid X-Receiver header".into());
     }
-    let rest = &content[consumed..];
+    let rest = content.get(consumed..).unwrap_or_default();
     let host = envelope_from
         .rsplit('@')
         .next()
@@ -420,6 +424,19 @@ mod tests {
             replay(b"From: a@x.test\nTo: b@y.test\n\nbody\n", 1 << 20)
                 .unwrap_err()
                 .contains("X-Sender")
+        );
+        // A line that is no header field ends the X-headers (found by the fuzzer: the
+        // rest of the message began inside that line).
+        let r = replay(
+            b"X-Sender: <a@x.test>\nX-Receiver: <m@y.test>\n\x80garbage\nX-Receiver: <n@y.test>\n\nbody\n",
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(r.recipients, ["m@y.test"]);
+        assert!(!mailflow_smtp::data::has_bare_newline(&r.content));
+        assert!(
+            r.content
+                .ends_with(b"\r\n\x80garbage\r\nX-Receiver: <n@y.test>\r\n\r\nbody\r\n")
         );
     }
 }
