@@ -368,7 +368,18 @@ impl Session {
                     self.pending = Some(Pending::DataEnd);
                     return Some(Event::DataEnd);
                 }
-                Phase::Bdat { .. } => return self.bdat_step(),
+                Phase::Bdat { .. } => {
+                    let event = self.bdat_step();
+                    // A chunk that is complete with input behind it (the next command,
+                    // pipelined, RFC 3030 §4.2): go on with it. Waiting for more bytes
+                    // would stall a client that sends nothing before its replies.
+                    if event.is_some()
+                        || self.pending.is_some()
+                        || matches!(self.phase, Phase::Bdat { .. })
+                    {
+                        return event;
+                    }
+                }
                 Phase::SkipLine => {
                     let Some(nl) = self.input.iter().position(|&b| b == b'\n') else {
                         self.input.clear();

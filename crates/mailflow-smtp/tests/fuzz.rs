@@ -345,10 +345,21 @@ fn run_session(fragments: &[&[u8]]) -> Transcript {
 
 /// Found by this target: an overlong line in the middle of AUTH ended the exchange
 /// when it arrived in pieces, but not when it arrived whole, so the next line was a
-/// command or an AUTH response depending on how TCP cut the stream.
+/// command or an AUTH response depending on how TCP cut the stream. And a command
+/// pipelined behind a BDAT chunk that was not the last waited for more input.
 fn session_regressions() -> Vec<(Vec<u8>, Vec<usize>)> {
     let long = "a".repeat(2100);
     vec![
+        (
+            b"EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<Postmaster>\r\nBDAT 5\r\nHELO x\r\n"
+                .to_vec(),
+            vec![75],
+        ),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nBDAT 5\r\nhelloBDAT 3 LAST\r\nabcQUIT\r\n"
+                .to_vec(),
+            vec![66],
+        ),
         (
             format!("AUTH PLAIN\r\n{long}\r\nNOOP\r\n").into_bytes(),
             vec![2080],

@@ -274,3 +274,30 @@ fn a_replay_file_whose_x_headers_a_non_field_line_interrupts_is_badmail() {
         server.log()
     );
 }
+
+#[test]
+fn a_command_pipelined_behind_a_bdat_chunk_is_answered_at_once() {
+    let server = Server::start();
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    // Found by the session fuzz target: after a BDAT chunk that was not the last, the
+    // session waited for more input before reading what was already behind it, so a
+    // client that pipelines (RFC 2920, RFC 3030) waited until the timeout.
+    let content = message("bdat pipelined", "in two chunks\r\n");
+    let (first, last) = content.split_at(20);
+    c.send_raw(
+        format!(
+            "MAIL FROM:<sender@fabrikam.test>\r\nRCPT TO:<alice@contoso.test>\r\nBDAT {}\r\n{first}BDAT {} LAST\r\n{last}",
+            first.len(),
+            last.len()
+        )
+        .as_bytes(),
+    );
+    for what in ["MAIL", "RCPT", "first chunk", "last chunk"] {
+        let r = c.read_reply();
+        assert!(r.starts_with("250"), "{what}: {r:?}");
+    }
+    c.cmd("QUIT");
+    let got = inbox_texts(&server, "alice@contoso.test", 1);
+    assert!(got[0].contains("\r\n\r\nin two chunks\r\n"), "{}", got[0]);
+}
