@@ -130,7 +130,7 @@ pub struct MailParams {
     pub smtputf8: bool,
     pub ret: Option<Ret>,
     pub envid: Option<String>,
-    /// `AUTH=` (RFC 4954 §5), kept verbatim.
+    /// `AUTH=` (RFC 4954 §5), kept verbatim: `<>` or xtext (checked).
     pub auth: Option<String>,
 }
 
@@ -293,6 +293,11 @@ pub fn invalid_envid() -> Reply {
     Reply::new(501, Enhanced(5, 5, 4), "Invalid ENVID parameter")
 }
 
+/// RFC 4954 §5: an `AUTH=` value that is neither `<>` nor xtext.
+pub fn invalid_auth() -> Reply {
+    Reply::new(501, Enhanced(5, 5, 4), "Invalid AUTH parameter")
+}
+
 fn unsupported(key: &str) -> Reply {
     Reply::new(
         555,
@@ -329,7 +334,13 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
                 xtext::check_envid(v).map_err(|_| invalid_envid())?;
                 p.envid = Some(v.to_string());
             }
-            ("AUTH", Some(v)) => p.auth = Some(v.to_string()),
+            ("AUTH", Some(v)) => {
+                // RFC 4954 §5: `<>` or an xtext mailbox; Postfix refuses the rest too.
+                if v != "<>" {
+                    xtext::decode_xtext(v).map_err(|_| invalid_auth())?;
+                }
+                p.auth = Some(v.to_string());
+            }
             _ => return Err(unsupported(&key)),
         }
     }
@@ -479,6 +490,12 @@ mod tests {
         let long = format!("MAIL FROM:<a@b.test> ENVID={}", "x".repeat(101));
         assert_eq!(parse_command(long.as_bytes()), Err(invalid_envid()));
         assert!(parse_command(b"MAIL FROM:<a@b.test> ENVID=QQ+2B314").is_ok());
+        assert_eq!(
+            parse_command("MAIL FROM:<a@b.test> AUTH=+A\u{e9}".as_bytes()),
+            Err(invalid_auth())
+        );
+        assert!(parse_command(b"MAIL FROM:<a@b.test> AUTH=<>").is_ok());
+        assert!(parse_command(b"MAIL FROM:<a@b.test> AUTH=a+2Bb@b.test").is_ok());
         assert!(
             parse_command("RCPT TO:<a@b.test> ORCPT=utf-8;j\\x{F6}rg@b.test".as_bytes()).is_ok()
         );

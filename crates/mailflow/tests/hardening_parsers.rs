@@ -48,6 +48,9 @@ fn an_orcpt_that_is_not_xtext_gets_501_at_rcpt_and_mail_flow_goes_on() {
     c.cmd("EHLO client.fabrikam.test");
     let r = c.cmd("MAIL FROM:<bob@contoso.test> ENVID=a=b");
     assert!(r.starts_with("501 5.5.4 Invalid ENVID parameter"), "{r}");
+    // AUTH= is xtext too (RFC 4954 §5), decoded by the Transport behind a Front End.
+    let r = c.cmd("MAIL FROM:<bob@contoso.test> AUTH=+A\u{e9}");
+    assert!(r.starts_with("501 5.5.4 Invalid AUTH parameter"), "{r}");
     // The session and the delivery queues carry on.
     let r = c.send(
         "bob@contoso.test",
