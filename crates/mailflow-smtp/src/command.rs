@@ -5,6 +5,7 @@
 //! `FROM:`).
 
 use crate::reply::{Enhanced, Reply};
+use crate::xtext;
 
 /// A mailbox address as `local@domain`, or the special `postmaster` (RFC 5321 §4.1.1.3).
 /// The local part keeps its case (RFC 5321 §2.4); compare with [`Address::key`].
@@ -129,7 +130,7 @@ pub struct MailParams {
     pub smtputf8: bool,
     pub ret: Option<Ret>,
     pub envid: Option<String>,
-    /// `AUTH=` (RFC 4954 §5), kept verbatim.
+    /// `AUTH=` (RFC 4954 §5), kept verbatim: `<>` or xtext (checked).
     pub auth: Option<String>,
 }
 
@@ -138,7 +139,8 @@ pub struct MailParams {
 pub struct RcptParams {
     /// `NOTIFY=` values upper-cased, e.g. `["SUCCESS", "FAILURE"]` or `["NEVER"]`.
     pub notify: Vec<String>,
-    /// `ORCPT=` kept verbatim (`rfc822;addr` in xtext).
+    /// `ORCPT=` kept verbatim (`rfc822;addr` in xtext), checked by
+    /// [`xtext::OriginalRecipient::parse`] so that it always decodes.
     pub orcpt: Option<String>,
 }
 
@@ -281,6 +283,21 @@ fn address_error(e: AddressError) -> Reply {
     }
 }
 
+/// RFC 3461 §4.2 / RFC 6533 §3: ORCPT that is not `addr-type;xtext`.
+pub fn invalid_orcpt() -> Reply {
+    Reply::new(501, Enhanced(5, 5, 4), "Invalid ORCPT parameter")
+}
+
+/// RFC 3461 §4.4: ENVID that is not xtext of at most 100 characters.
+pub fn invalid_envid() -> Reply {
+    Reply::new(501, Enhanced(5, 5, 4), "Invalid ENVID parameter")
+}
+
+/// RFC 4954 §5: an `AUTH=` value that is neither `<>` nor xtext.
+pub fn invalid_auth() -> Reply {
+    Reply::new(501, Enhanced(5, 5, 4), "Invalid AUTH parameter")
+}
+
 fn unsupported(key: &str) -> Reply {
     Reply::new(
         555,
@@ -313,8 +330,17 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
                     _ => return Err(syntax("Syntax error in RET")),
                 })
             }
-            ("ENVID", Some(v)) if v.len() <= 100 => p.envid = Some(v.to_string()),
-            ("AUTH", Some(v)) => p.auth = Some(v.to_string()),
+            ("ENVID", Some(v)) => {
+                xtext::check_envid(v).map_err(|_| invalid_envid())?;
+                p.envid = Some(v.to_string());
+            }
+            ("AUTH", Some(v)) => {
+                // RFC 4954 §5: `<>` or an xtext mailbox; Postfix refuses the rest too.
+                if v != "<>" {
+                    xtext::decode_xtext(v).map_err(|_| invalid_auth())?;
+                }
+                p.auth = Some(v.to_string());
+            }
             _ => return Err(unsupported(&key)),
         }
     }
@@ -341,7 +367,11 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
                 }
                 p.notify = list;
             }
-            ("ORCPT", Some(v)) => p.orcpt = Some(v.to_string()),
+            ("ORCPT", Some(v)) => {
+                // Raw UTF-8 (RFC 6533 unitext) is checked against SMTPUTF8 by the session.
+                xtext::OriginalRecipient::parse(v).map_err(|_| invalid_orcpt())?;
+                p.orcpt = Some(v.to_string());
+            }
             _ => return Err(unsupported(&key)),
         }
     }
@@ -438,6 +468,36 @@ mod tests {
         assert_eq!(
             parse_command(b"RCPT TO:<\"john doe\"@x.test>").map(|_| ()),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn orcpt_and_envid_must_be_xtext() {
+        for bad in [
+            "RCPT TO:<alice@contoso.test> NOTIFY=SUCCESS ORCPT=rfc822;+A\u{e9}",
+            "RCPT TO:<a@b.test> ORCPT=bob@x.test",
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a=b",
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a+0Ab",
+        ] {
+            assert_eq!(parse_command(bad.as_bytes()), Err(invalid_orcpt()), "{bad}");
+        }
+        for bad in [
+            "MAIL FROM:<a@b.test> ENVID=a=b",
+            "MAIL FROM:<a@b.test> ENVID=+4",
+        ] {
+            assert_eq!(parse_command(bad.as_bytes()), Err(invalid_envid()), "{bad}");
+        }
+        let long = format!("MAIL FROM:<a@b.test> ENVID={}", "x".repeat(101));
+        assert_eq!(parse_command(long.as_bytes()), Err(invalid_envid()));
+        assert!(parse_command(b"MAIL FROM:<a@b.test> ENVID=QQ+2B314").is_ok());
+        assert_eq!(
+            parse_command("MAIL FROM:<a@b.test> AUTH=+A\u{e9}".as_bytes()),
+            Err(invalid_auth())
+        );
+        assert!(parse_command(b"MAIL FROM:<a@b.test> AUTH=<>").is_ok());
+        assert!(parse_command(b"MAIL FROM:<a@b.test> AUTH=a+2Bb@b.test").is_ok());
+        assert!(
+            parse_command("RCPT TO:<a@b.test> ORCPT=utf-8;j\\x{F6}rg@b.test".as_bytes()).is_ok()
         );
     }
 

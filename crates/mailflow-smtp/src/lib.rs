@@ -6,6 +6,7 @@ pub mod command;
 pub mod data;
 pub mod reply;
 pub mod session;
+pub mod xtext;
 
 pub use command::{Address, Body, Command, MailParams, RcptParams, Ret};
 pub use reply::{Enhanced, Reply, parse_reply};

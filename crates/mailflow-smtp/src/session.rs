@@ -410,6 +410,9 @@ impl Session {
                         line.pop();
                     }
                     if line.len() > self.config.max_command_line {
+                        // As when the line arrives in pieces (SkipLine): an AUTH exchange
+                        // ends, so the next line means the same however TCP cut the stream.
+                        self.phase = Phase::Command;
                         if let Some(ev) = self.error(line_too_long()) {
                             return Some(ev);
                         }
@@ -580,6 +583,10 @@ impl Session {
         if !self.tx.smtputf8 && !ascii {
             self.send(r(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
             return None;
+        }
+        // RFC 6533 §3: an ORCPT in raw UTF-8 (utf-8-addr-unitext) needs SMTPUTF8.
+        if !self.tx.smtputf8 && params.orcpt.as_deref().is_some_and(|o| !o.is_ascii()) {
+            return self.error(crate::command::invalid_orcpt());
         }
         if self.tx.recipients >= self.config.max_recipients {
             // RFC 5321 §4.5.3.1.10: 452 so the client sends the rest later.

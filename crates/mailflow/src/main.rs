@@ -6,6 +6,8 @@ mod context;
 mod directory;
 mod files;
 mod frontend;
+#[cfg(test)]
+mod fuzz;
 mod logs;
 mod mailbox;
 mod message;

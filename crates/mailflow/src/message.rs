@@ -169,8 +169,12 @@ pub fn count(content: &[u8], name: &str) -> usize {
 /// The content without the header fields whose names start with `prefix`
 /// (case-insensitive), e.g. the header firewall's `X-MS-Exchange-Organization-`.
 pub fn strip_prefixed(content: &[u8], prefix: &str) -> Option<Vec<u8>> {
+    // On bytes: a name from outside may have a UTF-8 character where the prefix ends,
+    // and slicing the `str` there would panic.
     strip_fields(content, |n| {
-        n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix)
+        n.as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
     })
 }
 
@@ -278,5 +282,16 @@ mod tests {
         let sent = b"From: Alice <alice@x.test>\r\nSender: Bob <bob@x.test>\r\n\r\n";
         assert_eq!(sender_address(sent), "bob@x.test");
         assert_eq!(subject(sent), "");
+    }
+
+    #[test]
+    fn a_utf8_character_where_the_prefix_ends_is_not_a_panic() {
+        // Once a crash: 'é' spans bytes 26-27 and the prefix is 27 bytes long.
+        let m = "X-MS-Exchange-Organization\u{e9}: x\r\nX-MS-Exchange-Organization-A: y\r\n\r\nb";
+        let stripped = strip_prefixed(m.as_bytes(), "X-MS-Exchange-Organization-").unwrap();
+        assert_eq!(
+            stripped,
+            "X-MS-Exchange-Organization\u{e9}: x\r\n\r\nb".as_bytes()
+        );
     }
 }

@@ -89,10 +89,10 @@ fn eml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// A file turned into a submission, or why not.
 #[derive(Debug)]
-struct Accepted {
-    envelope_from: String,
-    recipients: Vec<String>,
-    content: Vec<u8>,
+pub(crate) struct Accepted {
+    pub(crate) envelope_from: String,
+    pub(crate) recipients: Vec<String>,
+    pub(crate) content: Vec<u8>,
 }
 
 async fn process(service: &TransportService, file: &Path, kind: Kind) {
@@ -252,16 +252,18 @@ fn rewrite(content: &[u8], default_domain_host: &str) -> Vec<u8> {
     out
 }
 
-/// Files written with bare LF are normalised to CRLF (the rest of the pipeline refuses
-/// bare newlines).
+/// Files written with bare LF (or bare CR) line ends are normalised to CRLF: the rest
+/// of the pipeline refuses bare newlines (SMTP smuggling), so a bare CR left in would
+/// make the message undeliverable at the next hop.
 fn crlf(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
     let mut prev = 0u8;
-    for &b in raw {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'\n' if prev != b'\r' => out.extend_from_slice(b"\r\n"),
+            b'\r' if raw.get(i + 1) != Some(&b'\n') => out.extend_from_slice(b"\r\n"),
+            _ => out.push(b),
         }
-        out.push(b);
         prev = b;
     }
     out
@@ -290,7 +292,7 @@ fn check_shape(content: &[u8], max_size: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn pickup(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
+pub(crate) fn pickup(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     let content = crlf(raw);
     check_shape(&content, max_size)?;
     let head = &content[..message::header_len(&content)];
@@ -339,7 +341,7 @@ fn pickup(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     })
 }
 
-fn replay(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
+pub(crate) fn replay(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     let content = crlf(raw);
     check_shape(&content, max_size)?;
     // X-headers come first; they end at X-EndOfInjectedXHeaders or the first other field.
@@ -347,7 +349,11 @@ fn replay(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     let mut recipients = Vec::new();
     let mut consumed = 0;
     for (name, raw_field) in message::fields(&content) {
-        if !name.to_ascii_lowercase().starts_with("x-") {
+        // `fields` skips lines that are not fields; such a line ends the X-headers
+        // too, or the rest would start inside it (a CRLF cut in two, found by the
+        // fuzzer). A field's offset is where its bytes sit in `content`.
+        let at = (raw_field.as_ptr() as usize).wrapping_sub(content.as_ptr() as usize);
+        if at != consumed || !name.to_ascii_lowercase().starts_with("x-") {
             break;
         }
         consumed += raw_field.len();
@@ -384,7 +390,7 @@ fn replay(raw: &[u8], max_size: u64) -> Result<Accepted, String> {
     {
         return Err("no valid X-Receiver header".into());
     }
-    let rest = &content[consumed..];
+    let rest = content.get(consumed..).unwrap_or_default();
     let host = envelope_from
         .rsplit('@')
         .next()
@@ -460,6 +466,15 @@ mod tests {
     }
 
     #[test]
+    fn bare_cr_line_ends_are_normalised_like_bare_lf() {
+        // Found by the fuzzer: a bare CR was queued and refused at the next hop.
+        let ok = pickup(b"From: a@x.test\rTo: b@y.test\r\rbody\r\nend\r", 1 << 20).unwrap();
+        assert_eq!(ok.recipients, ["b@y.test"]);
+        assert!(!mailflow_smtp::data::has_bare_newline(&ok.content));
+        assert!(ok.content.ends_with(b"\r\n\r\nbody\r\nend\r\n"));
+    }
+
+    #[test]
     fn replay_takes_the_envelope_from_x_headers() {
         let r = replay(b"X-Sender: <a@x.test> BODY=7bit\nX-Receiver: <m@y.test> NOTIFY=NEVER\nX-Receiver: <n@y.test>\nX-EndOfInjectedXHeaders: x\nFrom: other@x.test\nTo: z@y.test\n\nbody\n", 1 << 20).unwrap();
         assert_eq!(r.envelope_from, "a@x.test");
@@ -469,6 +484,19 @@ mod tests {
             replay(b"From: a@x.test\nTo: b@y.test\n\nbody\n", 1 << 20)
                 .unwrap_err()
                 .contains("X-Sender")
+        );
+        // A line that is no header field ends the X-headers (found by the fuzzer: the
+        // rest of the message began inside that line).
+        let r = replay(
+            b"X-Sender: <a@x.test>\nX-Receiver: <m@y.test>\n\x80garbage\nX-Receiver: <n@y.test>\n\nbody\n",
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(r.recipients, ["m@y.test"]);
+        assert!(!mailflow_smtp::data::has_bare_newline(&r.content));
+        assert!(
+            r.content
+                .ends_with(b"\r\n\x80garbage\r\nX-Receiver: <n@y.test>\r\n\r\nbody\r\n")
         );
     }
 }

@@ -174,7 +174,9 @@ impl TransportReceive {
                 .auth
                 .as_deref()
                 .filter(|a| *a != "<>")
-                .map(crate::transport::send::dsn::decode_xtext),
+                // Checked as xtext at MAIL (mailflow-smtp), so it decodes.
+                .and_then(|a| mailflow_smtp::xtext::decode_xtext(a).ok())
+                .map(|user| String::from_utf8_lossy(&user).into_owned()),
             _ => None,
         };
         if let Some(user) = &submitter {

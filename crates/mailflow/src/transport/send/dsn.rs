@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use mailflow_smtp::xtext;
 use tokio::sync::mpsc;
 
 use crate::context::ServerContext;
@@ -163,15 +164,13 @@ pub fn build(
         ),
     }
     for r in recipients {
+        let address = one_line(&r.address);
         match kind {
             DsnKind::Failed | DsnKind::Delayed => text.push_str(&format!(
-                "{}\r\n{}\r\n\r\n",
-                r.address,
+                "{address}\r\n{}\r\n\r\n",
                 explain(&r.status(kind))
             )),
-            DsnKind::Delivered | DsnKind::Relayed => {
-                text.push_str(&format!("{}\r\n\r\n", r.address))
-            }
+            DsnKind::Delivered | DsnKind::Relayed => text.push_str(&format!("{address}\r\n\r\n")),
         }
     }
     text.push_str(&format!(
@@ -179,12 +178,13 @@ pub fn build(
         ctx.fqdn()
     ));
     for r in recipients {
+        let (address, diagnostic) = (one_line(&r.address), one_line(&r.diagnostic));
         match &r.remote_mta {
             Some(host) => text.push_str(&format!(
-                "{}\r\nRemote server {host} returned '{}'\r\n\r\n",
-                r.address, r.diagnostic
+                "{address}\r\nRemote server {} returned '{diagnostic}'\r\n\r\n",
+                one_line(host)
             )),
-            None => text.push_str(&format!("{}\r\n{}\r\n\r\n", r.address, r.diagnostic)),
+            None => text.push_str(&format!("{address}\r\n{diagnostic}\r\n\r\n")),
         }
     }
     // The organisation's private headers never leave in a returned copy either.
@@ -196,7 +196,9 @@ pub fn build(
     text.push_str(&String::from_utf8_lossy(headers));
 
     let mut status = format!("Reporting-MTA: dns; {}\r\n", ctx.fqdn());
-    if let Some(envid) = &env.envid {
+    // Checked at MAIL; checked again because the queue also holds what Pickup and
+    // older versions wrote, and a report field must stay one printable line.
+    if let Some(envid) = env.envid.as_ref().filter(|e| xtext::check_envid(e).is_ok()) {
         status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
     }
     status.push_str(&format!(
@@ -204,13 +206,18 @@ pub fn build(
         arrival_rfc2822(&env.received_at)
     ));
     for r in recipients {
-        status.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.address));
-        if let Some(orcpt) = &r.orcpt {
-            let (kind_, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
-            status.push_str(&format!(
-                "Original-Recipient: {kind_}; {}\r\n",
-                decode_xtext(addr)
-            ));
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: {}\r\n",
+            final_recipient(&r.address)
+        ));
+        // RFC 3464 §2.3.1: the ORCPT decoded; one that does not decode is left out
+        // (the field is optional) rather than guessed at.
+        if let Some(orcpt) = r
+            .orcpt
+            .as_deref()
+            .and_then(|o| xtext::OriginalRecipient::parse(o).ok())
+        {
+            status.push_str(&format!("Original-Recipient: {}\r\n", orcpt.report_value()));
         }
         status.push_str(&format!(
             "Action: {}\r\nStatus: {}\r\n",
@@ -218,10 +225,13 @@ pub fn build(
             r.status(kind)
         ));
         if let Some(host) = &r.remote_mta {
-            status.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
+            status.push_str(&format!("Remote-MTA: dns; {}\r\n", field_text(host)));
         }
         if !r.diagnostic.is_empty() {
-            status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", r.diagnostic));
+            status.push_str(&format!(
+                "Diagnostic-Code: smtp; {}\r\n",
+                field_text(&r.diagnostic)
+            ));
         }
     }
     // RFC 3461 §4.3: RET=HDRS returns headers only; Exchange returns the whole message
@@ -254,28 +264,40 @@ fn arrival_rfc2822(received_at: &str) -> String {
         .unwrap_or_else(|_| crate::net::rfc2822_now())
 }
 
-/// RFC 3461 §4: xtext `+XX` escapes.
-pub fn decode_xtext(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'+'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..(i + 3).min(s.len())], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    // Decoded text goes into report fields: no line breaks or controls may get in.
-    String::from_utf8_lossy(&out)
-        .chars()
-        .filter(|c| !c.is_control())
+/// Text from outside (an address, a remote server's reply) as one line: a control
+/// character (a bare CR or LF above all) must not break the report's lines.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// [`one_line`] for a message/delivery-status field, which is 7-bit (RFC 3464 §2.1):
+/// non-ASCII characters become RFC 6533 `\x{HEX}` escapes.
+fn field_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in one_line(s).chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:X}}}", u32::from(c)));
+        }
+    }
+    out
+}
+
+/// `Final-Recipient:` (RFC 3464 §2.3.2): `rfc822;` for an ASCII address, RFC 6533
+/// `utf-8;` with escapes for an SMTPUTF8 one.
+fn final_recipient(address: &str) -> String {
+    if address.is_ascii() {
+        format!("rfc822; {}", one_line(address))
+    } else {
+        xtext::OriginalRecipient {
+            addr_type: "utf-8".into(),
+            address: one_line(address),
+        }
+        .report_value()
+    }
 }
 
 /// Submits reports into this Transport service like any other message.
@@ -419,6 +441,5 @@ mod tests {
             ..r
         };
         assert_eq!(r.status(DsnKind::Delayed), "4.4.7");
-        assert_eq!(decode_xtext("bob+2Bx@y.test"), "bob+x@y.test");
     }
 }

@@ -260,16 +260,19 @@ impl Walk {
             sanitize(out, body);
             return;
         };
-        sanitize(out, &body[..first.start]);
+        // `delimiters` returns ordered, non-overlapping ranges within `body`; `get`
+        // keeps a mistake there from ever becoming a panic on a hostile message.
+        let slice = |from: usize, to: usize| body.get(from..to).unwrap_or_default();
+        sanitize(out, slice(0, first.start));
         let kind = if digest { Kind::DigestPart } else { Kind::Part };
         for (i, d) in delimiters.iter().enumerate() {
-            out.extend_from_slice(&body[d.start..d.line_end]);
+            out.extend_from_slice(slice(d.start, d.line_end));
             if d.close {
-                sanitize(out, &body[d.line_end..]);
+                sanitize(out, slice(d.line_end, body.len()));
                 return;
             }
             let end = delimiters.get(i + 1).map_or(body.len(), |n| n.start);
-            self.entity(out, &body[d.line_end..end], kind, depth);
+            self.entity(out, slice(d.line_end, end), kind, depth);
         }
     }
 }
@@ -283,8 +286,10 @@ struct Delimiter {
 }
 
 /// The delimiter lines of a multipart body, up to and including the close delimiter.
+/// They come in order and never overlap: `start <= line_end`, and each starts at or
+/// after the end of the one before.
 fn delimiters(body: &[u8], boundary: &[u8]) -> Vec<Delimiter> {
-    let mut found = Vec::new();
+    let mut found: Vec<Delimiter> = Vec::new();
     let mut line = 0;
     while line < body.len() {
         let next_line = body[line..]
@@ -305,8 +310,12 @@ fn delimiters(body: &[u8], boundary: &[u8]) -> Vec<Delimiter> {
                 .iter()
                 .all(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
             if padding_only {
+                // The CRLF before the line belongs to this delimiter, unless the line
+                // before was a delimiter too and its CRLF is already taken (an empty
+                // part: `--b\r\n--b\r\n`).
+                let taken = found.last().map_or(0, |d| d.line_end);
                 found.push(Delimiter {
-                    start: line.saturating_sub(2),
+                    start: line.saturating_sub(2).max(taken),
                     line_end: next_line,
                     close,
                 });

@@ -320,3 +320,26 @@ fn hostile_input_never_panics() {
         to_7bit(odd, true);
     }
 }
+
+#[test]
+fn two_delimiter_lines_in_a_row_make_an_empty_part_not_a_panic() {
+    // Once a crash: the second delimiter took the first one's CRLF as its own, so a
+    // part ended before it began.
+    let m = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ncaf\xc3\xa9\r\n--b\r\n--b--\r\n--b\r\n";
+    let out = to_7bit(m, true);
+    assert_7bit(&out);
+    let t = text(&out);
+    assert!(
+        t.contains("\r\n\r\n--b\r\n--b\r\nContent-Type: text/plain"),
+        "{t}"
+    );
+    assert!(t.ends_with("\r\n--b\r\n--b--\r\n--b\r\n"), "{t}");
+    let parsed = parse(&out);
+    assert!(
+        parsed
+            .parts
+            .iter()
+            .any(|p| p.contents() == "caf\u{e9}".as_bytes()),
+        "{t}"
+    );
+}
