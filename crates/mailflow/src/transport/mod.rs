@@ -517,7 +517,7 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
     // rules, so a rule can never bounce its own NDR.
     let mut msg = msg;
     if !resubmit && !msg.envelope.return_path.is_empty() {
-        match apply_rules(service, &msg, &mut result).await {
+        match apply_rules(service, &msg, auth, &mut result).await {
             RulesVerdict::Continue(Some(content)) => {
                 msg = msg.with_content(content.into());
             }
@@ -593,6 +593,7 @@ enum RulesVerdict {
 async fn apply_rules(
     service: &TransportService,
     msg: &Arc<QueuedMessage>,
+    auth: crate::message::AuthAs,
     result: &mut categorizer::Categorized,
 ) -> RulesVerdict {
     let ctx = &service.ctx;
@@ -613,7 +614,7 @@ async fn apply_rules(
     let outcome = agents::rules::apply(
         &cfg.rules,
         &cfg.dir,
-        crate::message::AuthAs::of(&msg.content),
+        auth,
         sender,
         &recipients,
         &msg.content,
