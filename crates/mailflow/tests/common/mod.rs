@@ -192,39 +192,22 @@ impl Server {
 
     /// With more `[transport]` settings (retry and expiry timers…) and more tables.
     pub fn start_custom(transport: &str, extra: &str) -> Server {
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let ports = Ports::new();
-            std::fs::write(
-                dir.path().join("mailflow.toml"),
-                org_file_with(&ports, transport, extra),
-            )
-            .unwrap();
-            std::fs::write(
-                dir.path().join("secret.key"),
-                "00112233445566778899aabbccddeeff\n",
-            )
-            .unwrap();
-            let mut s = Server {
-                dir,
-                ports,
-                child: None,
-                env: Vec::new(),
-            };
-            if s.try_spawn() {
-                return s;
-            }
-        }
-        panic!("mailflow serve did not start in 5 attempts");
+        Server::start_from(|ports| org_file_with(ports, transport, extra))
     }
 
     /// Starts a server whose standard organisation file is first passed through
     /// `edit` (limits, settings the other helpers do not take).
     pub fn start_edited(edit: impl Fn(String) -> String) -> Server {
+        Server::start_from(|ports| edit(org_file(ports, "")))
+    }
+
+    /// Writes the organisation file `org` makes for fresh ports, and starts the server
+    /// (up to 5 attempts: a port taken meanwhile by another process fails the start).
+    fn start_from(org: impl Fn(&Ports) -> String) -> Server {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let ports = Ports::new();
-            std::fs::write(dir.path().join("mailflow.toml"), edit(org_file(&ports, ""))).unwrap();
+            std::fs::write(dir.path().join("mailflow.toml"), org(&ports)).unwrap();
             std::fs::write(
                 dir.path().join("secret.key"),
                 "00112233445566778899aabbccddeeff\n",
