@@ -42,8 +42,15 @@ pub fn fuzz<S>(
     S: Strategy,
     S::Value: Debug,
 {
-    let regressions: &'static str =
-        Box::leak(format!("fuzz/regressions/{target}.txt").into_boxed_str());
+    // Absolute (the crate that includes this file): proptest looks a relative source
+    // file up from the working directory, and warns when it does not exist yet.
+    let regressions: &'static str = Box::leak(
+        format!(
+            "{}/fuzz/regressions/{target}.txt",
+            env!("CARGO_MANIFEST_DIR")
+        )
+        .into_boxed_str(),
+    );
     let deadline = budget().map(|b| Instant::now() + b);
     let config = |cases, rng_seed| Config {
         cases,
