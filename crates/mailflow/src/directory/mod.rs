@@ -85,6 +85,7 @@ impl Directory {
         })?;
         let mut v = Validator {
             text,
+            base_dir: &base_dir,
             source,
             errors: Vec::new(),
         };
@@ -245,6 +246,8 @@ fn key_at(text: &str, offset: usize) -> String {
 
 struct Validator<'a> {
     text: &'a str,
+    /// Where relative paths in the file start (the file's folder).
+    base_dir: &'a Path,
     source: &'a str,
     errors: Vec<ConfigError>,
 }
@@ -512,6 +515,52 @@ impl Validator<'_> {
                     "tls",
                     format!("{:?}: expected \"opportunistic\" or \"required\"", v.tls),
                 );
+            }
+            let level = TlsAuthLevel::parse(&v.tls_auth_level);
+            if level.is_none() {
+                self.err(
+                    c,
+                    "send_connectors",
+                    "tls_auth_level",
+                    format!(
+                        "{:?}: expected \"encryption_only\", \"certificate_validation\" or \"domain_validation\"",
+                        v.tls_auth_level
+                    ),
+                );
+            }
+            if v.smart_host_auth.is_some() && level == Some(TlsAuthLevel::EncryptionOnly) {
+                self.err(c, "send_connectors", "tls_auth_level", "smart_host_auth needs tls_auth_level = \"certificate_validation\" or \"domain_validation\": with encryption_only the certificate is not checked, so the credentials could go to whoever answers".into());
+            }
+            if v.tls_domain.is_some() && level != Some(TlsAuthLevel::DomainValidation) {
+                self.err(
+                    c,
+                    "send_connectors",
+                    "tls_domain",
+                    "tls_domain is only used with tls_auth_level = \"domain_validation\"".into(),
+                );
+            }
+            if let Some(d) = &v.tls_domain
+                && rustls::pki_types::ServerName::try_from(d.as_str()).is_err()
+            {
+                self.err(
+                    c,
+                    "send_connectors",
+                    "tls_domain",
+                    format!("{d:?} is not a host name"),
+                );
+            }
+            if let Some(f) = &v.tls_ca_file {
+                if level == Some(TlsAuthLevel::EncryptionOnly) {
+                    self.err(c, "send_connectors", "tls_ca_file", "tls_ca_file is only used with tls_auth_level = \"certificate_validation\" or \"domain_validation\"".into());
+                }
+                let path = if Path::new(f).is_absolute() {
+                    PathBuf::from(f)
+                } else {
+                    self.base_dir.join(f)
+                };
+                if let Err(e) = crate::net::tls::read_ca_file(&path) {
+                    self.err(c, "send_connectors", "tls_ca_file", e);
+                }
             }
         }
         for r in &org.receive_connectors {

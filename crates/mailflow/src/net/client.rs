@@ -34,6 +34,9 @@ pub enum ClientError {
     Closed,
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The peer's certificate did not pass the send connector's `tls_auth_level`.
+    #[error("TLS certificate validation failed: {0}")]
+    CertificateRefused(String),
     /// The server refused the session (greeting, EHLO or AUTH): its reply.
     #[error("{0}")]
     Refused(Reply),
@@ -122,6 +125,52 @@ impl SmtpClient {
     /// against passive listeners; organisation servers prove themselves with the
     /// organisation key, not with certificates.
     pub async fn starttls(&mut self, helo: &str, server_name: &str) -> Result<(), ClientError> {
+        self.starttls_with(helo, server_name, super::tls::client_config())
+            .await
+    }
+
+    /// STARTTLS that validates the peer's certificate (a send connector's
+    /// `tls_auth_level` above `encryption_only`) against `server_name`. A certificate
+    /// that does not validate aborts the handshake (rustls sends the alert), so nothing
+    /// more reaches the peer: [`ClientError::CertificateRefused`] says why. The
+    /// certificate seen goes to the protocol log either way.
+    pub async fn starttls_validated(
+        &mut self,
+        helo: &str,
+        server_name: &str,
+        check: super::tls::ValidatingClient,
+    ) -> Result<(), ClientError> {
+        let result = self
+            .starttls_with(helo, server_name, check.config.clone())
+            .await;
+        let (description, refusal) = match check.seen.lock() {
+            Ok(mut seen) => (seen.description.take(), seen.refusal.take()),
+            Err(_) => (None, None),
+        };
+        if let Some(d) = &description {
+            self.log.info(d, "Remote certificate");
+        }
+        if let Some(reason) = refusal {
+            self.log
+                .info(&reason, "Remote certificate refused; session ended");
+            self.log.disconnect("Local");
+            return Err(ClientError::CertificateRefused(reason));
+        }
+        if result.is_ok() && description.is_none() {
+            // The verifier always runs in a handshake that succeeds; be sure anyway.
+            return Err(ClientError::CertificateRefused(
+                "no certificate was verified".into(),
+            ));
+        }
+        result
+    }
+
+    async fn starttls_with(
+        &mut self,
+        helo: &str,
+        server_name: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<(), ClientError> {
         let reply = self.command("STARTTLS").await?;
         if reply.code != 220 {
             return Err(ClientError::Refused(reply));
@@ -131,7 +180,7 @@ impl SmtpClient {
                 "STARTTLS on a stream that is not plain".into(),
             ));
         };
-        let connector = tokio_rustls::TlsConnector::from(super::tls::client_config());
+        let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(self.remote.ip().into()));
         let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))

@@ -2,6 +2,7 @@
 //! Exchange's setup makes one) and rustls configurations.
 
 use anyhow::Context;
+use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::path::Path;
 use std::sync::Arc;
@@ -109,4 +110,208 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Reads a PEM CA bundle a send connector trusts (`tls_ca_file`): at least one
+/// certificate, each one a trust anchor webpki accepts.
+pub fn read_ca_file(path: &Path) -> Result<RootCertStore, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// The system's trust anchors (`rustls-native-certs`: the OS store, or the files
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR` name), loaded once; unreadable entries are skipped.
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!("system trust store: {e}");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            if ignored > 0 {
+                tracing::warn!("system trust store: {ignored} certificates ignored");
+            }
+            tracing::debug!("system trust store: {added} certificates");
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// What the verifier saw of the peer, for the protocol log and the LastError: the
+/// certificate described, and why it was refused.
+#[derive(Debug, Default)]
+pub struct PeerCertificate {
+    pub description: Option<String>,
+    pub refusal: Option<String>,
+}
+
+/// The rustls client configuration of one outgoing session that validates the peer
+/// (a send connector's `tls_auth_level` other than `encryption_only`), and where the
+/// verifier leaves what it saw.
+pub struct ValidatingClient {
+    pub config: Arc<rustls::ClientConfig>,
+    pub seen: Arc<std::sync::Mutex<PeerCertificate>>,
+}
+
+/// A configuration that verifies the chain (and expiry) to `ca_file`'s anchors, or to
+/// the system's without one; the name too when `check_name`.
+pub fn validating_client(
+    ca_file: Option<&Path>,
+    check_name: bool,
+) -> Result<ValidatingClient, String> {
+    let roots = match ca_file {
+        Some(p) => Arc::new(read_ca_file(p)?),
+        None => system_roots(),
+    };
+    if roots.is_empty() {
+        return Err("no trusted CA certificates (the system store is empty)".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| format!("cannot build the certificate verifier: {e}"))?;
+    let seen = Arc::new(std::sync::Mutex::new(PeerCertificate::default()));
+    let verifier = Validating {
+        inner,
+        check_name,
+        seen: seen.clone(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(ValidatingClient {
+        config: Arc::new(config),
+        seen,
+    })
+}
+
+/// webpki's verification (chain, expiry, and the name with Exchange's wildcard rule:
+/// `*.contoso.com` covers one label, which is webpki's rule too), with the name error
+/// forgiven for `certificate_validation`, and what was seen recorded.
+#[derive(Debug)]
+struct Validating {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    check_name: bool,
+    seen: Arc<std::sync::Mutex<PeerCertificate>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Validating {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let result = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        let result = match result {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        };
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.description = Some(describe_certificate(end_entity));
+            seen.refusal = result.as_ref().err().map(|e| match e {
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                ) => format!("the certificate is not valid for {server_name:?}"),
+                other => other.to_string(),
+            });
+        }
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `subject=…; issuer=…; san=…; valid=… to …` for the protocol log.
+pub fn describe_certificate(der: &CertificateDer<'_>) -> String {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return "an unparsable certificate".into();
+    };
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    GeneralName::DNSName(d) => format!("DNS:{d}"),
+                    GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => format!(
+                            "IP:{}",
+                            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or([0; 4]))
+                        ),
+                        16 => format!(
+                            "IP:{}",
+                            std::net::Ipv6Addr::from(
+                                <[u8; 16]>::try_from(*ip).unwrap_or([0; 16])
+                            )
+                        ),
+                        _ => "IP:?".into(),
+                    },
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "subject={}; issuer={}; san={}; valid={} to {}",
+        cert.subject(),
+        cert.issuer(),
+        sans.join(" "),
+        cert.validity().not_before,
+        cert.validity().not_after,
+    )
 }
