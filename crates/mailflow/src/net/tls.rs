@@ -5,6 +5,8 @@ use anyhow::Context;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Writes a self-signed certificate for `hostname` (PEM) unless the files exist.
@@ -174,23 +176,9 @@ pub fn validating_client(
     ca_file: Option<&Path>,
     check_name: bool,
 ) -> Result<ValidatingClient, String> {
-    let roots = match ca_file {
-        Some(p) => Arc::new(read_ca_file(p)?),
-        None => system_roots(),
-    };
-    if roots.is_empty() {
-        return Err("no trusted CA certificates (the system store is empty)".into());
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| format!("cannot build the certificate verifier: {e}"))?;
-    let seen = Arc::new(std::sync::Mutex::new(PeerCertificate::default()));
-    let verifier = Validating {
-        inner,
-        check_name,
-        seen: seen.clone(),
-    };
+    let verifier = Validating::new(ca_file, check_name, provider.clone())?;
+    let seen = verifier.seen.clone();
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -211,6 +199,30 @@ struct Validating {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     check_name: bool,
     seen: Arc<std::sync::Mutex<PeerCertificate>>,
+}
+
+impl Validating {
+    fn new(
+        ca_file: Option<&Path>,
+        check_name: bool,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Validating, String> {
+        let roots = match ca_file {
+            Some(p) => Arc::new(read_ca_file(p)?),
+            None => system_roots(),
+        };
+        if roots.is_empty() {
+            return Err("no trusted CA certificates (the system store is empty)".into());
+        }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(|e| format!("cannot build the certificate verifier: {e}"))?;
+        Ok(Validating {
+            inner,
+            check_name,
+            seen: Arc::default(),
+        })
+    }
 }
 
 impl rustls::client::danger::ServerCertVerifier for Validating {
@@ -242,7 +254,10 @@ impl rustls::client::danger::ServerCertVerifier for Validating {
                 rustls::Error::InvalidCertificate(
                     rustls::CertificateError::NotValidForName
                     | rustls::CertificateError::NotValidForNameContext { .. },
-                ) => format!("the certificate is not valid for {server_name:?}"),
+                ) => format!(
+                    "the certificate is not valid for the name {}",
+                    server_name.to_str()
+                ),
                 other => other.to_string(),
             });
         }
@@ -295,9 +310,7 @@ pub fn describe_certificate(der: &CertificateDer<'_>) -> String {
                         ),
                         16 => format!(
                             "IP:{}",
-                            std::net::Ipv6Addr::from(
-                                <[u8; 16]>::try_from(*ip).unwrap_or([0; 16])
-                            )
+                            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or([0; 16]))
                         ),
                         _ => "IP:?".into(),
                     },
@@ -314,4 +327,71 @@ pub fn describe_certificate(der: &CertificateDer<'_>) -> String {
         cert.validity().not_before,
         cert.validity().not_after,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+
+    /// A CA file in `dir` and a certificate it signed for `names`.
+    fn ca_and_leaf(dir: &Path, names: &[&str]) -> (PathBuf, CertificateDer<'static>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        (ca_file, leaf.der().clone())
+    }
+
+    fn verify(
+        ca: &Path,
+        check_name: bool,
+        leaf: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<(), String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let v = Validating::new(Some(ca), check_name, provider).unwrap();
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        v.verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn certificate_validation_accepts_any_name_but_domain_validation_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, leaf) = ca_and_leaf(dir.path(), &["mx.fabrikam.test"]);
+        assert!(verify(&ca, false, &leaf, "other.test").is_ok());
+        assert!(verify(&ca, true, &leaf, "mx.fabrikam.test").is_ok());
+        assert!(verify(&ca, true, &leaf, "other.test").is_err());
+    }
+
+    #[test]
+    fn a_wildcard_covers_exactly_one_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, leaf) = ca_and_leaf(dir.path(), &["*.contoso.com"]);
+        assert!(verify(&ca, true, &leaf, "mail.contoso.com").is_ok());
+        assert!(verify(&ca, true, &leaf, "a.mail.contoso.com").is_err());
+        assert!(verify(&ca, true, &leaf, "contoso.com").is_err());
+    }
+
+    #[test]
+    fn certificate_validation_still_needs_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = ca_and_leaf(dir.path(), &["mx.fabrikam.test"]);
+        let other = rcgen::generate_simple_self_signed(vec!["mx.fabrikam.test".into()]).unwrap();
+        let err = verify(&ca, false, other.cert.der(), "mx.fabrikam.test").unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+    }
 }

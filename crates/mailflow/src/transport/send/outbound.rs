@@ -196,10 +196,9 @@ async fn session(
         // refuses credentials with encryption_only); never in clear text.
         if !client.is_tls() || level == TlsAuthLevel::EncryptionOnly {
             client.quit().await;
-            return Err(format!(
-                "{host} is not a validated TLS peer; credentials are not sent"
-            )
-            .into());
+            return Err(
+                format!("{host} is not a validated TLS peer; credentials are not sent").into(),
+            );
         }
         client
             .authenticate(&auth.username, &auth.password)
