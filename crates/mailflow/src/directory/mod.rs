@@ -813,4 +813,43 @@ members = ["alice@contoso.test", "ext@fabrikam.test"]
         let e = Directory::parse(&bad, "org.toml", PathBuf::from(".")).unwrap_err();
         assert!(e.to_string().contains("fqdm"), "{e}");
     }
+
+    #[test]
+    fn send_connector_tls_keys_are_checked_at_load() {
+        let with = |keys: &str| {
+            format!(
+                "{GOOD}\n[[send_connectors]]\nname = \"Relay\"\naddress_spaces = [{{ domain = \"*\" }}]\nsmart_hosts = [\"relay.test\"]\n{keys}\n"
+            )
+        };
+        let keys_of =
+            |keys: &str| match Directory::parse(&with(keys), "org.toml", PathBuf::from(".")) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+            };
+        assert!(
+            keys_of("tls_auth_level = \"domain_validation\"\ntls_domain = \"relay.test\"")
+                .is_empty()
+        );
+        assert_eq!(
+            keys_of("tls_auth_level = \"strict\""),
+            ["send_connectors.tls_auth_level"]
+        );
+        // Credentials to an unchecked certificate: refused, whatever `tls` says.
+        assert_eq!(
+            keys_of("tls = \"required\"\nsmart_host_auth = { username = \"u\", password = \"p\" }"),
+            ["send_connectors.tls_auth_level"]
+        );
+        assert_eq!(
+            keys_of("tls_auth_level = \"certificate_validation\"\ntls_domain = \"relay.test\""),
+            ["send_connectors.tls_domain"]
+        );
+        let e = Directory::parse(
+            &with("tls_auth_level = \"certificate_validation\"\ntls_ca_file = \"missing-ca.pem\""),
+            "org.toml",
+            PathBuf::from("/nonexistent"),
+        )
+        .unwrap_err();
+        assert_eq!(e.0[0].key, "send_connectors.tls_ca_file");
+        assert!(e.0[0].message.contains("missing-ca.pem"), "{e}");
+    }
 }
