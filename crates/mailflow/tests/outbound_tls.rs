@@ -257,6 +257,13 @@ fn assert_waits_then_ndrs(server: &Server, subject: &str) {
     assert!(log.contains("Remote certificate refused"), "{log}");
     assert!(!log.contains(",>,AUTH"), "{log}");
     assert!(!log.contains(",>,MAIL"), "{log}");
+    // The session ends with QUIT right after the handshake.
+    let after_refusal = log
+        .split("Remote certificate refused")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(after_refusal.contains(",>,QUIT,"), "{log}");
+    assert!(!after_refusal.contains(",>,EHLO"), "{log}");
     // At expiry, an NDR as for any transient failure.
     server.wait_inbox("alice@contoso.test", 1);
     let inbox = server.export("alice@contoso.test");
@@ -284,6 +291,12 @@ fn a_smart_host_with_a_self_signed_certificate_for_another_name_gets_no_auth_and
     assert!(t.contains("STARTTLS"), "{t}");
     assert!(!t.contains("AUTH"), "the impostor got credentials: {t}");
     assert!(!t.contains("MAIL"), "the impostor got mail: {t}");
+    // Inside TLS the impostor got QUIT and nothing else.
+    let inside: Vec<&str> = t.lines().filter(|l| l.starts_with("TLS ")).collect();
+    assert!(
+        !inside.is_empty() && inside.iter().all(|l| *l == "TLS QUIT"),
+        "{t}"
+    );
 }
 
 #[test]

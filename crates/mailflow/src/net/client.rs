@@ -125,44 +125,23 @@ impl SmtpClient {
     /// against passive listeners; organisation servers prove themselves with the
     /// organisation key, not with certificates.
     pub async fn starttls(&mut self, helo: &str, server_name: &str) -> Result<(), ClientError> {
-        self.starttls_with(helo, server_name, super::tls::client_config())
+        self.starttls_with(helo, server_name, super::tls::client_config(), None)
             .await
     }
 
     /// STARTTLS that validates the peer's certificate (a send connector's
-    /// `tls_auth_level` above `encryption_only`) against `server_name`. A certificate
-    /// that does not validate aborts the handshake (rustls sends the alert), so nothing
-    /// more reaches the peer: [`ClientError::CertificateRefused`] says why. The
-    /// certificate seen goes to the protocol log either way.
+    /// `tls_auth_level` above `encryption_only`) against `server_name`. The certificate
+    /// seen goes to the protocol log; one that does not validate ends the session right
+    /// after the handshake with QUIT (nothing else reaches the peer, not even EHLO), and
+    /// [`ClientError::CertificateRefused`] says why.
     pub async fn starttls_validated(
         &mut self,
         helo: &str,
         server_name: &str,
         check: super::tls::ValidatingClient,
     ) -> Result<(), ClientError> {
-        let result = self
-            .starttls_with(helo, server_name, check.config.clone())
-            .await;
-        let (description, refusal) = match check.seen.lock() {
-            Ok(mut seen) => (seen.description.take(), seen.refusal.take()),
-            Err(_) => (None, None),
-        };
-        if let Some(d) = &description {
-            self.log.info(d, "Remote certificate");
-        }
-        if let Some(reason) = refusal {
-            self.log
-                .info(&reason, "Remote certificate refused; session ended");
-            self.log.disconnect("Local");
-            return Err(ClientError::CertificateRefused(reason));
-        }
-        if result.is_ok() && description.is_none() {
-            // The verifier always runs in a handshake that succeeds; be sure anyway.
-            return Err(ClientError::CertificateRefused(
-                "no certificate was verified".into(),
-            ));
-        }
-        result
+        self.starttls_with(helo, server_name, check.config.clone(), Some(&check.seen))
+            .await
     }
 
     async fn starttls_with(
@@ -170,6 +149,7 @@ impl SmtpClient {
         helo: &str,
         server_name: &str,
         config: std::sync::Arc<rustls::ClientConfig>,
+        seen: Option<&std::sync::Mutex<super::tls::PeerCertificate>>,
     ) -> Result<(), ClientError> {
         let reply = self.command("STARTTLS").await?;
         if reply.code != 220 {
@@ -193,6 +173,9 @@ impl SmtpClient {
             &self.stream.tls_description().unwrap_or_default(),
             "TLS negotiation succeeded",
         );
+        if let Some(seen) = seen {
+            self.refuse_unless_validated(seen).await?;
+        }
         let ehlo = self.command(&format!("EHLO {helo}")).await?;
         if ehlo.code != 250 {
             return Err(ClientError::Refused(ehlo));
@@ -204,6 +187,33 @@ impl SmtpClient {
             .map(|l| l.to_ascii_uppercase())
             .collect();
         Ok(())
+    }
+
+    /// The verdict the validating verifier left for this handshake: the certificate
+    /// logged, and on refusal QUIT and the reason. No verdict (the verifier did not
+    /// run) is a refusal too.
+    async fn refuse_unless_validated(
+        &mut self,
+        seen: &std::sync::Mutex<super::tls::PeerCertificate>,
+    ) -> Result<(), ClientError> {
+        let (description, verdict) = match seen.lock() {
+            Ok(mut seen) => (seen.description.take(), seen.verdict.take()),
+            Err(_) => (None, None),
+        };
+        if let Some(d) = &description {
+            self.log.info(d, "Remote certificate");
+        }
+        let reason = match verdict {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(reason)) => reason,
+            None => "no certificate was verified".to_string(),
+        };
+        self.log
+            .info(&reason, "Remote certificate refused; session ended");
+        let _ = self.command("QUIT").await;
+        self.log.disconnect("Local");
+        self.stream = Stream::Closed;
+        Err(ClientError::CertificateRefused(reason))
     }
 
     pub fn is_tls(&self) -> bool {

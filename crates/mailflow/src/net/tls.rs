@@ -159,7 +159,8 @@ fn system_roots() -> Arc<RootCertStore> {
 #[derive(Debug, Default)]
 pub struct PeerCertificate {
     pub description: Option<String>,
-    pub refusal: Option<String>,
+    /// Ok: validated; Err: the reason it was refused; None: not verified (yet).
+    pub verdict: Option<Result<(), String>>,
 }
 
 /// The rustls client configuration of one outgoing session that validates the peer
@@ -225,7 +226,40 @@ impl Validating {
     }
 }
 
+impl Validating {
+    /// webpki's verdict, with the name error forgiven for `certificate_validation`.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(_) => Ok(()),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl rustls::client::danger::ServerCertVerifier for Validating {
+    /// Records the verdict and lets the handshake finish: the SMTP client reads the
+    /// verdict right after it ([`crate::net::client::SmtpClient::starttls_validated`])
+    /// and, on refusal, ends the session with QUIT before anything else is sent, as
+    /// Postfix's client does. The handshake signatures are still checked against the
+    /// certificate, so the session is with its key holder either way.
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -234,23 +268,9 @@ impl rustls::client::danger::ServerCertVerifier for Validating {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let result = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
-        let result = match result {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-            other => other,
-        };
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.description = Some(describe_certificate(end_entity));
-            seen.refusal = result.as_ref().err().map(|e| match e {
+        let verdict = self
+            .check(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(
                     rustls::CertificateError::NotValidForName
                     | rustls::CertificateError::NotValidForNameContext { .. },
@@ -260,8 +280,13 @@ impl rustls::client::danger::ServerCertVerifier for Validating {
                 ),
                 other => other.to_string(),
             });
-        }
-        result
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| rustls::Error::General("certificate verdict lost".into()))?;
+        seen.description = Some(describe_certificate(end_entity));
+        seen.verdict = Some(verdict);
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -333,7 +358,6 @@ pub fn describe_certificate(der: &CertificateDer<'_>) -> String {
 mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::{ServerName, UnixTime};
 
     /// A CA file in `dir` and a certificate it signed for `names`.
@@ -363,8 +387,7 @@ mod tests {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let v = Validating::new(Some(ca), check_name, provider).unwrap();
         let name = ServerName::try_from(name.to_string()).unwrap();
-        v.verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
-            .map(|_| ())
+        v.check(leaf, &[], &name, &[], UnixTime::now())
             .map_err(|e| e.to_string())
     }
 
