@@ -410,6 +410,28 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_certificate_is_refused_at_both_levels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Expiry CA");
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let ca_file = dir.path().join("expiry-ca.pem");
+        std::fs::write(&ca_file, issuer.pem()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["mx.fabrikam.test".to_string()]).unwrap();
+        leaf.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        leaf.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let leaf = leaf.signed_by(&key, &issuer).unwrap();
+        for check_name in [false, true] {
+            let err = verify(&ca_file, check_name, leaf.der(), "mx.fabrikam.test").unwrap_err();
+            assert!(err.contains("certificate expired"), "{err}");
+        }
+    }
+
+    #[test]
     fn certificate_validation_still_needs_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let (ca, _) = ca_and_leaf(dir.path(), &["mx.fabrikam.test"]);
