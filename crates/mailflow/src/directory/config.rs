@@ -384,6 +384,22 @@ pub struct SendConnector {
     pub front_end_proxy: bool,
     #[serde(default = "opportunistic")]
     pub tls: String,
+    /// Exchange's TlsAuthLevel: how the peer's certificate is checked after STARTTLS.
+    /// `encryption_only` (the default) checks nothing; `certificate_validation` needs a
+    /// chain to the system roots (or to `tls_ca_file`), any name; `domain_validation`
+    /// also needs the certificate to match `tls_domain` (or the host's name). With a
+    /// validation level, a peer that fails it gets nothing (Exchange: TlsAuthLevel
+    /// implies RequireTLS).
+    #[serde(default = "encryption_only")]
+    pub tls_auth_level: String,
+    /// Exchange's TlsDomain: the name the certificate must match under
+    /// `domain_validation`; None: the smart host's or MX host's name.
+    #[serde(default)]
+    pub tls_domain: Option<String>,
+    /// A PEM CA bundle trusted instead of the system roots (relative to the
+    /// organisation file's folder).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
     /// MaxMessageSize: a message larger than this is not sent through the connector
     /// (reference §4.4); None: unlimited.
     #[serde(default, deserialize_with = "de_opt_size")]
@@ -405,6 +421,36 @@ pub struct SmartHostAuth {
 
 fn opportunistic() -> String {
     "opportunistic".into()
+}
+
+fn encryption_only() -> String {
+    "encryption_only".into()
+}
+
+/// A send connector's [`SendConnector::tls_auth_level`], parsed (the file's value was
+/// checked at load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsAuthLevel {
+    EncryptionOnly,
+    CertificateValidation,
+    DomainValidation,
+}
+
+impl TlsAuthLevel {
+    pub fn parse(s: &str) -> Option<TlsAuthLevel> {
+        match s {
+            "encryption_only" => Some(TlsAuthLevel::EncryptionOnly),
+            "certificate_validation" => Some(TlsAuthLevel::CertificateValidation),
+            "domain_validation" => Some(TlsAuthLevel::DomainValidation),
+            _ => None,
+        }
+    }
+}
+
+impl SendConnector {
+    pub fn tls_auth_level(&self) -> TlsAuthLevel {
+        TlsAuthLevel::parse(&self.tls_auth_level).unwrap_or(TlsAuthLevel::EncryptionOnly)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -85,6 +85,7 @@ impl Directory {
         })?;
         let mut v = Validator {
             text,
+            base_dir: &base_dir,
             source,
             errors: Vec::new(),
         };
@@ -245,6 +246,8 @@ fn key_at(text: &str, offset: usize) -> String {
 
 struct Validator<'a> {
     text: &'a str,
+    /// Where relative paths in the file start (the file's folder).
+    base_dir: &'a Path,
     source: &'a str,
     errors: Vec<ConfigError>,
 }
@@ -513,6 +516,52 @@ impl Validator<'_> {
                     format!("{:?}: expected \"opportunistic\" or \"required\"", v.tls),
                 );
             }
+            let level = TlsAuthLevel::parse(&v.tls_auth_level);
+            if level.is_none() {
+                self.err(
+                    c,
+                    "send_connectors",
+                    "tls_auth_level",
+                    format!(
+                        "{:?}: expected \"encryption_only\", \"certificate_validation\" or \"domain_validation\"",
+                        v.tls_auth_level
+                    ),
+                );
+            }
+            if v.smart_host_auth.is_some() && level == Some(TlsAuthLevel::EncryptionOnly) {
+                self.err(c, "send_connectors", "tls_auth_level", "smart_host_auth needs tls_auth_level = \"certificate_validation\" or \"domain_validation\": with encryption_only the certificate is not checked, so the credentials could go to whoever answers".into());
+            }
+            if v.tls_domain.is_some() && level != Some(TlsAuthLevel::DomainValidation) {
+                self.err(
+                    c,
+                    "send_connectors",
+                    "tls_domain",
+                    "tls_domain is only used with tls_auth_level = \"domain_validation\"".into(),
+                );
+            }
+            if let Some(d) = &v.tls_domain
+                && rustls::pki_types::ServerName::try_from(d.as_str()).is_err()
+            {
+                self.err(
+                    c,
+                    "send_connectors",
+                    "tls_domain",
+                    format!("{d:?} is not a host name"),
+                );
+            }
+            if let Some(f) = &v.tls_ca_file {
+                if level == Some(TlsAuthLevel::EncryptionOnly) {
+                    self.err(c, "send_connectors", "tls_ca_file", "tls_ca_file is only used with tls_auth_level = \"certificate_validation\" or \"domain_validation\"".into());
+                }
+                let path = if Path::new(f).is_absolute() {
+                    PathBuf::from(f)
+                } else {
+                    self.base_dir.join(f)
+                };
+                if let Err(e) = crate::net::tls::read_ca_file(&path) {
+                    self.err(c, "send_connectors", "tls_ca_file", e);
+                }
+            }
         }
         for r in &org.receive_connectors {
             let v = r.get_ref();
@@ -763,5 +812,44 @@ members = ["alice@contoso.test", "ext@fabrikam.test"]
         let bad = GOOD.replace("fqdn =", "fqdm =");
         let e = Directory::parse(&bad, "org.toml", PathBuf::from(".")).unwrap_err();
         assert!(e.to_string().contains("fqdm"), "{e}");
+    }
+
+    #[test]
+    fn send_connector_tls_keys_are_checked_at_load() {
+        let with = |keys: &str| {
+            format!(
+                "{GOOD}\n[[send_connectors]]\nname = \"Relay\"\naddress_spaces = [{{ domain = \"*\" }}]\nsmart_hosts = [\"relay.test\"]\n{keys}\n"
+            )
+        };
+        let keys_of =
+            |keys: &str| match Directory::parse(&with(keys), "org.toml", PathBuf::from(".")) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+            };
+        assert!(
+            keys_of("tls_auth_level = \"domain_validation\"\ntls_domain = \"relay.test\"")
+                .is_empty()
+        );
+        assert_eq!(
+            keys_of("tls_auth_level = \"strict\""),
+            ["send_connectors.tls_auth_level"]
+        );
+        // Credentials to an unchecked certificate: refused, whatever `tls` says.
+        assert_eq!(
+            keys_of("tls = \"required\"\nsmart_host_auth = { username = \"u\", password = \"p\" }"),
+            ["send_connectors.tls_auth_level"]
+        );
+        assert_eq!(
+            keys_of("tls_auth_level = \"certificate_validation\"\ntls_domain = \"relay.test\""),
+            ["send_connectors.tls_domain"]
+        );
+        let e = Directory::parse(
+            &with("tls_auth_level = \"certificate_validation\"\ntls_ca_file = \"missing-ca.pem\""),
+            "org.toml",
+            PathBuf::from("/nonexistent"),
+        )
+        .unwrap_err();
+        assert_eq!(e.0[0].key, "send_connectors.tls_ca_file");
+        assert!(e.0[0].message.contains("missing-ca.pem"), "{e}");
     }
 }

@@ -34,6 +34,9 @@ pub enum ClientError {
     Closed,
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The peer's certificate did not pass the send connector's `tls_auth_level`.
+    #[error("TLS certificate validation failed: {0}")]
+    CertificateRefused(String),
     /// The server refused the session (greeting, EHLO or AUTH): its reply.
     #[error("{0}")]
     Refused(Reply),
@@ -122,6 +125,32 @@ impl SmtpClient {
     /// against passive listeners; organisation servers prove themselves with the
     /// organisation key, not with certificates.
     pub async fn starttls(&mut self, helo: &str, server_name: &str) -> Result<(), ClientError> {
+        self.starttls_with(helo, server_name, super::tls::client_config(), None)
+            .await
+    }
+
+    /// STARTTLS that validates the peer's certificate (a send connector's
+    /// `tls_auth_level` above `encryption_only`) against `server_name`. The certificate
+    /// seen goes to the protocol log; one that does not validate ends the session right
+    /// after the handshake with QUIT (nothing else reaches the peer, not even EHLO), and
+    /// [`ClientError::CertificateRefused`] says why.
+    pub async fn starttls_validated(
+        &mut self,
+        helo: &str,
+        server_name: &str,
+        check: super::tls::ValidatingClient,
+    ) -> Result<(), ClientError> {
+        self.starttls_with(helo, server_name, check.config.clone(), Some(&check.seen))
+            .await
+    }
+
+    async fn starttls_with(
+        &mut self,
+        helo: &str,
+        server_name: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        seen: Option<&std::sync::Mutex<super::tls::PeerCertificate>>,
+    ) -> Result<(), ClientError> {
         let reply = self.command("STARTTLS").await?;
         if reply.code != 220 {
             return Err(ClientError::Refused(reply));
@@ -131,7 +160,7 @@ impl SmtpClient {
                 "STARTTLS on a stream that is not plain".into(),
             ));
         };
-        let connector = tokio_rustls::TlsConnector::from(super::tls::client_config());
+        let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(self.remote.ip().into()));
         let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
@@ -144,6 +173,9 @@ impl SmtpClient {
             &self.stream.tls_description().unwrap_or_default(),
             "TLS negotiation succeeded",
         );
+        if let Some(seen) = seen {
+            self.refuse_unless_validated(seen).await?;
+        }
         let ehlo = self.command(&format!("EHLO {helo}")).await?;
         if ehlo.code != 250 {
             return Err(ClientError::Refused(ehlo));
@@ -155,6 +187,33 @@ impl SmtpClient {
             .map(|l| l.to_ascii_uppercase())
             .collect();
         Ok(())
+    }
+
+    /// The verdict the validating verifier left for this handshake: the certificate
+    /// logged, and on refusal QUIT and the reason. No verdict (the verifier did not
+    /// run) is a refusal too.
+    async fn refuse_unless_validated(
+        &mut self,
+        seen: &std::sync::Mutex<super::tls::PeerCertificate>,
+    ) -> Result<(), ClientError> {
+        let (description, verdict) = match seen.lock() {
+            Ok(mut seen) => (seen.description.take(), seen.verdict.take()),
+            Err(_) => (None, None),
+        };
+        if let Some(d) = &description {
+            self.log.info(d, "Remote certificate");
+        }
+        let reason = match verdict {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(reason)) => reason,
+            None => "no certificate was verified".to_string(),
+        };
+        self.log
+            .info(&reason, "Remote certificate refused; session ended");
+        let _ = self.command("QUIT").await;
+        self.log.disconnect("Local");
+        self.stream = Stream::Closed;
+        Err(ClientError::CertificateRefused(reason))
     }
 
     pub fn is_tls(&self) -> bool {

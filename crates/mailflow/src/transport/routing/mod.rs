@@ -453,6 +453,9 @@ mod tests {
             smart_host_auth: None,
             front_end_proxy: false,
             tls: "opportunistic".into(),
+            tls_auth_level: "encryption_only".into(),
+            tls_domain: None,
+            tls_ca_file: None,
             max_message_size: None,
             protocol_logging: Default::default(),
         }

@@ -1,6 +1,7 @@
 //! Connecting through a send connector to the internet: smart hosts or the recipient
-//! domain's MX hosts, STARTTLS (`tls = "opportunistic" | "required"`), and AUTH to a
-//! smart host when the connector has credentials.
+//! domain's MX hosts, STARTTLS (`tls = "opportunistic" | "required"`) with the peer's
+//! certificate checked as `tls_auth_level` says (Exchange's TlsAuthLevel), and AUTH to
+//! a smart host when the connector has credentials, only once that check passed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,10 +10,10 @@ use mailflow_smtp::{Enhanced, Reply};
 
 use super::dns::{Dns, DnsFailure};
 use crate::context::ServerContext;
-use crate::directory::SendConnector;
+use crate::directory::{SendConnector, TlsAuthLevel};
 use crate::logs::LoggingLevel;
 use crate::logs::protocol::ProtocolSession;
-use crate::net::client::SmtpClient;
+use crate::net::client::{ClientError, SmtpClient};
 use crate::transport::queue::{DeliveryType, NextHop};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,6 +85,9 @@ pub async fn connect(
             }
         };
     let mut errors = Vec::new();
+    // A host whose certificate was refused: the reason that outranks the others, as
+    // it needs the operator (Exchange logs it as 4.4.317).
+    let mut refused = None;
     for (host, port) in hosts {
         let addrs = match dns.addresses(&host).await {
             Ok(a) => a,
@@ -96,9 +100,19 @@ pub async fn connect(
             let addr = SocketAddr::new(ip, port);
             match session(ctx, connector, &host, addr).await {
                 Ok(client) => return Ok((host, client)),
-                Err(e) => errors.push(format!("{host} [{addr}]: {e}")),
+                Err(SessionFailure::Certificate(reason)) => {
+                    errors.push(format!("{host} [{addr}]: {reason}"));
+                    refused.get_or_insert_with(|| format!("{host}: {reason}"));
+                }
+                Err(SessionFailure::Other(e)) => errors.push(format!("{host} [{addr}]: {e}")),
             }
         }
+    }
+    if let Some(why) = refused {
+        return Err(ConnectFailure::transient(
+            Enhanced(4, 4, 317),
+            format!("Cannot connect to remote server: TLS certificate validation failed for {why}"),
+        ));
     }
     Err(ConnectFailure::transient(
         Enhanced(4, 4, 1),
@@ -106,17 +120,44 @@ pub async fn connect(
     ))
 }
 
+/// Why one host gave no session.
+enum SessionFailure {
+    /// Its certificate failed the connector's `tls_auth_level`: the reason.
+    Certificate(String),
+    Other(String),
+}
+
+impl From<String> for SessionFailure {
+    fn from(s: String) -> Self {
+        SessionFailure::Other(s)
+    }
+}
+
 async fn session(
     ctx: &ServerContext,
     connector: &SendConnector,
     host: &str,
     addr: SocketAddr,
-) -> Result<SmtpClient, String> {
+) -> Result<SmtpClient, SessionFailure> {
     let log = if connector.protocol_logging == LoggingLevel::Verbose {
         ctx.hub_send_log
             .session(&connector.name, SocketAddr::new(ctx.ip, 0), addr)
     } else {
         ProtocolSession::disabled()
+    };
+    let level = connector.tls_auth_level();
+    // Built before connecting: a CA file that became unreadable since the load is
+    // the operator's to fix, and no peer should see a session for it.
+    let validating = match level {
+        TlsAuthLevel::EncryptionOnly => None,
+        level => {
+            let ca = connector.tls_ca_file.as_deref().map(|f| ctx.dir().path(f));
+            let check_name = level == TlsAuthLevel::DomainValidation;
+            Some(
+                crate::net::tls::validating_client(ca.as_deref(), check_name)
+                    .map_err(SessionFailure::Certificate)?,
+            )
+        }
     };
     let mut client = SmtpClient::connect(addr, ctx.fqdn(), CONNECT_TIMEOUT, log)
         .await
@@ -125,22 +166,39 @@ async fn session(
     // BDAT where the server offers CHUNKING, as Exchange's send connectors do.
     client.use_chunking(true);
     if client.has_extension("STARTTLS") {
-        client
-            .starttls(ctx.fqdn(), host)
-            .await
-            .map_err(|e| format!("STARTTLS failed: {e}"))?;
-    } else if connector.tls == "required" {
+        match validating {
+            None => client
+                .starttls(ctx.fqdn(), host)
+                .await
+                .map_err(|e| format!("STARTTLS failed: {e}"))?,
+            Some(check) => {
+                let name = connector.tls_domain.as_deref().unwrap_or(host);
+                match client.starttls_validated(ctx.fqdn(), name, check).await {
+                    Ok(()) => {}
+                    Err(ClientError::CertificateRefused(why)) => {
+                        return Err(SessionFailure::Certificate(why));
+                    }
+                    Err(e) => return Err(format!("STARTTLS failed: {e}").into()),
+                }
+            }
+        }
+    } else if connector.tls == "required" || level != TlsAuthLevel::EncryptionOnly {
+        // Exchange: a TlsAuthLevel implies RequireTLS.
+        client.quit().await;
         return Err(format!(
             "send connector {} requires TLS and {host} does not offer STARTTLS",
             connector.name
-        ));
+        )
+        .into());
     }
     if let Some(auth) = &connector.smart_host_auth {
-        // Credentials never travel in clear text.
-        if !client.is_tls() {
-            return Err(format!(
-                "{host} offers no TLS; credentials are not sent in clear text"
-            ));
+        // Credentials go only to a peer whose certificate was validated (the load
+        // refuses credentials with encryption_only); never in clear text.
+        if !client.is_tls() || level == TlsAuthLevel::EncryptionOnly {
+            client.quit().await;
+            return Err(
+                format!("{host} is not a validated TLS peer; credentials are not sent").into(),
+            );
         }
         client
             .authenticate(&auth.username, &auth.password)
