@@ -390,13 +390,28 @@ fn postfix_with_a_certificate_for_the_name_from_the_connector_ca_gets_the_mail()
 fn credentials_with_encryption_only_are_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
-    let connector = "\n[[send_connectors]]\nname = \"Careless\"\naddress_spaces = [{ domain = \"fabrikam.test\", cost = 1 }]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"relay.fabrikam.test\"]\ntls = \"required\"\nsmart_host_auth = { username = \"u\", password = \"p\" }\n";
+    let connector = |level: &str| {
+        format!(
+            "\n[[send_connectors]]\nname = \"Careless\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"relay.fabrikam.test\"]\ntls = \"required\"\n{level}smart_host_auth = {{ username = \"u\", password = \"p\" }}\n"
+        )
+    };
     let file = dir.path().join("mailflow.toml");
-    std::fs::write(&file, org_file(&ports, connector)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mailflow"))
-        .args(["--config", file.to_str().unwrap(), "check-config"])
-        .output()
-        .unwrap();
+    let check = |connector: String| {
+        std::fs::write(&file, org_file(&ports, &connector)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_mailflow"))
+            .args(["--config", file.to_str().unwrap(), "check-config"])
+            .output()
+            .unwrap()
+    };
+    // A file written before tls_auth_level existed keeps loading: credentials imply
+    // certificate_validation.
+    let out = check(connector(""));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(connector("tls_auth_level = \"encryption_only\"\n"));
     let err =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{err}");

@@ -385,13 +385,15 @@ pub struct SendConnector {
     #[serde(default = "opportunistic")]
     pub tls: String,
     /// Exchange's TlsAuthLevel: how the peer's certificate is checked after STARTTLS.
-    /// `encryption_only` (the default) checks nothing; `certificate_validation` needs a
-    /// chain to the system roots (or to `tls_ca_file`), any name; `domain_validation`
-    /// also needs the certificate to match `tls_domain` (or the host's name). With a
-    /// validation level, a peer that fails it gets nothing (Exchange: TlsAuthLevel
-    /// implies RequireTLS).
-    #[serde(default = "encryption_only")]
-    pub tls_auth_level: String,
+    /// `encryption_only` checks nothing; `certificate_validation` needs a chain to the
+    /// system roots (or to `tls_ca_file`), any name; `domain_validation` also needs the
+    /// certificate to match `tls_domain` (or the host's name). With a validation level,
+    /// a peer that fails it gets nothing (Exchange: TlsAuthLevel implies RequireTLS).
+    /// Unset: `certificate_validation` for a connector with `smart_host_auth`
+    /// (credentials only to a validated peer, DESIGN §7; files written before the key
+    /// existed keep loading and become safe), `encryption_only` otherwise.
+    #[serde(default)]
+    pub tls_auth_level: Option<String>,
     /// Exchange's TlsDomain: the name the certificate must match under
     /// `domain_validation`; None: the smart host's or MX host's name.
     #[serde(default)]
@@ -423,10 +425,6 @@ fn opportunistic() -> String {
     "opportunistic".into()
 }
 
-fn encryption_only() -> String {
-    "encryption_only".into()
-}
-
 /// A send connector's [`SendConnector::tls_auth_level`], parsed (the file's value was
 /// checked at load).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,8 +446,14 @@ impl TlsAuthLevel {
 }
 
 impl SendConnector {
+    /// The level in force: the file's value (checked at load), else the default that
+    /// [`SendConnector::tls_auth_level`]'s field documents.
     pub fn tls_auth_level(&self) -> TlsAuthLevel {
-        TlsAuthLevel::parse(&self.tls_auth_level).unwrap_or(TlsAuthLevel::EncryptionOnly)
+        match self.tls_auth_level.as_deref().and_then(TlsAuthLevel::parse) {
+            Some(level) => level,
+            None if self.smart_host_auth.is_some() => TlsAuthLevel::CertificateValidation,
+            None => TlsAuthLevel::EncryptionOnly,
+        }
     }
 }
 

@@ -516,18 +516,20 @@ impl Validator<'_> {
                     format!("{:?}: expected \"opportunistic\" or \"required\"", v.tls),
                 );
             }
-            let level = TlsAuthLevel::parse(&v.tls_auth_level);
-            if level.is_none() {
+            let explicit = v.tls_auth_level.as_deref();
+            if let Some(value) = explicit
+                && TlsAuthLevel::parse(value).is_none()
+            {
                 self.err(
                     c,
                     "send_connectors",
                     "tls_auth_level",
                     format!(
-                        "{:?}: expected \"encryption_only\", \"certificate_validation\" or \"domain_validation\"",
-                        v.tls_auth_level
+                        "{value:?}: expected \"encryption_only\", \"certificate_validation\" or \"domain_validation\""
                     ),
                 );
             }
+            let level = explicit.map_or(Some(v.tls_auth_level()), TlsAuthLevel::parse);
             if v.smart_host_auth.is_some() && level == Some(TlsAuthLevel::EncryptionOnly) {
                 self.err(c, "send_connectors", "tls_auth_level", "smart_host_auth needs tls_auth_level = \"certificate_validation\" or \"domain_validation\": with encryption_only the certificate is not checked, so the credentials could go to whoever answers".into());
             }
@@ -836,8 +838,19 @@ members = ["alice@contoso.test", "ext@fabrikam.test"]
         );
         // Credentials to an unchecked certificate: refused, whatever `tls` says.
         assert_eq!(
-            keys_of("tls = \"required\"\nsmart_host_auth = { username = \"u\", password = \"p\" }"),
+            keys_of(
+                "tls = \"required\"\ntls_auth_level = \"encryption_only\"\nsmart_host_auth = { username = \"u\", password = \"p\" }"
+            ),
             ["send_connectors.tls_auth_level"]
+        );
+        // A file from before the key: credentials imply certificate_validation.
+        let creds = "tls = \"required\"\nsmart_host_auth = { username = \"u\", password = \"p\" }";
+        assert!(keys_of(creds).is_empty());
+        let dir = Directory::parse(&with(creds), "org.toml", PathBuf::from(".")).unwrap();
+        let connector = dir.send_connectors().next().unwrap();
+        assert_eq!(
+            connector.tls_auth_level(),
+            TlsAuthLevel::CertificateValidation
         );
         assert_eq!(
             keys_of("tls_auth_level = \"certificate_validation\"\ntls_domain = \"relay.test\""),

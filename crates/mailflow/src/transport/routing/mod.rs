@@ -453,7 +453,7 @@ mod tests {
             smart_host_auth: None,
             front_end_proxy: false,
             tls: "opportunistic".into(),
-            tls_auth_level: "encryption_only".into(),
+            tls_auth_level: None,
             tls_domain: None,
             tls_ca_file: None,
             max_message_size: None,
