@@ -1560,7 +1560,8 @@ def write_report(path, ctx):
               f"(the harness keeps 200 descriptors for itself).")
             w("")
         w(f"mailflow runs with `max_inbound_connections = {MAX_INBOUND}` (MaxInboundConnection of each "
-          f"receive connector; Exchange's default, 5,000, would hold the rest in the kernel's listen backlog).")
+          f"receive connector; Exchange's default, 5,000, would refuse the rest with 421 4.3.2) and no "
+          f"per-source limit on Default Frontend (every generator connects from 127.0.0.1).")
         w("")
         if i["waiting"] and per is not None:
             w(f"**The server stopped accepting after {i['bannered']:,} sessions**: the rest of the connections "
