@@ -193,9 +193,11 @@ impl TransportReceive {
             _ if submitter.is_some() => Some(AuthAs::Internal),
             _ => Some(AuthAs::Anonymous),
         };
+        // Untrusted content lost every organisation header (the stamp with them) in
+        // the header firewall above; only a trusted sender's old stamp is left to drop.
         let content = match auth_as {
-            Some(_) => AuthAs::unstamped(content),
-            None => content,
+            Some(_) if trusted => AuthAs::unstamped(content),
+            _ => content,
         };
         let existing_network_id = if trusted {
             message::get(&content, NETWORK_MESSAGE_ID_HEADER)
