@@ -48,6 +48,16 @@ pub struct Organization {
     /// Servers authenticate to each other with a key derived from this file's bytes.
     #[serde(default)]
     pub secret_file: Option<String>,
+    /// The organisation CA's certificate (PEM): every server's certificate is signed by
+    /// it, and servers verify each other against it on internal hops (DESIGN §7).
+    /// Unset in files made before the CA existed: internal certificates are then not
+    /// verified, and `mailflow check-config` names the command that adds the CA.
+    #[serde(default)]
+    pub ca_certificate: Option<String>,
+    /// The CA's private key (PEM). Only where certificates are issued
+    /// (`mailflow init --add-server`); servers do not need it.
+    #[serde(default)]
+    pub ca_key: Option<String>,
     pub accepted_domains: Vec<String>,
     /// Set-TransportConfig MaxReceiveSize/MaxSendSize.
     #[serde(default = "default_max_message_size", deserialize_with = "de_size")]

@@ -209,6 +209,18 @@ impl Directory {
         self.path(&server.data_dir)
     }
 
+    /// The organisation CA's certificate, when the organisation has one (DESIGN §7).
+    #[allow(dead_code)] // used by the trust work in progress (issue 13)
+    pub fn org_ca_certificate_path(&self) -> Option<PathBuf> {
+        self.org.organization.ca_certificate.as_deref().map(|p| self.path(p))
+    }
+
+    /// The organisation CA's private key, when the file names one.
+    #[allow(dead_code)] // used by the trust work in progress (issue 13)
+    pub fn org_ca_key_path(&self) -> Option<PathBuf> {
+        self.org.organization.ca_key.as_deref().map(|p| self.path(p))
+    }
+
     /// The organisation secret file (DESIGN §1).
     pub fn secret_path(&self) -> PathBuf {
         match &self.org.organization.secret_file {
