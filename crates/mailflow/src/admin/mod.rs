@@ -1,10 +1,21 @@
 //! The admin API (HTTP, DESIGN §1): what the CLI's management commands call on a
-//! running server.
+//! running server, and what Active Manager calls on the other servers.
+//!
+//! Off loopback it is HTTPS with the server's certificate, verified by clients against
+//! the organisation CA, so tokens never cross a network in clear text; without a CA
+//! such a server does not start. Every route but /api/health needs a bearer token
+//! (tokens.rs); the listener caps connections and header time (listener.rs) and the
+//! middleware here caps request bodies in size and time.
 
-use std::net::SocketAddr;
+pub mod listener;
+pub mod tokens;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,10 +24,50 @@ use crate::transport::TransportService;
 use crate::transport::queue::{MessageInfo, QueueInfo};
 use crate::transport::routing::Route;
 
+/// The largest request body accepted (every call today has an empty one).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Time for a client to send a request's body once its headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether an admin listener on `ip` serves HTTPS: everywhere but loopback (an
+/// unspecified address, 0.0.0.0 or ::, listens on every interface, so it is not
+/// loopback either). Clients use the same rule to pick the scheme.
+pub fn uses_tls(ip: IpAddr) -> bool {
+    !ip.is_loopback()
+}
+
+/// Starts the API on `addr`; returns the bound address and whether it is HTTPS.
+/// `tls` and `certificate` are the server's (what its receive connectors present).
 pub async fn start(
     addr: SocketAddr,
     transport: Arc<TransportService>,
-) -> anyhow::Result<SocketAddr> {
+    tls: Arc<rustls::ServerConfig>,
+    certificate: &Path,
+) -> anyhow::Result<(SocketAddr, bool)> {
+    let dir = transport.ctx.dir();
+    let acceptor = if uses_tls(addr.ip()) {
+        let Some(ca) = dir.org_ca_certificate_path() else {
+            anyhow::bail!(
+                "admin API: refusing to listen on {addr} without TLS: the organisation file {} \
+                 has no [organization] ca_certificate, so clients could not verify this server and \
+                 its tokens would cross the network in clear text. Create the organisation CA \
+                 (ca_certificate and ca_key) and sign this server's tls_certificate with it, or \
+                 set this server's bind (or address) to a loopback address such as 127.0.0.1",
+                dir.source
+            );
+        };
+        if let Err(e) = check_certificate(&ca, certificate, connect_ip(addr.ip(), &transport)) {
+            tracing::error!(
+                "admin API: {e}; clients verifying against the organisation CA will refuse this server"
+            );
+        }
+        Some(tokio_rustls::TlsAcceptor::from(tls))
+    } else {
+        None
+    };
+    let key = tokens::AdminKey::load(&dir.secret_path())
+        .map_err(|e| anyhow::anyhow!("admin API: {e}"))?;
+    let verifier = Arc::new(tokens::Verifier::new(key, tokens::tokens_path(&dir)));
     let app = Router::new()
         .route("/api/health", get(|| async { "ok" }))
         .route("/api/queues", get(list_queues))
@@ -32,7 +83,7 @@ pub async fn start(
             post(activate),
         )
         .layer(axum::middleware::from_fn_with_state(
-            transport.clone(),
+            verifier,
             require_token,
         ))
         .with_state(transport);
@@ -40,22 +91,70 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("admin API: cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("admin API stopped: {e}");
-        }
-    });
-    Ok(local)
+    let https = acceptor.is_some();
+    tokio::spawn(listener::serve(listener, app, acceptor));
+    Ok((local, https))
 }
 
-/// Every route but /api/health needs `Authorization: Bearer <token>` (derived from the
-/// organisation secret). Requests from a browser page (an `Origin` header) are refused
-/// outright, so a web page cannot drive the API through an operator's browser.
+/// The IP clients connect to for a listener on `ip`: itself, or the server's address
+/// when it listens on every interface.
+fn connect_ip(ip: IpAddr, transport: &TransportService) -> IpAddr {
+    if ip.is_unspecified() {
+        transport.ctx.ip
+    } else {
+        ip
+    }
+}
+
+/// Checks at start that the server's certificate chains to the organisation CA and
+/// names `ip`, as clients will check it, so a wrong certificate is found in the log
+/// rather than by each operator.
+fn check_certificate(ca: &Path, certificate: &Path, ip: IpAddr) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
+    let roots = crate::net::tls::read_ca_file(ca)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("cannot read {}: {e}", certificate.display()))?;
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(format!("{} holds no certificate", certificate.display()));
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(
+            leaf,
+            intermediates,
+            &ServerName::IpAddress(ip.into()),
+            &[],
+            UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "the certificate {} does not verify against the organisation CA {} for {ip}: {e}",
+                certificate.display(),
+                ca.display()
+            )
+        })
+}
+
+type Refusal = (StatusCode, String);
+
+/// Every route but /api/health needs `Authorization: Bearer <token>`: an operator's
+/// token or a short-lived one minted with the organisation secret (tokens.rs).
+/// Requests from a browser page (an `Origin` header) are refused outright, so a web
+/// page cannot drive the API through an operator's browser. Then the body is read,
+/// at most MAX_BODY bytes within BODY_TIMEOUT, and calls that change something are
+/// logged with the caller's name.
 async fn require_token(
-    State(t): State<Arc<TransportService>>,
+    State(verifier): State<Arc<tokens::Verifier>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
-) -> Result<axum::response::Response, (StatusCode, String)> {
+) -> Result<axum::response::Response, Refusal> {
     if request.uri().path() == "/api/health" {
         return Ok(next.run(request).await);
     }
@@ -70,14 +169,47 @@ async fn require_token(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !t.ctx.secret.verify_admin_token(token) {
-        return Err((
+        .unwrap_or("")
+        .trim();
+    let caller = verifier.check(token).map_err(|why| {
+        (
             StatusCode::UNAUTHORIZED,
-            "admin API: missing or wrong token (derived from the organisation secret)".into(),
-        ));
+            format!(
+                "admin API: {why}: send `Authorization: Bearer <token>` with a token from \
+                 `mailflow admin token create`, or run the CLI where it can read the organisation secret\n"
+            ),
+        )
+    })?;
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("admin API: request bodies are limited to {MAX_BODY} bytes\n"),
+            ));
+        }
+        Err(_) => {
+            return Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!("admin API: the request body did not arrive within {BODY_TIMEOUT:?}\n"),
+            ));
+        }
+    };
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let peer = parts.extensions.get::<listener::Peer>().map(|p| p.0);
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    let response = next.run(request).await;
+    if method != axum::http::Method::GET {
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        tracing::info!(
+            caller = %caller, peer = %peer, status = response.status().as_u16(),
+            "admin API: {method} {path}"
+        );
     }
-    Ok(next.run(request).await)
+    Ok(response)
 }
 
 async fn list_queues(State(t): State<Arc<TransportService>>) -> Json<Vec<QueueInfo>> {
@@ -86,7 +218,7 @@ async fn list_queues(State(t): State<Arc<TransportService>>) -> Json<Vec<QueueIn
 
 async fn queue_action(
     State(t): State<Arc<TransportService>>,
-    Path((identity, action)): Path<(String, String)>,
+    UrlPath((identity, action)): UrlPath<(String, String)>,
 ) -> Result<Json<QueueInfo>, (StatusCode, String)> {
     let queue = t
         .queues
@@ -144,7 +276,7 @@ async fn databases(State(t): State<Arc<TransportService>>) -> Json<Vec<serde_jso
 /// mail is retried at once so it follows the new active copy.
 async fn activate(
     State(t): State<Arc<TransportService>>,
-    Path((database, server)): Path<(String, String)>,
+    UrlPath((database, server)): UrlPath<(String, String)>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let ctx = &t.ctx;
     let dir = ctx.dir();
@@ -216,7 +348,7 @@ struct RemoveQuery {
 /// Remove-Message: out of every delivery queue that holds it, with or without an NDR.
 async fn remove_message(
     State(t): State<Arc<TransportService>>,
-    Path(identity): Path<String>,
+    UrlPath(identity): UrlPath<String>,
     Query(q): Query<RemoveQuery>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let id = message_id(&identity)?;
@@ -241,7 +373,7 @@ async fn remove_message(
 /// Export-Message: the message as it waits in its queue (.eml bytes).
 async fn export_message(
     State(t): State<Arc<TransportService>>,
-    Path(identity): Path<String>,
+    UrlPath(identity): UrlPath<String>,
 ) -> Result<Vec<u8>, (StatusCode, String)> {
     let id = message_id(&identity)?;
     t.queues

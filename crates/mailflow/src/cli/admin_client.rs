@@ -1,15 +1,31 @@
-//! The CLI's side of the admin API: the server's address from the organisation file,
-//! and the bearer token derived from the organisation secret (only those who can read
-//! the secret can manage the servers).
+//! The CLI's side of the admin API (and Active Manager's, server to server): the
+//! server's address from the organisation file, HTTPS verified against the
+//! organisation CA when the server listens off loopback, and a bearer token: the
+//! operator's own (`MAILFLOW_ADMIN_TOKEN`), else one minted for each request with the
+//! organisation secret, valid five minutes.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::admin::tokens::AdminKey;
 use crate::directory::{Directory, Server};
-use crate::net::orgauth::OrgSecret;
 
 use super::{Global, load_directory};
 
+/// The environment variable an operator's token is read from.
+pub const TOKEN_ENV: &str = "MAILFLOW_ADMIN_TOKEN";
+
+/// How the client proves who it is.
+enum Credential {
+    /// An operator token from `mailflow admin token create`.
+    Operator(String),
+    /// The organisation secret's admin key; `label` names the minter in server logs.
+    Secret { key: AdminKey, label: String },
+}
+
 pub struct AdminClient {
     pub base: String,
-    token: String,
+    credential: Credential,
     agent: ureq::Agent,
 }
 
@@ -21,27 +37,73 @@ impl AdminClient {
         AdminClient::new(&dir, &server)
     }
 
+    /// For the CLI: `MAILFLOW_ADMIN_TOKEN` when set, else the organisation secret.
     pub fn new(dir: &Directory, server: &Server) -> anyhow::Result<AdminClient> {
-        let secret = OrgSecret::load(&dir.secret_path(), false)
-            .map_err(|e| anyhow::anyhow!("the admin API needs the organisation secret: {e}"))?;
-        Ok(AdminClient::with_secret(server, &secret, 10))
+        let credential = match std::env::var(TOKEN_ENV) {
+            Ok(t) if !t.trim().is_empty() => Credential::Operator(t.trim().to_string()),
+            _ => Credential::Secret {
+                key: AdminKey::load(&dir.secret_path()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "the admin API needs a token: set {TOKEN_ENV} to one from \
+                         `mailflow admin token create`, or run where the organisation secret \
+                         can be read ({e})"
+                    )
+                })?,
+                label: "cli".into(),
+            },
+        };
+        AdminClient::build(dir, server, credential, 10)
     }
 
-    /// For a server talking to another (Active Manager); `timeout` in seconds.
-    pub fn with_secret(server: &Server, secret: &OrgSecret, timeout: u64) -> AdminClient {
-        let host = server
-            .bind
-            .as_deref()
-            .filter(|b| *b != "0.0.0.0")
-            .unwrap_or(&server.address);
-        AdminClient {
-            base: format!("http://{host}:{}", server.ports.admin),
-            token: secret.admin_token(),
-            agent: ureq::Agent::config_builder()
-                .timeout_global(Some(std::time::Duration::from_secs(timeout)))
-                .http_status_as_error(false)
-                .build()
-                .into(),
+    /// For a server talking to another (Active Manager): tokens minted with the
+    /// organisation secret, labelled with this server's name; `timeout` in seconds.
+    pub fn for_peer(
+        dir: &Directory,
+        server: &Server,
+        me: &str,
+        timeout: u64,
+    ) -> anyhow::Result<AdminClient> {
+        let key = AdminKey::load(&dir.secret_path())?;
+        AdminClient::build(
+            dir,
+            server,
+            Credential::Secret {
+                key,
+                label: me.to_string(),
+            },
+            timeout,
+        )
+    }
+
+    fn build(
+        dir: &Directory,
+        server: &Server,
+        credential: Credential,
+        timeout: u64,
+    ) -> anyhow::Result<AdminClient> {
+        let (listen, host) = endpoint(server);
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(timeout)))
+            .http_status_as_error(false);
+        let scheme = if crate::admin::uses_tls(listen) {
+            config = config.tls_config(org_ca_tls(dir, server)?);
+            "https"
+        } else {
+            "http"
+        };
+        Ok(AdminClient {
+            base: format!("{scheme}://{}", SocketAddr::new(host, server.ports.admin)),
+            credential,
+            agent: config.build().into(),
+        })
+    }
+
+    fn token(&self) -> String {
+        match &self.credential {
+            Credential::Operator(t) => t.clone(),
+            Credential::Secret { key, label } => {
+                key.mint(label, crate::admin::tokens::SECRET_TOKEN_LIFETIME)
+            }
         }
     }
 
@@ -56,7 +118,13 @@ impl AdminClient {
             )
         })?;
         if !resp.status().is_success() {
-            anyhow::bail!("{}", resp.body_mut().read_to_string().unwrap_or_default());
+            anyhow::bail!(
+                "{}",
+                resp.body_mut()
+                    .read_to_string()
+                    .unwrap_or_default()
+                    .trim_end()
+            );
         }
         Ok(resp)
     }
@@ -66,7 +134,7 @@ impl AdminClient {
         self.check(
             self.agent
                 .get(&url)
-                .header("Authorization", &format!("Bearer {}", self.token))
+                .header("Authorization", &format!("Bearer {}", self.token()))
                 .call(),
         )
     }
@@ -76,10 +144,56 @@ impl AdminClient {
         self.check(
             self.agent
                 .post(&url)
-                .header("Authorization", &format!("Bearer {}", self.token))
+                .header("Authorization", &format!("Bearer {}", self.token()))
                 .send_empty(),
         )
     }
+}
+
+/// Where a server's admin API listens (its `bind`, else its `address`), and the IP to
+/// connect to: the listening one, or `address` when it listens on every interface.
+/// An address that is not an IP counts as off loopback (HTTPS).
+fn endpoint(server: &Server) -> (IpAddr, IpAddr) {
+    let address: Option<IpAddr> = server.address.parse().ok();
+    let bind: Option<IpAddr> = server.bind.as_deref().and_then(|b| b.parse().ok());
+    let listen = bind
+        .or(address)
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let host = bind
+        .filter(|b| !b.is_unspecified())
+        .or(address)
+        .unwrap_or(listen);
+    (listen, host)
+}
+
+/// TLS that trusts the organisation CA alone: the admin API's certificate must chain
+/// to it and name the address connected to. Never an unverified certificate.
+fn org_ca_tls(dir: &Directory, server: &Server) -> anyhow::Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig, TlsProvider};
+    let ca = dir.org_ca_certificate_path().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}'s admin API listens off loopback, so it is HTTPS, and the organisation file {} \
+             has no [organization] ca_certificate to verify it with",
+            server.name,
+            dir.source
+        )
+    })?;
+    let pem = std::fs::read(&ca)
+        .map_err(|e| anyhow::anyhow!("cannot read the organisation CA {}: {e}", ca.display()))?;
+    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", ca.display());
+    }
+    Ok(TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::new_with_certs(&certs))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build())
 }
 
 /// A queue or message identity in a URL path (`MBX1\3` → `MBX1%5C3`).

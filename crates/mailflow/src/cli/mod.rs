@@ -2,6 +2,7 @@
 //! Exchange cmdlets they mirror.
 
 pub mod admin_client;
+mod admin_token;
 mod agent;
 mod check_config;
 mod database;
@@ -77,6 +78,9 @@ pub enum Command {
     Database(database::DatabaseCommand),
     /// Make running servers read the organisation file again (each, or `--server`).
     Reload,
+    /// The admin API's operator tokens (`admin token create|list|revoke`).
+    #[command(subcommand)]
+    Admin(admin_token::AdminCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(c) => agent::run(&g, c),
         Command::Database(c) => database::run(&g, c),
         Command::Reload => reload::run(&g),
+        Command::Admin(c) => admin_token::run(&g, c),
     }
 }
 

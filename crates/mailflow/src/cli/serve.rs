@@ -368,8 +368,15 @@ async fn serve(
         custom.push((addr, rc.name.clone(), rconn_kind(rc), task));
     }
     let (fe_addr, _f) = frontend.bind().await?;
-    let admin_addr =
-        crate::admin::start(SocketAddr::new(ip, server.ports.admin), transport.clone()).await?;
+    // Off loopback the admin API is HTTPS with this server's certificate (and does not
+    // start without an organisation CA to verify it by).
+    let (admin_addr, admin_https) = crate::admin::start(
+        SocketAddr::new(ip, server.ports.admin),
+        transport.clone(),
+        tls.clone(),
+        &cert,
+    )
+    .await?;
     // Every listener is bound: only now does mail already on this server move (the
     // queue database's messages, Outboxes, Pickup and Replay), so none of it meets
     // this server's own Mailbox Delivery or Transport not yet listening and waits a
@@ -433,7 +440,10 @@ async fn serve(
     for (addr, name, kind, _) in &custom {
         println!("    {addr:<22} {name} ({kind})");
     }
-    println!("    {admin_addr:<22} admin API (http)");
+    println!(
+        "    {admin_addr:<22} admin API ({})",
+        if admin_https { "https" } else { "http" }
+    );
     println!(
         "  try: swaks --to {} --server {fe_addr}",
         dir.mailboxes()

@@ -56,7 +56,13 @@ async fn learn_active_copies(transport: &TransportService) {
             let Some(server) = dir.server(peer).cloned() else {
                 continue;
             };
-            let client = AdminClient::with_secret(&server, &ctx.secret, 2);
+            let client = match AdminClient::for_peer(&dir, &server, ctx.name(), 2) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(server = %server.name, "admin API client: {e:#}");
+                    continue;
+                }
+            };
             let name = db.name.clone();
             let answer = tokio::task::spawn_blocking(move || {
                 let mut r = client.get("/api/databases").ok()?;
@@ -189,7 +195,13 @@ async fn fail_over(
         .servers()
         .filter(|s| !s.name.eq_ignore_ascii_case(ctx.name()))
     {
-        let client = AdminClient::with_secret(server, &ctx.secret, 2);
+        let client = match AdminClient::for_peer(dir, server, ctx.name(), 2) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(server = %server.name, "admin API client: {e:#}");
+                continue;
+            }
+        };
         let path = format!("/api/databases/{}/activate/{}", db.name, ctx.name());
         let name = server.name.clone();
         let told = tokio::task::spawn_blocking(move || client.post(&path)).await;

@@ -51,20 +51,6 @@ impl OrgSecret {
         hex::encode(self.mac(server).finalize().into_bytes())
     }
 
-    /// The admin API's bearer token: whoever can read the secret may manage servers.
-    pub fn admin_token(&self) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(b"mailflow admin API");
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    /// Checks an admin API token in constant time.
-    pub fn verify_admin_token(&self, token: &str) -> bool {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(b"mailflow admin API");
-        hex::decode(token).is_ok_and(|bytes| mac.verify_slice(&bytes).is_ok())
-    }
-
     /// Checks a presented password in constant time.
     pub fn verify(&self, server: &str, password: &str) -> bool {
         match hex::decode(password) {
