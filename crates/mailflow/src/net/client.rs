@@ -344,8 +344,12 @@ impl SmtpClient {
         let binding = Binding::of(&self.stream).map_err(ClientError::Protocol)?;
         let b64 = &base64::engine::general_purpose::STANDARD;
         let initial = b64.encode(orgauth::initial_response(service, server));
-        // Not a secret, but the protocol log shows who authenticated as what.
-        let reply = self.command(&format!("AUTH {mechanism} {initial}")).await?;
+        // Logged masked like every AUTH line (the receiving server logs who
+        // authenticated as what).
+        self.log.sent(&format!("AUTH {mechanism} ****"));
+        self.write(format!("AUTH {mechanism} {initial}\r\n").as_bytes())
+            .await?;
+        let reply = self.read_reply().await?;
         if reply.code != 334 {
             return Err(ClientError::Refused(reply));
         }
