@@ -273,6 +273,138 @@ mod tests {
         assert!(!other.verify_server_auth(&t, &response));
     }
 
+    /// The client and the receive connector together, over a real socket: the path
+    /// `connect_org` takes between two addresses (STARTTLS, then the exporter).
+    mod over_sockets {
+        use super::super::*;
+        use crate::net::client::{ClientError, SmtpClient};
+        use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector, SessionInfo, SmtpHandler};
+        use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply, SessionConfig};
+        use std::net::SocketAddr;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        struct Accept;
+
+        #[async_trait::async_trait]
+        impl SmtpHandler for Accept {
+            async fn mail(&mut self, _: &SessionInfo, _: Option<Address>, _: MailParams) -> Reply {
+                Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+            }
+            async fn rcpt(&mut self, _: &SessionInfo, _: Address, _: RcptParams) -> Reply {
+                Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+            }
+            async fn data_start(&mut self, _: &SessionInfo) -> Reply {
+                Reply::plain(354, "go")
+            }
+            async fn data(&mut self, _: Vec<u8>) {}
+            async fn data_end(&mut self, _: &SessionInfo) -> Reply {
+                Reply::new(250, Enhanced(2, 6, 0), "Queued")
+            }
+            async fn reset(&mut self) {}
+        }
+
+        /// MBX2's listener on 127.0.0.1 (TLS offered), with `auth`.
+        async fn listener(dir: &Path, auth: AuthPolicy) -> SocketAddr {
+            let (cert, key) = (dir.join("mbx2.pem"), dir.join("mbx2.key"));
+            crate::net::tls::ensure_self_signed(&cert, &key, "mbx2.contoso.test").unwrap();
+            let connector = ReceiveConnector {
+                id: "MBX2\\Default MBX2".into(),
+                bind: "127.0.0.1:0".parse().unwrap(),
+                session: SessionConfig {
+                    hostname: "mbx2.contoso.test".into(),
+                    banner: "mbx2.contoso.test ESMTP".into(),
+                    ..SessionConfig::default()
+                },
+                tls: Some(crate::net::tls::server_config(&cert, &key).unwrap()),
+                auth,
+                protocol_log: None,
+                inactivity_timeout: Duration::from_secs(10),
+                connection_timeout: Duration::from_secs(60),
+                limits: Limits::resolve(&Default::default(), true, 100),
+                default_domain: "contoso.test".into(),
+                implicit_tls: false,
+                remote_ranges: Vec::new(),
+                handler: Arc::new(|| Box::new(Accept)),
+            };
+            connector.bind().await.unwrap().0
+        }
+
+        fn org(secret: &OrgSecret, services: &'static [&'static str]) -> AuthPolicy {
+            AuthPolicy::OrgServers {
+                secret: secret.clone(),
+                servers: Arc::new(vec!["MBX1".into(), "MBX2".into()]),
+                services,
+            }
+        }
+
+        async fn connect(addr: SocketAddr, tls: bool) -> SmtpClient {
+            let log = crate::logs::protocol::ProtocolSession::disabled();
+            let mut c = SmtpClient::connect(addr, "mbx1.contoso.test", Duration::from_secs(5), log)
+                .await
+                .unwrap();
+            if tls {
+                c.starttls("mbx1.contoso.test", "127.0.0.1").await.unwrap();
+                assert!(c.is_tls());
+            }
+            c
+        }
+
+        fn refused(r: Result<(), ClientError>) -> u16 {
+            match r {
+                Err(ClientError::Refused(reply)) => reply.code,
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+
+        #[tokio::test]
+        async fn the_client_authenticates_inside_tls_and_in_plain_on_loopback() {
+            let dir = tempfile::tempdir().unwrap();
+            let secret = OrgSecret::load(&dir.path().join("secret.key"), true).unwrap();
+            let addr = listener(dir.path(), org(&secret, TRANSPORT_SERVICES)).await;
+            for tls in [true, false] {
+                let mut c = connect(addr, tls).await;
+                assert_eq!(c.server_name, "mbx2.contoso.test");
+                c.auth_org_server(&secret, HUB, "MBX1").await.unwrap();
+                assert_eq!(
+                    c.command("MAIL FROM:<>").await.unwrap().code,
+                    250,
+                    "tls: {tls}"
+                );
+            }
+            // Another organisation's secret, a service the listener does not take, an
+            // unknown server: 535.
+            let other = OrgSecret::load(&dir.path().join("other.key"), true).unwrap();
+            let mut c = connect(addr, true).await;
+            assert_eq!(refused(c.auth_org_server(&other, HUB, "MBX1").await), 535);
+            assert_eq!(c.command("MAIL FROM:<>").await.unwrap().code, 530);
+            let addr = listener(dir.path(), org(&secret, MAILBOX_DELIVERY_SERVICES)).await;
+            let mut c = connect(addr, true).await;
+            assert_eq!(
+                refused(c.auth_org_server(&secret, FRONTEND, "MBX1").await),
+                535
+            );
+            let mut c = connect(addr, true).await;
+            assert_eq!(refused(c.auth_org_server(&secret, HUB, "MBX9").await), 535);
+            let mut c = connect(addr, true).await;
+            c.auth_org_server(&secret, HUB, "MBX1").await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn no_fallback_to_a_password_where_the_mechanism_is_not_offered() {
+            let dir = tempfile::tempdir().unwrap();
+            let secret = OrgSecret::load(&dir.path().join("secret.key"), true).unwrap();
+            let addr = listener(dir.path(), AuthPolicy::None).await;
+            let mut c = connect(addr, true).await;
+            match c.auth_org_server(&secret, HUB, "MBX1").await {
+                Err(ClientError::Protocol(e)) => {
+                    assert!(e.contains("does not offer AUTH X-MAILFLOW-SERVER"), "{e}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn initial_responses_are_service_nul_server() {
         assert_eq!(
