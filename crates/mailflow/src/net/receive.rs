@@ -575,6 +575,8 @@ impl ReceiveConnector {
                             session.respond(reply);
                         }
                         Event::AuthStart { mechanism, initial } => {
+                            // A cancelled exchange's challenge is never answerable again.
+                            server_auth = None;
                             match self.server_auth_start(&info, &stream, &mechanism, initial, &mut log) {
                                 Ok(started) => {
                                     session.auth_challenge(&started.challenge);
