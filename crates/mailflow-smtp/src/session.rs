@@ -31,7 +31,9 @@ pub struct SessionConfig {
     /// Exchange's MaxProtocolErrors (reference §1.2): then `421` and close.
     pub max_errors: u32,
     pub starttls: bool,
-    /// SASL mechanisms offered (e.g. `PLAIN`, `LOGIN`); empty: no AUTH.
+    /// SASL mechanisms offered (e.g. `PLAIN`, `LOGIN`); empty: no AUTH. The session
+    /// runs `PLAIN` and `LOGIN` itself ([`Event::Auth`]); any other mechanism listed
+    /// here is a challenge–response one the driver runs ([`Event::AuthStart`]).
     pub auth_mechanisms: Vec<String>,
     /// Offer and accept AUTH only inside TLS (BasicAuthRequireTLS).
     pub auth_requires_tls: bool,
@@ -93,17 +95,38 @@ pub enum Event {
         username: String,
         password: String,
     },
+    /// *decide*: AUTH with a mechanism the driver runs (one of the configured
+    /// mechanisms other than PLAIN and LOGIN), with the decoded initial response if the
+    /// client gave one (`=` is an empty one, RFC 4954 §4). Answer with
+    /// [`Session::auth_challenge`] to send a `334` challenge (the server's challenge
+    /// comes from the driver: randomness and keys are not the session's business), or
+    /// with [`Session::respond`] to end the exchange (235, or a refusal).
+    AuthStart {
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    },
+    /// *decide*: the client's decoded answer to the last [`Session::auth_challenge`].
+    /// Answer as to [`Event::AuthStart`]: another challenge, or the final reply.
+    AuthResponse {
+        mechanism: String,
+        response: Vec<u8>,
+    },
     /// The session is over (QUIT, too many errors): write the output and close.
     Close,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
     Mail,
     Rcpt,
-    DataStart { bdat: bool },
+    DataStart {
+        bdat: bool,
+    },
     DataEnd,
     Auth,
+    /// [`Event::AuthStart`] or [`Event::AuthResponse`] of this mechanism: a challenge
+    /// or a final reply.
+    AuthStep(String),
 }
 
 #[derive(Debug)]
@@ -123,6 +146,8 @@ enum Phase {
     /// AUTH LOGIN: waiting for the username (`None`) or password.
     AuthLogin(Option<String>),
     AuthPlain,
+    /// A driver-run mechanism sent a challenge: the next line is the response.
+    AuthChallenge(String),
     Closed,
 }
 
@@ -298,11 +323,32 @@ impl Session {
                 self.send(reply);
                 self.tx = Transaction::default();
             }
-            Pending::Auth => {
+            Pending::Auth | Pending::AuthStep(_) => {
                 if ok {
                     self.authenticated = true;
                 }
                 self.send(reply);
+            }
+        }
+    }
+
+    /// The driver's challenge in a mechanism it runs, after [`Event::AuthStart`] or
+    /// [`Event::AuthResponse`]: sent as `334 <base64>`, and the next line comes back as
+    /// [`Event::AuthResponse`] (or `*` cancels it with `501`). Called with no exchange
+    /// waiting for it is a driver bug: with nothing pending the client gets `454 4.7.0`
+    /// (an answer, not a hang); a pending MAIL, RCPT or data decision stays pending.
+    pub fn auth_challenge(&mut self, challenge: &[u8]) {
+        match self.pending.take() {
+            Some(Pending::AuthStep(mechanism)) => {
+                let text = base64::engine::general_purpose::STANDARD.encode(challenge);
+                self.send(Reply::plain(334, text));
+                self.phase = Phase::AuthChallenge(mechanism);
+            }
+            other => {
+                self.pending = other;
+                if self.pending.is_none() {
+                    self.send(r(454, (4, 7, 0), "Temporary authentication failure"));
+                }
             }
         }
     }
@@ -392,7 +438,10 @@ impl Session {
                     self.input.drain(..=nl);
                     self.phase = Phase::Command;
                 }
-                Phase::Command | Phase::AuthLogin(_) | Phase::AuthPlain => {
+                Phase::Command
+                | Phase::AuthLogin(_)
+                | Phase::AuthPlain
+                | Phase::AuthChallenge(_) => {
                     let Some(nl) = self.input.iter().position(|&b| b == b'\n') else {
                         if self.input.len() > self.config.max_command_line {
                             self.input.clear();
@@ -441,6 +490,11 @@ impl Session {
             Phase::AuthPlain => {
                 self.received_log.push("<AUTH PLAIN response>".into());
                 return self.auth_plain(&line);
+            }
+            Phase::AuthChallenge(mechanism) => {
+                self.received_log
+                    .push(format!("<AUTH {mechanism} response>"));
+                return self.auth_response(mechanism, &line);
             }
             _ => {}
         }
@@ -766,8 +820,40 @@ impl Session {
                 self.phase = Phase::AuthLogin(None);
                 None
             }
-            _ => self.error(r(504, (5, 7, 4), "Unrecognized authentication type")),
+            (_, initial) => {
+                // RFC 4954 §4: `=` is an empty initial response.
+                let initial = match initial.as_deref() {
+                    None => None,
+                    Some("=") => Some(Vec::new()),
+                    Some(text) => match decode_b64(text.as_bytes()) {
+                        Some(bytes) => Some(bytes),
+                        None => return self.error(r(501, (5, 5, 2), "Invalid base64 data")),
+                    },
+                };
+                self.pending = Some(Pending::AuthStep(mechanism.clone()));
+                Some(Event::AuthStart { mechanism, initial })
+            }
         }
+    }
+
+    /// The client's line after a driver's challenge.
+    fn auth_response(&mut self, mechanism: String, line: &[u8]) -> Option<Event> {
+        if let Some(ev) = self.auth_cancelled(line) {
+            return ev;
+        }
+        let response = if line == b"=" {
+            Vec::new()
+        } else {
+            match decode_b64(line) {
+                Some(bytes) => bytes,
+                None => return self.error(r(501, (5, 5, 2), "Invalid base64 data")),
+            }
+        };
+        self.pending = Some(Pending::AuthStep(mechanism.clone()));
+        Some(Event::AuthResponse {
+            mechanism,
+            response,
+        })
     }
 
     fn auth_cancelled(&mut self, line: &[u8]) -> Option<Option<Event>> {

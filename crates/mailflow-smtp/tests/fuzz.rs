@@ -42,6 +42,10 @@ fn smtp_token() -> impl Strategy<Value = Vec<u8>> {
         "AUTH PLAIN\r\n",
         "AUTH PLAIN AGEAYg==\r\n",
         "AUTH LOGIN\r\n",
+        "AUTH X-CHALLENGE\r\n",
+        "AUTH X-CHALLENGE aWQ=\r\n",
+        "AUTH X-CHALLENGE =\r\n",
+        "Z29vZA==\r\n",
         "YQ==\r\n",
         "*\r\n",
         "STARTTLS\r\n",
@@ -294,12 +298,12 @@ struct Transcript {
 }
 
 /// Drives a session like the receive connector does, accepting what it is asked
-/// (but refusing `nobody@` and empty passwords).
+/// (but refusing `nobody@`, empty passwords and challenge responses other than `good`).
 fn run_session(fragments: &[&[u8]]) -> Transcript {
     let config = SessionConfig {
         max_message_size: 4096,
         max_recipients: 3,
-        auth_mechanisms: vec!["PLAIN".into(), "LOGIN".into()],
+        auth_mechanisms: vec!["PLAIN".into(), "LOGIN".into(), "X-CHALLENGE".into()],
         auth_requires_tls: false,
         ..SessionConfig::default()
     };
@@ -332,6 +336,12 @@ fn run_session(fragments: &[&[u8]]) -> Transcript {
                     s.respond(ok(535, (5, 7, 8)))
                 }
                 Event::Auth { .. } => s.respond(ok(235, (2, 7, 0))),
+                // A driver-run mechanism: challenge once, accept only `good`.
+                Event::AuthStart { .. } => s.auth_challenge(b"chal"),
+                Event::AuthResponse { response, .. } if response == b"good" => {
+                    s.respond(ok(235, (2, 7, 0)))
+                }
+                Event::AuthResponse { .. } => s.respond(ok(535, (5, 7, 8))),
                 // No TLS here: the session goes on in clear, as after a failed handshake.
                 Event::StartTls => {}
                 _ => {}
@@ -366,6 +376,10 @@ fn session_regressions() -> Vec<(Vec<u8>, Vec<usize>)> {
         ),
         (
             format!("AUTH LOGIN\r\nYQ==\r\n{long}\r\nNOOP\r\n").into_bytes(),
+            vec![2080],
+        ),
+        (
+            format!("AUTH X-CHALLENGE aWQ=\r\n{long}\r\nNOOP\r\n").into_bytes(),
             vec![2080],
         ),
     ]

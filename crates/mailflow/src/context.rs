@@ -387,7 +387,7 @@ impl ServerContext {
                 .await?;
         }
         client
-            .auth_plain(service, self.name(), &self.secret.password(self.name()))
+            .auth_org_server(&self.secret, service, self.name())
             .await?;
         Ok(client)
     }

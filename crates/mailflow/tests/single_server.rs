@@ -2,6 +2,8 @@
 //! Front End :25 → Transport :2525 → Mailbox Delivery :475 → mailbox database.
 
 mod common;
+#[path = "common/server_auth.rs"]
+mod server_auth;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -206,12 +208,15 @@ fn tracking_log_files_have_exchange_headers_and_protocol_logs_record_sessions() 
         .map(|e| file_text(&e.unwrap().path()))
         .collect();
     assert!(
-        send.contains("Inbound Proxy Internal Send Connector") && send.contains("AUTH PLAIN ****"),
+        send.contains("Inbound Proxy Internal Send Connector")
+            && send.contains(",>,AUTH X-MAILFLOW-SERVER ****,")
+            && send.contains(",<,334 ")
+            && send.contains(",>,****,"),
         "{send}"
     );
     assert!(
-        !send.contains("AUTH PLAIN A"),
-        "credentials must never be logged"
+        !send.contains(&server_auth::b64(b"FrontendTransport\0MBX1")),
+        "AUTH lines are logged masked: {send}"
     );
     // Transport → Mailbox Delivery: BDAT, as between Exchange servers; the envelope
     // and the chunk in one write, so no DATA and no 354 on that hop.
@@ -365,8 +370,13 @@ fn internal_listeners_refuse_clients_that_are_not_organisation_servers() {
             r.starts_with("530 5.7.1 Client was not authenticated"),
             "port {port}: {r}"
         );
-        // A wrong organisation key is refused too (AUTH PLAIN \0MBX1\0bad).
+        // Servers never authenticate with a password: AUTH PLAIN is not offered here.
         let r = c.cmd("AUTH PLAIN AE1CWDEAYmFk");
+        assert!(r.starts_with("504 5.7.4"), "port {port}: {r}");
+        // A wrong answer to the challenge is refused.
+        let r = c.cmd(&server_auth::auth_line("HubTransport", "MBX1"));
+        server_auth::challenge(&r);
+        let r = c.cmd(&server_auth::b64(&[0u8; 32]));
         assert!(r.starts_with("535 5.7.8"), "port {port}: {r}");
     }
 }
@@ -562,18 +572,16 @@ fn fifty_concurrent_sessions_of_twenty_messages_each_are_delivered_exactly_once(
     assert_eq!(subjects.len(), 1000, "a message was delivered twice");
 }
 
-/// AUTH PLAIN as an organisation server, as the Transport service does (DESIGN §1).
+/// Authenticates as an organisation server's Transport service, as it does
+/// (X-MAILFLOW-SERVER over plain loopback, DESIGN §1) to MBX1.
 fn auth_as_transport(c: &mut Smtp, server: &str) -> String {
-    use base64::Engine;
-    use hmac::{Hmac, Mac};
-    let mut mac =
-        Hmac::<sha2::Sha256>::new_from_slice(b"00112233445566778899aabbccddeeff").unwrap();
-    mac.update(b"mailflow ExchangeServer authentication\0");
-    mac.update(server.to_lowercase().as_bytes());
-    let password = hex::encode(mac.finalize().into_bytes());
-    let token = base64::engine::general_purpose::STANDARD
-        .encode(format!("HubTransport\0{server}\0{password}"));
-    c.cmd(&format!("AUTH PLAIN {token}"))
+    server_auth::authenticate_plain(
+        c,
+        b"00112233445566778899aabbccddeeff",
+        "HubTransport",
+        server,
+        "mbx1.contoso.test",
+    )
 }
 
 #[test]
@@ -704,5 +712,9 @@ fn the_front_end_reuses_an_idle_proxy_session_for_the_next_client() {
         3,
         "{send}"
     );
-    assert_eq!(send.matches("AUTH PLAIN ****").count(), 1, "{send}");
+    assert_eq!(
+        send.matches(",>,AUTH X-MAILFLOW-SERVER ****,").count(),
+        1,
+        "{send}"
+    );
 }

@@ -12,7 +12,7 @@ use crate::frontend::passwords::{AuthThrottle, PasswordBook};
 use crate::frontend::{FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
-use crate::net::orgauth::OrgSecret;
+use crate::net::orgauth::{self, OrgSecret};
 use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector};
 use crate::transport::TransportService;
 use crate::transport::receive::TransportReceive;
@@ -89,9 +89,12 @@ async fn serve(
         .map(|p| dir.path(p))
         .unwrap_or_else(|| data_dir.join("Replay"));
     let org_servers = Arc::new(dir.servers().map(|s| s.name.clone()).collect::<Vec<_>>());
-    let org_auth = AuthPolicy::OrgServers {
+    // Each internal listener takes only the services that have business on it
+    // (orgauth::*_SERVICES).
+    let org_auth = |services: &'static [&'static str]| AuthPolicy::OrgServers {
         secret: secret.clone(),
-        servers: org_servers,
+        servers: org_servers.clone(),
+        services,
     };
     let settings = &dir.org.transport;
     let org = &dir.org.organization;
@@ -196,7 +199,7 @@ async fn serve(
         format!("Default {}", server.name),
         server.ports.transport,
         session(internal_size, 5000),
-        org_auth.clone(),
+        org_auth(orgauth::TRANSPORT_SERVICES),
         verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
         Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
         limits[4],
@@ -206,7 +209,7 @@ async fn serve(
         format!("Default Mailbox Delivery {}", server.name),
         server.ports.mailbox_delivery,
         session(internal_size, 5000),
-        org_auth.clone(),
+        org_auth(orgauth::MAILBOX_DELIVERY_SERVICES),
         verbose(
             settings.mailbox_delivery_connector_protocol_logging,
             &ctx.mailbox_receive_log,
@@ -232,7 +235,7 @@ async fn serve(
         format!("Outbound Proxy Frontend {}", server.name),
         server.ports.outbound_proxy,
         session(internal_size, 5000),
-        org_auth.clone(),
+        org_auth(orgauth::OUTBOUND_PROXY_SERVICES),
         verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
         Arc::new(move || {
             Box::new(crate::frontend::outbound_proxy::OutboundProxySession::new(
@@ -257,7 +260,7 @@ async fn serve(
         format!("Client Proxy {}", server.name),
         server.ports.client_proxy,
         session(internal_size, 200),
-        org_auth.clone(),
+        org_auth(orgauth::CLIENT_PROXY_SERVICES),
         verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
         Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
         limits[2],

@@ -69,6 +69,8 @@ pub struct SmtpClient {
     pub local: SocketAddr,
     /// EHLO keywords the server offered, upper-cased (`PIPELINING`, `SIZE 1000`, …).
     pub extensions: Vec<String>,
+    /// The name the server gave for itself in its last EHLO reply (`<name> Hello …`).
+    pub server_name: String,
     pub greeting: Reply,
     log: ProtocolSession,
     timeout: Duration,
@@ -96,6 +98,7 @@ impl SmtpClient {
             remote: addr,
             local,
             extensions: Vec::new(),
+            server_name: String::new(),
             greeting: Reply::plain(220, ""),
             log,
             timeout,
@@ -111,12 +114,7 @@ impl SmtpClient {
         if ehlo.code != 250 {
             return Err(ClientError::Refused(ehlo));
         }
-        c.extensions = ehlo
-            .lines
-            .iter()
-            .skip(1)
-            .map(|l| l.to_ascii_uppercase())
-            .collect();
+        c.take_ehlo(&ehlo);
         Ok(c)
     }
 
@@ -180,13 +178,24 @@ impl SmtpClient {
         if ehlo.code != 250 {
             return Err(ClientError::Refused(ehlo));
         }
+        self.take_ehlo(&ehlo);
+        Ok(())
+    }
+
+    /// The extensions and the server's name from an EHLO reply.
+    fn take_ehlo(&mut self, ehlo: &Reply) {
+        self.server_name = ehlo
+            .lines
+            .first()
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
         self.extensions = ehlo
             .lines
             .iter()
             .skip(1)
             .map(|l| l.to_ascii_uppercase())
             .collect();
-        Ok(())
     }
 
     /// The verdict the validating verifier left for this handshake: the certificate
@@ -301,6 +310,71 @@ impl SmtpClient {
             .encode(format!("{authzid}\0{user}\0{password}"));
         self.log.sent("AUTH PLAIN ****");
         self.write(format!("AUTH PLAIN {token}\r\n").as_bytes())
+            .await?;
+        let reply = self.read_reply().await?;
+        if reply.code != 235 {
+            return Err(ClientError::Refused(reply));
+        }
+        Ok(())
+    }
+
+    /// Proves that this server (`server`, running `service`) belongs to the
+    /// organisation with `X-MAILFLOW-SERVER` (see [`super::orgauth`]): the answer to
+    /// the server's fresh challenge, bound to this TLS session (or, on a plain loopback
+    /// session, to the plain marker) and to the name the server gave in its EHLO reply.
+    /// No fallback to AUTH PLAIN: a server that does not offer the mechanism is refused.
+    pub async fn auth_org_server(
+        &mut self,
+        secret: &super::orgauth::OrgSecret,
+        service: &str,
+        server: &str,
+    ) -> Result<(), ClientError> {
+        use super::orgauth::{self, Binding, Transcript};
+        let mechanism = orgauth::MECHANISM;
+        let offered = self.extensions.iter().any(|e| {
+            e.strip_prefix("AUTH ")
+                .is_some_and(|m| m.split(' ').any(|m| m == mechanism))
+        });
+        if !offered {
+            return Err(ClientError::Protocol(format!(
+                "{} does not offer AUTH {mechanism}",
+                self.remote
+            )));
+        }
+        let binding = Binding::of(&self.stream).map_err(ClientError::Protocol)?;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let initial = b64.encode(orgauth::initial_response(service, server));
+        // Logged masked like every AUTH line (the receiving server logs who
+        // authenticated as what).
+        self.log.sent(&format!("AUTH {mechanism} ****"));
+        self.write(format!("AUTH {mechanism} {initial}\r\n").as_bytes())
+            .await?;
+        let reply = self.read_reply().await?;
+        if reply.code != 334 {
+            return Err(ClientError::Refused(reply));
+        }
+        let challenge = reply
+            .lines
+            .first()
+            .and_then(|text| b64.decode(text.trim()).ok())
+            .filter(|c| c.len() == orgauth::CHALLENGE_LEN);
+        let Some(challenge) = challenge else {
+            // `*` ends the exchange so the session stays usable for the error report.
+            let _ = self.command("*").await;
+            return Err(ClientError::Protocol(format!(
+                "{} sent an invalid {mechanism} challenge",
+                self.remote
+            )));
+        };
+        let response = secret.server_auth_response(&Transcript {
+            challenge: &challenge,
+            server,
+            service,
+            receiver: &self.server_name,
+            binding: &binding,
+        });
+        self.log.sent("****");
+        self.write(format!("{}\r\n", b64.encode(response)).as_bytes())
             .await?;
         let reply = self.read_reply().await?;
         if reply.code != 235 {

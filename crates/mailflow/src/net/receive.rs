@@ -17,7 +17,7 @@ use mailflow_smtp::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::orgauth::OrgSecret;
+use super::orgauth::{self, Binding, OrgSecret, Transcript};
 use super::stream::Stream;
 use crate::frontend::passwords::Logon;
 use crate::logs::protocol::{ProtocolLog, ProtocolSession};
@@ -65,11 +65,13 @@ pub type HandlerFactory = Arc<dyn Fn() -> Box<dyn SmtpHandler> + Send + Sync>;
 #[derive(Clone)]
 pub enum AuthPolicy {
     None,
-    /// Organisation servers only (ExchangeServer authentication), inside TLS except on
-    /// loopback.
+    /// Organisation servers only (ExchangeServer authentication with
+    /// `X-MAILFLOW-SERVER`, see [`super::orgauth`]), inside TLS except on loopback, and
+    /// only as one of `services`.
     OrgServers {
         secret: OrgSecret,
         servers: Arc<Vec<String>>,
+        services: &'static [&'static str],
     },
     /// Mailbox users (client submission), always inside TLS, with failed-logon
     /// throttling per client address.
@@ -445,7 +447,7 @@ impl ReceiveConnector {
         config.starttls = self.tls.is_some();
         match &self.auth {
             AuthPolicy::OrgServers { .. } => {
-                config.auth_mechanisms = vec!["PLAIN".into()];
+                config.auth_mechanisms = vec![orgauth::MECHANISM.into()];
                 // Loopback traffic never leaves the machine; elsewhere credentials need
                 // TLS.
                 config.auth_requires_tls = !remote.ip().is_loopback();
@@ -505,6 +507,8 @@ impl ReceiveConnector {
         let mut in_transaction = false;
         let mut unknown_recipients = 0u32;
         let mut pace = DataPace::default();
+        // The X-MAILFLOW-SERVER exchange between its challenge and the response.
+        let mut server_auth: Option<ServerAuth> = None;
         // Small while the session only exchanges commands (an idle session holds it,
         // and thousands may be idle); it grows to READ_BUFFER once a read fills it,
         // which is content arriving.
@@ -563,14 +567,28 @@ impl ReceiveConnector {
                         }
                         Event::StartTls => start_tls = true,
                         Event::Auth {
-                            authzid,
-                            username,
-                            password,
-                            ..
+                            username, password, ..
                         } => {
                             let reply = self
-                                .authenticate(&mut info, &authzid, &username, &password, &mut log)
+                                .authenticate(&mut info, &username, &password, &mut log)
                                 .await;
+                            session.respond(reply);
+                        }
+                        Event::AuthStart { mechanism, initial } => {
+                            // A cancelled exchange's challenge is never answerable again.
+                            server_auth = None;
+                            match self.server_auth_start(&info, &stream, &mechanism, initial, &mut log) {
+                                Ok(started) => {
+                                    session.auth_challenge(&started.challenge);
+                                    server_auth = Some(started);
+                                }
+                                Err(reply) => session.respond(reply),
+                            }
+                        }
+                        Event::AuthResponse { response, .. } => {
+                            // Taken: one response per challenge, whatever its verdict.
+                            let reply =
+                                self.server_auth_finish(&mut info, server_auth.take(), &response, &mut log);
                             session.respond(reply);
                         }
                         Event::Close => {}
@@ -605,6 +623,7 @@ impl ReceiveConnector {
                             info.helo = None;
                             info.org_server = None;
                             info.user = None;
+                            server_auth = None;
                             log.info(
                                 info.tls.as_deref().unwrap_or(""),
                                 "TLS negotiation succeeded",
@@ -748,16 +767,14 @@ impl ReceiveConnector {
     async fn authenticate(
         &self,
         info: &mut SessionInfo,
-        service: &str,
-        server: &str,
+        username: &str,
         password: &str,
         log: &mut ProtocolSession,
     ) -> Reply {
-        let (secret, servers) = match &self.auth {
-            AuthPolicy::OrgServers { secret, servers } => (secret, servers),
+        match &self.auth {
             AuthPolicy::Mailboxes { book, throttle } => {
                 let ip = info.remote.ip();
-                let logon = throttle.logon(book, ip, server, password).await;
+                let logon = throttle.logon(book, ip, username, password).await;
                 match &logon {
                     Logon::Accepted(user) => {
                         log.info(&user.0, "authenticated as a mailbox user");
@@ -769,24 +786,131 @@ impl ReceiveConnector {
                     ),
                     Logon::Rejected => {}
                 }
-                return logon.reply();
+                logon.reply()
             }
-            AuthPolicy::None => {
-                return Reply::new(504, Enhanced(5, 7, 4), "Unrecognized authentication type");
-            }
-        };
-        let known = servers.iter().any(|s| s.eq_ignore_ascii_case(server));
-        if known && secret.verify(server, password) {
-            info.org_server = Some((server.to_string(), service.to_string()));
-            log.info(
-                &format!("{server} {service}"),
-                "authenticated as an organisation server",
-            );
-            Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
-        } else {
-            Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
+            // Servers never authenticate with PLAIN or LOGIN (the session does not
+            // offer them on those connectors; this is the answer if it ever did).
+            AuthPolicy::OrgServers { .. } | AuthPolicy::None => unrecognized_mechanism(),
         }
     }
+
+    /// `AUTH X-MAILFLOW-SERVER <service NUL server>`: the challenge, or the refusal
+    /// (logged with its reason; the client only ever learns `535`).
+    fn server_auth_start(
+        &self,
+        info: &SessionInfo,
+        stream: &Stream,
+        mechanism: &str,
+        initial: Option<Vec<u8>>,
+        log: &mut ProtocolSession,
+    ) -> Result<ServerAuth, Reply> {
+        let AuthPolicy::OrgServers {
+            servers, services, ..
+        } = &self.auth
+        else {
+            return Err(unrecognized_mechanism());
+        };
+        if mechanism != orgauth::MECHANISM {
+            return Err(unrecognized_mechanism());
+        }
+        let Some(initial) = initial else {
+            return Err(Reply::new(
+                501,
+                Enhanced(5, 5, 2),
+                "X-MAILFLOW-SERVER needs an initial response",
+            ));
+        };
+        let Some((service, server)) = orgauth::parse_initial_response(&initial) else {
+            return Err(Reply::new(
+                501,
+                Enhanced(5, 5, 2),
+                "Invalid AUTH X-MAILFLOW-SERVER response",
+            ));
+        };
+        let refuse = |log: &mut ProtocolSession, why: &str| {
+            log.info(
+                &format!("{server} {service}"),
+                &format!("organisation server authentication refused: {why}"),
+            );
+            Err(credentials_invalid())
+        };
+        let Some(server) = servers.iter().find(|s| s.eq_ignore_ascii_case(&server)) else {
+            return refuse(log, "no such server in the organisation");
+        };
+        if !services.contains(&service.as_str()) {
+            return refuse(
+                log,
+                &format!(
+                    "service not allowed on this connector (allowed: {})",
+                    services.join(", ")
+                ),
+            );
+        }
+        let binding = match Binding::of(stream) {
+            Ok(Binding::Plain) if !info.remote.ip().is_loopback() => {
+                // The session refuses AUTH outside TLS off loopback already; a plain
+                // binding must never be accepted from another machine regardless.
+                return refuse(log, "plain session from off loopback");
+            }
+            Ok(binding) => binding,
+            Err(why) => return refuse(log, &why),
+        };
+        Ok(ServerAuth {
+            challenge: rand::random(),
+            server: server.clone(),
+            service,
+            binding,
+        })
+    }
+
+    /// The response to the challenge: verified in constant time against the transcript
+    /// this session and this challenge give.
+    fn server_auth_finish(
+        &self,
+        info: &mut SessionInfo,
+        started: Option<ServerAuth>,
+        response: &[u8],
+        log: &mut ProtocolSession,
+    ) -> Reply {
+        let (AuthPolicy::OrgServers { secret, .. }, Some(started)) = (&self.auth, started) else {
+            return credentials_invalid();
+        };
+        let transcript = Transcript {
+            challenge: &started.challenge,
+            server: &started.server,
+            service: &started.service,
+            receiver: &self.session.hostname,
+            binding: &started.binding,
+        };
+        let who = format!("{} {}", started.server, started.service);
+        if !secret.verify_server_auth(&transcript, response) {
+            log.info(
+                &who,
+                "organisation server authentication refused: the response does not verify",
+            );
+            return credentials_invalid();
+        }
+        log.info(&who, "authenticated as an organisation server");
+        info.org_server = Some((started.server, started.service));
+        Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
+    }
+}
+
+/// An `X-MAILFLOW-SERVER` exchange waiting for its response.
+struct ServerAuth {
+    challenge: [u8; orgauth::CHALLENGE_LEN],
+    /// As the organisation file spells it.
+    server: String,
+    service: String,
+    binding: Binding,
+}
+
+fn unrecognized_mechanism() -> Reply {
+    Reply::new(504, Enhanced(5, 7, 4), "Unrecognized authentication type")
+}
+
+fn credentials_invalid() -> Reply {
+    Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
 }
 
 #[cfg(test)]

@@ -38,6 +38,31 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// The negotiated TLS version; `None` on a plain stream.
+    pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
+        match self {
+            Stream::Plain(_) | Stream::Closed => None,
+            Stream::ServerTls(s) => s.get_ref().1.protocol_version(),
+            Stream::ClientTls(s) => s.get_ref().1.protocol_version(),
+        }
+    }
+
+    /// 32 bytes of keying material exported from the TLS session under `label` with no
+    /// context (RFC 5705 / RFC 8446 §7.5): both ends of one session get the same bytes,
+    /// no other session does, so a MAC over them binds an authentication to this
+    /// connection (the channel binding of `X-MAILFLOW-SERVER`). `None` on a plain
+    /// stream or before the handshake completed.
+    pub fn tls_exporter(&self, label: &[u8]) -> Option<[u8; 32]> {
+        let out = [0u8; 32];
+        match self {
+            Stream::Plain(_) | Stream::Closed => None,
+            Stream::ServerTls(s) => s.get_ref().1.export_keying_material(out, label, None).ok(),
+            Stream::ClientTls(s) => s.get_ref().1.export_keying_material(out, label, None).ok(),
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

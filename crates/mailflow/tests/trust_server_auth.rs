@@ -1,0 +1,415 @@
+//! Server authentication that cannot be replayed (issue 13 item 3, DESIGN §7):
+//! `X-MAILFLOW-SERVER` on the internal listeners of a real `mailflow serve`, driven
+//! by a test client over real sockets (plain loopback, and STARTTLS with rustls for
+//! the TLS exporter). The responses are computed here from the secret file, with the
+//! transcript as docs/security.md specifies it (tests/common/server_auth.rs).
+
+mod common;
+#[path = "common/server_auth.rs"]
+mod server_auth;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use server_auth::{auth_line, b64, challenge, response};
+
+/// MBX1's name in its EHLO reply (the receiving server in the transcript).
+const MBX1: &str = "mbx1.contoso.test";
+const HUB: &str = "HubTransport";
+const FRONTEND: &str = "FrontendTransport";
+const SUBMISSION: &str = "MailboxSubmission";
+
+fn not_authenticated(r: &str) {
+    assert!(
+        r.starts_with("530 5.7.1 Client was not authenticated"),
+        "MAIL must be refused: {r}"
+    );
+}
+
+fn port_of(server: &Server, key: &str) -> u16 {
+    let text = std::fs::read_to_string(server.config()).unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|rest| rest.trim().strip_prefix('='))
+                .map(|n| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {key} in the organisation file"))
+}
+
+#[test]
+fn a_recorded_exchange_does_not_authenticate_a_second_session() {
+    let server = Server::start();
+    let secret = server_auth::secret(server.dir.path());
+    let port = server.ports.transport;
+
+    // Session 1: the exchange a listener on the path would record.
+    let mut first = Smtp::connect(port);
+    first.cmd("EHLO mbx2.contoso.test");
+    let initial = auth_line(HUB, "MBX1");
+    let old_challenge = challenge(&first.cmd(&initial));
+    let old_response = b64(&response(&secret, &old_challenge, "MBX1", HUB, MBX1, None));
+    let r = first.cmd(&old_response);
+    assert!(r.starts_with("235 2.7.0 Authentication successful"), "{r}");
+    assert!(first.cmd("MAIL FROM:<>").starts_with("250"));
+
+    // Session 2: the same claim, the recorded answer.
+    let mut second = Smtp::connect(port);
+    second.cmd("EHLO mbx2.contoso.test");
+    let new_challenge = challenge(&second.cmd(&initial));
+    assert_ne!(new_challenge, old_challenge, "a challenge is never reused");
+    let r = second.cmd(&old_response);
+    assert!(
+        r.starts_with("535 5.7.8 Authentication credentials invalid"),
+        "the recorded response must not authenticate: {r}"
+    );
+    not_authenticated(&second.cmd("MAIL FROM:<>"));
+
+    // A correct response for an earlier challenge (this session's own last one).
+    let next = challenge(&second.cmd(&initial));
+    assert_ne!(next, new_challenge);
+    let stale = response(&secret, &new_challenge, "MBX1", HUB, MBX1, None);
+    let r = second.cmd(&b64(&stale));
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+    not_authenticated(&second.cmd("MAIL FROM:<>"));
+
+    // The recorded response sent straight with a new AUTH (no challenge read) is
+    // taken as the answer to that AUTH's new challenge: refused all the same.
+    second.send_raw(format!("{initial}\r\n{old_response}\r\n").as_bytes());
+    challenge(&second.read_reply());
+    let r = second.read_reply();
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+
+    // The same session with a correct response to its current challenge: accepted,
+    // so the refusals above are the challenge's doing, not a broken exchange.
+    let current = challenge(&second.cmd(&initial));
+    let r = second.cmd(&b64(&response(&secret, &current, "MBX1", HUB, MBX1, None)));
+    assert!(r.starts_with("235 2.7.0"), "{r}");
+    assert!(second.cmd("MAIL FROM:<>").starts_with("250"));
+    second.cmd("QUIT");
+
+    // The refusal says why in the protocol log (the client only sees 535).
+    wait_log(
+        &server,
+        HUB_LOG,
+        "MBX1 HubTransport,organisation server authentication refused: the response does not verify",
+    );
+}
+
+#[test]
+fn the_old_auth_plain_token_no_longer_authenticates() {
+    use hmac::{Hmac, Mac};
+    let server = Server::start();
+    let secret = server_auth::secret(server.dir.path());
+    // The token of the previous scheme: hex(HMAC(secret, label NUL server)).
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
+    mac.update(b"mailflow ExchangeServer authentication\0");
+    mac.update(b"mbx1");
+    let password = hex::encode(mac.finalize().into_bytes());
+    let token = b64(format!("{HUB}\0MBX1\0{password}").as_bytes());
+    for port in [server.ports.transport, server.ports.mailbox_delivery] {
+        let mut c = Smtp::connect(port);
+        let ehlo = c.cmd("EHLO mbx1.contoso.test");
+        assert!(ehlo.contains("AUTH X-MAILFLOW-SERVER\r\n"), "{ehlo}");
+        assert!(!ehlo.contains("PLAIN"), "{ehlo}");
+        let r = c.cmd(&format!("AUTH PLAIN {token}"));
+        assert!(
+            r.starts_with("504 5.7.4 Unrecognized authentication type"),
+            "{r}"
+        );
+        not_authenticated(&c.cmd("MAIL FROM:<>"));
+        // Nor as the answer to a challenge.
+        let _ = challenge(&c.cmd(&auth_line(HUB, "MBX1")));
+        let r = c.cmd(&b64(password.as_bytes()));
+        assert!(r.starts_with("535 5.7.8"), "{r}");
+        not_authenticated(&c.cmd("MAIL FROM:<>"));
+    }
+}
+
+#[test]
+fn each_internal_listener_accepts_only_its_services() {
+    let server = Server::start();
+    let secret = server_auth::secret(server.dir.path());
+    let transport = server.ports.transport;
+    let delivery = server.ports.mailbox_delivery;
+    let client_proxy = port_of(&server, "client_proxy");
+    let outbound_proxy = server.ports.others_outbound_proxy();
+    let cases = [
+        (transport, FRONTEND, true),
+        (transport, HUB, true),
+        (transport, SUBMISSION, true),
+        (transport, "SomethingElse", false),
+        (client_proxy, FRONTEND, true),
+        (client_proxy, HUB, false),
+        (client_proxy, SUBMISSION, false),
+        (delivery, HUB, true),
+        (delivery, FRONTEND, false),
+        (delivery, SUBMISSION, false),
+        (outbound_proxy, HUB, true),
+        (outbound_proxy, FRONTEND, false),
+        (outbound_proxy, SUBMISSION, false),
+    ];
+    for (port, service, allowed) in cases {
+        let mut c = Smtp::connect(port);
+        c.cmd("EHLO mbx1.contoso.test");
+        let r = server_auth::authenticate_plain(&mut c, &secret, service, "MBX1", MBX1);
+        if allowed {
+            assert!(r.starts_with("235 2.7.0"), "{service} on {port}: {r}");
+            assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+        } else {
+            // Refused at AUTH, before any challenge: the secret is never used.
+            assert!(
+                r.starts_with("535 5.7.8 Authentication credentials invalid"),
+                "{service} on {port}: {r}"
+            );
+            not_authenticated(&c.cmd("MAIL FROM:<>"));
+        }
+    }
+    // A server the organisation does not have, with the right key all the same.
+    let mut c = Smtp::connect(transport);
+    c.cmd("EHLO mbx9.contoso.test");
+    let r = server_auth::authenticate_plain(&mut c, &secret, HUB, "MBX9", MBX1);
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+    wait_log(
+        &server,
+        "Logs/Mailbox/ProtocolLog/SmtpReceive/Delivery",
+        "MBX1 FrontendTransport,organisation server authentication refused: service not allowed on this connector (allowed: HubTransport)",
+    );
+    wait_log(
+        &server,
+        "Logs/FrontEnd/ProtocolLog/SmtpReceive",
+        "MBX1 FrontendTransport,organisation server authentication refused: service not allowed on this connector (allowed: HubTransport)",
+    );
+    wait_log(
+        &server,
+        HUB_LOG,
+        "MBX9 HubTransport,organisation server authentication refused: no such server in the organisation",
+    );
+}
+
+#[test]
+fn the_response_is_bound_to_the_tls_session() {
+    let server = Server::start();
+    let secret = server_auth::secret(server.dir.path());
+    let port = server.ports.transport;
+    let mut a = TlsSmtp::starttls(port, None);
+    let b = TlsSmtp::starttls(port, None);
+    assert_ne!(
+        a.exporter, b.exporter,
+        "each TLS session has its own exporter"
+    );
+    let auth = |c: &mut TlsSmtp, exporter: Option<&[u8]>| {
+        let ch = challenge(&c.cmd(&auth_line(HUB, "MBX1")));
+        c.cmd(&b64(&response(&secret, &ch, "MBX1", HUB, MBX1, exporter)))
+    };
+    // Computed as for a plain session: refused inside TLS.
+    let r = auth(&mut a, None);
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+    not_authenticated(&a.cmd("MAIL FROM:<>"));
+    // Computed with another session's exporter (a relay between two sessions).
+    let other = b.exporter.to_vec();
+    let r = auth(&mut a, Some(&other));
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+    not_authenticated(&a.cmd("MAIL FROM:<>"));
+    // Computed with an exporter of this session under another label.
+    let wrong_label = a.export(b"EXPORTER-something-else");
+    let r = auth(&mut a, Some(&wrong_label));
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+    // This session's exporter: accepted.
+    let mine = a.exporter.to_vec();
+    let r = auth(&mut a, Some(&mine));
+    assert!(r.starts_with("235 2.7.0"), "{r}");
+    assert!(a.cmd("MAIL FROM:<>").starts_with("250"));
+    a.cmd("QUIT");
+}
+
+#[test]
+fn tls_1_2_is_refused_for_server_authentication() {
+    let server = Server::start();
+    let mut c = TlsSmtp::starttls(server.ports.transport, Some(&rustls::version::TLS12));
+    // Refused at AUTH: a TLS 1.2 exporter is not trusted as a channel binding.
+    let r = c.cmd(&auth_line(HUB, "MBX1"));
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+    not_authenticated(&c.cmd("MAIL FROM:<>"));
+    c.cmd("QUIT");
+    wait_log(&server, HUB_LOG, "TLS 1.3 is required");
+}
+
+fn file_texts(dir: &std::path::Path) -> String {
+    std::fs::read_dir(dir)
+        .map(|d| d.map(|e| file_text(&e.unwrap().path())).collect())
+        .unwrap_or_default()
+}
+
+/// The receive protocol log of `Default MBX1` and `Client Proxy MBX1`.
+const HUB_LOG: &str = "Logs/Hub/ProtocolLog/SmtpReceive";
+
+/// Waits for `needle` in the protocol logs under `dir` (written in batches).
+fn wait_log(server: &Server, dir: &str, needle: &str) {
+    let dir = server.data_dir().join(dir);
+    let mut last = String::new();
+    let found = (0..200).any(|_| {
+        last = file_texts(&dir);
+        last.contains(needle) || {
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(found, "no {needle:?} in the protocol log:\n{last}");
+}
+
+/// An SMTP client that runs STARTTLS with rustls (any certificate: the test is
+/// about the binding, not about certificates) and keeps the session's exporter.
+struct TlsSmtp {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    /// The exporter under the mechanism's label.
+    exporter: [u8; 32],
+}
+
+impl TlsSmtp {
+    fn starttls(port: u16, version: Option<&'static rustls::SupportedProtocolVersion>) -> TlsSmtp {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut reader = BufReader::new(tcp.try_clone().unwrap());
+        let mut w = tcp.try_clone().unwrap();
+        let mut plain = |line: Option<&str>| {
+            if let Some(line) = line {
+                w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+            }
+            read_reply(&mut reader)
+        };
+        assert!(plain(None).starts_with("220 "));
+        let ehlo = plain(Some("EHLO mbx1.contoso.test"));
+        assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+        assert!(plain(Some("STARTTLS")).starts_with("220 "));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = match version {
+            Some(v) => vec![v],
+            None => rustls::DEFAULT_VERSIONS.to_vec(),
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("mbx1.contoso.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut tcp = tcp;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).unwrap();
+        }
+        let exporter = conn
+            .export_keying_material([0u8; 32], server_auth::EXPORTER_LABEL, None)
+            .unwrap();
+        let mut c = TlsSmtp {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            exporter,
+        };
+        assert!(
+            c.cmd("EHLO mbx1.contoso.test")
+                .contains("AUTH X-MAILFLOW-SERVER")
+        );
+        c
+    }
+
+    fn export(&self, label: &[u8]) -> Vec<u8> {
+        self.tls
+            .conn
+            .export_keying_material(vec![0u8; 32], label, None)
+            .unwrap()
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.tls.write_all(bytes).unwrap();
+        self.tls.flush().unwrap();
+    }
+
+    fn read_reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while self.tls.read(&mut byte).unwrap_or(0) == 1 {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            let line = String::from_utf8(line).unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+}
+
+fn read_reply(reader: &mut impl BufRead) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return all;
+        }
+        all.push_str(&line);
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            return all;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
