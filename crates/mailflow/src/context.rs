@@ -424,8 +424,7 @@ impl ServerContext {
                 Some(t) => (t.client.clone(), t.verified),
                 None if self.dir().org_ca_certificate_path().is_some() => {
                     return Err(crate::net::client::ClientError::Protocol(
-                        "the organisation CA is not loaded; internal TLS cannot be verified"
-                            .into(),
+                        "the organisation CA is not loaded; internal TLS cannot be verified".into(),
                     ));
                 }
                 None => (crate::net::tls::client_config(), false),

@@ -287,7 +287,11 @@ fn add_ca(file: &Path) -> anyhow::Result<ExitCode> {
             let good = key.exists()
                 && orgca::check_server_certificate(&cert, &ca_cert, &server.fqdn).is_ok();
             if good {
-                println!("{}: {} is signed by the CA (kept)", server.name, cert.display());
+                println!(
+                    "{}: {} is signed by the CA (kept)",
+                    server.name,
+                    cert.display()
+                );
                 continue;
             }
             orgca::issue_server_certificate(&ca_cert, &ca_key, server, &cert, &key)?;

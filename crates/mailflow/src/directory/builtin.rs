@@ -72,9 +72,8 @@ data_dir = "{data_dir}"
 "#,
         org = s.domain.split('.').next().unwrap_or(s.domain),
         secret = s.secret_file,
-        ca = s
-            .ca
-            .map(|(cert, key)| format!(
+        ca =
+            s.ca.map(|(cert, key)| format!(
                 "# The organisation CA: it signs every server's certificate; servers verify\n\
                  # each other against it (docs/operations.md, \"Certificates\").\n\
                  ca_certificate = \"{cert}\"\nca_key = \"{key}\"\n"

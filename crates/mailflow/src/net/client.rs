@@ -178,9 +178,7 @@ impl SmtpClient {
                     return Err(ClientError::CertificateRefused(why));
                 }
                 None => {
-                    return Err(ClientError::Protocol(format!(
-                        "TLS handshake failed: {e}"
-                    )));
+                    return Err(ClientError::Protocol(format!("TLS handshake failed: {e}")));
                 }
             },
         };

@@ -33,7 +33,10 @@ pub fn upgrade_command(file: &Path) -> String {
 
 /// The command that (re)issues one server's certificate.
 pub fn add_server_command(server: &str, file: &Path) -> String {
-    format!("mailflow init --add-server {server} --config {}", file.display())
+    format!(
+        "mailflow init --add-server {server} --config {}",
+        file.display()
+    )
 }
 
 /// The warning for a file without CA (check-config, and `serve` with 2+ servers).
@@ -121,7 +124,9 @@ pub fn create_ca(cert: &Path, key: &Path, org: &str) -> anyhow::Result<()> {
     params
         .distinguished_name
         .push(DnType::CommonName, format!("{org} Organization CA"));
-    params.distinguished_name.push(DnType::OrganizationName, org);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, org);
     params.serial_number = Some(serial());
     validity(&mut params, CA_DAYS);
     let key_pair = KeyPair::generate().context("generating the CA key")?;
@@ -276,6 +281,11 @@ fn reason(e: &rustls::Error, name: &str) -> String {
         rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
             "it is not signed by the organisation CA (UnknownIssuer)".into()
         }
+        // An issuer with the CA's name but another key: another organisation's CA
+        // named alike, or a forgery.
+        rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature) => {
+            "it is not signed by the organisation CA (BadSignature: its issuer has the CA's name but another key)".into()
+        }
         other => other.to_string(),
     }
 }
@@ -387,10 +397,10 @@ impl rustls::client::danger::ServerCertVerifier for OrgServerVerifier {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .map_err(|e| {
                 let text = format!(
-                    "certificate {} refused for {}: {}",
-                    super::tls::describe_certificate(end_entity),
+                    "{}: {}; certificate seen: {}",
                     server_name.to_str(),
-                    reason(&e, &server_name.to_str())
+                    reason(&e, &server_name.to_str()),
+                    super::tls::describe_certificate(end_entity),
                 );
                 rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
                     rustls::OtherError(Arc::new(OrgRefusal(text))),
@@ -445,13 +455,12 @@ mod tests {
         create_ca(&p("ca.pem"), &p("ca.key"), "contoso").unwrap();
         assert!(create_ca(&p("ca.pem"), &p("ca.key"), "contoso").is_err());
         let s = server("MBX1", "10.0.0.5", Some("0.0.0.0"));
-        issue_server_certificate(&p("ca.pem"), &p("ca.key"), &s, &p("m.pem"), &p("m.key"))
-            .unwrap();
+        issue_server_certificate(&p("ca.pem"), &p("ca.key"), &s, &p("m.pem"), &p("m.key")).unwrap();
         check_server_certificate(&p("m.pem"), &p("ca.pem"), "mbx1.contoso.test").unwrap();
         check_server_certificate(&p("m.pem"), &p("ca.pem"), "mbx1").unwrap();
         check_server_certificate(&p("m.pem"), &p("ca.pem"), "10.0.0.5").unwrap();
-        let err = check_server_certificate(&p("m.pem"), &p("ca.pem"), "mbx2.contoso.test")
-            .unwrap_err();
+        let err =
+            check_server_certificate(&p("m.pem"), &p("ca.pem"), "mbx2.contoso.test").unwrap_err();
         assert!(err.contains("not valid for the name"), "{err}");
         create_ca(&p("other.pem"), &p("other.key"), "fabrikam").unwrap();
         let err = check_server_certificate(&p("m.pem"), &p("other.pem"), "mbx1.contoso.test")
@@ -459,8 +468,7 @@ mod tests {
         assert!(err.contains("not signed by the organisation CA"), "{err}");
         assert!(err.contains("issuer=CN=contoso Organization CA"), "{err}");
         // A reissue keeps the old pair.
-        issue_server_certificate(&p("ca.pem"), &p("ca.key"), &s, &p("m.pem"), &p("m.key"))
-            .unwrap();
+        issue_server_certificate(&p("ca.pem"), &p("ca.key"), &s, &p("m.pem"), &p("m.key")).unwrap();
         assert!(p("m.pem.old").exists() && p("m.key.old").exists());
         use std::os::unix::fs::PermissionsExt;
         for f in ["ca.key", "ca.pem", "m.key", "m.pem"] {
