@@ -165,6 +165,10 @@ fn restart_needed(old: &OrgConfig, new: &OrgConfig) -> Vec<String> {
     ) {
         changed.push("[organization] size limits or secret file".into());
     }
+    // The TLS configurations are built once at start (internal hops, listeners).
+    if (&o.ca_certificate, &o.ca_key) != (&n.ca_certificate, &n.ca_key) {
+        changed.push("[organization] organisation CA (ca_certificate, ca_key)".into());
+    }
     changed
 }
 

@@ -796,3 +796,53 @@ fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
         "{b}"
     );
 }
+
+#[test]
+fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = init(dir.path(), "contoso.test", "MBX1");
+    let p = P::new();
+    let original = file_text(&file);
+    let ports_at = original.find("[servers.ports]").unwrap();
+    let ports_end = original[ports_at..].find("\n\n").unwrap() + ports_at + 1;
+    let edited = format!(
+        "{}{}{}",
+        &original[..ports_at],
+        p.toml(),
+        &original[ports_end..]
+    );
+    std::fs::write(&file, edited).unwrap();
+    for f in ["certs/mbx1.pem", "certs/mbx1.key"] {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env("MAILFLOW_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = wait_for("serve to be ready or exit", Duration::from_secs(30), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(false);
+        }
+        file_text(&log_path).contains("ready").then_some(true)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "{}", file_text(&log_path));
+    assert!(
+        file_text(&log_path).contains("from the organisation CA"),
+        "{}",
+        file_text(&log_path)
+    );
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(dir.path().join("ca/org-ca.pem"))
+        .arg(dir.path().join("certs/mbx1.pem"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", text(&verify));
+}

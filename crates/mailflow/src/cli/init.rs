@@ -41,12 +41,16 @@ pub struct InitArgs {
     force: bool,
     /// Issue (or reissue) the certificate of the `[[servers]]` entry NAME of the
     /// organisation file `--config`, signed by the organisation CA.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["domain", "server", "dir", "add_ca"])]
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["domain", "server", "dir", "mailboxes", "force", "add_ca"]
+    )]
     add_server: Option<String>,
     /// Upgrade the organisation file `--config` made before the organisation CA: make
     /// the CA, name it in [organization], and issue a certificate to every server whose
     /// certificate is missing or not signed by it.
-    #[arg(long, conflicts_with_all = ["domain", "server", "dir"])]
+    #[arg(long, conflicts_with_all = ["domain", "server", "dir", "mailboxes", "force"])]
     add_ca: bool,
 }
 
