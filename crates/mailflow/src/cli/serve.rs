@@ -453,8 +453,6 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `SIGHUP` reads the organisation file again, as `mailflow reload` does.
-#[cfg(unix)]
 /// This server's TLS, from its certificate and the organisation CA. Without a CA (a
 /// file made before it existed) the certificate is made self-signed when the entry
 /// names none, as before, and with two servers or more the upgrade command is logged.
@@ -505,6 +503,8 @@ fn server_tls(
     orgca::ServerTls::new(&cert, &key, Some(&ca))
 }
 
+/// `SIGHUP` reads the organisation file again, as `mailflow reload` does.
+#[cfg(unix)]
 fn reload_on_hangup(transport: Arc<TransportService>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {

@@ -122,8 +122,8 @@ impl SmtpClient {
 
     /// STARTTLS (RFC 3207) and EHLO again. The certificate is not verified: on the
     /// internet, as Exchange and Postfix do by default, TLS here buys confidentiality
-    /// against passive listeners; organisation servers prove themselves with the
-    /// organisation key, not with certificates.
+    /// against passive listeners. (Organisation servers use [`SmtpClient::starttls_org`],
+    /// verified against the organisation CA when there is one.)
     pub async fn starttls(&mut self, helo: &str, server_name: &str) -> Result<(), ClientError> {
         self.starttls_with(helo, server_name, super::tls::client_config(), None)
             .await
