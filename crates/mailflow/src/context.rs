@@ -165,6 +165,10 @@ fn restart_needed(old: &OrgConfig, new: &OrgConfig) -> Vec<String> {
     ) {
         changed.push("[organization] size limits or secret file".into());
     }
+    // The TLS configurations are built once at start (internal hops, listeners).
+    if (&o.ca_certificate, &o.ca_key) != (&n.ca_certificate, &n.ca_key) {
+        changed.push("[organization] organisation CA (ca_certificate, ca_key)".into());
+    }
     changed
 }
 
@@ -252,6 +256,8 @@ pub struct ServerContext {
     pub mailbox_receive_log: ProtocolLog,
     /// The Front End's idle proxy sessions to Transport services.
     pub proxy_pool: crate::frontend::proxy::Pool,
+    /// This server's TLS (listeners and internal hops), built once by `serve` at start.
+    pub tls: std::sync::OnceLock<Arc<crate::net::orgca::ServerTls>>,
 }
 
 impl ServerContext {
@@ -289,6 +295,7 @@ impl ServerContext {
             hub_send_log: proto(&paths.hub_send, Direction::Send)?,
             mailbox_receive_log: proto(&paths.mailbox_receive, Direction::Receive)?,
             proxy_pool: Default::default(),
+            tls: Default::default(),
             active: ActiveCopies::with_state(&dir, data_dir.join("active-copies.json")),
             config: ArcSwap::from_pointee(OrgConfig::new(dir, &server.name)?),
             server,
@@ -360,9 +367,43 @@ impl ServerContext {
             .unwrap_or(self.ip)
     }
 
+    /// The name a peer's certificate must carry: the fqdn of the `[[servers]]` entry
+    /// whose `address` or `bind` and one of whose ports are `target`'s, else the
+    /// target's IP (certificates the organisation CA issues carry both as SANs).
+    pub fn peer_name(&self, target: std::net::SocketAddr) -> String {
+        let dir = self.dir();
+        dir.servers()
+            .find(|s| {
+                let ip_matches = [Some(&s.address), s.bind.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a.parse::<IpAddr>().ok() == Some(target.ip()));
+                let p = &s.ports;
+                ip_matches
+                    && [
+                        p.transport,
+                        p.mailbox_delivery,
+                        p.client_proxy,
+                        p.outbound_proxy,
+                        p.frontend,
+                        p.client_frontend,
+                    ]
+                    .contains(&target.port())
+            })
+            .map(|s| s.fqdn.clone())
+            .unwrap_or_else(|| target.ip().to_string())
+    }
+
     /// An SMTP session to another service of the organisation, authenticated as this
-    /// server's `service` with the organisation key; off loopback inside TLS first, so
-    /// the key never crosses a network in clear text (DESIGN §1).
+    /// server's `service` with the organisation key. It is plain only to this server's
+    /// own loopback address (services of one server talking to each other); to any
+    /// other address, loopback included, STARTTLS comes first (DESIGN §7). With an
+    /// organisation CA the peer's certificate must verify against it for the peer's
+    /// fqdn ([`ServerContext::peer_name`]) and this server presents its own as client
+    /// certificate; a refusal is [`ClientError::CertificateRefused`] naming the
+    /// certificate seen. Without a CA (a legacy file) the certificate is not checked.
+    ///
+    /// [`ClientError::CertificateRefused`]: crate::net::client::ClientError::CertificateRefused
     pub async fn connect_org(
         &self,
         target: std::net::SocketAddr,
@@ -375,15 +416,26 @@ impl ServerContext {
             crate::net::client::SmtpClient::connect(target, self.fqdn(), connect_timeout, log)
                 .await?;
         client.timeout_for_commands(command_timeout);
-        if !target.ip().is_loopback() {
+        let own_loopback = target.ip().is_loopback() && target.ip() == self.ip;
+        if !own_loopback {
             // Never send the organisation key in clear text: no STARTTLS, no session.
             if !client.has_extension("STARTTLS") {
                 return Err(crate::net::client::ClientError::Protocol(format!(
                     "{target} offers no STARTTLS; organisation credentials are only sent inside TLS"
                 )));
             }
+            let (config, verified) = match self.tls.get() {
+                Some(t) => (t.client.clone(), t.verified),
+                None if self.dir().org_ca_certificate_path().is_some() => {
+                    return Err(crate::net::client::ClientError::Protocol(
+                        "the organisation CA is not loaded; internal TLS cannot be verified".into(),
+                    ));
+                }
+                None => (crate::net::tls::client_config(), false),
+            };
+            let name = self.peer_name(target);
             client
-                .starttls(self.fqdn(), &target.ip().to_string())
+                .starttls_org(self.fqdn(), &name, config, verified)
                 .await?;
         }
         client

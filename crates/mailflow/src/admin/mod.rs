@@ -11,7 +11,6 @@ pub mod listener;
 pub mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +41,6 @@ pub async fn start(
     addr: SocketAddr,
     transport: Arc<TransportService>,
     tls: Arc<rustls::ServerConfig>,
-    certificate: &Path,
 ) -> anyhow::Result<(SocketAddr, bool)> {
     let dir = transport.ctx.dir();
     let acceptor = if uses_tls(addr.ip()) {
@@ -50,17 +48,12 @@ pub async fn start(
             anyhow::bail!(
                 "admin API: refusing to listen on {addr} without TLS: the organisation file {} \
                  has no [organization] ca_certificate, so clients could not verify this server and \
-                 its tokens would cross the network in clear text. Create the organisation CA \
-                 (ca_certificate and ca_key) and sign this server's tls_certificate with it, or \
-                 set this server's bind (or address) to a loopback address such as 127.0.0.1",
-                dir.source
+                 its tokens would cross the network in clear text. Create it and this server's certificate with `{}`, \
+                 or set this server's bind (or address) to a loopback address such as 127.0.0.1",
+                dir.source,
+                crate::net::orgca::upgrade_command(std::path::Path::new(&dir.source)),
             );
         };
-        if let Err(e) = check_certificate(&ca, certificate, connect_ip(addr.ip(), &transport)) {
-            tracing::error!(
-                "admin API: {e}; clients verifying against the organisation CA will refuse this server"
-            );
-        }
         Some(tokio_rustls::TlsAcceptor::from(tls))
     } else {
         None
@@ -98,50 +91,6 @@ pub async fn start(
 
 /// The IP clients connect to for a listener on `ip`: itself, or the server's address
 /// when it listens on every interface.
-fn connect_ip(ip: IpAddr, transport: &TransportService) -> IpAddr {
-    if ip.is_unspecified() {
-        transport.ctx.ip
-    } else {
-        ip
-    }
-}
-
-/// Checks at start that the server's certificate chains to the organisation CA and
-/// names `ip`, as clients will check it, so a wrong certificate is found in the log
-/// rather than by each operator.
-fn check_certificate(ca: &Path, certificate: &Path, ip: IpAddr) -> Result<(), String> {
-    use rustls::client::danger::ServerCertVerifier;
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
-    let roots = crate::net::tls::read_ca_file(ca)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| format!("cannot read {}: {e}", certificate.display()))?;
-    let Some((leaf, intermediates)) = chain.split_first() else {
-        return Err(format!("{} holds no certificate", certificate.display()));
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| e.to_string())?;
-    verifier
-        .verify_server_cert(
-            leaf,
-            intermediates,
-            &ServerName::IpAddress(ip.into()),
-            &[],
-            UnixTime::now(),
-        )
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "the certificate {} does not verify against the organisation CA {} for {ip}: {e}",
-                certificate.display(),
-                ca.display()
-            )
-        })
-}
-
 type Refusal = (StatusCode, String);
 
 /// Every route but /api/health needs `Authorization: Bearer <token>`: an operator's

@@ -21,6 +21,10 @@ pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
                 d.org.groups.len(),
                 d.org.send_connectors.len()
             );
+            // Warnings, not errors: a file made before the organisation CA keeps working.
+            for w in trust_warnings(&d, &path) {
+                eprintln!("{w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -29,5 +33,20 @@ pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// What the organisation's trust lacks (DESIGN §7): no CA (a file made before it
+/// existed: the upgrade command), or a CA certificate that cannot be read.
+fn trust_warnings(d: &Directory, path: &std::path::Path) -> Vec<String> {
+    match d.org_ca_certificate_path() {
+        None => vec![crate::net::orgca::legacy_warning(path)],
+        Some(ca) => match crate::net::tls::read_ca_file(&ca) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![format!(
+                "warning: {}: [organization] ca_certificate: {e}",
+                path.display()
+            )],
+        },
     }
 }

@@ -87,7 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = cli.global;
     match cli.command {
         Command::Serve => serve::run(&g),
-        Command::Init(a) => init::run(a),
+        Command::Init(a) => init::run(&g, a),
         Command::CheckConfig => check_config::run(&g),
         Command::Track(a) => track::run(&g, a),
         Command::Queue(c) => queue::run(&g, c),

@@ -51,25 +51,15 @@ async fn serve(
     let lone = dir.org.servers.len() == 1;
     let secret = OrgSecret::load(&dir.secret_path(), lone)?;
     let data_dir = dir.data_dir(&server);
-    let (cert, key) = match (&server.tls_certificate, &server.tls_key) {
-        (Some(c), Some(k)) => (dir.path(c), dir.path(k)),
-        _ => {
-            let c = data_dir
-                .join("certs")
-                .join(format!("{}.pem", server.name.to_lowercase()));
-            let k = data_dir
-                .join("certs")
-                .join(format!("{}.key", server.name.to_lowercase()));
-            crate::net::tls::ensure_self_signed(&c, &k, &server.fqdn)?;
-            (c, k)
-        }
-    };
-    let tls = crate::net::tls::server_config(&cert, &key)?;
+    let server_tls = Arc::new(server_tls(&dir, &server)?);
+    let tls = server_tls.public.clone();
     let ctx = Arc::new(ServerContext::new(
         dir.clone(),
         server.clone(),
         secret.clone(),
     )?);
+    // Before anything connects: the internal hops use these configurations.
+    let _ = ctx.tls.set(server_tls.clone());
     let (transport, resume) = {
         // The categorizer and the delivery queues' sessions are spawned from here.
         let _delivery = delivery_runtime.enter();
@@ -195,7 +185,7 @@ async fn serve(
         limits[0],
     );
     let t = transport.clone();
-    let hub = connector(
+    let mut hub = connector(
         format!("Default {}", server.name),
         server.ports.transport,
         session(internal_size, 5000),
@@ -205,7 +195,7 @@ async fn serve(
         limits[4],
     );
     let (md_ctx, md_stores) = (ctx.clone(), stores.clone());
-    let delivery = connector(
+    let mut delivery = connector(
         format!("Default Mailbox Delivery {}", server.name),
         server.ports.mailbox_delivery,
         session(internal_size, 5000),
@@ -222,6 +212,10 @@ async fn serve(
         }),
         limits[5],
     );
+    // Internal listeners: with an organisation CA, a client certificate it signed.
+    for c in [&mut hub, &mut delivery] {
+        c.tls = Some(server_tls.internal.clone());
+    }
     // Downstream first, so the first message through :25 finds everything listening.
     let (delivery_addr, _d) = delivery_runtime
         .spawn(async move { delivery.bind().await })
@@ -231,7 +225,7 @@ async fn serve(
         &settings.external_dns_servers,
     )?);
     let (op_ctx, op_dns) = (ctx.clone(), dns.clone());
-    let outbound_proxy = connector(
+    let mut outbound_proxy = connector(
         format!("Outbound Proxy Frontend {}", server.name),
         server.ports.outbound_proxy,
         session(internal_size, 5000),
@@ -245,6 +239,7 @@ async fn serve(
         }),
         limits[3],
     );
+    outbound_proxy.tls = Some(server_tls.internal.clone());
     let (proxy_addr, _p) = outbound_proxy.bind().await?;
 
     // Client submission: Client Frontend (587, STARTTLS + AUTH) proxies to the
@@ -256,7 +251,7 @@ async fn serve(
         throttle: throttle.clone(),
     };
     let t = transport.clone();
-    let client_proxy = connector(
+    let mut client_proxy = connector(
         format!("Client Proxy {}", server.name),
         server.ports.client_proxy,
         session(internal_size, 200),
@@ -265,6 +260,7 @@ async fn serve(
         Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
         limits[2],
     );
+    client_proxy.tls = Some(server_tls.internal.clone());
     let (client_proxy_addr, _cp) = client_proxy.bind().await?;
     let cf_ctx = ctx.clone();
     let client_frontend = connector(
@@ -377,7 +373,6 @@ async fn serve(
         SocketAddr::new(ip, server.ports.admin),
         transport.clone(),
         tls.clone(),
-        &cert,
     )
     .await?;
     // Every listener is bound: only now does mail already on this server move (the
@@ -468,6 +463,56 @@ async fn serve(
         "queue database closed"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// This server's TLS, from its certificate and the organisation CA. Without a CA (a
+/// file made before it existed) the certificate is made self-signed when the entry
+/// names none, as before, and with two servers or more the upgrade command is logged.
+/// With a CA: missing certificate files are issued at start when the CA key is
+/// readable here; a certificate the CA did not sign (for this server's fqdn) stops
+/// the start, naming the file and the command that issues a good one.
+fn server_tls(
+    dir: &crate::directory::Directory,
+    server: &crate::directory::Server,
+) -> anyhow::Result<crate::net::orgca::ServerTls> {
+    use crate::net::orgca;
+    let (cert, key) = orgca::server_cert_paths(dir, server);
+    let file = dir
+        .file
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("mailflow.toml"));
+    let Some(ca) = dir.org_ca_certificate_path() else {
+        if server.tls_certificate.is_none() || server.tls_key.is_none() {
+            crate::net::tls::ensure_self_signed(&cert, &key, &server.fqdn)?;
+        }
+        if dir.org.servers.len() >= 2 {
+            tracing::warn!("{}", orgca::legacy_warning(&file));
+        }
+        return orgca::ServerTls::new(&cert, &key, None);
+    };
+    if !cert.exists() || !key.exists() {
+        let ca_key = dir
+            .org_ca_key_path()
+            .filter(|k| std::fs::File::open(k).is_ok());
+        if let Some(ca_key) = ca_key {
+            orgca::issue_server_certificate(&ca, &ca_key, server, &cert, &key)?;
+            tracing::info!(
+                "issued {} for {} from the organisation CA {}",
+                cert.display(),
+                server.name,
+                ca.display()
+            );
+        }
+    }
+    if let Err(why) = orgca::check_server_certificate(&cert, &ca, &server.fqdn) {
+        anyhow::bail!(
+            "server {}: {why}. Internal hops would refuse it; issue a certificate from the \
+             organisation CA with: {}",
+            server.name,
+            orgca::add_server_command(&server.name, &file)
+        );
+    }
+    orgca::ServerTls::new(&cert, &key, Some(&ca))
 }
 
 /// `SIGHUP` reads the organisation file again, as `mailflow reload` does.

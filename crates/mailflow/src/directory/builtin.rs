@@ -13,6 +13,8 @@ pub struct SingleServer<'a> {
     pub data_dir: &'a str,
     pub secret_file: &'a str,
     pub tls: Option<(&'a str, &'a str)>,
+    /// The organisation CA's certificate and key (DESIGN §7), when there is one.
+    pub ca: Option<(&'a str, &'a str)>,
 }
 
 /// The built-in organisation: `contoso.test`, server `MBX1`, mailboxes `administrator@`
@@ -40,6 +42,7 @@ pub fn builtin_text() -> String {
         data_dir: "mailflow-data",
         secret_file: "mailflow-data/secret.key",
         tls: None,
+        ca: None,
     })
 }
 
@@ -53,7 +56,7 @@ pub fn render(s: &SingleServer) -> String {
 [organization]
 name = "{org}"
 secret_file = "{secret}"
-accepted_domains = ["{domain}"]
+{ca}accepted_domains = ["{domain}"]
 max_message_size = "10MB"
 max_recipients_per_message = 500
 
@@ -69,6 +72,13 @@ data_dir = "{data_dir}"
 "#,
         org = s.domain.split('.').next().unwrap_or(s.domain),
         secret = s.secret_file,
+        ca =
+            s.ca.map(|(cert, key)| format!(
+                "# The organisation CA: it signs every server's certificate; servers verify\n\
+                 # each other against it (docs/operations.md, \"Certificates\").\n\
+                 ca_certificate = \"{cert}\"\nca_key = \"{key}\"\n"
+            ))
+            .unwrap_or_default(),
         domain = s.domain,
         address = s.address,
         data_dir = s.data_dir,

@@ -210,7 +210,6 @@ impl Directory {
     }
 
     /// The organisation CA's certificate, when the organisation has one (DESIGN §7).
-    #[allow(dead_code)] // used by the trust work in progress (issue 13)
     pub fn org_ca_certificate_path(&self) -> Option<PathBuf> {
         self.org
             .organization
@@ -220,7 +219,6 @@ impl Directory {
     }
 
     /// The organisation CA's private key, when the file names one.
-    #[allow(dead_code)] // used by the trust work in progress (issue 13)
     pub fn org_ca_key_path(&self) -> Option<PathBuf> {
         self.org
             .organization

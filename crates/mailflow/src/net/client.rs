@@ -120,8 +120,8 @@ impl SmtpClient {
 
     /// STARTTLS (RFC 3207) and EHLO again. The certificate is not verified: on the
     /// internet, as Exchange and Postfix do by default, TLS here buys confidentiality
-    /// against passive listeners; organisation servers prove themselves with the
-    /// organisation key, not with certificates.
+    /// against passive listeners. (Organisation servers use [`SmtpClient::starttls_org`],
+    /// verified against the organisation CA when there is one.)
     pub async fn starttls(&mut self, helo: &str, server_name: &str) -> Result<(), ClientError> {
         self.starttls_with(helo, server_name, super::tls::client_config(), None)
             .await
@@ -163,8 +163,23 @@ impl SmtpClient {
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(self.remote.ip().into()));
         let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
             .await
-            .map_err(|_| ClientError::Timeout(self.remote))?
-            .map_err(|e| ClientError::Protocol(format!("TLS handshake failed: {e}")))?;
+            .map_err(|_| ClientError::Timeout(self.remote))?;
+        let tls = match tls {
+            Ok(tls) => tls,
+            // The organisation CA did not vouch for an internal peer: the handshake
+            // failed (nothing was sent inside it); the text names the certificate.
+            Err(e) => match super::orgca::refusal(&e) {
+                Some(why) => {
+                    self.log
+                        .info(&why, "Remote certificate refused; session ended");
+                    self.log.disconnect("Local");
+                    return Err(ClientError::CertificateRefused(why));
+                }
+                None => {
+                    return Err(ClientError::Protocol(format!("TLS handshake failed: {e}")));
+                }
+            },
+        };
         self.stream = Stream::ClientTls(Box::new(tls));
         self.buf.clear();
         self.log.info(
@@ -223,6 +238,41 @@ impl SmtpClient {
         self.log.disconnect("Local");
         self.stream = Stream::Closed;
         Err(ClientError::CertificateRefused(reason))
+    }
+
+    /// STARTTLS to another server of the organisation with the server's cached
+    /// configuration ([`super::orgca::ServerTls::client`]); when `verified` (the
+    /// organisation has a CA), the peer's certificate verified against it for
+    /// `server_name` is logged as `Remote certificate verified`.
+    pub async fn starttls_org(
+        &mut self,
+        helo: &str,
+        server_name: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        verified: bool,
+    ) -> Result<(), ClientError> {
+        self.starttls_with(helo, server_name, config, None).await?;
+        if verified {
+            let seen = self.peer_certificate().unwrap_or_default();
+            self.log.info(
+                &format!("{seen}; verified for {server_name} by the organisation CA"),
+                "Remote certificate verified",
+            );
+        }
+        Ok(())
+    }
+
+    /// The peer's certificate described (subject, issuer, SANs, validity) once TLS is up.
+    pub fn peer_certificate(&self) -> Option<String> {
+        match &self.stream {
+            Stream::ClientTls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(super::tls::describe_certificate),
+            _ => None,
+        }
     }
 
     pub fn is_tls(&self) -> bool {

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod orgauth;
+pub mod orgca;
 pub mod receive;
 pub mod stream;
 pub mod tls;

@@ -81,6 +81,19 @@ pub enum AuthPolicy {
     },
 }
 
+/// The client certificate an internal listener verified against the organisation CA
+/// (only those ask for one), for the protocol log.
+fn log_client_certificate(stream: &Stream, log: &mut ProtocolSession) {
+    if let Stream::ServerTls(s) = stream
+        && let Some(cert) = s.get_ref().1.peer_certificates().and_then(|c| c.first())
+    {
+        log.info(
+            &super::tls::describe_certificate(cert),
+            "Remote certificate verified by the organisation CA",
+        );
+    }
+}
+
 /// A configured receive connector, ready to run.
 #[derive(Clone)]
 pub struct ReceiveConnector {
@@ -495,6 +508,7 @@ impl ReceiveConnector {
                 info.tls.as_deref().unwrap_or(""),
                 "TLS negotiation succeeded",
             );
+            log_client_certificate(&stream, &mut log);
             config.starttls = false;
         }
         let mut session = if self.implicit_tls {
@@ -628,6 +642,7 @@ impl ReceiveConnector {
                                 info.tls.as_deref().unwrap_or(""),
                                 "TLS negotiation succeeded",
                             );
+                            log_client_certificate(&stream, &mut log);
                             session.tls_established();
                             continue;
                         }

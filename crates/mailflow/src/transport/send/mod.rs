@@ -149,6 +149,10 @@ impl Transmitter {
             ));
         }
         let mut errors = Vec::new();
+        // A server whose certificate the organisation CA does not vouch for: that
+        // reason outranks the others (it needs the operator), in the 4.4.317 shape of
+        // the send connectors' certificate refusals.
+        let mut refused = None;
         for (name, fqdn, addr) in targets {
             match connect_intra_org(&self.ctx, addr).await {
                 Ok(client) => {
@@ -159,11 +163,24 @@ impl Transmitter {
                         _permit: None,
                     });
                 }
+                Err(ClientError::CertificateRefused(why)) => {
+                    tracing::warn!(queue = %hop.domain, server = %name, "{addr}: {why}");
+                    errors.push(format!("{name}: {why}"));
+                    refused.get_or_insert_with(|| format!("{name} [{addr}]: {why}"));
+                }
                 Err(e) => {
                     tracing::info!(queue = %hop.domain, server = %name, "cannot connect to {addr}: {e}");
                     errors.push(format!("{name}: {e}"));
                 }
             }
+        }
+        if let Some(why) = refused {
+            return Err(ConnectFailure::transient(
+                Enhanced(4, 4, 317),
+                format!(
+                    "Cannot connect to remote server: TLS certificate validation failed for {why}"
+                ),
+            ));
         }
         Err(ConnectFailure::transient(
             Enhanced(4, 4, 1),
