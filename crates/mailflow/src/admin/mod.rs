@@ -44,7 +44,7 @@ pub async fn start(
 ) -> anyhow::Result<(SocketAddr, bool)> {
     let dir = transport.ctx.dir();
     let acceptor = if uses_tls(addr.ip()) {
-        let Some(ca) = dir.org_ca_certificate_path() else {
+        if dir.org_ca_certificate_path().is_none() {
             anyhow::bail!(
                 "admin API: refusing to listen on {addr} without TLS: the organisation file {} \
                  has no [organization] ca_certificate, so clients could not verify this server and \
@@ -53,7 +53,7 @@ pub async fn start(
                 dir.source,
                 crate::net::orgca::upgrade_command(std::path::Path::new(&dir.source)),
             );
-        };
+        }
         Some(tokio_rustls::TlsAcceptor::from(tls))
     } else {
         None
