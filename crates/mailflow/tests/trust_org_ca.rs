@@ -801,21 +801,46 @@ fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
 fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = init(dir.path(), "contoso.test", "MBX1");
+    with_free_ports(&file, "");
+    for f in ["certs/mbx1.pem", "certs/mbx1.key"] {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let (mut child, log_path) = serve_lone(&file);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        file_text(&log_path).contains("from the organisation CA"),
+        "{}",
+        file_text(&log_path)
+    );
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(dir.path().join("ca/org-ca.pem"))
+        .arg(dir.path().join("certs/mbx1.pem"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", text(&verify));
+}
+
+/// Gives the file `mailflow init` wrote free ports, and `extra` keys for its server.
+fn with_free_ports(file: &Path, extra: &str) -> P {
     let p = P::new();
-    let original = file_text(&file);
+    let original = file_text(file);
     let ports_at = original.find("[servers.ports]").unwrap();
     let ports_end = original[ports_at..].find("\n\n").unwrap() + ports_at + 1;
     let edited = format!(
-        "{}{}{}",
+        "{}{extra}{}{}",
         &original[..ports_at],
         p.toml(),
         &original[ports_end..]
     );
-    std::fs::write(&file, edited).unwrap();
-    for f in ["certs/mbx1.pem", "certs/mbx1.key"] {
-        std::fs::remove_file(dir.path().join(f)).unwrap();
-    }
-    let log_path = dir.path().join("serve.log");
+    std::fs::write(file, edited).unwrap();
+    p
+}
+
+/// `mailflow serve` of a one-server file, once it says it is ready (the log's path).
+fn serve_lone(file: &Path) -> (std::process::Child, PathBuf) {
+    let log_path = file.with_file_name("serve.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--config", file.to_str().unwrap()])
@@ -830,19 +855,78 @@ fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca
         }
         file_text(&log_path).contains("ready").then_some(true)
     });
+    assert!(started, "{}", file_text(&log_path));
+    (child, log_path)
+}
+
+/// The SHA-256 fingerprint of a PEM certificate file, or of the certificate a STARTTLS
+/// listener presents (`openssl s_client`, with a client certificate when given).
+fn fingerprint(listener: Option<(u16, Option<(&Path, &Path)>)>, file: Option<&Path>) -> String {
+    let pem = match (listener, file) {
+        (Some((port, client)), _) => {
+            let mut c = Command::new("openssl");
+            c.args(["s_client", "-starttls", "smtp", "-connect"])
+                .arg(format!("127.0.0.1:{port}"));
+            if let Some((cert, key)) = client {
+                c.arg("-cert").arg(cert).arg("-key").arg(key);
+            }
+            let out = c.stdin(std::process::Stdio::null()).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+        (None, Some(f)) => file_text(f),
+        (None, None) => unreachable!(),
+    };
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(pem.as_bytes())
+        .unwrap();
+    let out = x509.wait_with_output().unwrap();
+    assert!(out.status.success(), "no certificate in: {pem}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_front_end_presents_its_public_certificate_and_internal_listeners_the_organisation_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = init(dir.path(), "contoso.test", "MBX1");
+    // A certificate from another CA stands in for a public CA's.
+    let public = tempfile::tempdir().unwrap();
+    init(public.path(), "contoso.test", "MAIL");
+    let (pub_cert, pub_key) = (
+        public.path().join("certs/mail.pem"),
+        public.path().join("certs/mail.key"),
+    );
+    let p = with_free_ports(
+        &file,
+        &format!(
+            "frontend_tls_certificate = {:?}\nfrontend_tls_key = {:?}\n",
+            pub_cert, pub_key
+        ),
+    );
+    ok(check_config(&file));
+    let (mut child, _log) = serve_lone(&file);
+    let (own_cert, own_key) = (
+        dir.path().join("certs/mbx1.pem"),
+        dir.path().join("certs/mbx1.key"),
+    );
+    let seen = [
+        fingerprint(Some((p.frontend, None)), None),
+        fingerprint(Some((p.client_frontend, None)), None),
+        fingerprint(Some((p.transport, Some((&own_cert, &own_key)))), None),
+    ];
     let _ = child.kill();
     let _ = child.wait();
-    assert!(started, "{}", file_text(&log_path));
-    assert!(
-        file_text(&log_path).contains("from the organisation CA"),
-        "{}",
-        file_text(&log_path)
-    );
-    let verify = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(dir.path().join("ca/org-ca.pem"))
-        .arg(dir.path().join("certs/mbx1.pem"))
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
+    let public_fp = fingerprint(None, Some(&pub_cert));
+    let own_fp = fingerprint(None, Some(&own_cert));
+    assert_ne!(public_fp, own_fp);
+    assert_eq!(seen[0], public_fp, "Default Frontend :25");
+    assert_eq!(seen[1], public_fp, "Client Frontend :587");
+    assert_eq!(seen[2], own_fp, "Default MBX1 :2525");
 }

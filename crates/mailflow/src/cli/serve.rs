@@ -372,7 +372,7 @@ async fn serve(
     let (admin_addr, admin_https) = crate::admin::start(
         SocketAddr::new(ip, server.ports.admin),
         transport.clone(),
-        tls.clone(),
+        server_tls.own.clone(),
     )
     .await?;
     // Every listener is bound: only now does mail already on this server move (the
@@ -477,6 +477,10 @@ fn server_tls(
 ) -> anyhow::Result<crate::net::orgca::ServerTls> {
     use crate::net::orgca;
     let (cert, key) = orgca::server_cert_paths(dir, server);
+    let frontend = match (&server.frontend_tls_certificate, &server.frontend_tls_key) {
+        (Some(c), Some(k)) => Some((dir.path(c), dir.path(k))),
+        _ => None,
+    };
     let file = dir
         .file
         .clone()
@@ -488,7 +492,12 @@ fn server_tls(
         if dir.org.servers.len() >= 2 {
             tracing::warn!("{}", orgca::legacy_warning(&file));
         }
-        return orgca::ServerTls::new(&cert, &key, None);
+        return orgca::ServerTls::new(
+            &cert,
+            &key,
+            None,
+            frontend.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        );
     };
     if !cert.exists() || !key.exists() {
         let ca_key = dir
@@ -512,7 +521,12 @@ fn server_tls(
             orgca::add_server_command(&server.name, &file)
         );
     }
-    orgca::ServerTls::new(&cert, &key, Some(&ca))
+    orgca::ServerTls::new(
+        &cert,
+        &key,
+        Some(&ca),
+        frontend.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
 }
 
 /// `SIGHUP` reads the organisation file again, as `mailflow reload` does.

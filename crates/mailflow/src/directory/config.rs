@@ -206,6 +206,14 @@ pub struct Server {
     pub tls_certificate: Option<String>,
     #[serde(default)]
     pub tls_key: Option<String>,
+    /// The certificate the internet sees (PEM): the Front End (:25, :587) and custom
+    /// receive connectors present it instead of `tls_certificate`, e.g. one from a
+    /// public CA, as Exchange assigns a certificate to the SMTP service. Internal
+    /// listeners and the admin API keep the organisation CA's certificate.
+    #[serde(default)]
+    pub frontend_tls_certificate: Option<String>,
+    #[serde(default)]
+    pub frontend_tls_key: Option<String>,
     /// Protocol logging of `Default Frontend <server>` (Verbose by default, reference §1.2).
     #[serde(default = "verbose")]
     pub frontend_protocol_logging: LoggingLevel,

@@ -368,6 +368,20 @@ impl Validator<'_> {
             {
                 self.err(s, "servers", "bind", format!("{b:?} is not an IP address"));
             }
+            for (set, missing) in [
+                (&v.frontend_tls_certificate, &v.frontend_tls_key),
+                (&v.frontend_tls_key, &v.frontend_tls_certificate),
+            ] {
+                if set.is_some() && missing.is_none() {
+                    self.err(
+                        s,
+                        "servers",
+                        "frontend_tls_certificate",
+                        "frontend_tls_certificate and frontend_tls_key go together".into(),
+                    );
+                    break;
+                }
+            }
             let p = v.ports;
             let ports = [
                 p.frontend,

@@ -293,8 +293,12 @@ fn reason(e: &rustls::Error, name: &str) -> String {
 /// The TLS of one server, built once at start: what its listeners present, and what
 /// its internal hops verify and present.
 pub struct ServerTls {
-    /// The Front End (:25, :587) and custom receive connectors: no client certificate.
+    /// The Front End (:25, :587) and custom receive connectors: no client certificate;
+    /// the `frontend_tls_certificate` when the server has one.
     pub public: Arc<rustls::ServerConfig>,
+    /// The admin API: the server's own certificate (the one the organisation CA
+    /// vouches for), no client certificate.
+    pub own: Arc<rustls::ServerConfig>,
     /// Internal listeners (Default <server> :2525, Client Proxy :465, Mailbox Delivery
     /// :475, Outbound Proxy Frontend :717): with a CA, a client certificate the CA
     /// signed is required; without one, as `public`.
@@ -311,11 +315,22 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 
 impl ServerTls {
     /// From the server's certificate and key and the organisation CA (None: legacy).
-    pub fn new(cert: &Path, key: &Path, ca_cert: Option<&Path>) -> anyhow::Result<ServerTls> {
-        let public = super::tls::server_config(cert, key)?;
+    /// `frontend`: the certificate and key the internet sees, when not the server's own.
+    pub fn new(
+        cert: &Path,
+        key: &Path,
+        ca_cert: Option<&Path>,
+        frontend: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<ServerTls> {
+        let own = super::tls::server_config(cert, key)?;
+        let public = match frontend {
+            Some((c, k)) => super::tls::server_config(c, k)?,
+            None => own.clone(),
+        };
         let Some(ca) = ca_cert else {
             return Ok(ServerTls {
-                internal: public.clone(),
+                internal: own.clone(),
+                own,
                 public,
                 client: super::tls::client_config(),
                 verified: false,
@@ -343,6 +358,7 @@ impl ServerTls {
             .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
         Ok(ServerTls {
             public,
+            own,
             internal: Arc::new(internal),
             client: Arc::new(client),
             verified: true,
