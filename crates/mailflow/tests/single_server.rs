@@ -258,10 +258,14 @@ fn alias_and_group_deliver_once_to_each_member_and_external_member_waits_in_its_
         let d = server.track(&["--event-id", "DELIVER", "--subject", "group probe"]);
         (d.len() >= 2).then_some(d)
     });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(server.export("alice@contoso.test").len(), 1);
-    assert_eq!(server.export("bob@contoso.test").len(), 1);
-    assert_eq!(server.export("carol@contoso.test").len(), 0);
+    // Give a wrong second copy time to show up while counting.
+    assert_for("one copy each", Duration::from_millis(500), || {
+        let counts =
+            ["alice", "bob", "carol"].map(|u| server.export(&format!("{u}@contoso.test")).len());
+        (counts == [1, 1, 0])
+            .then_some(())
+            .ok_or(format!("alice, bob, carol: {counts:?}"))
+    });
     assert_eq!(deliver.len(), 2);
     let expand = server.track(&["--event-id", "EXPAND", "--subject", "group probe"]);
     let groups: Vec<&str> = expand
@@ -506,7 +510,16 @@ fn kill_9_after_250_then_restart_delivers_each_message_exactly_once() {
     server.spawn();
     server.wait_inbox("carol@contoso.test", 26);
     server.wait_inbox("bob@contoso.test", 20);
-    std::thread::sleep(Duration::from_secs(1));
+    // A message delivered twice across the restart would arrive within a second.
+    assert_for("26 and 20 messages", Duration::from_secs(1), || {
+        let counts = [
+            server.inbox_count("carol@contoso.test"),
+            server.inbox_count("bob@contoso.test"),
+        ];
+        (counts == [26, 20])
+            .then_some(())
+            .ok_or(format!("carol, bob: {counts:?}"))
+    });
     let subjects = |addr: &str| -> Vec<String> {
         let mut s: Vec<String> = server
             .export(addr)
@@ -560,7 +573,10 @@ fn fifty_concurrent_sessions_of_twenty_messages_each_are_delivered_exactly_once(
         t.join().unwrap();
     }
     server.wait_inbox("bob@contoso.test", 1000);
-    std::thread::sleep(Duration::from_millis(500));
+    assert_for("1000 messages", Duration::from_millis(500), || {
+        let n = server.inbox_count("bob@contoso.test");
+        (n == 1000).then_some(()).ok_or(format!("{n} messages"))
+    });
     let mut subjects: Vec<String> = server
         .export("bob@contoso.test")
         .iter()
@@ -699,14 +715,11 @@ fn the_front_end_reuses_an_idle_proxy_session_for_the_next_client() {
             .map(|d| d.map(|e| file_text(&e.unwrap().path())).collect())
             .unwrap_or_default()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut send = read();
-    while send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count() < 3
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-        send = read();
-    }
+    let send = poll_until(Duration::from_secs(10), || {
+        let send = read();
+        (send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count() >= 3).then_some(send)
+    })
+    .unwrap_or_else(read);
     assert_eq!(
         send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count(),
         3,
