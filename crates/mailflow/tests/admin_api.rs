@@ -172,7 +172,7 @@ fn off_loopback(org: String, organization: &str, server: &str) -> String {
 #[test]
 fn off_loopback_without_an_organisation_ca_serve_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = common::Ports::new();
+    let ports = common::Ports::system();
     let config = dir.path().join("mailflow.toml");
     std::fs::write(&config, off_loopback(common::org_file(&ports, ""), "", "")).unwrap();
     std::fs::write(

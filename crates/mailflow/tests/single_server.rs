@@ -731,3 +731,76 @@ fn the_front_end_reuses_an_idle_proxy_session_for_the_next_client() {
         "{send}"
     );
 }
+
+/// Issue 14 item 6: listeners accept port 0 and the server reports what it bound. A
+/// lone server with every port 0 (and a custom connector on port 0) writes each
+/// listener's address to a private listeners.json; mail crosses its own hops on the
+/// bound ports, before and after a reload, and the CLI finds the admin API there.
+#[test]
+fn a_lone_server_on_port_0_reports_every_listener_it_bound() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start_with(
+        "\n[[receive_connectors]]\nname = \"Apps MBX1\"\nserver = \"MBX1\"\nservice = \"frontend\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    assert!(file_text(&server.config()).contains("frontend = 0"));
+    let path = server.data_dir().join("listeners.json");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "listeners.json is private");
+    let json: serde_json::Value = serde_json::from_str(&file_text(&path)).unwrap();
+    assert_eq!(json["server"], "MBX1");
+    assert_eq!(json["pid"], server.pid().unwrap());
+    let listeners = json["listeners"].as_array().unwrap();
+    let kinds: Vec<&str> = listeners
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "frontend",
+            "transport",
+            "mailbox_delivery",
+            "outbound_proxy",
+            "client_frontend",
+            "client_proxy",
+            "receive_connector",
+            "admin"
+        ]
+    );
+    let log = server.log();
+    let mut ports = std::collections::HashSet::new();
+    for l in listeners {
+        let addr: std::net::SocketAddr = l["address"].as_str().unwrap().parse().unwrap();
+        assert_ne!(addr.port(), 0, "{l}");
+        assert!(
+            ports.insert(addr.port()),
+            "two listeners on one port: {json}"
+        );
+        // The banner's "listening" lines show the same addresses.
+        assert!(
+            log.contains(&format!("    {addr}")),
+            "{addr} not in:\n{log}"
+        );
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{l}: {e}"));
+        if let Some(kind) = l["kind"].as_str().filter(|k| *k != "receive_connector") {
+            assert_eq!(json["ports"][kind], addr.port(), "{kind}");
+        }
+    }
+    // Front End → Transport → Mailbox Delivery on the bound ports, through the custom
+    // connector, before and after a reload (which reads the file's 0s again).
+    for (i, step) in ["before", "after"].iter().enumerate() {
+        if *step == "after" {
+            let out = server.cli(&["reload"]);
+            assert!(out.status.success(), "{out:?}");
+        }
+        let mut c = Smtp::connect(server.listener_port("Apps MBX1"));
+        c.cmd("EHLO client.fabrikam.test");
+        let r = c.send(
+            "sender@fabrikam.test",
+            &["bob@contoso.test"],
+            &message(&format!("port 0 {step} reload"), "hops\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+        server.wait_inbox("bob@contoso.test", i as u64 + 1);
+    }
+}
