@@ -258,6 +258,10 @@ pub struct ServerContext {
     pub proxy_pool: crate::frontend::proxy::Pool,
     /// This server's TLS (listeners and internal hops), built once by `serve` at start.
     pub tls: std::sync::OnceLock<Arc<crate::net::orgca::ServerTls>>,
+    /// The ports this server's listeners bound, set once by `serve` after binding:
+    /// every version of the directory this server reads carries them in place of the
+    /// file's `0`s (`Directory::with_bound_ports`).
+    bound_ports: std::sync::OnceLock<crate::directory::config::Ports>,
 }
 
 impl ServerContext {
@@ -296,6 +300,7 @@ impl ServerContext {
             mailbox_receive_log: proto(&paths.mailbox_receive, Direction::Receive)?,
             proxy_pool: Default::default(),
             tls: Default::default(),
+            bound_ports: Default::default(),
             active: ActiveCopies::with_state(&dir, data_dir.join("active-copies.json")),
             config: ArcSwap::from_pointee(OrgConfig::new(dir, &server.name)?),
             server,
@@ -303,6 +308,23 @@ impl ServerContext {
             ip,
             secret,
         })
+    }
+
+    /// Records the ports this server's listeners bound (once, before any mail moves)
+    /// and swaps in a directory whose entry for this server names them.
+    pub fn set_bound_ports(&self, bound: crate::directory::config::Ports) -> anyhow::Result<()> {
+        let _ = self.bound_ports.set(bound);
+        let dir = (*self.dir()).clone();
+        let new = OrgConfig::new(Arc::new(self.with_bound(dir)), &self.server.name)?;
+        self.config.store(Arc::new(new));
+        Ok(())
+    }
+
+    fn with_bound(&self, dir: Directory) -> Directory {
+        match self.bound_ports.get() {
+            Some(bound) => dir.with_bound_ports(&self.server.name, bound),
+            None => dir,
+        }
     }
 
     /// The organisation as this server knows it now.
@@ -343,7 +365,8 @@ impl ServerContext {
         let Some(file) = old.dir.file.clone() else {
             anyhow::bail!("the built-in organisation has no file to reload");
         };
-        let dir = Arc::new(Directory::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let dir = Directory::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let dir = Arc::new(self.with_bound(dir));
         let new = OrgConfig::new(dir, &self.server.name)?;
         let restart = restart_needed(&old, &new);
         self.active.reconcile(&new.dir);

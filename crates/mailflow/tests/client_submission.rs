@@ -68,12 +68,12 @@ fn client(cell: serde_json::Value) -> serde_json::Value {
 
 fn start_with_submission() -> (Server, Sink, u16) {
     let sink = Sink::start();
-    let implicit = free_ports(1)[0];
     let extra = format!(
-        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\n\n[[receive_connectors]]\nname = \"Implicit TLS MBX1\"\nserver = \"MBX1\"\nservice = \"frontend\"\nbind = \"127.0.0.1:{implicit}\"\npermissions = [\"users\"]\ntls = \"implicit\"\n",
+        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\n\n[[receive_connectors]]\nname = \"Implicit TLS MBX1\"\nserver = \"MBX1\"\nservice = \"frontend\"\nbind = \"127.0.0.1:0\"\npermissions = [\"users\"]\ntls = \"implicit\"\n",
         sink.port
     );
     let server = Server::start_custom("", &extra);
+    let implicit = server.listener_port("Implicit TLS MBX1");
     // Set while the server runs: it reads the new hash without a restart.
     let out = server.cli(&[
         "mailbox",
@@ -91,16 +91,7 @@ fn start_with_submission() -> (Server, Sink, u16) {
 }
 
 fn ports(server: &Server) -> (u16, u16) {
-    let text = std::fs::read_to_string(server.config()).unwrap();
-    let port = |key: &str| -> u16 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    (port("client_frontend"), port("client_proxy"))
+    (server.ports.client_frontend(), server.ports.client_proxy())
 }
 
 #[test]

@@ -382,16 +382,23 @@ fn database_move_switches_delivery_to_the_new_active_copy_and_in_flight_mail_arr
         let d = c.wait_delivered(&format!("after move {i}"), 1);
         assert_eq!(d[0]["ServerHostname"], "m2.contoso.test");
     }
-    std::thread::sleep(Duration::from_secs(1));
-    let all = c.track(
-        None,
-        &[
-            "--event-id",
-            "DELIVER",
-            "--recipients",
-            "alice@contoso.test",
-        ],
-    );
+    let alice_delivered = || {
+        c.track(
+            None,
+            &[
+                "--event-id",
+                "DELIVER",
+                "--recipients",
+                "alice@contoso.test",
+            ],
+        )
+    };
+    // A second delivery by the old active copy would show within a second.
+    assert_for("eleven deliveries to alice", Duration::from_secs(1), || {
+        let n = alice_delivered().len();
+        (n == 11).then_some(()).ok_or(format!("{n} DELIVER events"))
+    });
+    let all = alice_delivered();
     let mut subjects: Vec<&str> = all
         .iter()
         .map(|e| e["MessageSubject"].as_str().unwrap())
@@ -617,18 +624,21 @@ fn a_forwarding_loop_between_two_servers_ends_with_5_4_6_and_one_ndr() {
         fails[0]["RecipientStatus"].to_string().contains("5.4.6"),
         "{fails:#?}"
     );
-    // Give a runaway loop time to show itself, then count again.
-    std::thread::sleep(Duration::from_secs(3));
-    let again = c.track(
-        None,
-        &[
-            "--event-id",
-            "DELIVER",
-            "--recipients",
-            "alice@contoso.test",
-        ],
-    );
-    assert_eq!(again.len(), 1, "exactly one NDR: {again:#?}");
+    // A runaway loop would show itself within three seconds.
+    assert_for("exactly one NDR", Duration::from_secs(3), || {
+        let again = c.track(
+            None,
+            &[
+                "--event-id",
+                "DELIVER",
+                "--recipients",
+                "alice@contoso.test",
+            ],
+        );
+        (again.len() == 1)
+            .then_some(())
+            .ok_or(format!("{again:#?}"))
+    });
     assert_eq!(delivered.len(), 1);
     let out_dir = tempfile::tempdir().unwrap();
     let out = c.cli(&[

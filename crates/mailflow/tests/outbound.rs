@@ -247,7 +247,14 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
             .then_some(())
     });
     server.wait_inbox("alice@contoso.test", 3); // two group copies + one NDR
-    std::thread::sleep(Duration::from_millis(500));
+    assert_for(
+        "three messages for alice",
+        Duration::from_millis(500),
+        || {
+            let n = server.inbox_count("alice@contoso.test");
+            (n == 3).then_some(()).ok_or(format!("{n} messages"))
+        },
+    );
     let ndrs: Vec<serde_json::Value> = server
         .export("alice@contoso.test")
         .iter()
@@ -475,11 +482,13 @@ fn postfix_rejecting_one_recipient_gives_an_ndr_for_it_alone() {
             .contains("partner@fabrikam.test\r\nThe"),
         "only the failed recipient is named"
     );
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        postfix.messages().len(),
-        1,
-        "the good recipient exactly once"
+    assert_for(
+        "the good recipient exactly once",
+        Duration::from_millis(500),
+        || {
+            let n = postfix.messages().len();
+            (n == 1).then_some(()).ok_or(format!("{n} messages"))
+        },
     );
 }
 
@@ -849,7 +858,17 @@ fn under_bdat_a_peer_refusing_every_recipient_gets_no_content_accepted_and_a_res
     );
     // What reaches Postfix is the NDR to the (outside) sender, never the message.
     let got = postfix.wait_messages(1);
-    std::thread::sleep(Duration::from_millis(500));
+    // The message itself would follow the NDR within half a second.
+    assert_for(
+        "only the NDR at Postfix",
+        Duration::from_millis(500),
+        || {
+            let n = postfix.messages().len();
+            (n == got.len())
+                .then_some(())
+                .ok_or(format!("{n} messages"))
+        },
+    );
     let got: Vec<String> = postfix
         .messages()
         .iter()

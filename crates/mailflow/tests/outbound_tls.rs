@@ -389,7 +389,7 @@ fn postfix_with_a_certificate_for_the_name_from_the_connector_ca_gets_the_mail()
 #[test]
 fn credentials_with_encryption_only_are_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
+    let ports = Ports::system();
     let connector = |level: &str| {
         format!(
             "\n[[send_connectors]]\nname = \"Careless\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"relay.fabrikam.test\"]\ntls = \"required\"\n{level}smart_host_auth = {{ username = \"u\", password = \"p\" }}\n"

@@ -258,10 +258,14 @@ fn alias_and_group_deliver_once_to_each_member_and_external_member_waits_in_its_
         let d = server.track(&["--event-id", "DELIVER", "--subject", "group probe"]);
         (d.len() >= 2).then_some(d)
     });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(server.export("alice@contoso.test").len(), 1);
-    assert_eq!(server.export("bob@contoso.test").len(), 1);
-    assert_eq!(server.export("carol@contoso.test").len(), 0);
+    // Give a wrong second copy time to show up while counting.
+    assert_for("one copy each", Duration::from_millis(500), || {
+        let counts =
+            ["alice", "bob", "carol"].map(|u| server.export(&format!("{u}@contoso.test")).len());
+        (counts == [1, 1, 0])
+            .then_some(())
+            .ok_or(format!("alice, bob, carol: {counts:?}"))
+    });
     assert_eq!(deliver.len(), 2);
     let expand = server.track(&["--event-id", "EXPAND", "--subject", "group probe"]);
     let groups: Vec<&str> = expand
@@ -506,7 +510,16 @@ fn kill_9_after_250_then_restart_delivers_each_message_exactly_once() {
     server.spawn();
     server.wait_inbox("carol@contoso.test", 26);
     server.wait_inbox("bob@contoso.test", 20);
-    std::thread::sleep(Duration::from_secs(1));
+    // A message delivered twice across the restart would arrive within a second.
+    assert_for("26 and 20 messages", Duration::from_secs(1), || {
+        let counts = [
+            server.inbox_count("carol@contoso.test"),
+            server.inbox_count("bob@contoso.test"),
+        ];
+        (counts == [26, 20])
+            .then_some(())
+            .ok_or(format!("carol, bob: {counts:?}"))
+    });
     let subjects = |addr: &str| -> Vec<String> {
         let mut s: Vec<String> = server
             .export(addr)
@@ -560,7 +573,10 @@ fn fifty_concurrent_sessions_of_twenty_messages_each_are_delivered_exactly_once(
         t.join().unwrap();
     }
     server.wait_inbox("bob@contoso.test", 1000);
-    std::thread::sleep(Duration::from_millis(500));
+    assert_for("1000 messages", Duration::from_millis(500), || {
+        let n = server.inbox_count("bob@contoso.test");
+        (n == 1000).then_some(()).ok_or(format!("{n} messages"))
+    });
     let mut subjects: Vec<String> = server
         .export("bob@contoso.test")
         .iter()
@@ -699,14 +715,11 @@ fn the_front_end_reuses_an_idle_proxy_session_for_the_next_client() {
             .map(|d| d.map(|e| file_text(&e.unwrap().path())).collect())
             .unwrap_or_default()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut send = read();
-    while send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count() < 3
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-        send = read();
-    }
+    let send = poll_until(Duration::from_secs(10), || {
+        let send = read();
+        (send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count() >= 3).then_some(send)
+    })
+    .unwrap_or_else(read);
     assert_eq!(
         send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count(),
         3,
@@ -717,4 +730,77 @@ fn the_front_end_reuses_an_idle_proxy_session_for_the_next_client() {
         1,
         "{send}"
     );
+}
+
+/// Issue 14 item 6: listeners accept port 0 and the server reports what it bound. A
+/// lone server with every port 0 (and a custom connector on port 0) writes each
+/// listener's address to a private listeners.json; mail crosses its own hops on the
+/// bound ports, before and after a reload, and the CLI finds the admin API there.
+#[test]
+fn a_lone_server_on_port_0_reports_every_listener_it_bound() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start_with(
+        "\n[[receive_connectors]]\nname = \"Apps MBX1\"\nserver = \"MBX1\"\nservice = \"frontend\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    assert!(file_text(&server.config()).contains("frontend = 0"));
+    let path = server.data_dir().join("listeners.json");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "listeners.json is private");
+    let json: serde_json::Value = serde_json::from_str(&file_text(&path)).unwrap();
+    assert_eq!(json["server"], "MBX1");
+    assert_eq!(json["pid"], server.pid().unwrap());
+    let listeners = json["listeners"].as_array().unwrap();
+    let kinds: Vec<&str> = listeners
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "frontend",
+            "transport",
+            "mailbox_delivery",
+            "outbound_proxy",
+            "client_frontend",
+            "client_proxy",
+            "receive_connector",
+            "admin"
+        ]
+    );
+    let log = server.log();
+    let mut ports = std::collections::HashSet::new();
+    for l in listeners {
+        let addr: std::net::SocketAddr = l["address"].as_str().unwrap().parse().unwrap();
+        assert_ne!(addr.port(), 0, "{l}");
+        assert!(
+            ports.insert(addr.port()),
+            "two listeners on one port: {json}"
+        );
+        // The banner's "listening" lines show the same addresses.
+        assert!(
+            log.contains(&format!("    {addr}")),
+            "{addr} not in:\n{log}"
+        );
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{l}: {e}"));
+        if let Some(kind) = l["kind"].as_str().filter(|k| *k != "receive_connector") {
+            assert_eq!(json["ports"][kind], addr.port(), "{kind}");
+        }
+    }
+    // Front End → Transport → Mailbox Delivery on the bound ports, through the custom
+    // connector, before and after a reload (which reads the file's 0s again).
+    for (i, step) in ["before", "after"].iter().enumerate() {
+        if *step == "after" {
+            let out = server.cli(&["reload"]);
+            assert!(out.status.success(), "{out:?}");
+        }
+        let mut c = Smtp::connect(server.listener_port("Apps MBX1"));
+        c.cmd("EHLO client.fabrikam.test");
+        let r = c.send(
+            "sender@fabrikam.test",
+            &["bob@contoso.test"],
+            &message(&format!("port 0 {step} reload"), "hops\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+        server.wait_inbox("bob@contoso.test", i as u64 + 1);
+    }
 }

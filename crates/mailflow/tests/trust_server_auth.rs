@@ -29,17 +29,6 @@ fn not_authenticated(r: &str) {
     );
 }
 
-fn port_of(server: &Server, key: &str) -> u16 {
-    let text = std::fs::read_to_string(server.config()).unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(key)
-                .and_then(|rest| rest.trim().strip_prefix('='))
-                .map(|n| n.trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no {key} in the organisation file"))
-}
-
 #[test]
 fn a_recorded_exchange_does_not_authenticate_a_second_session() {
     let server = Server::start();
@@ -135,7 +124,7 @@ fn each_internal_listener_accepts_only_its_services() {
     let secret = server_auth::secret(server.dir.path());
     let transport = server.ports.transport;
     let delivery = server.ports.mailbox_delivery;
-    let client_proxy = port_of(&server, "client_proxy");
+    let client_proxy = server.ports.client_proxy();
     let outbound_proxy = server.ports.others_outbound_proxy();
     let cases = [
         (transport, FRONTEND, true),
@@ -250,15 +239,14 @@ const HUB_LOG: &str = "Logs/Hub/ProtocolLog/SmtpReceive";
 /// Waits for `needle` in the protocol logs under `dir` (written in batches).
 fn wait_log(server: &Server, dir: &str, needle: &str) {
     let dir = server.data_dir().join(dir);
-    let mut last = String::new();
-    let found = (0..200).any(|_| {
-        last = file_texts(&dir);
-        last.contains(needle) || {
-            std::thread::sleep(Duration::from_millis(50));
-            false
-        }
+    let found = poll_until(Duration::from_secs(10), || {
+        file_texts(&dir).contains(needle).then_some(())
     });
-    assert!(found, "no {needle:?} in the protocol log:\n{last}");
+    assert!(
+        found.is_some(),
+        "no {needle:?} in the protocol log:\n{}",
+        file_texts(&dir)
+    );
 }
 
 /// An SMTP client that runs STARTTLS with rustls (any certificate: the test is

@@ -92,7 +92,10 @@ impl AdminClient {
             "http"
         };
         Ok(AdminClient {
-            base: format!("{scheme}://{}", SocketAddr::new(host, server.ports.admin)),
+            base: format!(
+                "{scheme}://{}",
+                SocketAddr::new(host, admin_port(dir, server))
+            ),
             credential,
             agent: config.build().into(),
         })
@@ -199,4 +202,15 @@ fn org_ca_tls(dir: &Directory, server: &Server) -> anyhow::Result<ureq::tls::Tls
 /// A queue or message identity in a URL path (`MBX1\3` → `MBX1%5C3`).
 pub fn escape(identity: &str) -> String {
     identity.replace('\\', "%5C")
+}
+
+/// The admin API's port: the file's, or with `admin = 0` (a lone server whose ports the
+/// system picks) the one the running server recorded in `<data_dir>/listeners.json`.
+fn admin_port(dir: &Directory, server: &Server) -> u16 {
+    if server.ports.admin != 0 {
+        return server.ports.admin;
+    }
+    crate::cli::serve::read_listeners(&dir.data_dir(server))
+        .filter(|l| l.server.eq_ignore_ascii_case(&server.name))
+        .map_or(0, |l| l.ports.admin)
 }

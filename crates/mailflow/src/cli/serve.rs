@@ -375,6 +375,63 @@ async fn serve(
         server_tls.own.clone(),
     )
     .await?;
+    // Ports left to the system (0, a lone server) are known now: this server's own
+    // hops use them, and `<data_dir>/listeners.json` tells the CLI and tests.
+    let bound = crate::directory::config::Ports {
+        frontend: fe_addr.port(),
+        client_frontend: client_frontend_addr.port(),
+        client_proxy: client_proxy_addr.port(),
+        outbound_proxy: proxy_addr.port(),
+        transport: hub_addr.port(),
+        mailbox_delivery: delivery_addr.port(),
+        admin: admin_addr.port(),
+    };
+    ctx.set_bound_ports(bound)?;
+    let mut listeners = vec![
+        Listener::new(
+            "frontend",
+            format!("Default Frontend {}", server.name),
+            fe_addr,
+        ),
+        Listener::new("transport", format!("Default {}", server.name), hub_addr),
+        Listener::new(
+            "mailbox_delivery",
+            format!("Default Mailbox Delivery {}", server.name),
+            delivery_addr,
+        ),
+        Listener::new(
+            "outbound_proxy",
+            format!("Outbound Proxy Frontend {}", server.name),
+            proxy_addr,
+        ),
+        Listener::new(
+            "client_frontend",
+            format!("Client Frontend {}", server.name),
+            client_frontend_addr,
+        ),
+        Listener::new(
+            "client_proxy",
+            format!("Client Proxy {}", server.name),
+            client_proxy_addr,
+        ),
+    ];
+    listeners.extend(
+        custom
+            .iter()
+            .map(|(addr, name, _, _)| Listener::new("receive_connector", name.clone(), *addr)),
+    );
+    listeners.push(Listener::new("admin", "admin API".into(), admin_addr));
+    let listeners_file = data_dir.join(LISTENERS_FILE);
+    write_listeners(
+        &listeners_file,
+        &Listeners {
+            server: server.name.clone(),
+            pid: std::process::id(),
+            ports: bound,
+            listeners,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", listeners_file.display()))?;
     // Every listener is bound: only now does mail already on this server move (the
     // queue database's messages, Outboxes, Pickup and Replay), so none of it meets
     // this server's own Mailbox Delivery or Transport not yet listening and waits a
@@ -568,6 +625,56 @@ async fn shutdown_signal() {
 }
 
 /// A custom receive connector in one phrase, for the start-up summary.
+/// Where `serve` records its listeners, in the server's data folder.
+pub const LISTENERS_FILE: &str = "listeners.json";
+
+/// `<data_dir>/listeners.json`: every listener of a running server with the address it
+/// actually bound (ports the file leaves at 0 are the system's choice), written 0600
+/// after binding and before the "ready" line, replaced at each start.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Listeners {
+    pub server: String,
+    /// The process that bound them (a file left by a stopped server names a dead one).
+    pub pid: u32,
+    /// The server's ports as bound, by the names of `[servers.ports]`.
+    pub ports: crate::directory::config::Ports,
+    /// Every listener: the built-in ones, the custom receive connectors, the admin API.
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Listener {
+    /// The `[servers.ports]` key, `receive_connector` for a custom one.
+    pub kind: String,
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+impl Listener {
+    fn new(kind: &str, name: String, address: SocketAddr) -> Listener {
+        Listener {
+            kind: kind.into(),
+            name,
+            address,
+        }
+    }
+}
+
+/// Writes the file whole (a temporary file renamed over it), so a reader never sees
+/// half of it.
+fn write_listeners(path: &std::path::Path, l: &Listeners) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(l).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    crate::files::write_private(&tmp, &bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The listeners a server recorded at its last start, if its data folder has them.
+pub fn read_listeners(data_dir: &std::path::Path) -> Option<Listeners> {
+    let bytes = std::fs::read(data_dir.join(LISTENERS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 fn rconn_kind(rc: &crate::directory::ReceiveConnector) -> String {
     let tls = if rc.tls.as_deref() == Some("implicit") {
         "implicit TLS"

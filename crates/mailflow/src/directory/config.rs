@@ -286,7 +286,7 @@ fn verbose() -> LoggingLevel {
 }
 
 /// Every listener of a server (DESIGN §1), Exchange's ports by default.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ports {
     pub frontend: u16,
@@ -296,6 +296,35 @@ pub struct Ports {
     pub transport: u16,
     pub mailbox_delivery: u16,
     pub admin: u16,
+}
+
+impl Ports {
+    /// Every port, in declaration order.
+    pub fn all(&self) -> [u16; 7] {
+        [
+            self.frontend,
+            self.client_frontend,
+            self.client_proxy,
+            self.outbound_proxy,
+            self.transport,
+            self.mailbox_delivery,
+            self.admin,
+        ]
+    }
+
+    /// These ports, each `0` (left to the system) replaced by the one in `bound`.
+    pub fn or_bound(&self, bound: &Ports) -> Ports {
+        let pick = |file: u16, bound: u16| if file == 0 { bound } else { file };
+        Ports {
+            frontend: pick(self.frontend, bound.frontend),
+            client_frontend: pick(self.client_frontend, bound.client_frontend),
+            client_proxy: pick(self.client_proxy, bound.client_proxy),
+            outbound_proxy: pick(self.outbound_proxy, bound.outbound_proxy),
+            transport: pick(self.transport, bound.transport),
+            mailbox_delivery: pick(self.mailbox_delivery, bound.mailbox_delivery),
+            admin: pick(self.admin, bound.admin),
+        }
+    }
 }
 
 impl Default for Ports {

@@ -164,6 +164,23 @@ impl Directory {
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers().find(|s| s.name.eq_ignore_ascii_case(name))
     }
+
+    /// This directory with `server`'s ports that the file left to the system (`0`,
+    /// lone servers only) replaced by the ports its listeners actually bound, so the
+    /// server's own hops (Front End → Transport → Mailbox Delivery) and the CLI reach
+    /// them. Ports the file names keep their value.
+    pub fn with_bound_ports(mut self, server: &str, bound: &Ports) -> Directory {
+        if let Some(s) = self
+            .org
+            .servers
+            .iter_mut()
+            .map(|s| s.get_mut())
+            .find(|s| s.name.eq_ignore_ascii_case(server))
+        {
+            s.ports = s.ports.or_bound(bound);
+        }
+        self
+    }
     pub fn databases(&self) -> impl Iterator<Item = &Database> {
         self.org.databases.iter().map(|d| d.get_ref())
     }
@@ -383,17 +400,20 @@ impl Validator<'_> {
                 }
             }
             let p = v.ports;
-            let ports = [
-                p.frontend,
-                p.client_frontend,
-                p.client_proxy,
-                p.outbound_proxy,
-                p.transport,
-                p.mailbox_delivery,
-                p.admin,
-            ];
-            let unique: HashSet<u16> = ports.iter().copied().collect();
-            if unique.len() != ports.len() {
+            let ports = p.all();
+            // Port 0 (the system picks, `<data_dir>/listeners.json` tells which) only
+            // for a lone server: another server could not know where to reach it.
+            if org.servers.len() > 1 && ports.contains(&0) {
+                self.err(
+                    s,
+                    "servers",
+                    "ports",
+                    "port 0 (chosen by the system) is only for an organisation of one server: the other servers must know where to reach this one".into(),
+                );
+            }
+            let named: Vec<u16> = ports.iter().copied().filter(|&p| p != 0).collect();
+            let unique: HashSet<u16> = named.iter().copied().collect();
+            if unique.len() != named.len() {
                 self.err(
                     s,
                     "servers",
@@ -597,8 +617,47 @@ impl Validator<'_> {
                 }
             }
         }
+        // Addresses already taken on each server: its own listeners, then each custom
+        // receive connector in file order (port 0 is the system's pick, never shared).
+        let mut taken: Vec<(String, std::net::SocketAddr)> = Vec::new();
+        for s in org.servers.iter().map(|s| s.get_ref()) {
+            let ip = s
+                .bind
+                .as_deref()
+                .or(Some(s.address.as_str()))
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+            if let Some(ip) = ip {
+                for port in s.ports.all().into_iter().filter(|&p| p != 0) {
+                    taken.push((s.name.to_lowercase(), std::net::SocketAddr::new(ip, port)));
+                }
+            }
+        }
         for r in &org.receive_connectors {
             let v = r.get_ref();
+            if let Ok(bind) = v.bind.parse::<std::net::SocketAddr>()
+                && bind.port() != 0
+            {
+                let server = v.server.to_lowercase();
+                let clash = |(s, a): &(String, std::net::SocketAddr)| {
+                    *s == server
+                        && a.port() == bind.port()
+                        && (a.ip() == bind.ip()
+                            || a.ip().is_unspecified()
+                            || bind.ip().is_unspecified())
+                };
+                if taken.iter().any(clash) {
+                    self.err(
+                        r,
+                        "receive_connectors",
+                        "bind",
+                        format!(
+                            "{:?}: another listener of server {:?} already binds this port",
+                            v.bind, v.server
+                        ),
+                    );
+                }
+                taken.push((server, bind));
+            }
             if !servers.contains(&v.server.to_lowercase()) {
                 self.err(
                     r,
@@ -826,6 +885,117 @@ members = ["alice@contoso.test", "ext@fabrikam.test"]
             d.data_dir(d.choose_server(None).unwrap()),
             PathBuf::from("/x/data/MBX1")
         );
+    }
+
+    #[test]
+    fn port_zero_is_for_a_lone_server_and_named_ports_are_never_shared() {
+        let ports = |p: &str| format!("[servers.ports]\n{p}\n");
+        let with = |mbx1: &str, extra: &str| {
+            GOOD.replace(
+                "data_dir = \"data/MBX1\"\n",
+                &format!("data_dir = \"data/MBX1\"\n{mbx1}"),
+            ) + extra
+        };
+        let mbx2 = |p: &str| {
+            format!(
+                "\n[[servers]]\nname = \"MBX2\"\nfqdn = \"mbx2.contoso.test\"\naddress = \"127.0.0.2\"\ndata_dir = \"data/MBX2\"\n{p}"
+            )
+        };
+        let connector = |bind: &str| {
+            format!(
+                "\n[[receive_connectors]]\nname = \"Apps\"\nserver = \"MBX1\"\nbind = \"{bind}\"\nservice = \"frontend\"\n"
+            )
+        };
+        let all_zero = ports(
+            "frontend = 0\nclient_frontend = 0\nclient_proxy = 0\noutbound_proxy = 0\ntransport = 0\nmailbox_delivery = 0\nadmin = 0",
+        );
+        // (case, file, the error's key or None when the file loads)
+        let cases: Vec<(&str, String, Option<&str>)> = vec![
+            ("lone server, every port 0", with(&all_zero, ""), None),
+            (
+                "lone server, some ports 0",
+                with(&ports("frontend = 0\nadmin = 0"), ""),
+                None,
+            ),
+            (
+                "two servers, one with port 0",
+                with(&ports("frontend = 0"), &mbx2("")),
+                Some("ports"),
+            ),
+            (
+                "two servers, other one with port 0",
+                with("", &mbx2(&ports("admin = 0"))),
+                Some("ports"),
+            ),
+            ("two servers, explicit ports", with("", &mbx2("")), None),
+            (
+                "two listeners on one port",
+                with(&ports("frontend = 2525"), ""),
+                Some("ports"),
+            ),
+            (
+                "connector on a server port",
+                with("", &connector("127.0.0.1:587")),
+                Some("bind"),
+            ),
+            (
+                "connector on 0.0.0.0 and a server port",
+                with("", &connector("0.0.0.0:25")),
+                Some("bind"),
+            ),
+            (
+                "connector on another address",
+                with("", &connector("127.0.0.9:587")),
+                None,
+            ),
+            (
+                "connector on port 0",
+                with(&all_zero, &connector("127.0.0.1:0")),
+                None,
+            ),
+            (
+                "two connectors on one port",
+                with(
+                    "",
+                    &(connector("127.0.0.1:2526")
+                        + &connector("127.0.0.1:2526").replace("Apps", "Apps2")),
+                ),
+                Some("bind"),
+            ),
+        ];
+        for (case, file, want) in cases {
+            let got = Directory::parse(&file, "org.toml", PathBuf::from("."));
+            match (want, got) {
+                (None, Ok(_)) => {}
+                (None, Err(e)) => panic!("{case}: {e}"),
+                (Some(_), Ok(_)) => panic!("{case}: loaded"),
+                (Some(key), Err(e)) => {
+                    assert!(e.0.iter().any(|e| e.key.ends_with(key)), "{case}: {e}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bound_ports_replace_only_the_zeros() {
+        let file = GOOD.replace(
+            "data_dir = \"data/MBX1\"\n",
+            "data_dir = \"data/MBX1\"\n[servers.ports]\nfrontend = 0\nadmin = 0\n",
+        );
+        let d = Directory::parse(&file, "org.toml", PathBuf::from(".")).unwrap();
+        let bound = config::Ports {
+            frontend: 40001,
+            client_frontend: 40002,
+            client_proxy: 40003,
+            outbound_proxy: 40004,
+            transport: 40005,
+            mailbox_delivery: 40006,
+            admin: 40007,
+        };
+        let d = d.with_bound_ports("mbx1", &bound);
+        let p = d.server("MBX1").unwrap().ports;
+        assert_eq!((p.frontend, p.admin), (40001, 40007));
+        assert_eq!((p.transport, p.mailbox_delivery), (2525, 475));
     }
 
     #[test]

@@ -564,7 +564,7 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
     msg.add_pending(routed);
     // Rerouted recipients wait a glitch-retry interval: if the servers disagree
     // about the active copy, mail must not bounce between them at full speed.
-    let not_before = hold.then(|| std::time::Instant::now() + service.retry.interval(0));
+    let not_before = hold.then(|| service.retry.not_before(0, std::time::Instant::now()));
     for (hop, recipients) in result.routed {
         let queue = service.queues.queue_for(&hop);
         queue.push(Item {

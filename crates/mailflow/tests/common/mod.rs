@@ -1,5 +1,11 @@
-//! Test helpers: start the real `mailflow` binary on free loopback ports with an
-//! organisation file written for the test, talk to it with real clients, and clean up.
+//! Test helpers: start the real `mailflow` binary on loopback with an organisation
+//! file written for the test, talk to it with real clients, and clean up.
+//!
+//! Ports: a lone server ([`Server`]) gets port 0 for every listener and the test reads
+//! what it bound from `<data_dir>/listeners.json`; the servers of a [`Cluster`] must
+//! know each other's ports, so those come from [`free_ports`] (racy, retried).
+//! Waiting: [`wait_for`] polls a condition with a deadline and [`assert_for`] proves
+//! that nothing happens for a while; no test sleeps otherwise.
 #![allow(dead_code)]
 
 pub mod postfix;
@@ -35,17 +41,43 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     out
 }
 
-/// Polls `f` until it returns Some or the deadline passes.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+/// How long the polling helpers wait between two looks.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Polls `f` until it returns Some (that value) or the deadline passes (None). The
+/// one place where tests wait: every other wait is a condition polled through here.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Polls `f` until it returns Some or the deadline passes (then the test fails).
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Proves that nothing happens for `duration`: `check` must hold at every look (Err
+/// says what went wrong) from now until the end, e.g. a message delivered exactly once
+/// stays delivered once while a wrong second copy would have time to arrive.
+pub fn assert_for(what: &str, duration: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let end = Instant::now() + duration;
+    let failed = poll_until(duration + POLL, || {
+        if let Err(e) = check() {
+            return Some(Some(e));
+        }
+        (Instant::now() >= end).then_some(None)
+    });
+    if let Some(Some(e)) = failed {
+        panic!("{what} did not hold for {duration:?}: {e}");
     }
 }
 
@@ -58,6 +90,39 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Every port 0: the server binds what the system gives and reports it in
+    /// `<data_dir>/listeners.json` (only for an organisation of one server).
+    pub fn system() -> Ports {
+        Ports {
+            frontend: 0,
+            transport: 0,
+            mailbox_delivery: 0,
+            admin: 0,
+            others: [0; 3],
+        }
+    }
+
+    /// The ports a running server recorded in `<data_dir>/listeners.json`.
+    pub fn bound(data_dir: &Path) -> Option<Ports> {
+        let text = std::fs::read_to_string(data_dir.join("listeners.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let p = &v["ports"];
+        let port = |k: &str| p[k].as_u64().and_then(|n| u16::try_from(n).ok());
+        Some(Ports {
+            frontend: port("frontend")?,
+            transport: port("transport")?,
+            mailbox_delivery: port("mailbox_delivery")?,
+            admin: port("admin")?,
+            others: [
+                port("client_frontend")?,
+                port("client_proxy")?,
+                port("outbound_proxy")?,
+            ],
+        })
+    }
+
+    /// Explicit free ports, for organisations of several servers (each must know
+    /// where the others listen).
     pub fn new() -> Ports {
         let p = free_ports(7);
         Ports {
@@ -71,6 +136,14 @@ impl Ports {
     /// The Outbound Proxy Frontend port (:717 in Exchange).
     pub fn others_outbound_proxy(&self) -> u16 {
         self.others[2]
+    }
+    /// The Client Frontend port (:587 in Exchange).
+    pub fn client_frontend(&self) -> u16 {
+        self.others[0]
+    }
+    /// The Client Proxy port (:465 in Exchange).
+    pub fn client_proxy(&self) -> u16 {
+        self.others[1]
     }
 
     fn toml(&self) -> String {
@@ -201,13 +274,20 @@ impl Server {
         Server::start_from(|ports| edit(org_file(ports, "")))
     }
 
-    /// Writes the organisation file `org` makes for fresh ports, and starts the server
-    /// (up to 5 attempts: a port taken meanwhile by another process fails the start).
+    /// Writes the organisation file `org` makes and starts the server. A lone server
+    /// gets port 0 everywhere and the ports it bound are read back from its
+    /// `listeners.json`; a file with more servers gets explicit free ports (up to 5
+    /// attempts: a port taken meanwhile by another process fails the start).
     fn start_from(org: impl Fn(&Ports) -> String) -> Server {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
-            let ports = Ports::new();
-            std::fs::write(dir.path().join("mailflow.toml"), org(&ports)).unwrap();
+            let mut ports = Ports::system();
+            let mut text = org(&ports);
+            if text.matches("[[servers]]").count() > 1 {
+                ports = Ports::new();
+                text = org(&ports);
+            }
+            std::fs::write(dir.path().join("mailflow.toml"), text).unwrap();
             std::fs::write(
                 dir.path().join("secret.key"),
                 "00112233445566778899aabbccddeeff\n",
@@ -293,6 +373,9 @@ impl Server {
         );
         if started {
             self.child = Some(child);
+            // "ready" comes after listeners.json is written.
+            self.ports = Ports::bound(&self.data_dir())
+                .unwrap_or_else(|| panic!("no listeners.json after ready:\n{}", self.log()));
         }
         started
     }
@@ -302,15 +385,13 @@ impl Server {
         let Some(child) = self.child.as_mut() else {
             return true;
         };
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                self.child = None;
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = poll_until(timeout, || {
+            matches!(child.try_wait(), Ok(Some(_))).then_some(())
+        });
+        if exited.is_some() {
+            self.child = None;
         }
-        false
+        exited.is_some()
     }
 
     /// kill -9: no chance to flush anything.
@@ -327,12 +408,11 @@ impl Server {
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            let exited = poll_until(Duration::from_secs(10), || {
+                matches!(c.try_wait(), Ok(Some(_))).then_some(())
+            });
+            if exited.is_some() {
+                return;
             }
             let _ = c.kill();
             let _ = c.wait();
@@ -422,6 +502,21 @@ impl Server {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data/MBX1")
+    }
+
+    /// The port a listener (by its name, e.g. a custom receive connector's) bound at
+    /// the last start, from `<data_dir>/listeners.json`.
+    pub fn listener_port(&self, name: &str) -> u16 {
+        let text = file_text(&self.data_dir().join("listeners.json"));
+        let v: serde_json::Value = serde_json::from_str(&text).expect("listeners.json");
+        v["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == name)
+            .and_then(|l| l["address"].as_str()?.parse::<std::net::SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no listener {name:?} in listeners.json: {text}"))
+            .port()
     }
 }
 
@@ -789,15 +884,25 @@ impl Sink {
             .collect()
     }
 
+    /// Waits for `n` transactions whose dumps are complete. smtp-sink writes a dump
+    /// while the transaction runs and marks no end, so the dumps are complete once
+    /// they have not changed for 300 ms.
     pub fn wait_transactions(&self, n: usize) -> Vec<String> {
+        const SETTLED: Duration = Duration::from_millis(300);
+        let mut last = (Vec::new(), Instant::now());
         wait_for(
-            &format!("{n} transactions at the sink"),
+            &format!("{n} complete transactions at the sink"),
             Duration::from_secs(30),
-            || (self.transactions().len() >= n).then_some(()),
-        );
-        // smtp-sink writes a dump while the transaction runs: let it finish.
-        std::thread::sleep(Duration::from_millis(300));
-        self.transactions()
+            || {
+                let mut dumps = self.transactions();
+                dumps.sort();
+                if dumps != last.0 {
+                    last = (dumps, Instant::now());
+                    return None;
+                }
+                (dumps.len() >= n && last.1.elapsed() >= SETTLED).then_some(dumps)
+            },
+        )
     }
 }
 

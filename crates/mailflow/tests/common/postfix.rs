@@ -13,7 +13,7 @@ use super::{file_text, free_ports, wait_for};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const POSTFIX: &str = "/usr/sbin/postfix";
 
@@ -95,17 +95,17 @@ impl Postfix {
         // `postfix stop` waits for master (and kill -9s it after 5 s), but smtpd
         // children may still hold the inherited listening socket for a moment.
         let stopped = self.postfix("stop");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "Postfix port {} still accepts connections after stop ({stopped:?})",
-                    self.port
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        let closed = super::poll_until(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", self.port))
+                .is_err()
+                .then_some(())
+        });
+        closed.ok_or_else(|| {
+            format!(
+                "Postfix port {} still accepts connections after stop ({stopped:?})",
+                self.port
+            )
+        })
     }
 
     /// Starts again on the same port, with the queue and Maildir kept.

@@ -34,9 +34,7 @@ pub struct QueuedMessage {
 
 impl QueuedMessage {
     pub fn new(id: i64, envelope: Envelope, content: Arc<[u8]>) -> Arc<QueuedMessage> {
-        let arrival = chrono::DateTime::parse_from_rfc3339(&envelope.received_at)
-            .map(SystemTime::from)
-            .unwrap_or_else(|_| SystemTime::now());
+        let arrival = arrival_time(&envelope.received_at, SystemTime::now());
         Arc::new(QueuedMessage {
             id,
             arrival,
@@ -163,16 +161,136 @@ struct QueueState {
     next_retry: Option<(Instant, SystemTime)>,
 }
 
+/// When a message arrived, from its envelope's `received_at` (RFC 3339); `now` for an
+/// envelope without a readable one (its expiry then counts from the load).
+pub fn arrival_time(received_at: &str, now: SystemTime) -> SystemTime {
+    chrono::DateTime::parse_from_rfc3339(received_at)
+        .map(SystemTime::from)
+        .unwrap_or(now)
+}
+
+/// Message expiration and delay notices (reference §6): both count from the message's
+/// arrival on this server. Pure: the sweeper passes the wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry {
+    /// MessageExpirationTimeout: the message fails with 4.4.7 after this long.
+    pub expiration: Duration,
+    /// DelayNotificationTimeout: its recipients get one delay notice after this long.
+    pub delay: Duration,
+}
+
+impl Expiry {
+    /// Whether a message that arrived at `arrival` has expired at `now`.
+    pub fn expired(&self, arrival: SystemTime, now: SystemTime) -> bool {
+        Self::reached(arrival, self.expiration, now)
+    }
+
+    /// Whether a delay notice is due at `now` for a message that arrived at `arrival`.
+    pub fn delay_due(&self, arrival: SystemTime, now: SystemTime) -> bool {
+        Self::reached(arrival, self.delay, now)
+    }
+
+    /// `arrival + timeout <= now`; an arrival in the future (a clock set back) has
+    /// reached nothing yet.
+    fn reached(arrival: SystemTime, timeout: Duration, now: SystemTime) -> bool {
+        now.duration_since(arrival).is_ok_and(|age| age >= timeout)
+    }
+
+    /// How often the sweeper looks: often enough to be punctual (1/60 of the shorter
+    /// timeout), rarely enough to cost nothing on long queues (0.5 s to 1 min).
+    pub fn sweep_period(&self) -> Duration {
+        (self.expiration.min(self.delay) / 60)
+            .clamp(Duration::from_millis(500), Duration::from_secs(60))
+    }
+}
+
 impl QueueState {
     /// Where the item `pop` would take now is, if the queue may transmit (not
     /// suspended, not waiting for its next retry) and an item is due.
     fn due_item(&self, now: Instant) -> Option<usize> {
-        if self.suspended || self.next_retry.is_some_and(|(at, _)| at > now) {
+        if self.suspended || self.in_retry(now) {
             return None;
         }
         self.items
             .iter()
             .position(|i| i.not_before.is_none_or(|t| t <= now))
+    }
+
+    /// Whether the queue waits for its next retry time at `now`.
+    fn in_retry(&self, now: Instant) -> bool {
+        self.next_retry.is_some_and(|(at, _)| at > now)
+    }
+
+    /// Get-Queue's status at `now`.
+    fn status(&self, now: Instant) -> QueueStatus {
+        if self.suspended {
+            QueueStatus::Suspended
+        } else if self.in_retry(now) {
+            QueueStatus::Retry
+        } else if self.in_flight > 0 {
+            QueueStatus::Active
+        } else {
+            QueueStatus::Ready
+        }
+    }
+
+    /// A connection to the next hop failed at `now` (`wall` is the same instant on the
+    /// wall clock, for Get-Queue's NextRetryTime): Retry until the next step of the
+    /// retry ladder. Several connections of one queue fail together: one failed
+    /// attempt, one step on the ladder.
+    fn connection_failed(
+        &mut self,
+        error: String,
+        policy: &RetryPolicy,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        self.last_error = Some(error);
+        if self.in_retry(now) {
+            return;
+        }
+        let wait = policy.interval(self.retry_count);
+        self.retry_count += 1;
+        self.next_retry = Some((now + wait, wall + wait));
+    }
+
+    /// Removes the items whose message has expired at `now`.
+    fn take_expired(&mut self, expiry: &Expiry, now: SystemTime) -> Vec<Item> {
+        let (expired, kept): (Vec<Item>, Vec<Item>) = self
+            .items
+            .drain(..)
+            .partition(|i| expiry.expired(i.message.arrival, now));
+        self.items = kept.into();
+        expired
+    }
+
+    /// Recipients owed a delay notice at `now` (their message waited past the delay
+    /// notification timeout and none was sent yet), marked so the notice goes once.
+    fn take_delay_due(
+        &mut self,
+        expiry: &Expiry,
+        now: SystemTime,
+    ) -> Vec<(Arc<QueuedMessage>, Vec<QueuedRecipient>)> {
+        let mut due = Vec::new();
+        for item in self
+            .items
+            .iter_mut()
+            .filter(|i| expiry.delay_due(i.message.arrival, now))
+        {
+            let fresh: Vec<QueuedRecipient> = item
+                .recipients
+                .iter_mut()
+                .filter(|r| !r.delay_notified)
+                .map(|r| {
+                    r.delay_notified = true;
+                    r.clone()
+                })
+                .collect();
+            if !fresh.is_empty() {
+                due.push((item.message.clone(), fresh));
+            }
+        }
+        due
     }
 }
 
@@ -232,6 +350,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// How long to wait after failed attempt number `attempt` (0 for the first).
     pub fn interval(&self, attempt: u32) -> Duration {
         if attempt < self.glitch_count {
             self.glitch_interval
@@ -240,6 +359,12 @@ impl RetryPolicy {
         } else {
             self.failure_interval
         }
+    }
+
+    /// When an item that failed attempt number `attempt` at `now` may go again (a
+    /// recipient's transient failure, a rerouted or crashed message's glitch retry).
+    pub fn not_before(&self, attempt: u32, now: Instant) -> Instant {
+        now + self.interval(attempt)
     }
 }
 
@@ -332,7 +457,7 @@ impl DeliveryQueue {
                 let now = Instant::now();
                 if s.suspended {
                     None
-                } else if let Some((at, _)) = s.next_retry.filter(|(at, _)| *at > now) {
+                } else if let Some((at, _)) = s.next_retry.filter(|_| s.in_retry(now)) {
                     Some(at)
                 } else if s.due_item(now).is_some() {
                     return;
@@ -371,38 +496,18 @@ impl DeliveryQueue {
         self.lock().suspended
     }
 
-    /// Removes the items of messages that arrived at or before `cutoff` (expired).
-    pub fn take_expired(&self, cutoff: SystemTime) -> Vec<Item> {
-        let mut s = self.lock();
-        let (expired, kept): (Vec<Item>, Vec<Item>) =
-            s.items.drain(..).partition(|i| i.message.arrival <= cutoff);
-        s.items = kept.into();
-        expired
+    /// Removes the waiting items whose message has expired at `now`.
+    pub fn take_expired(&self, expiry: &Expiry, now: SystemTime) -> Vec<Item> {
+        self.lock().take_expired(expiry, now)
     }
 
-    /// Recipients owed a delay notice: their message arrived at or before `cutoff` and
-    /// none was sent yet. They are marked so the notice goes once.
+    /// Recipients owed a delay notice at `now`, marked so the notice goes once.
     pub fn take_delay_due(
         &self,
-        cutoff: SystemTime,
+        expiry: &Expiry,
+        now: SystemTime,
     ) -> Vec<(Arc<QueuedMessage>, Vec<QueuedRecipient>)> {
-        let mut s = self.lock();
-        let mut due = Vec::new();
-        for item in s.items.iter_mut().filter(|i| i.message.arrival <= cutoff) {
-            let fresh: Vec<QueuedRecipient> = item
-                .recipients
-                .iter_mut()
-                .filter(|r| !r.delay_notified)
-                .map(|r| {
-                    r.delay_notified = true;
-                    r.clone()
-                })
-                .collect();
-            if !fresh.is_empty() {
-                due.push((item.message.clone(), fresh));
-            }
-        }
-        due
+        self.lock().take_delay_due(expiry, now)
     }
 
     /// Get-Message rows for the messages waiting in this queue (in-flight ones are
@@ -411,7 +516,7 @@ impl DeliveryQueue {
         let s = self.lock();
         let status = if s.suspended {
             "Suspended"
-        } else if s.next_retry.is_some_and(|(at, _)| at > Instant::now()) {
+        } else if s.in_retry(Instant::now()) {
             "Retry"
         } else {
             "Ready"
@@ -475,17 +580,8 @@ impl DeliveryQueue {
 
     /// The connection failed: status Retry until the next retry time.
     pub fn connection_failed(&self, error: String, policy: &RetryPolicy) {
-        let mut s = self.lock();
-        // Several connections of one queue fail together: one failed attempt, one step
-        // on the retry ladder.
-        if s.next_retry.is_some_and(|(at, _)| at > Instant::now()) {
-            s.last_error = Some(error);
-            return;
-        }
-        let wait = policy.interval(s.retry_count);
-        s.retry_count += 1;
-        s.last_error = Some(error);
-        s.next_retry = Some((Instant::now() + wait, SystemTime::now() + wait));
+        self.lock()
+            .connection_failed(error, policy, Instant::now(), SystemTime::now());
     }
 
     /// Records an error without putting the queue in Retry (e.g. a queue with no
@@ -508,15 +604,7 @@ impl DeliveryQueue {
     pub fn info(&self, server: &str) -> QueueInfo {
         let s = self.lock();
         let now = Instant::now();
-        let status = if s.suspended {
-            QueueStatus::Suspended
-        } else if s.next_retry.is_some_and(|(at, _)| at > now) {
-            QueueStatus::Retry
-        } else if s.in_flight > 0 {
-            QueueStatus::Active
-        } else {
-            QueueStatus::Ready
-        };
+        let status = s.status(now);
         let (delivery_type, category) = match self.next_hop.delivery_type {
             DeliveryType::Unreachable => ("Unreachable".to_string(), "Internal"),
             DeliveryType::Poison => ("Undefined".to_string(), "Internal"),
@@ -536,7 +624,7 @@ impl DeliveryQueue {
             next_hop_domain: self.next_hop.domain.clone(),
             next_hop_category: category.into(),
             last_error: s.last_error.clone(),
-            next_retry_time: s.next_retry.filter(|(at, _)| *at > now).map(|(_, t)| {
+            next_retry_time: s.next_retry.filter(|_| s.in_retry(now)).map(|(_, t)| {
                 chrono::DateTime::<chrono::Utc>::from(t)
                     .format("%Y-%m-%dT%H:%M:%SZ")
                     .to_string()
@@ -652,20 +740,252 @@ impl Queues {
 mod tests {
     use super::*;
 
-    #[test]
-    fn retry_ladder_follows_the_reference() {
-        let p = RetryPolicy {
+    /// Exchange's defaults (reference §6): 4 glitch retries a minute apart, 6 transient
+    /// retries 5 minutes apart, then 10 minutes.
+    fn reference_policy() -> RetryPolicy {
+        RetryPolicy {
             glitch_count: 4,
             glitch_interval: Duration::from_secs(60),
             transient_count: 6,
             transient_interval: Duration::from_secs(300),
             failure_interval: Duration::from_secs(600),
-        };
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn retry_ladder_follows_the_reference() {
+        let p = reference_policy();
         let ladder: Vec<u64> = (0..12).map(|i| p.interval(i).as_secs()).collect();
         assert_eq!(
             ladder,
             [60, 60, 60, 60, 300, 300, 300, 300, 300, 300, 600, 600]
         );
+        // (policy, attempt, wait before the next one)
+        let none = RetryPolicy {
+            glitch_count: 0,
+            transient_count: 0,
+            ..reference_policy()
+        };
+        let no_glitch = RetryPolicy {
+            glitch_count: 0,
+            ..reference_policy()
+        };
+        let cases = [
+            (&none, 0, 600),
+            (&none, 99, 600),
+            (&no_glitch, 0, 300),
+            (&no_glitch, 5, 300),
+            (&no_glitch, 6, 600),
+            (&p, 3, 60),
+            (&p, 4, 300),
+            (&p, u32::MAX, 600),
+        ];
+        let t0 = Instant::now();
+        for (policy, attempt, wait) in cases {
+            assert_eq!(policy.interval(attempt), secs(wait), "attempt {attempt}");
+            assert_eq!(policy.not_before(attempt, t0), t0 + secs(wait));
+        }
+    }
+
+    fn state() -> QueueState {
+        QueueState {
+            items: VecDeque::new(),
+            in_flight: 0,
+            suspended: false,
+            last_error: None,
+            retry_count: 0,
+            next_retry: None,
+        }
+    }
+
+    fn message(id: i64, arrival: SystemTime) -> Arc<QueuedMessage> {
+        Arc::new(QueuedMessage {
+            id,
+            arrival,
+            envelope: Envelope::default(),
+            content: Arc::from(&b""[..]),
+            pending: AtomicUsize::new(0),
+            crashes: AtomicU32::new(0),
+        })
+    }
+
+    fn item(message: Arc<QueuedMessage>, recipients: &[&str]) -> Item {
+        Item {
+            message,
+            recipients: recipients
+                .iter()
+                .map(|a| QueuedRecipient {
+                    address: a.to_string(),
+                    orcpt: None,
+                    notify: Vec::new(),
+                    next_hop: None,
+                    state: store::RecipientState::Ready,
+                    last_error: None,
+                    delay_notified: false,
+                })
+                .collect(),
+            not_before: None,
+        }
+    }
+
+    #[test]
+    fn connection_failures_climb_the_ladder_on_a_simulated_clock() {
+        let p = reference_policy();
+        let (t0, wall0) = (Instant::now(), SystemTime::UNIX_EPOCH + secs(1_000_000));
+        let mut s = state();
+        s.items.push_back(item(message(1, wall0), &["a@x.test"]));
+        // (seconds after t0 a connection fails, retry count after it, next retry at
+        // seconds after t0): a failure while the queue waits for its retry is the same
+        // attempt; after the retry time it is the next one.
+        let steps = [
+            (0, 1, 60),
+            (10, 1, 60),
+            (59, 1, 60),
+            (60, 2, 120),
+            (121, 3, 181),
+            (200, 4, 260),
+            (260, 5, 560),
+            (300, 5, 560),
+        ];
+        for (at, count, next) in steps {
+            let now = t0 + secs(at);
+            s.connection_failed(format!("failed at {at}"), &p, now, wall0 + secs(at));
+            assert_eq!(s.retry_count, count, "failure at {at}s");
+            let (next_at, next_wall) = s.next_retry.unwrap();
+            assert_eq!(next_at, t0 + secs(next), "failure at {at}s");
+            assert_eq!(next_wall, wall0 + secs(next), "failure at {at}s");
+            assert_eq!(
+                s.last_error.as_deref(),
+                Some(format!("failed at {at}").as_str())
+            );
+            // Nothing leaves the queue until the retry time, then the item is due.
+            assert_eq!(s.status(now), QueueStatus::Retry);
+            assert_eq!(s.due_item(t0 + secs(next) - Duration::from_millis(1)), None);
+            assert_eq!(s.due_item(t0 + secs(next)), Some(0));
+            assert_eq!(s.status(t0 + secs(next)), QueueStatus::Ready);
+        }
+    }
+
+    #[test]
+    fn due_items_respect_not_before_suspension_and_in_flight() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let mut s = state();
+        let mut later = item(message(1, wall), &["a@x.test"]);
+        later.not_before = Some(reference_policy().not_before(0, t0));
+        s.items.push_back(later);
+        s.items.push_back(item(message(2, wall), &["b@x.test"]));
+        // (now, suspended, in flight, due item, status)
+        let cases = [
+            (t0, false, 0, Some(1), QueueStatus::Ready),
+            (t0 + secs(59), false, 1, Some(1), QueueStatus::Active),
+            (t0 + secs(60), false, 0, Some(0), QueueStatus::Ready),
+            (t0 + secs(60), true, 0, None, QueueStatus::Suspended),
+        ];
+        for (now, suspended, in_flight, due, status) in cases {
+            s.suspended = suspended;
+            s.in_flight = in_flight;
+            assert_eq!(s.due_item(now), due);
+            assert_eq!(s.status(now), status);
+        }
+    }
+
+    #[test]
+    fn expiry_and_delay_notices_count_from_arrival() {
+        let e = Expiry {
+            expiration: secs(2 * 86400),
+            delay: secs(4 * 3600),
+        };
+        let arrival = SystemTime::UNIX_EPOCH + secs(1_700_000_000);
+        // (seconds after arrival — negative: a clock set back —, expired, delay due)
+        let cases: [(i64, bool, bool); 7] = [
+            (-3600, false, false),
+            (0, false, false),
+            (4 * 3600 - 1, false, false),
+            (4 * 3600, false, true),
+            (2 * 86400 - 1, false, true),
+            (2 * 86400, true, true),
+            (30 * 86400, true, true),
+        ];
+        for (age, expired, delay) in cases {
+            let now = if age < 0 {
+                arrival - secs(age.unsigned_abs())
+            } else {
+                arrival + secs(age as u64)
+            };
+            assert_eq!(e.expired(arrival, now), expired, "age {age}s");
+            assert_eq!(e.delay_due(arrival, now), delay, "age {age}s");
+        }
+    }
+
+    #[test]
+    fn the_sweeper_period_is_a_sixtieth_of_the_shorter_timeout_within_bounds() {
+        // (expiration, delay, period in ms)
+        let cases = [
+            (secs(2 * 86400), secs(4 * 3600), 60_000),
+            (secs(3600), secs(1800), 30_000),
+            (secs(60), secs(4 * 3600), 1000),
+            (secs(5), secs(10), 500),
+            (Duration::ZERO, secs(10), 500),
+        ];
+        for (expiration, delay, ms) in cases {
+            let e = Expiry { expiration, delay };
+            assert_eq!(e.sweep_period(), Duration::from_millis(ms), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_sweep_takes_expired_items_and_gives_each_delay_notice_once() {
+        let e = Expiry {
+            expiration: secs(100),
+            delay: secs(10),
+        };
+        let t0 = SystemTime::UNIX_EPOCH + secs(1_000_000);
+        let mut s = state();
+        s.items
+            .push_back(item(message(1, t0), &["old@x.test", "old2@x.test"]));
+        s.items
+            .push_back(item(message(2, t0 + secs(50)), &["new@x.test"]));
+        let ids = |v: &[(Arc<QueuedMessage>, Vec<QueuedRecipient>)]| -> Vec<(i64, usize)> {
+            v.iter().map(|(m, r)| (m.id, r.len())).collect()
+        };
+        assert!(s.take_delay_due(&e, t0 + secs(9)).is_empty());
+        assert_eq!(ids(&s.take_delay_due(&e, t0 + secs(10))), [(1, 2)]);
+        // Once per recipient: the next sweep finds only the newer message.
+        assert_eq!(ids(&s.take_delay_due(&e, t0 + secs(60))), [(2, 1)]);
+        assert!(s.take_delay_due(&e, t0 + secs(61)).is_empty());
+        assert!(s.take_expired(&e, t0 + secs(99)).is_empty());
+        let expired = s.take_expired(&e, t0 + secs(100));
+        assert_eq!(
+            expired.iter().map(|i| i.message.id).collect::<Vec<_>>(),
+            [1]
+        );
+        assert_eq!(s.items.len(), 1);
+        assert_eq!(s.take_expired(&e, t0 + secs(150)).len(), 1);
+        assert!(s.items.is_empty());
+    }
+
+    #[test]
+    fn arrival_comes_from_the_envelope_or_the_load_time() {
+        let now = SystemTime::UNIX_EPOCH + secs(1_800_000_000);
+        // (received_at, seconds since the epoch)
+        let cases = [
+            ("2023-11-14T22:13:20Z", 1_700_000_000),
+            ("2023-11-14T23:13:20+01:00", 1_700_000_000),
+            ("", 1_800_000_000),
+            ("yesterday", 1_800_000_000),
+        ];
+        for (text, epoch) in cases {
+            assert_eq!(
+                arrival_time(text, now),
+                SystemTime::UNIX_EPOCH + secs(epoch),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use self::dns::Dns;
 use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
 use self::outbound::ConnectFailure;
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
-use super::queue::{DeliveryQueue, DeliveryType, Item, QueuedMessage, Queues, RetryPolicy};
+use super::queue::{DeliveryQueue, DeliveryType, Expiry, Item, QueuedMessage, Queues, RetryPolicy};
 use super::receive::ORG_HEADER_PREFIX;
 use super::supervisor::{self, POISON_THRESHOLD, Stage};
 use super::{INTRA_ORG_SEND_CONNECTOR, Resubmitter, tracking_event};
@@ -406,7 +406,10 @@ impl Transmitter {
         queue.push(Item {
             message: msg,
             recipients,
-            not_before: Some(Instant::now() + self.policy.interval(crashes.saturating_sub(1))),
+            not_before: Some(
+                self.policy
+                    .not_before(crashes.saturating_sub(1), Instant::now()),
+            ),
         });
     }
 
@@ -611,7 +614,7 @@ impl Transmitter {
                 })
                 .collect();
             // Per-recipient retry; the queue itself stays up.
-            let not_before = Some(Instant::now() + self.policy.interval(0));
+            let not_before = Some(self.policy.not_before(0, Instant::now()));
             queue.push(Item {
                 message: msg.clone(),
                 recipients,
@@ -676,17 +679,15 @@ impl Transmitter {
     /// the delay notification timeout has passed (reference §6).
     async fn sweeper(self, queue: Arc<DeliveryQueue>) {
         let settings = &self.ctx.dir().org.transport;
-        let (expiration, delay) = (
-            settings.message_expiration_timeout,
-            settings.delay_notification_timeout,
-        );
-        // Often enough to be punctual, rarely enough to cost nothing on long queues.
-        let period =
-            (expiration.min(delay) / 60).clamp(Duration::from_millis(500), Duration::from_secs(60));
+        let expiry = Expiry {
+            expiration: settings.message_expiration_timeout,
+            delay: settings.delay_notification_timeout,
+        };
+        let period = expiry.sweep_period();
         loop {
             tokio::time::sleep(period).await;
             let now = SystemTime::now();
-            for item in queue.take_expired(now - expiration) {
+            for item in queue.take_expired(&expiry, now) {
                 let reply = Reply::new(550, Enhanced(4, 4, 7), "QUEUE.Expired; message expired");
                 let last = item
                     .recipients
@@ -710,7 +711,7 @@ impl Transmitter {
                     .collect();
                 self.fail(&item.message, failed, None, "QUEUE").await;
             }
-            for (msg, recipients) in queue.take_delay_due(now - delay) {
+            for (msg, recipients) in queue.take_delay_due(&expiry, now) {
                 self.db.delay_notified(
                     msg.id,
                     recipients.iter().map(|r| r.address.clone()).collect(),
