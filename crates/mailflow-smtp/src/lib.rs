@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod data;
+pub mod replies;
 pub mod reply;
 pub mod session;
 pub mod xtext;

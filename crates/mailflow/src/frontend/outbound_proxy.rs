@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mailflow_smtp::data::DotStuffer;
-use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
 use crate::context::ServerContext;
 use crate::net::client::SmtpClient;
 use crate::net::orgauth;
 use crate::net::receive::{SessionInfo, SmtpHandler};
 use crate::transport::queue::{DeliveryType, NextHop};
-use crate::transport::routing::{NoConnector, select_connector, size_limit_reply};
+use crate::transport::routing::{NoConnector, select_connector};
 use crate::transport::send::dns::Dns;
 use crate::transport::send::downgrade;
 use crate::transport::send::outbound::{self, ConnectFailure};
@@ -57,11 +57,7 @@ impl OutboundProxySession {
     }
 
     fn lost() -> Reply {
-        Reply::new(
-            451,
-            Enhanced(4, 4, 2),
-            "Connection to the destination was lost",
-        )
+        replies::connection_to_destination_lost()
     }
 
     /// Opens the session to the destination of `domain`, and sends MAIL.
@@ -69,12 +65,8 @@ impl OutboundProxySession {
         let dir = self.ctx.dir();
         let connector = select_connector(dir.send_connectors(), domain, self.size).map_err(
             |why| match why {
-                NoConnector::NoAddressSpace => Reply::new(
-                    550,
-                    Enhanced(5, 4, 4),
-                    format!("No send connector for {domain}"),
-                ),
-                NoConnector::TooBig => size_limit_reply(),
+                NoConnector::NoAddressSpace => replies::no_send_connector(domain),
+                NoConnector::TooBig => replies::size_limit_for_route(),
             },
         )?;
         let hop = NextHop {
@@ -118,7 +110,7 @@ impl SmtpHandler for OutboundProxySession {
             .as_ref()
             .is_none_or(|(_, s)| s != orgauth::HUB)
         {
-            return Reply::new(530, Enhanced(5, 7, 1), "Client was not authenticated");
+            return replies::not_authenticated();
         }
         let mut mail = format!(
             "MAIL FROM:<{}>",
@@ -136,7 +128,7 @@ impl SmtpHandler for OutboundProxySession {
         self.mail = Some(mail);
         self.smtputf8 = params.smtputf8;
         self.size = params.size.unwrap_or(0);
-        Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+        replies::sender_ok()
     }
 
     async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
@@ -148,11 +140,7 @@ impl SmtpHandler for OutboundProxySession {
             }
             // One destination per transaction, as Transport's queues are per domain.
             Some(d) if *d != to.domain => {
-                return Reply::new(
-                    452,
-                    Enhanced(4, 5, 3),
-                    "One destination domain per transaction",
-                );
+                return replies::one_destination_per_transaction();
             }
             Some(_) => {}
         }

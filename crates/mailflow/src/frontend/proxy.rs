@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mailflow_smtp::data::DotStuffer;
-use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
 use crate::context::ServerContext;
 use crate::logs::protocol::ProtocolSession;
@@ -167,20 +167,16 @@ impl Proxy {
         // client must retry rather than lose that recipient silently.
         if let Some(refused) = rcpt_replies.iter().find(|r| !r.is_positive()) {
             let _ = self.client.reset().await;
-            return Err(BeginError::Refused(Reply::new(
-                451,
-                Enhanced(4, 4, 0),
-                format!("Transport refused a recipient; try again later ({refused})"),
+            return Err(BeginError::Refused(replies::transport_refused_recipient(
+                refused,
             )));
         }
         match data {
             Some(r) if r.code == 354 => Ok(()),
             Some(r) => Err(BeginError::Refused(r)),
-            None => Err(BeginError::Refused(Reply::new(
-                451,
-                Enhanced(4, 4, 0),
-                "Transport did not accept the content",
-            ))),
+            None => Err(BeginError::Refused(
+                replies::transport_did_not_accept_content(),
+            )),
         }
     }
 

@@ -142,7 +142,7 @@ async fn submit(
             .await
             .map_err(|e| e.to_string())?;
         ctx.tracking_submission.log(TrackingEvent {
-            recipient_status: vec!["550 5.1.3 STOREDRV.Submit; no recipients".into()],
+            recipient_status: vec![mailflow_smtp::replies::submit_no_recipients().one_line()],
             ..event(ctx, item, database, "SUBMITFAIL", &content, &message_id)
         });
         return Ok(());

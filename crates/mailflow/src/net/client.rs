@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use mailflow_smtp::data::DotStuffer;
-use mailflow_smtp::{Reply, parse_reply};
+use mailflow_smtp::{Reply, parse_reply, replies};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -45,19 +45,12 @@ pub enum ClientError {
 impl ClientError {
     /// The reply to record as a queue's last error.
     pub fn as_reply(&self) -> Reply {
-        use mailflow_smtp::Enhanced;
         match self {
             ClientError::Refused(r) => r.clone(),
-            ClientError::Connect(..) | ClientError::Timeout(_) => Reply::new(
-                451,
-                Enhanced(4, 4, 1),
-                format!("Connection timed out or refused: {self}"),
-            ),
-            _ => Reply::new(
-                451,
-                Enhanced(4, 4, 2),
-                format!("Connection dropped: {self}"),
-            ),
+            ClientError::Connect(..) | ClientError::Timeout(_) => {
+                replies::connection_timed_out_or_refused(self)
+            }
+            _ => replies::connection_dropped(self),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
-use mailflow_smtp::{Enhanced, Reply};
+use mailflow_smtp::{Enhanced, Reply, replies};
 use tokio::sync::Semaphore;
 
 use self::dns::Dns;
@@ -375,11 +375,7 @@ impl Transmitter {
             supervisor::park_in_poison(&self.ctx, &queues, msg, recipients, why);
             return;
         }
-        let reply = Reply::new(
-            451,
-            Enhanced(4, 3, 0),
-            "Transport failed while sending this message; it will be retried",
-        );
+        let reply = replies::transport_failed_while_sending();
         let mut ev = tracking_event(&self.ctx, &msg, "DEFER", "SMTP");
         ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
         ev.recipient_status = vec![reply.one_line()];
@@ -432,14 +428,7 @@ impl Transmitter {
         let content: &[u8] = stripped.as_deref().unwrap_or(&msg.content);
         // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
         if env.smtputf8 && !peer.client.has_extension("SMTPUTF8") {
-            let reply = Reply::new(
-                553,
-                Enhanced(5, 6, 7),
-                format!(
-                    "{} does not support SMTPUTF8, which this message needs",
-                    peer.host
-                ),
-            );
+            let reply = replies::smtputf8_not_supported(&peer.host);
             self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
             return Ok(());
         }
@@ -456,14 +445,7 @@ impl Transmitter {
         if let Some(limit) = peer.client.size_limit()
             && content.len() as u64 > limit
         {
-            let reply = Reply::new(
-                552,
-                Enhanced(5, 3, 4),
-                format!(
-                    "Message size exceeds the limit of {} ({limit} bytes)",
-                    peer.host
-                ),
-            );
+            let reply = replies::size_exceeds_host_limit(&peer.host, limit);
             self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
             return Ok(());
         }
@@ -687,7 +669,7 @@ impl Transmitter {
             tokio::time::sleep(period).await;
             let now = SystemTime::now();
             for item in queue.take_expired(now - expiration) {
-                let reply = Reply::new(550, Enhanced(4, 4, 7), "QUEUE.Expired; message expired");
+                let reply = replies::message_expired();
                 let last = item
                     .recipients
                     .iter()
@@ -698,11 +680,7 @@ impl Transmitter {
                     .iter()
                     .map(|r| {
                         let reply = match &last {
-                            Some(e) => Reply::new(
-                                550,
-                                Enhanced(4, 4, 7),
-                                format!("QUEUE.Expired; message expired; last error: {e}"),
-                            ),
+                            Some(e) => replies::message_expired_with(e),
                             None => reply.clone(),
                         };
                         (r.clone(), reply)
@@ -718,7 +696,7 @@ impl Transmitter {
                 let last_error = queue
                     .info(self.ctx.name())
                     .last_error
-                    .unwrap_or_else(|| "451 4.4.7 Message delayed".into());
+                    .unwrap_or_else(|| replies::message_delayed().one_line());
                 let list: Vec<(QueuedRecipient, DsnRecipient)> = recipients
                     .into_iter()
                     .map(|r| {
