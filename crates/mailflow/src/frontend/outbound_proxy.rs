@@ -12,8 +12,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mailflow_smtp::client::{mail_line, rcpt_line};
 use mailflow_smtp::data::DotStuffer;
-use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
+use mailflow_smtp::{Address, Body, MailParams, RcptParams, Reply, replies};
 
 use crate::context::ServerContext;
 use crate::net::client::SmtpClient;
@@ -28,7 +29,8 @@ use crate::transport::send::outbound::{self, ConnectFailure};
 pub struct OutboundProxySession {
     ctx: Arc<ServerContext>,
     dns: Arc<Dns>,
-    mail: Option<String>,
+    /// The reverse path and the MAIL parameters passed on to the destination.
+    mail: Option<(String, MailParams)>,
     domain: Option<String>,
     upstream: Option<SmtpClient>,
     stuffer: Option<DotStuffer>,
@@ -82,12 +84,15 @@ impl OutboundProxySession {
         let (_, mut client) = outbound::connect(&self.ctx, &self.dns, connector, &hop)
             .await
             .map_err(|ConnectFailure(reply)| reply)?;
-        let mut mail = self.mail.clone().unwrap_or_else(|| "MAIL FROM:<>".into());
+        let (from, mut params) = self.mail.clone().unwrap_or_default();
         if !client.has_extension("8BITMIME") {
             // RFC 6152 §3: BODY=8BITMIME only to a server that offers it.
-            mail = mail.replace(" BODY=8BITMIME", "");
+            params.body = Body::SevenBit;
         }
-        let reply = client.command(&mail).await.map_err(|e| e.as_reply())?;
+        let reply = client
+            .command(&mail_line(&from, &params))
+            .await
+            .map_err(|e| e.as_reply())?;
         if !reply.is_positive() {
             return Err(reply);
         }
@@ -112,20 +117,19 @@ impl SmtpHandler for OutboundProxySession {
         {
             return replies::not_authenticated();
         }
-        let mut mail = format!(
-            "MAIL FROM:<{}>",
-            from.map(|a| a.to_string()).unwrap_or_default()
-        );
-        if let Some(size) = params.size {
-            mail.push_str(&format!(" SIZE={size}"));
-        }
-        if params.body == mailflow_smtp::Body::EightBitMime {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if params.smtputf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        self.mail = Some(mail);
+        // Only what a destination can act on goes on: SIZE, 8BITMIME (BINARYMIME is
+        // not sent on) and SMTPUTF8.
+        let passed = MailParams {
+            size: params.size,
+            body: match params.body {
+                Body::EightBitMime => Body::EightBitMime,
+                _ => Body::SevenBit,
+            },
+            smtputf8: params.smtputf8,
+            ..MailParams::default()
+        };
+        let from = from.map(|a| a.to_string()).unwrap_or_default();
+        self.mail = Some((from, passed));
         self.smtputf8 = params.smtputf8;
         self.size = params.size.unwrap_or(0);
         replies::sender_ok()
@@ -147,16 +151,16 @@ impl SmtpHandler for OutboundProxySession {
         let Some(client) = self.upstream.as_mut() else {
             return Self::lost();
         };
-        let mut line = format!("RCPT TO:<{to}>");
-        if client.has_extension("DSN") {
-            if !params.notify.is_empty() {
-                line.push_str(&format!(" NOTIFY={}", params.notify.join(",")));
-            }
-            if let Some(o) = &params.orcpt {
-                line.push_str(&format!(" ORCPT={o}"));
-            }
-        }
-        client.command(&line).await.unwrap_or_else(|e| e.as_reply())
+        // RFC 3461 §6: DSN parameters only to a server that offers DSN.
+        let params = if client.has_extension("DSN") {
+            params
+        } else {
+            RcptParams::default()
+        };
+        client
+            .command(&rcpt_line(&to.to_string(), &params))
+            .await
+            .unwrap_or_else(|e| e.as_reply())
     }
 
     async fn data_start(&mut self, _info: &SessionInfo) -> Reply {

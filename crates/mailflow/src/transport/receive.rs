@@ -248,7 +248,7 @@ impl TransportReceive {
                 mailflow_smtp::Body::BinaryMime => "BINARYMIME".into(),
             },
             smtputf8: self.params.smtputf8,
-            ret: self.params.ret.map(|r| format!("{r:?}").to_uppercase()),
+            ret: self.params.ret.map(|r| r.keyword().to_string()),
             envid: self.params.envid.clone(),
             // Mail from this organisation's mailboxes, or a hub that already decided.
             crash_count: 0,

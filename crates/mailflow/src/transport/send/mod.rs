@@ -16,7 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
-use mailflow_smtp::{Enhanced, Reply, replies};
+use mailflow_smtp::client::{mail_line, rcpt_line};
+use mailflow_smtp::{Body, Enhanced, MailParams, RcptParams, Reply, Ret, replies};
 use tokio::sync::Semaphore;
 
 use self::dns::Dns;
@@ -451,37 +452,40 @@ impl Transmitter {
         }
         // DSN parameters travel on when the next hop speaks DSN (RFC 3461 §6).
         let dsn = peer.client.has_extension("DSN");
-        let mut mail = format!("MAIL FROM:<{}> SIZE={}", env.return_path, content.len());
         // BODY=8BITMIME whenever 8-bit content goes to a peer that takes it, declared or
         // not (RFC 6152 §3). BINARYMIME is not passed on: this client sends no binary
         // (receive refuses bare CR and LF, so such content is 8-bit text at most).
         let declared = matches!(env.body.as_str(), "8BITMIME" | "BINARYMIME");
-        if peer_8bit && (declared || eight_bit) {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if env.smtputf8 && peer.client.has_extension("SMTPUTF8") {
-            mail.push_str(" SMTPUTF8");
-        }
-        if dsn {
-            if let Some(ret) = &env.ret {
-                mail.push_str(&format!(" RET={ret}"));
-            }
-            if let Some(envid) = &env.envid {
-                mail.push_str(&format!(" ENVID={envid}"));
-            }
-        }
+        let params = MailParams {
+            size: Some(content.len() as u64),
+            body: if peer_8bit && (declared || eight_bit) {
+                Body::EightBitMime
+            } else {
+                Body::SevenBit
+            },
+            smtputf8: env.smtputf8 && peer.client.has_extension("SMTPUTF8"),
+            ret: env
+                .ret
+                .as_deref()
+                .and_then(Ret::from_keyword)
+                .filter(|_| dsn),
+            envid: env.envid.clone().filter(|_| dsn),
+            auth: None,
+        };
+        let mail = mail_line(&env.return_path, &params);
         let rcpts: Vec<String> = item
             .recipients
             .iter()
             .map(|r| {
-                let mut line = format!("RCPT TO:<{}>", r.address);
-                if dsn && !r.notify.is_empty() {
-                    line.push_str(&format!(" NOTIFY={}", r.notify.join(",")));
-                }
-                if dsn && let Some(orcpt) = &r.orcpt {
-                    line.push_str(&format!(" ORCPT={orcpt}"));
-                }
-                line
+                let params = if dsn {
+                    RcptParams {
+                        notify: r.notify.clone(),
+                        orcpt: r.orcpt.clone(),
+                    }
+                } else {
+                    RcptParams::default()
+                };
+                rcpt_line(&r.address, &params)
             })
             .collect();
         // SEND is stamped when transmission starts, so it sorts before the next hop's
