@@ -9,6 +9,7 @@ pub mod dns;
 pub mod downgrade;
 pub mod dsn;
 pub mod outbound;
+pub mod outcome;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use self::dns::Dns;
 use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
 use self::outbound::ConnectFailure;
+use self::outcome::DeliveryOutcome;
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
 use super::queue::{DeliveryQueue, DeliveryType, Item, QueuedMessage, Queues, RetryPolicy};
 use super::receive::ORG_HEADER_PREFIX;
@@ -32,7 +34,7 @@ use crate::context::ServerContext;
 use crate::logs::LoggingLevel;
 use crate::logs::protocol::ProtocolSession;
 use crate::message;
-use crate::net::client::{ClientError, SmtpClient};
+use crate::net::client::{ClientError, RecipientReply, SmtpClient};
 use crate::net::orgauth;
 
 /// MaxConcurrentMailboxDeliveries (reference §5).
@@ -499,20 +501,13 @@ impl Transmitter {
         let mut failed = Vec::new();
         let mut deferred = Vec::new();
         let mut reroute = Vec::new();
-        for (r, reply) in item.recipients.into_iter().zip(replies) {
-            if reply.is_positive() {
-                delivered.push((r, reply));
-            } else if reply.is_permanent() {
-                failed.push((r, reply));
-            } else if !external
-                && reply.enhanced == Some(Enhanced(4, 3, 2))
-                && reply.text().starts_with("STOREDRV")
-                && reply.text().contains("reroute")
-            {
+        for (r, RecipientReply { reply, stage }) in item.recipients.into_iter().zip(replies) {
+            match DeliveryOutcome::of(&reply, stage, !external) {
+                DeliveryOutcome::Delivered => delivered.push((r, reply)),
+                DeliveryOutcome::Ndr(_) => failed.push((r, reply)),
                 // Reference §5: the active copy moved; routing must be redone.
-                reroute.push((r, reply));
-            } else {
-                deferred.push((r, reply));
+                DeliveryOutcome::Reroute => reroute.push((r, reply)),
+                DeliveryOutcome::Retry => deferred.push((r, reply)),
             }
         }
         let connector_id = peer
