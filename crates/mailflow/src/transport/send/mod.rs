@@ -700,9 +700,11 @@ impl Transmitter {
                     .into_iter()
                     .map(|r| {
                         let diagnostic = r.last_error.clone().unwrap_or_else(|| last_error.clone());
+                        // The reason is known as stored text only.
                         let d = DsnRecipient {
                             address: r.address.clone(),
                             orcpt: r.orcpt.clone(),
+                            status: dsn::status_in(&diagnostic),
                             diagnostic,
                             remote_mta: None,
                         };
