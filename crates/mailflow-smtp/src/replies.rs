@@ -318,6 +318,16 @@ pub fn connection_to_destination_lost() -> Reply {
     )
 }
 
+/// `451 4.4.317`: no host of the next hop presented a certificate the connector's TLS
+/// policy accepts; `why` names the first host and its reason.
+pub fn certificate_validation_failed(why: &str) -> Reply {
+    Reply::new(
+        451,
+        Enhanced(4, 4, 317),
+        format!("Cannot connect to remote server: TLS certificate validation failed for {why}"),
+    )
+}
+
 /// `550 5.4.4`: no send connector's address space covers `domain`.
 pub fn no_send_connector(domain: &str) -> Reply {
     Reply::new(

@@ -178,12 +178,7 @@ impl Transmitter {
             }
         }
         if let Some(why) = refused {
-            return Err(ConnectFailure::transient(
-                Enhanced(4, 4, 317),
-                format!(
-                    "Cannot connect to remote server: TLS certificate validation failed for {why}"
-                ),
-            ));
+            return Err(ConnectFailure(replies::certificate_validation_failed(&why)));
         }
         Err(ConnectFailure::transient(
             Enhanced(4, 4, 1),
