@@ -58,10 +58,6 @@ impl OutboundProxySession {
         }
     }
 
-    fn lost() -> Reply {
-        replies::connection_to_destination_lost()
-    }
-
     /// Opens the session to the destination of `domain`, and sends MAIL.
     async fn open(&mut self, domain: &str) -> Result<(), Reply> {
         let dir = self.ctx.dir();
@@ -149,7 +145,7 @@ impl SmtpHandler for OutboundProxySession {
             Some(_) => {}
         }
         let Some(client) = self.upstream.as_mut() else {
-            return Self::lost();
+            return replies::connection_to_destination_lost();
         };
         // RFC 3461 §6: DSN parameters only to a server that offers DSN.
         let params = if client.has_extension("DSN") {
@@ -165,7 +161,7 @@ impl SmtpHandler for OutboundProxySession {
 
     async fn data_start(&mut self, _info: &SessionInfo) -> Reply {
         let Some(client) = self.upstream.as_mut() else {
-            return Self::lost();
+            return replies::connection_to_destination_lost();
         };
         let reply = client
             .command("DATA")
@@ -212,7 +208,7 @@ impl SmtpHandler for OutboundProxySession {
                 .finish_data(&stuffer)
                 .await
                 .unwrap_or_else(|e| e.as_reply()),
-            _ => Self::lost(),
+            _ => replies::connection_to_destination_lost(),
         };
         self.reset().await;
         reply
