@@ -328,6 +328,52 @@ pub fn certificate_validation_failed(why: &str) -> Reply {
     )
 }
 
+/// `451 4.4.0`: a queue's send connector was removed from the organisation file. The
+/// name is shown as the queue holds it, `Some("name")` (kept as it always read).
+pub fn send_connector_gone(connector: Option<&str>) -> Reply {
+    Reply::new(
+        451,
+        Enhanced(4, 4, 0),
+        format!("Send connector {connector:?} no longer exists"),
+    )
+}
+
+/// `451 4.4.0`: routing names no server for the next hop (none in its delivery group).
+pub fn no_server_for_next_hop(domain: &str) -> Reply {
+    Reply::new(
+        451,
+        Enhanced(4, 4, 0),
+        format!("No server is available for next hop {domain}"),
+    )
+}
+
+/// `451 4.4.1`: no server of an organisation next hop answered; `errors` are theirs.
+pub fn next_hop_unreachable(errors: &str) -> Reply {
+    Reply::new(
+        451,
+        Enhanced(4, 4, 1),
+        format!("Connection timed out or refused ({errors})"),
+    )
+}
+
+/// `451 4.4.1`: no Outbound Proxy Frontend of the site answered; `errors` are theirs.
+pub fn no_outbound_proxy_answered(errors: &str) -> Reply {
+    Reply::new(
+        451,
+        Enhanced(4, 4, 1),
+        format!("No Outbound Proxy Frontend answered ({errors})"),
+    )
+}
+
+/// `451 4.4.0`: SMTP Send panicked while connecting; the queue retries.
+pub fn transport_failed_while_connecting() -> Reply {
+    Reply::new(
+        451,
+        Enhanced(4, 4, 0),
+        "Transport failed while connecting to the next hop",
+    )
+}
+
 /// `550 5.4.4`: no send connector's address space covers `domain`.
 pub fn no_send_connector(domain: &str) -> Reply {
     Reply::new(
@@ -447,6 +493,10 @@ mod tests {
                 "552 5.3.4 Message size exceeds the limit of mx.example (10 bytes)",
             ),
             (message_delayed(), "451 4.4.7 Message delayed"),
+            (
+                send_connector_gone(Some("To Internet")),
+                "451 4.4.0 Send connector Some(\"To Internet\") no longer exists",
+            ),
             (
                 submit_no_recipients(),
                 "550 5.1.3 STOREDRV.Submit; no recipients",

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use mailflow_smtp::client::{mail_line, rcpt_line};
-use mailflow_smtp::{Body, Enhanced, MailParams, RcptParams, Reply, Ret, replies};
+use mailflow_smtp::{Body, MailParams, RcptParams, Reply, Ret, replies};
 use tokio::sync::Semaphore;
 
 use self::dns::Dns;
@@ -120,10 +120,9 @@ impl Transmitter {
                 .as_deref()
                 .and_then(|n| dir.send_connectors().find(|c| c.name == n))
             else {
-                return Err(ConnectFailure::transient(
-                    Enhanced(4, 4, 0),
-                    format!("Send connector {:?} no longer exists", hop.connector),
-                ));
+                return Err(ConnectFailure(replies::send_connector_gone(
+                    hop.connector.as_deref(),
+                )));
             };
             let permit = self.outbound.clone().acquire_owned().await.ok();
             if connector.front_end_proxy {
@@ -146,10 +145,7 @@ impl Transmitter {
         }
         let targets = self.ctx.config().routing(&self.ctx.active).targets(hop);
         if targets.is_empty() {
-            return Err(ConnectFailure::transient(
-                Enhanced(4, 4, 0),
-                format!("No server is available for next hop {}", hop.domain),
-            ));
+            return Err(ConnectFailure(replies::no_server_for_next_hop(&hop.domain)));
         }
         let mut errors = Vec::new();
         // A server whose certificate the organisation CA does not vouch for: that
@@ -180,10 +176,9 @@ impl Transmitter {
         if let Some(why) = refused {
             return Err(ConnectFailure(replies::certificate_validation_failed(&why)));
         }
-        Err(ConnectFailure::transient(
-            Enhanced(4, 4, 1),
-            format!("Connection timed out or refused ({})", errors.join("; ")),
-        ))
+        Err(ConnectFailure(replies::next_hop_unreachable(
+            &errors.join("; "),
+        )))
     }
 
     /// Connects to the Outbound Proxy Frontend of this server or another of its site.
@@ -203,13 +198,9 @@ impl Transmitter {
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
         }
-        Err(ConnectFailure::transient(
-            Enhanced(4, 4, 1),
-            format!(
-                "No Outbound Proxy Frontend answered ({})",
-                errors.join("; ")
-            ),
-        ))
+        Err(ConnectFailure(replies::no_outbound_proxy_answered(
+            &errors.join("; "),
+        )))
     }
 
     async fn worker(self, queue: Arc<DeliveryQueue>) {
@@ -229,10 +220,7 @@ impl Transmitter {
                         "panic while connecting ({})",
                         supervisor::panic_text(panic.as_ref())
                     );
-                    Err(ConnectFailure::transient(
-                        Enhanced(4, 4, 0),
-                        "Transport failed while connecting to the next hop",
-                    ))
+                    Err(ConnectFailure(replies::transport_failed_while_connecting()))
                 });
             let mut peer = match connected {
                 Ok(p) => p,
