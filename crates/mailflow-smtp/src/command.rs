@@ -115,11 +115,41 @@ pub enum Body {
     BinaryMime,
 }
 
+impl Body {
+    /// The `BODY=` keyword; `7BIT` is the default a client leaves unsaid.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Body::SevenBit => "7BIT",
+            Body::EightBitMime => "8BITMIME",
+            Body::BinaryMime => "BINARYMIME",
+        }
+    }
+}
+
 /// `RET=` (RFC 3461 §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ret {
     Full,
     Hdrs,
+}
+
+impl Ret {
+    /// The `RET=` keyword, as the queue also stores it.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Hdrs => "HDRS",
+        }
+    }
+
+    /// The value of a `RET=` keyword (either case), None for anything else.
+    pub fn from_keyword(s: &str) -> Option<Ret> {
+        match s.to_ascii_uppercase().as_str() {
+            "FULL" => Some(Ret::Full),
+            "HDRS" => Some(Ret::Hdrs),
+            _ => None,
+        }
+    }
 }
 
 /// Parameters of MAIL FROM that mailflow understands and carries between hops.
@@ -324,11 +354,7 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             }
             ("SMTPUTF8", None) => p.smtputf8 = true,
             ("RET", Some(v)) => {
-                p.ret = Some(match v.to_ascii_uppercase().as_str() {
-                    "FULL" => Ret::Full,
-                    "HDRS" => Ret::Hdrs,
-                    _ => return Err(syntax("Syntax error in RET")),
-                })
+                p.ret = Some(Ret::from_keyword(v).ok_or_else(|| syntax("Syntax error in RET"))?)
             }
             ("ENVID", Some(v)) => {
                 xtext::check_envid(v).map_err(|_| invalid_envid())?;

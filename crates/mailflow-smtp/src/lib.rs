@@ -2,8 +2,10 @@
 //! machine and the DATA/BDAT readers. No sockets, no clocks, no files: every listener
 //! drives the same [`Session`], and tests drive it byte by byte.
 
+pub mod client;
 pub mod command;
 pub mod data;
+pub mod replies;
 pub mod reply;
 pub mod session;
 pub mod xtext;

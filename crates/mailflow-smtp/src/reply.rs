@@ -1,7 +1,8 @@
 //! SMTP replies as values: a reply code, an enhanced status code (RFC 3463) and text.
 //!
-//! Every reply the server sends is built here or by a service from these parts, so the
-//! code, the enhanced code and the wording never drift apart between listeners.
+//! The services' replies are built from these parts once per cause in
+//! [`crate::replies`], so the code, the enhanced code and the wording never drift apart
+//! between listeners.
 
 use std::fmt;
 

@@ -286,6 +286,7 @@ fn dsn_case() -> impl Strategy<Value = DsnCase> {
         .prop_map(|(address, orcpt, diagnostic, remote_mta)| DsnRecipient {
             address,
             orcpt,
+            status: dsn::status_in(&diagnostic),
             diagnostic,
             remote_mta,
         });
@@ -377,6 +378,7 @@ fn a_dsn_of_any_envelope_is_a_well_formed_report() {
             orcpt: Some(orcpt.into()),
             diagnostic: "250 2.0.0 OK".into(),
             remote_mta: None,
+            status: Some(mailflow_smtp::Enhanced(2, 0, 0)),
         }],
     };
     // The ORCPT that crashed a delivery queue (queued before it was checked at RCPT).

@@ -4,29 +4,10 @@
 //! authenticated senders. Each refusal is one [`Reply`], built here, so Front End and
 //! Transport answer alike. No service is imported from here.
 
-use mailflow_smtp::{Enhanced, Reply};
+use mailflow_smtp::{Reply, replies};
 
 use super::{Directory, Recipient};
 use crate::message::{self, AuthAs};
-
-/// `550 5.7.60`: the sender (envelope, `From:` or `Sender:`) is not one of the
-/// authenticated mailbox's addresses.
-pub fn send_as_denied() -> Reply {
-    Reply::new(
-        550,
-        Enhanced(5, 7, 60),
-        "SMTP; Client does not have permissions to send as this sender",
-    )
-}
-
-/// `550 5.7.133`: an anonymous sender to a group with `require_sender_authentication`.
-pub fn sender_not_authenticated_for_group() -> Reply {
-    Reply::new(
-        550,
-        Enhanced(5, 7, 133),
-        "RESOLVER.RST.SenderNotAuthenticatedForGroup; authentication required",
-    )
-}
 
 /// The addresses `user` (a logon name or any address of a mailbox) may send as: the
 /// mailbox's primary address and its aliases; none for anything that is not a mailbox.
@@ -53,11 +34,11 @@ pub fn is_own(own: &[String], address: &str) -> bool {
 pub fn check_send_as(own: &[String], envelope_from: &str, content: &[u8]) -> Result<(), Reply> {
     let mine = |a: &str| is_own(own, a);
     if !mine(envelope_from) {
-        return Err(send_as_denied());
+        return Err(replies::send_as_denied());
     }
     for addresses in message::author_fields(content) {
         if addresses.is_empty() || !addresses.iter().all(|a| mine(a)) {
-            return Err(send_as_denied());
+            return Err(replies::send_as_denied());
         }
     }
     Ok(())
@@ -66,7 +47,7 @@ pub fn check_send_as(own: &[String], envelope_from: &str, content: &[u8]) -> Res
 /// Whether a sender authenticated as `auth` may send to the group `g` of `dir`.
 pub fn check_group_sender(dir: &Directory, g: usize, auth: AuthAs) -> Result<(), Reply> {
     if dir.group(g).require_sender_authentication && auth != AuthAs::Internal {
-        return Err(sender_not_authenticated_for_group());
+        return Err(replies::sender_not_authenticated_for_group());
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mailflow_smtp::data::DotStuffer;
-use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
 use crate::context::ServerContext;
 use crate::directory::{Recipient, permissions};
@@ -73,15 +73,6 @@ impl FrontendSession {
         self.success_dsn_for_anonymous = false;
         self
     }
-
-    fn unavailable(detail: &str) -> Reply {
-        // Reference §2: a transient reply so the sender retries.
-        Reply::new(
-            451,
-            Enhanced(4, 4, 0),
-            format!("Unable to reach a Transport service; try again later ({detail})"),
-        )
-    }
 }
 
 /// A proxy session between transactions outlives its client session in the pool.
@@ -111,13 +102,13 @@ impl SmtpHandler for FrontendSession {
                 _ => false,
             };
             if !allowed {
-                return permissions::send_as_denied();
+                return replies::send_as_denied();
             }
         }
         self.from = from;
         self.params = params;
         self.recipients.clear();
-        Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+        replies::sender_ok()
     }
 
     async fn rcpt(&mut self, info: &SessionInfo, to: Address, mut params: RcptParams) -> Reply {
@@ -135,15 +126,11 @@ impl SmtpHandler for FrontendSession {
             // Authenticated users (ExchangeUsers) and relay connectors hold
             // SMTP-Accept-Any-Recipient.
             self.recipients.push((to, params));
-            return Reply::new(250, Enhanced(2, 1, 5), "Recipient OK");
+            return replies::recipient_ok();
         }
         if !dir.is_accepted_domain(&to.domain) {
             // Anonymous clients hold no SMTP-Accept-Any-Recipient: never relay.
-            return Reply::new(
-                550,
-                Enhanced(5, 7, 54),
-                "SMTP; Unable to relay recipient in non-accepted domain",
-            );
+            return replies::unable_to_relay();
         }
         let found = dir.lookup(&to.key());
         // A group's delivery restriction is known from the directory here, so it is
@@ -156,17 +143,13 @@ impl SmtpHandler for FrontendSession {
         match found {
             Some(Recipient::Mailbox(_) | Recipient::Group(_)) => {
                 self.recipients.push((to, params));
-                Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+                replies::recipient_ok()
             }
             None if to.local.eq_ignore_ascii_case("postmaster") => {
                 self.recipients.push((to, params));
-                Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+                replies::recipient_ok()
             }
-            None => Reply::new(
-                550,
-                Enhanced(5, 1, 1),
-                "RESOLVER.ADR.ExRecipNotFound; not found",
-            ),
+            None => replies::recipient_not_found(),
         }
     }
 
@@ -189,7 +172,7 @@ impl SmtpHandler for FrontendSession {
                 .collect();
         let auth = info.user.as_ref().map(|(primary, _)| primary.clone());
         if targets.is_empty() {
-            return Self::unavailable("no Transport server for these recipients");
+            return replies::transport_unavailable("no Transport server for these recipients");
         }
         if self.proxy.is_none() {
             self.proxy = self.ctx.proxy_pool.take(&targets);
@@ -216,7 +199,7 @@ impl SmtpHandler for FrontendSession {
         loop {
             if self.proxy.is_none() {
                 let Some(target) = candidates.pop() else {
-                    return Self::unavailable(&last_error);
+                    return replies::transport_unavailable(&last_error);
                 };
                 match Proxy::connect(&self.ctx, target).await {
                     Ok(p) => self.proxy = Some(p),
@@ -229,7 +212,7 @@ impl SmtpHandler for FrontendSession {
                 candidates.pop();
             }
             let Some(proxy) = self.proxy.as_mut() else {
-                return Self::unavailable("no proxy");
+                return replies::transport_unavailable("no proxy");
             };
             match proxy
                 .begin(
@@ -253,7 +236,7 @@ impl SmtpHandler for FrontendSession {
             }
         }
         let Some(proxy) = self.proxy.as_mut() else {
-            return Self::unavailable("no proxy");
+            return replies::transport_unavailable("no proxy");
         };
         // This hop's Received: header goes first (reference §11.3: `via Frontend Transport`).
         let received = crate::net::received_header(
@@ -272,7 +255,7 @@ impl SmtpHandler for FrontendSession {
             .is_err()
         {
             self.proxy = None;
-            return Self::unavailable("connection to Transport lost");
+            return replies::transport_unavailable("connection to Transport lost");
         }
         self.relaying = Some(stuffer);
         self.relay_failed = false;
@@ -298,13 +281,13 @@ impl SmtpHandler for FrontendSession {
                     Ok(reply) => reply,
                     Err(e) => {
                         self.proxy = None;
-                        Self::unavailable(&e.to_string())
+                        replies::transport_unavailable(&e.to_string())
                     }
                 }
             }
             _ => {
                 self.proxy = None;
-                Self::unavailable("connection to Transport lost")
+                replies::transport_unavailable("connection to Transport lost")
             }
         };
         self.recipients.clear();

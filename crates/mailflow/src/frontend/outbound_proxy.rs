@@ -12,15 +12,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mailflow_smtp::client::{mail_line, rcpt_line};
 use mailflow_smtp::data::DotStuffer;
-use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+use mailflow_smtp::{Address, Body, MailParams, RcptParams, Reply, replies};
 
 use crate::context::ServerContext;
 use crate::net::client::SmtpClient;
 use crate::net::orgauth;
 use crate::net::receive::{SessionInfo, SmtpHandler};
 use crate::transport::queue::{DeliveryType, NextHop};
-use crate::transport::routing::{NoConnector, select_connector, size_limit_reply};
+use crate::transport::routing::{NoConnector, select_connector};
 use crate::transport::send::dns::Dns;
 use crate::transport::send::downgrade;
 use crate::transport::send::outbound::{self, ConnectFailure};
@@ -28,7 +29,8 @@ use crate::transport::send::outbound::{self, ConnectFailure};
 pub struct OutboundProxySession {
     ctx: Arc<ServerContext>,
     dns: Arc<Dns>,
-    mail: Option<String>,
+    /// The reverse path and the MAIL parameters passed on to the destination.
+    mail: Option<(String, MailParams)>,
     domain: Option<String>,
     upstream: Option<SmtpClient>,
     stuffer: Option<DotStuffer>,
@@ -56,25 +58,13 @@ impl OutboundProxySession {
         }
     }
 
-    fn lost() -> Reply {
-        Reply::new(
-            451,
-            Enhanced(4, 4, 2),
-            "Connection to the destination was lost",
-        )
-    }
-
     /// Opens the session to the destination of `domain`, and sends MAIL.
     async fn open(&mut self, domain: &str) -> Result<(), Reply> {
         let dir = self.ctx.dir();
         let connector = select_connector(dir.send_connectors(), domain, self.size).map_err(
             |why| match why {
-                NoConnector::NoAddressSpace => Reply::new(
-                    550,
-                    Enhanced(5, 4, 4),
-                    format!("No send connector for {domain}"),
-                ),
-                NoConnector::TooBig => size_limit_reply(),
+                NoConnector::NoAddressSpace => replies::no_send_connector(domain),
+                NoConnector::TooBig => replies::size_limit_for_route(),
             },
         )?;
         let hop = NextHop {
@@ -90,12 +80,15 @@ impl OutboundProxySession {
         let (_, mut client) = outbound::connect(&self.ctx, &self.dns, connector, &hop)
             .await
             .map_err(|ConnectFailure(reply)| reply)?;
-        let mut mail = self.mail.clone().unwrap_or_else(|| "MAIL FROM:<>".into());
+        let (from, mut params) = self.mail.clone().unwrap_or_default();
         if !client.has_extension("8BITMIME") {
             // RFC 6152 §3: BODY=8BITMIME only to a server that offers it.
-            mail = mail.replace(" BODY=8BITMIME", "");
+            params.body = Body::SevenBit;
         }
-        let reply = client.command(&mail).await.map_err(|e| e.as_reply())?;
+        let reply = client
+            .command(&mail_line(&from, &params))
+            .await
+            .map_err(|e| e.as_reply())?;
         if !reply.is_positive() {
             return Err(reply);
         }
@@ -118,25 +111,24 @@ impl SmtpHandler for OutboundProxySession {
             .as_ref()
             .is_none_or(|(_, s)| s != orgauth::HUB)
         {
-            return Reply::new(530, Enhanced(5, 7, 1), "Client was not authenticated");
+            return replies::not_authenticated();
         }
-        let mut mail = format!(
-            "MAIL FROM:<{}>",
-            from.map(|a| a.to_string()).unwrap_or_default()
-        );
-        if let Some(size) = params.size {
-            mail.push_str(&format!(" SIZE={size}"));
-        }
-        if params.body == mailflow_smtp::Body::EightBitMime {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if params.smtputf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        self.mail = Some(mail);
+        // Only what a destination can act on goes on: SIZE, 8BITMIME (BINARYMIME is
+        // not sent on) and SMTPUTF8.
+        let passed = MailParams {
+            size: params.size,
+            body: match params.body {
+                Body::EightBitMime => Body::EightBitMime,
+                _ => Body::SevenBit,
+            },
+            smtputf8: params.smtputf8,
+            ..MailParams::default()
+        };
+        let from = from.map(|a| a.to_string()).unwrap_or_default();
+        self.mail = Some((from, passed));
         self.smtputf8 = params.smtputf8;
         self.size = params.size.unwrap_or(0);
-        Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+        replies::sender_ok()
     }
 
     async fn rcpt(&mut self, _info: &SessionInfo, to: Address, params: RcptParams) -> Reply {
@@ -148,32 +140,28 @@ impl SmtpHandler for OutboundProxySession {
             }
             // One destination per transaction, as Transport's queues are per domain.
             Some(d) if *d != to.domain => {
-                return Reply::new(
-                    452,
-                    Enhanced(4, 5, 3),
-                    "One destination domain per transaction",
-                );
+                return replies::one_destination_per_transaction();
             }
             Some(_) => {}
         }
         let Some(client) = self.upstream.as_mut() else {
-            return Self::lost();
+            return replies::connection_to_destination_lost();
         };
-        let mut line = format!("RCPT TO:<{to}>");
-        if client.has_extension("DSN") {
-            if !params.notify.is_empty() {
-                line.push_str(&format!(" NOTIFY={}", params.notify.join(",")));
-            }
-            if let Some(o) = &params.orcpt {
-                line.push_str(&format!(" ORCPT={o}"));
-            }
-        }
-        client.command(&line).await.unwrap_or_else(|e| e.as_reply())
+        // RFC 3461 §6: DSN parameters only to a server that offers DSN.
+        let params = if client.has_extension("DSN") {
+            params
+        } else {
+            RcptParams::default()
+        };
+        client
+            .command(&rcpt_line(&to.to_string(), &params))
+            .await
+            .unwrap_or_else(|e| e.as_reply())
     }
 
     async fn data_start(&mut self, _info: &SessionInfo) -> Reply {
         let Some(client) = self.upstream.as_mut() else {
-            return Self::lost();
+            return replies::connection_to_destination_lost();
         };
         let reply = client
             .command("DATA")
@@ -220,7 +208,7 @@ impl SmtpHandler for OutboundProxySession {
                 .finish_data(&stuffer)
                 .await
                 .unwrap_or_else(|e| e.as_reply()),
-            _ => Self::lost(),
+            _ => replies::connection_to_destination_lost(),
         };
         self.reset().await;
         reply

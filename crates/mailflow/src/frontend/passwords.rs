@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
-use mailflow_smtp::{Enhanced, Reply};
+use mailflow_smtp::{Reply, replies};
 
 use crate::directory::{Directory, Recipient};
 
@@ -170,15 +170,9 @@ impl Logon {
     /// The SMTP reply for each outcome.
     pub fn reply(&self) -> Reply {
         match self {
-            Logon::Accepted(_) => Reply::new(235, Enhanced(2, 7, 0), "Authentication successful"),
-            Logon::Rejected => {
-                Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
-            }
-            Logon::Throttled => Reply::new(
-                454,
-                Enhanced(4, 7, 0),
-                "Too many failed logons; try again later",
-            ),
+            Logon::Accepted(_) => replies::authentication_successful(),
+            Logon::Rejected => replies::credentials_invalid(),
+            Logon::Throttled => replies::logon_throttled(),
         }
     }
 }

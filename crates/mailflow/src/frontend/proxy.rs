@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use mailflow_smtp::client::{auth_submitter, mail_line, rcpt_line};
 use mailflow_smtp::data::DotStuffer;
-use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
 use crate::context::ServerContext;
 use crate::logs::protocol::ProtocolSession;
@@ -117,43 +118,17 @@ impl Proxy {
         recipients: &[(Address, RcptParams)],
         auth: Option<&str>,
     ) -> Result<(), BeginError> {
-        let mut mail = format!(
-            "MAIL FROM:<{}>",
-            from.map(|a| a.to_string()).unwrap_or_default()
-        );
-        // RFC 4954 §5: the authenticated submitter travels as AUTH= (xtext).
-        if let Some(user) = auth {
-            mail.push_str(&format!(" AUTH={}", xtext(user)));
-        }
-        if let Some(size) = params.size {
-            mail.push_str(&format!(" SIZE={size}"));
-        }
-        match params.body {
-            mailflow_smtp::Body::SevenBit => {}
-            mailflow_smtp::Body::EightBitMime => mail.push_str(" BODY=8BITMIME"),
-            mailflow_smtp::Body::BinaryMime => mail.push_str(" BODY=BINARYMIME"),
-        }
-        if params.smtputf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        if let Some(ret) = params.ret {
-            mail.push_str(&format!(" RET={}", format!("{ret:?}").to_uppercase()));
-        }
-        if let Some(envid) = &params.envid {
-            mail.push_str(&format!(" ENVID={envid}"));
-        }
+        // RFC 4954 §5: the authenticated submitter travels as AUTH= (xtext); what the
+        // client itself claimed does not.
+        let params = MailParams {
+            auth: auth.map(auth_submitter),
+            ..params.clone()
+        };
+        let from = from.map(|a| a.to_string()).unwrap_or_default();
+        let mail = mail_line(&from, &params);
         let rcpts: Vec<String> = recipients
             .iter()
-            .map(|(a, p)| {
-                let mut line = format!("RCPT TO:<{a}>");
-                if !p.notify.is_empty() {
-                    line.push_str(&format!(" NOTIFY={}", p.notify.join(",")));
-                }
-                if let Some(orcpt) = &p.orcpt {
-                    line.push_str(&format!(" ORCPT={orcpt}"));
-                }
-                line
-            })
+            .map(|(a, p)| rcpt_line(&a.to_string(), p))
             .collect();
         let (mail_reply, rcpt_replies, data) = self
             .client
@@ -167,20 +142,16 @@ impl Proxy {
         // client must retry rather than lose that recipient silently.
         if let Some(refused) = rcpt_replies.iter().find(|r| !r.is_positive()) {
             let _ = self.client.reset().await;
-            return Err(BeginError::Refused(Reply::new(
-                451,
-                Enhanced(4, 4, 0),
-                format!("Transport refused a recipient; try again later ({refused})"),
+            return Err(BeginError::Refused(replies::transport_refused_recipient(
+                refused,
             )));
         }
         match data {
             Some(r) if r.code == 354 => Ok(()),
             Some(r) => Err(BeginError::Refused(r)),
-            None => Err(BeginError::Refused(Reply::new(
-                451,
-                Enhanced(4, 4, 0),
-                "Transport did not accept the content",
-            ))),
+            None => Err(BeginError::Refused(
+                replies::transport_did_not_accept_content(),
+            )),
         }
     }
 
@@ -200,17 +171,4 @@ impl Proxy {
     pub async fn close(self) {
         self.client.quit().await;
     }
-}
-
-/// RFC 3461 §4 xtext: `+`, `=`, controls and non-ASCII as `+XX`.
-fn xtext(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-                (b as char).to_string()
-            } else {
-                format!("+{b:02X}")
-            }
-        })
-        .collect()
 }

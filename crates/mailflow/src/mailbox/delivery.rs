@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
 use super::store::{Committed, Folder, MailboxStore, NewItem};
 use crate::context::ServerContext;
@@ -98,20 +98,16 @@ impl SmtpHandler for MailboxDeliverySession {
             .as_ref()
             .is_none_or(|(_, service)| service != orgauth::HUB)
         {
-            return Reply::new(530, Enhanced(5, 7, 1), "Client was not authenticated");
+            return replies::not_authenticated();
         }
         self.from = from;
-        Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+        replies::sender_ok()
     }
 
     async fn rcpt(&mut self, _info: &SessionInfo, to: Address, _params: RcptParams) -> Reply {
         let dir = &self.ctx.dir();
         let Some(Recipient::Mailbox(i)) = dir.lookup(&to.key()) else {
-            return Reply::new(
-                550,
-                Enhanced(5, 1, 1),
-                "RESOLVER.ADR.ExRecipNotFound; not found",
-            );
+            return replies::recipient_not_found();
         };
         let mailbox = dir.mailbox(i);
         let active = self.ctx.active.active_server(&mailbox.database);
@@ -121,14 +117,9 @@ impl SmtpHandler for MailboxDeliverySession {
             || self.stores.get(&mailbox.database).is_none()
         {
             // Reference §5: the sender's routing is stale; it must route again.
-            return Reply::new(
-                451,
-                Enhanced(4, 3, 2),
-                format!(
-                    "STOREDRV.Deliver; database {} is not active on this server (active copy: {}); reroute",
-                    mailbox.database,
-                    active.unwrap_or_else(|| "none".into())
-                ),
+            return replies::database_not_active(
+                &mailbox.database,
+                active.as_deref().unwrap_or("none"),
             );
         }
         if !self
@@ -139,7 +130,7 @@ impl SmtpHandler for MailboxDeliverySession {
             self.recipients
                 .push((mailbox.address.to_lowercase(), mailbox.database.clone()));
         }
-        Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+        replies::recipient_ok()
     }
 
     async fn data_start(&mut self, _info: &SessionInfo) -> Reply {
@@ -227,11 +218,7 @@ impl MailboxDeliverySession {
         }
         for (db, items) in by_db {
             let Some(store) = self.stores.get(&db) else {
-                return Reply::new(
-                    451,
-                    Enhanced(4, 3, 2),
-                    format!("STOREDRV.Deliver; database {db} is not available"),
-                );
+                return replies::database_not_available(&db);
             };
             let mailboxes: Vec<String> = items.iter().map(|i| i.mailbox.clone()).collect();
             match store.commit(items).await {
@@ -257,18 +244,10 @@ impl MailboxDeliverySession {
                 }
                 Err(e) => {
                     tracing::error!(database = %db, "store driver commit failed: {e}");
-                    return Reply::new(
-                        451,
-                        Enhanced(4, 3, 2),
-                        format!("STOREDRV.Deliver; database {db} could not commit: {e}"),
-                    );
+                    return replies::database_commit_failed(&db, e);
                 }
             }
         }
-        Reply::new(
-            250,
-            Enhanced(2, 0, 0),
-            format!("{message_id} Delivered to mailbox database"),
-        )
+        replies::delivered_to_mailbox(&message_id)
     }
 }

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailflow_smtp::{Address, RcptParams};
+use mailflow_smtp::client::{mail_line, rcpt_line};
+use mailflow_smtp::{Address, Body, MailParams, RcptParams};
 
 use super::delivery::Stores;
 use super::store::{Folder, MailboxStore, StoredItem};
@@ -142,7 +143,7 @@ async fn submit(
             .await
             .map_err(|e| e.to_string())?;
         ctx.tracking_submission.log(TrackingEvent {
-            recipient_status: vec!["550 5.1.3 STOREDRV.Submit; no recipients".into()],
+            recipient_status: vec![mailflow_smtp::replies::submit_no_recipients().one_line()],
             ..event(ctx, item, database, "SUBMITFAIL", &content, &message_id)
         });
         return Ok(());
@@ -167,14 +168,17 @@ async fn submit(
         };
         let rcpts: Vec<String> = recipients
             .iter()
-            .map(|r| format!("RCPT TO:<{r}>"))
+            .map(|r| rcpt_line(r, &RcptParams::default()))
             .collect();
         let utf8 = !item.mailbox.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
-        let mail = format!(
-            "MAIL FROM:<{}> SIZE={} BODY=8BITMIME{}",
-            item.mailbox,
-            content.len(),
-            if utf8 { " SMTPUTF8" } else { "" }
+        let mail = mail_line(
+            &item.mailbox,
+            &MailParams {
+                size: Some(content.len() as u64),
+                body: Body::EightBitMime,
+                smtputf8: utf8,
+                ..MailParams::default()
+            },
         );
         match client.send_message(&mail, &rcpts, &content).await {
             Ok((reply, _)) if reply.is_positive() => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use mailflow_smtp::data::DotStuffer;
-use mailflow_smtp::{Reply, parse_reply};
+use mailflow_smtp::{Reply, parse_reply, replies};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -21,6 +21,46 @@ use crate::logs::protocol::ProtocolSession;
 /// sent in vain to a server that refuses every recipient (RFC 3030 §2 has it discard
 /// the chunk), while most messages still take a single round trip.
 const FIRST_CHUNK: usize = 64 * 1024;
+
+/// Where in a transaction a recipient's final reply was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// MAIL was refused: every recipient shares its reply.
+    Mail,
+    /// RCPT was refused.
+    Rcpt,
+    /// RCPT was accepted: the reply is the one to DATA/BDAT or to the content.
+    Data,
+}
+
+/// One recipient's final reply in a transaction, and where it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientReply {
+    pub reply: Reply,
+    pub stage: Stage,
+}
+
+impl RecipientReply {
+    /// Each recipient's outcome: its RCPT refusal, else the transaction's `end`.
+    fn finals(rcpt_replies: Vec<Reply>, end: &Reply) -> Vec<RecipientReply> {
+        rcpt_replies
+            .into_iter()
+            .map(|r| {
+                if r.is_positive() {
+                    RecipientReply {
+                        reply: end.clone(),
+                        stage: Stage::Data,
+                    }
+                } else {
+                    RecipientReply {
+                        reply: r,
+                        stage: Stage::Rcpt,
+                    }
+                }
+            })
+            .collect()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -45,19 +85,12 @@ pub enum ClientError {
 impl ClientError {
     /// The reply to record as a queue's last error.
     pub fn as_reply(&self) -> Reply {
-        use mailflow_smtp::Enhanced;
         match self {
             ClientError::Refused(r) => r.clone(),
-            ClientError::Connect(..) | ClientError::Timeout(_) => Reply::new(
-                451,
-                Enhanced(4, 4, 1),
-                format!("Connection timed out or refused: {self}"),
-            ),
-            _ => Reply::new(
-                451,
-                Enhanced(4, 4, 2),
-                format!("Connection dropped: {self}"),
-            ),
+            ClientError::Connect(..) | ClientError::Timeout(_) => {
+                replies::connection_timed_out_or_refused(self)
+            }
+            _ => replies::connection_dropped(self),
         }
     }
 }
@@ -513,14 +546,15 @@ impl SmtpClient {
         self.read_reply().await
     }
 
-    /// One whole transaction with the content in memory. Returns the per-recipient
-    /// replies (after the DATA reply, each accepted recipient gets the final reply).
+    /// One whole transaction with the content in memory. Returns the transaction's
+    /// reply and each recipient's (a recipient accepted at RCPT gets the final reply),
+    /// with the stage that gave it.
     pub async fn send_message(
         &mut self,
         mail: &str,
         rcpts: &[String],
         content: &[u8],
-    ) -> Result<(Reply, Vec<Reply>), ClientError> {
+    ) -> Result<(Reply, Vec<RecipientReply>), ClientError> {
         if self.chunking && self.has_extension("CHUNKING") {
             return self.send_message_bdat(mail, rcpts, content).await;
         }
@@ -533,19 +567,13 @@ impl SmtpClient {
             // MAIL was accepted: the transaction stays open until RSET, whatever
             // happened to the recipients (RFC 5321 §4.1.1.5).
             self.reset().await?;
-            let finals = rcpt_replies
-                .into_iter()
-                .map(|r| if r.is_positive() { data.clone() } else { r })
-                .collect();
+            let finals = RecipientReply::finals(rcpt_replies, &data);
             return Ok((data, finals));
         }
         let mut stuffer = DotStuffer::default();
         self.data_chunk(&mut stuffer, content).await?;
         let end = self.finish_data(&stuffer).await?;
-        let finals = rcpt_replies
-            .into_iter()
-            .map(|r| if r.is_positive() { end.clone() } else { r })
-            .collect();
+        let finals = RecipientReply::finals(rcpt_replies, &end);
         Ok((end, finals))
     }
 
@@ -558,7 +586,7 @@ impl SmtpClient {
         mail: &str,
         rcpts: &[String],
         content: &[u8],
-    ) -> Result<(Reply, Vec<Reply>), ClientError> {
+    ) -> Result<(Reply, Vec<RecipientReply>), ClientError> {
         // The end of data that DATA's terminator would supply.
         let terminated;
         let content = if content.is_empty() || content.ends_with(b"\r\n") {
@@ -620,10 +648,7 @@ impl SmtpClient {
             // force, so the transaction is ended explicitly.
             self.reset().await?;
         }
-        let finals = rcpt_replies
-            .into_iter()
-            .map(|r| if r.is_positive() { end.clone() } else { r })
-            .collect();
+        let finals = RecipientReply::finals(rcpt_replies, &end);
         Ok((end, finals))
     }
 
@@ -632,7 +657,7 @@ impl SmtpClient {
         &mut self,
         mail_reply: &Reply,
         rcpts: usize,
-    ) -> Option<Result<(Reply, Vec<Reply>), ClientError>> {
+    ) -> Option<Result<(Reply, Vec<RecipientReply>), ClientError>> {
         if mail_reply.code == 503 {
             // A bad sequence means this session's state is not what we think: the
             // message is not at fault, the connection is.
@@ -644,7 +669,11 @@ impl SmtpClient {
             return None;
         }
         let _ = self.reset().await;
-        Some(Ok((mail_reply.clone(), vec![mail_reply.clone(); rcpts])))
+        let every = RecipientReply {
+            reply: mail_reply.clone(),
+            stage: Stage::Mail,
+        };
+        Some(Ok((mail_reply.clone(), vec![every; rcpts])))
     }
 
     /// One BDAT command and its chunk, and the reply.

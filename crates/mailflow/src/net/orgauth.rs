@@ -265,7 +265,9 @@ mod tests {
         use super::super::*;
         use crate::net::client::{ClientError, SmtpClient};
         use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector, SessionInfo, SmtpHandler};
-        use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply, SessionConfig};
+        use mailflow_smtp::{
+            Address, Enhanced, MailParams, RcptParams, Reply, SessionConfig, replies,
+        };
         use std::net::SocketAddr;
         use std::sync::Arc;
         use std::time::Duration;
@@ -275,10 +277,10 @@ mod tests {
         #[async_trait::async_trait]
         impl SmtpHandler for Accept {
             async fn mail(&mut self, _: &SessionInfo, _: Option<Address>, _: MailParams) -> Reply {
-                Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+                replies::sender_ok()
             }
             async fn rcpt(&mut self, _: &SessionInfo, _: Address, _: RcptParams) -> Reply {
-                Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+                replies::recipient_ok()
             }
             async fn data_start(&mut self, _: &SessionInfo) -> Reply {
                 Reply::plain(354, "go")

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mailflow_smtp::{
-    Address, Enhanced, Event, MailParams, RcptParams, Reply, Session, SessionConfig,
+    Address, Enhanced, Event, MailParams, RcptParams, Reply, Session, SessionConfig, replies,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -178,35 +178,6 @@ impl Limits {
     }
 }
 
-/// Past MaxInboundConnection (Exchange's text).
-fn too_many_connections_reply() -> Reply {
-    Reply::new(
-        421,
-        Enhanced(4, 3, 2),
-        "The maximum number of concurrent server connections has exceeded a limit, closing transmission channel",
-    )
-}
-
-/// Past MaxInboundConnectionPerSource (Exchange's text).
-fn too_many_from_source_reply() -> Reply {
-    Reply::new(
-        421,
-        Enhanced(4, 3, 2),
-        "The maximum number of concurrent connections has exceeded a limit, closing transmission channel",
-    )
-}
-
-/// Content slower than the minimum data rate: the session is closed so a trickling
-/// client cannot hold a session (and its file descriptor) for the full
-/// ConnectionTimeout.
-fn data_rate_too_low_reply() -> Reply {
-    Reply::new(
-        421,
-        Enhanced(4, 4, 2),
-        "Data rate too low, closing transmission channel",
-    )
-}
-
 /// Open sessions of one connector, in total and per client address.
 #[derive(Default)]
 struct Sessions {
@@ -228,11 +199,11 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.total.load(Ordering::Relaxed) >= limits.max_connections {
-            return Err(too_many_connections_reply());
+            return Err(replies::too_many_connections());
         }
         let count = per_source.entry(ip).or_insert(0);
         if *count >= limits.max_per_source {
-            return Err(too_many_from_source_reply());
+            return Err(replies::too_many_connections_from_source());
         }
         *count += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
@@ -476,11 +447,7 @@ impl ReceiveConnector {
         if !self.remote_ranges.is_empty()
             && !self.remote_ranges.iter().any(|r| r.contains(&remote.ip()))
         {
-            let reply = Reply::new(
-                554,
-                Enhanced(5, 7, 1),
-                "Client host is not permitted on this connector",
-            );
+            let reply = replies::host_not_permitted();
             log.sent(&reply.one_line());
             let _ =
                 tokio::time::timeout(Duration::from_secs(10), stream.write_all(&reply.to_bytes()))
@@ -542,13 +509,11 @@ impl ReceiveConnector {
                         Event::Mail { from, params } => {
                             let reply = match &self.auth {
                                 AuthPolicy::OrgServers { .. } if info.org_server.is_none() => {
-                                    Reply::new(530, Enhanced(5, 7, 1), "Client was not authenticated")
+                                    replies::not_authenticated()
                                 }
-                                AuthPolicy::Mailboxes { .. } if info.user.is_none() => Reply::new(
-                                    530,
-                                    Enhanced(5, 7, 57),
-                                    "SMTP; Client was not authenticated to send anonymous mail during MAIL FROM",
-                                ),
+                                AuthPolicy::Mailboxes { .. } if info.user.is_none() => {
+                                    replies::anonymous_mail_not_permitted()
+                                }
                                 _ => handler.mail(&info, from, params).await,
                             };
                             in_transaction = reply.is_positive();
@@ -591,7 +556,9 @@ impl ReceiveConnector {
                         Event::AuthStart { mechanism, initial } => {
                             // A cancelled exchange's challenge is never answerable again.
                             server_auth = None;
-                            match self.server_auth_start(&info, &stream, &mechanism, initial, &mut log) {
+                            match self
+                                .server_auth_start(&info, &stream, &mechanism, initial, &mut log)
+                            {
                                 Ok(started) => {
                                     session.auth_challenge(&started.challenge);
                                     server_auth = Some(started);
@@ -601,8 +568,12 @@ impl ReceiveConnector {
                         }
                         Event::AuthResponse { response, .. } => {
                             // Taken: one response per challenge, whatever its verdict.
-                            let reply =
-                                self.server_auth_finish(&mut info, server_auth.take(), &response, &mut log);
+                            let reply = self.server_auth_finish(
+                                &mut info,
+                                server_auth.take(),
+                                &response,
+                                &mut log,
+                            );
                             session.respond(reply);
                         }
                         Event::Close => {}
@@ -618,7 +589,9 @@ impl ReceiveConnector {
                 if session.has_output() {
                     // A client that stops reading must not hold its session forever.
                     let output = session.take_output();
-                    match tokio::time::timeout(self.inactivity_timeout, stream.write_all(&output)).await {
+                    match tokio::time::timeout(self.inactivity_timeout, stream.write_all(&output))
+                        .await
+                    {
                         Ok(r) => r?,
                         Err(_) => break,
                     }
@@ -683,8 +656,13 @@ impl ReceiveConnector {
                 };
                 if paced && pace.too_slow(read_started.elapsed(), read.unwrap_or(0), &self.limits) {
                     log.info(&remote.ip().to_string(), "data rate below min_data_rate");
-                    self.close_session(&mut session, &mut stream, &mut log, data_rate_too_low_reply())
-                        .await;
+                    self.close_session(
+                        &mut session,
+                        &mut stream,
+                        &mut log,
+                        replies::data_rate_too_low(),
+                    )
+                    .await;
                     break;
                 }
                 let n = match read {
@@ -692,18 +670,13 @@ impl ReceiveConnector {
                     // The rate window ended in time: keep reading.
                     None if window_end => continue,
                     None => {
-                        let text = if started.elapsed() >= self.connection_timeout {
-                            "Connection timed out, closing transmission channel"
+                        let reply = if started.elapsed() >= self.connection_timeout {
+                            replies::connection_timed_out()
                         } else {
-                            "Connection inactivity timeout, closing transmission channel"
+                            replies::connection_inactivity_timeout()
                         };
-                        self.close_session(
-                            &mut session,
-                            &mut stream,
-                            &mut log,
-                            Reply::new(421, Enhanced(4, 4, 2), text),
-                        )
-                        .await;
+                        self.close_session(&mut session, &mut stream, &mut log, reply)
+                            .await;
                         break;
                     }
                 };
@@ -805,7 +778,7 @@ impl ReceiveConnector {
             }
             // Servers never authenticate with PLAIN or LOGIN (the session does not
             // offer them on those connectors; this is the answer if it ever did).
-            AuthPolicy::OrgServers { .. } | AuthPolicy::None => unrecognized_mechanism(),
+            AuthPolicy::OrgServers { .. } | AuthPolicy::None => replies::unrecognized_auth_type(),
         }
     }
 
@@ -823,31 +796,23 @@ impl ReceiveConnector {
             servers, services, ..
         } = &self.auth
         else {
-            return Err(unrecognized_mechanism());
+            return Err(replies::unrecognized_auth_type());
         };
         if mechanism != orgauth::MECHANISM {
-            return Err(unrecognized_mechanism());
+            return Err(replies::unrecognized_auth_type());
         }
         let Some(initial) = initial else {
-            return Err(Reply::new(
-                501,
-                Enhanced(5, 5, 2),
-                "X-MAILFLOW-SERVER needs an initial response",
-            ));
+            return Err(replies::server_auth_needs_initial_response());
         };
         let Some((service, server)) = orgauth::parse_initial_response(&initial) else {
-            return Err(Reply::new(
-                501,
-                Enhanced(5, 5, 2),
-                "Invalid AUTH X-MAILFLOW-SERVER response",
-            ));
+            return Err(replies::server_auth_invalid_response());
         };
         let refuse = |log: &mut ProtocolSession, why: &str| {
             log.info(
                 &format!("{server} {service}"),
                 &format!("organisation server authentication refused: {why}"),
             );
-            Err(credentials_invalid())
+            Err(replies::credentials_invalid())
         };
         let Some(server) = servers.iter().find(|s| s.eq_ignore_ascii_case(&server)) else {
             return refuse(log, "no such server in the organisation");
@@ -888,7 +853,7 @@ impl ReceiveConnector {
         log: &mut ProtocolSession,
     ) -> Reply {
         let (AuthPolicy::OrgServers { secret, .. }, Some(started)) = (&self.auth, started) else {
-            return credentials_invalid();
+            return replies::credentials_invalid();
         };
         let transcript = Transcript {
             challenge: &started.challenge,
@@ -903,11 +868,11 @@ impl ReceiveConnector {
                 &who,
                 "organisation server authentication refused: the response does not verify",
             );
-            return credentials_invalid();
+            return replies::credentials_invalid();
         }
         log.info(&who, "authenticated as an organisation server");
         info.org_server = Some((started.server, started.service));
-        Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
+        replies::authentication_successful()
     }
 }
 
@@ -918,14 +883,6 @@ struct ServerAuth {
     server: String,
     service: String,
     binding: Binding,
-}
-
-fn unrecognized_mechanism() -> Reply {
-    Reply::new(504, Enhanced(5, 7, 4), "Unrecognized authentication type")
-}
-
-fn credentials_invalid() -> Reply {
-    Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
 }
 
 #[cfg(test)]
@@ -981,12 +938,12 @@ mod tests {
         let _a2 = sessions.admit(a, &limits).unwrap();
         assert_eq!(
             sessions.admit(a, &limits).err(),
-            Some(too_many_from_source_reply())
+            Some(replies::too_many_connections_from_source())
         );
         let _b1 = sessions.admit(b, &limits).unwrap();
         assert_eq!(
             sessions.admit(b, &limits).err(),
-            Some(too_many_connections_reply())
+            Some(replies::too_many_connections())
         );
         drop(a1);
         assert!(sessions.admit(b, &limits).is_ok());

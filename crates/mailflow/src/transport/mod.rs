@@ -272,11 +272,7 @@ impl TransportService {
     pub async fn remove_item(&self, item: Item, with_ndr: bool) {
         let ctx = &self.ctx;
         let msg = &item.message;
-        let reply = mailflow_smtp::Reply::new(
-            550,
-            mailflow_smtp::Enhanced(5, 3, 0),
-            "QUEUE.Admin; message deleted by administrative action",
-        );
+        let reply = mailflow_smtp::replies::deleted_by_administrator();
         let mut ev = tracking_event(ctx, msg, "FAIL", "ADMIN");
         ev.recipient_address = item.recipients.iter().map(|r| r.address.clone()).collect();
         ev.recipient_status = vec![reply.one_line()];
@@ -649,7 +645,7 @@ async fn apply_rules(
         return RulesVerdict::Done;
     }
     if let Some(reason) = outcome.reject {
-        let reply = mailflow_smtp::Reply::new(550, mailflow_smtp::Enhanced(5, 7, 1), reason);
+        let reply = mailflow_smtp::replies::rejected_by_rule(reason);
         let mut ev = tracking_event(ctx, msg, "FAIL", "AGENT");
         ev.recipient_address = recipients;
         ev.recipient_status = vec![reply.one_line()];

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
+use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
 use super::TransportService;
 use super::queue::QueuedMessage;
@@ -61,7 +61,7 @@ impl SmtpHandler for TransportReceive {
     ) -> Reply {
         self.from = from;
         self.params = params;
-        Reply::new(250, Enhanced(2, 1, 0), "Sender OK")
+        replies::sender_ok()
     }
 
     async fn rcpt(&mut self, info: &SessionInfo, to: Address, mut params: RcptParams) -> Reply {
@@ -84,7 +84,7 @@ impl SmtpHandler for TransportReceive {
             .iter()
             .any(|r| r.address.eq_ignore_ascii_case(&to.to_string()))
         {
-            return Reply::new(250, Enhanced(2, 1, 5), "Recipient OK");
+            return replies::recipient_ok();
         }
         self.recipients.push(QueuedRecipient {
             address: to.to_string(),
@@ -95,7 +95,7 @@ impl SmtpHandler for TransportReceive {
             last_error: None,
             delay_notified: false,
         });
-        Reply::new(250, Enhanced(2, 1, 5), "Recipient OK")
+        replies::recipient_ok()
     }
 
     async fn data_start(&mut self, _info: &SessionInfo) -> Reply {
@@ -142,11 +142,7 @@ impl TransportReceive {
         if message::count(&content, "Received") >= org.max_hop_count
             || (org.max_local_hop_count > 0 && local_hops >= org.max_local_hop_count)
         {
-            return Reply::new(
-                554,
-                Enhanced(5, 4, 6),
-                "Hop count exceeded - possible mail loop",
-            );
+            return replies::hop_count_exceeded();
         }
         // Only another Transport service is trusted with organisation headers; what a
         // Front End proxies came from outside and passes the header firewall.
@@ -252,7 +248,7 @@ impl TransportReceive {
                 mailflow_smtp::Body::BinaryMime => "BINARYMIME".into(),
             },
             smtputf8: self.params.smtputf8,
-            ret: self.params.ret.map(|r| format!("{r:?}").to_uppercase()),
+            ret: self.params.ret.map(|r| r.keyword().to_string()),
             envid: self.params.envid.clone(),
             // Mail from this organisation's mailboxes, or a hub that already decided.
             crash_count: 0,
@@ -278,7 +274,7 @@ impl TransportReceive {
             Ok(id) => id,
             Err(e) => {
                 tracing::error!("queue database insert failed: {e}");
-                return Reply::new(451, Enhanced(4, 3, 1), "Insufficient system resources");
+                return replies::insufficient_system_resources();
             }
         };
         let msg = QueuedMessage::new(id, envelope, full);
@@ -292,13 +288,6 @@ impl TransportReceive {
         ev.recipient_status = Vec::new();
         ctx.tracking_transport.log(ev);
         self.service.submit(msg, recipients);
-        Reply::new(
-            250,
-            Enhanced(2, 6, 0),
-            format!(
-                "{message_id} [InternalId={id}, Hostname={}] Queued mail for delivery",
-                ctx.fqdn()
-            ),
-        )
+        replies::queued_for_delivery(&message_id, id, ctx.fqdn())
     }
 }

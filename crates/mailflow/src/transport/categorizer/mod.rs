@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use mailflow_smtp::{Enhanced, Reply};
+use mailflow_smtp::{Reply, replies};
 
 use crate::context::ServerContext;
 use crate::directory::{Recipient, permissions};
@@ -130,11 +130,7 @@ pub fn categorize(
                 }
             }
             None => {
-                let reply = Reply::new(
-                    550,
-                    Enhanced(5, 1, 1),
-                    "RESOLVER.ADR.ExRecipNotFound; not found",
-                );
+                let reply = replies::recipient_not_found();
                 r.state = RecipientState::Failed;
                 r.last_error = Some(reply.one_line());
                 out.failed.push((r, reply));

@@ -13,7 +13,7 @@ pub mod topology;
 
 use std::net::SocketAddr;
 
-use mailflow_smtp::{Enhanced, Reply};
+use mailflow_smtp::{Reply, replies};
 use serde::Serialize;
 
 use crate::context::ActiveCopies;
@@ -209,7 +209,7 @@ impl RoutingView<'_> {
         match select_connector(self.dir.send_connectors(), domain, size) {
             Ok(c) => Ok(self.route_connector(c, domain).next_hop),
             Err(NoConnector::NoAddressSpace) => Ok(NextHop::unreachable()),
-            Err(NoConnector::TooBig) => Err(size_limit_reply()),
+            Err(NoConnector::TooBig) => Err(replies::size_limit_for_route()),
         }
     }
 
@@ -420,16 +420,6 @@ pub fn select_connector<'a>(
         } else {
             NoConnector::NoAddressSpace
         })
-}
-
-/// The NDR for a message larger than every send connector toward its destination
-/// takes (reference §4.4, §11.2).
-pub fn size_limit_reply() -> Reply {
-    Reply::new(
-        550,
-        Enhanced(5, 3, 4),
-        "ROUTING.SizeLimit; message size exceeds fixed maximum message size for route",
-    )
 }
 
 #[cfg(test)]

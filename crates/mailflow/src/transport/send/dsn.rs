@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use mailflow_smtp::xtext;
+use mailflow_smtp::{Enhanced, xtext};
 use tokio::sync::mpsc;
 
 use crate::context::ServerContext;
@@ -70,6 +70,9 @@ pub struct DsnRecipient {
     pub diagnostic: String,
     /// The host that answered, when a remote server did.
     pub remote_mta: Option<String>,
+    /// The enhanced status of the reply that decided the recipient's fate; from the
+    /// text with [`status_in`] only where text is all there is (a stored last error).
+    pub status: Option<Enhanced>,
 }
 
 impl DsnRecipient {
@@ -84,28 +87,44 @@ impl DsnRecipient {
             orcpt: r.orcpt.clone(),
             diagnostic: reply.one_line(),
             remote_mta: remote.map(str::to_string),
+            // A peer's `550 4.x.x` (classes disagreeing, against RFC 3463 §2) keeps its
+            // code in the text, where reports have always found it.
+            status: reply.enhanced.or_else(|| status_in(&reply.one_line())),
         }
     }
 
-    /// The enhanced status code in the diagnostic, else a default for the kind.
+    /// The recipient's enhanced status code, else a default for the kind.
     fn status(&self, kind: DsnKind) -> String {
-        let code = self.diagnostic.split_whitespace().nth(1).filter(|c| {
-            let parts: Vec<&str> = c.split('.').collect();
-            parts.len() == 3
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.chars().all(|ch| ch.is_ascii_digit()))
-        });
-        match (code, kind) {
+        match (self.status, kind) {
             // RFC 3464 §2.3.3: a failed action carries a permanent (5.x.x) status, even
             // for Exchange's "550 4.4.7 QUEUE.Expired".
-            (Some(c), DsnKind::Failed) if c.starts_with('4') => format!("5{}", &c[1..]),
-            (Some(c), _) => c.to_string(),
+            (Some(Enhanced(4, subject, detail)), DsnKind::Failed) => {
+                Enhanced(5, subject, detail).to_string()
+            }
+            (Some(e), _) => e.to_string(),
             (None, DsnKind::Failed) => "5.0.0".into(),
             (None, DsnKind::Delayed) => "4.4.7".into(),
             (None, _) => "2.0.0".into(),
         }
     }
+}
+
+/// The enhanced status code in a reply stored as one line of text (`451 4.4.1 …`,
+/// as [`mailflow_smtp::Reply::one_line`] wrote it), the second word when it has that
+/// shape. Only for recipients whose reply is known as text alone.
+pub fn status_in(line: &str) -> Option<Enhanced> {
+    let word = line.split_whitespace().nth(1)?;
+    if !word.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let mut parts = word.split('.');
+    let class = parts.next()?.parse().ok()?;
+    let subject = parts.next()?.parse().ok()?;
+    let detail = parts.next()?.parse().ok()?;
+    parts
+        .next()
+        .is_none()
+        .then_some(Enhanced(class, subject, detail))
 }
 
 /// Words for the people who read the report (reference §11: the user section).
@@ -434,12 +453,38 @@ mod tests {
             orcpt: None,
             diagnostic: "550 5.1.1 User unknown".into(),
             remote_mta: None,
+            status: Some(Enhanced(5, 1, 1)),
         };
         assert_eq!(r.status(DsnKind::Failed), "5.1.1");
-        let r = DsnRecipient {
-            diagnostic: "connection refused".into(),
+        let r = DsnRecipient { status: None, ..r };
+        assert_eq!(r.status(DsnKind::Delayed), "4.4.7");
+        let expired = DsnRecipient {
+            status: Some(Enhanced(4, 4, 7)),
             ..r
         };
-        assert_eq!(r.status(DsnKind::Delayed), "4.4.7");
+        assert_eq!(expired.status(DsnKind::Failed), "5.4.7");
+        assert_eq!(expired.status(DsnKind::Delayed), "4.4.7");
+    }
+
+    #[test]
+    fn a_stored_reply_gives_its_status() {
+        assert_eq!(
+            status_in("451 4.4.1 Connection timed out"),
+            Some(Enhanced(4, 4, 1))
+        );
+        assert_eq!(
+            status_in("550 4.4.7 QUEUE.Expired; message expired"),
+            Some(Enhanced(4, 4, 7))
+        );
+        for none in [
+            "connection refused",
+            "451",
+            "451 4.4 x",
+            "451 4.4.1.1 x",
+            "451 a.b.c",
+            "451 +4.4.1 x",
+        ] {
+            assert_eq!(status_in(none), None, "{none}");
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod downgrade;
 pub mod dsn;
 pub mod outbound;
+pub mod outcome;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -16,12 +17,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
-use mailflow_smtp::{Enhanced, Reply};
+use mailflow_smtp::client::{mail_line, rcpt_line};
+use mailflow_smtp::{Body, MailParams, RcptParams, Reply, Ret, replies};
 use tokio::sync::Semaphore;
 
 use self::dns::Dns;
 use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
 use self::outbound::ConnectFailure;
+use self::outcome::DeliveryOutcome;
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
 use super::queue::{DeliveryQueue, DeliveryType, Expiry, Item, QueuedMessage, Queues, RetryPolicy};
 use super::receive::ORG_HEADER_PREFIX;
@@ -31,7 +34,7 @@ use crate::context::ServerContext;
 use crate::logs::LoggingLevel;
 use crate::logs::protocol::ProtocolSession;
 use crate::message;
-use crate::net::client::{ClientError, SmtpClient};
+use crate::net::client::{ClientError, RecipientReply, SmtpClient};
 use crate::net::orgauth;
 
 /// MaxConcurrentMailboxDeliveries (reference §5).
@@ -117,10 +120,9 @@ impl Transmitter {
                 .as_deref()
                 .and_then(|n| dir.send_connectors().find(|c| c.name == n))
             else {
-                return Err(ConnectFailure::transient(
-                    Enhanced(4, 4, 0),
-                    format!("Send connector {:?} no longer exists", hop.connector),
-                ));
+                return Err(ConnectFailure(replies::send_connector_gone(
+                    hop.connector.as_deref(),
+                )));
             };
             let permit = self.outbound.clone().acquire_owned().await.ok();
             if connector.front_end_proxy {
@@ -143,10 +145,7 @@ impl Transmitter {
         }
         let targets = self.ctx.config().routing(&self.ctx.active).targets(hop);
         if targets.is_empty() {
-            return Err(ConnectFailure::transient(
-                Enhanced(4, 4, 0),
-                format!("No server is available for next hop {}", hop.domain),
-            ));
+            return Err(ConnectFailure(replies::no_server_for_next_hop(&hop.domain)));
         }
         let mut errors = Vec::new();
         // A server whose certificate the organisation CA does not vouch for: that
@@ -175,17 +174,11 @@ impl Transmitter {
             }
         }
         if let Some(why) = refused {
-            return Err(ConnectFailure::transient(
-                Enhanced(4, 4, 317),
-                format!(
-                    "Cannot connect to remote server: TLS certificate validation failed for {why}"
-                ),
-            ));
+            return Err(ConnectFailure(replies::certificate_validation_failed(&why)));
         }
-        Err(ConnectFailure::transient(
-            Enhanced(4, 4, 1),
-            format!("Connection timed out or refused ({})", errors.join("; ")),
-        ))
+        Err(ConnectFailure(replies::next_hop_unreachable(
+            &errors.join("; "),
+        )))
     }
 
     /// Connects to the Outbound Proxy Frontend of this server or another of its site.
@@ -205,13 +198,9 @@ impl Transmitter {
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
         }
-        Err(ConnectFailure::transient(
-            Enhanced(4, 4, 1),
-            format!(
-                "No Outbound Proxy Frontend answered ({})",
-                errors.join("; ")
-            ),
-        ))
+        Err(ConnectFailure(replies::no_outbound_proxy_answered(
+            &errors.join("; "),
+        )))
     }
 
     async fn worker(self, queue: Arc<DeliveryQueue>) {
@@ -231,10 +220,7 @@ impl Transmitter {
                         "panic while connecting ({})",
                         supervisor::panic_text(panic.as_ref())
                     );
-                    Err(ConnectFailure::transient(
-                        Enhanced(4, 4, 0),
-                        "Transport failed while connecting to the next hop",
-                    ))
+                    Err(ConnectFailure(replies::transport_failed_while_connecting()))
                 });
             let mut peer = match connected {
                 Ok(p) => p,
@@ -375,11 +361,7 @@ impl Transmitter {
             supervisor::park_in_poison(&self.ctx, &queues, msg, recipients, why);
             return;
         }
-        let reply = Reply::new(
-            451,
-            Enhanced(4, 3, 0),
-            "Transport failed while sending this message; it will be retried",
-        );
+        let reply = replies::transport_failed_while_sending();
         let mut ev = tracking_event(&self.ctx, &msg, "DEFER", "SMTP");
         ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
         ev.recipient_status = vec![reply.one_line()];
@@ -435,14 +417,7 @@ impl Transmitter {
         let content: &[u8] = stripped.as_deref().unwrap_or(&msg.content);
         // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
         if env.smtputf8 && !peer.client.has_extension("SMTPUTF8") {
-            let reply = Reply::new(
-                553,
-                Enhanced(5, 6, 7),
-                format!(
-                    "{} does not support SMTPUTF8, which this message needs",
-                    peer.host
-                ),
-            );
+            let reply = replies::smtputf8_not_supported(&peer.host);
             self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
             return Ok(());
         }
@@ -459,50 +434,46 @@ impl Transmitter {
         if let Some(limit) = peer.client.size_limit()
             && content.len() as u64 > limit
         {
-            let reply = Reply::new(
-                552,
-                Enhanced(5, 3, 4),
-                format!(
-                    "Message size exceeds the limit of {} ({limit} bytes)",
-                    peer.host
-                ),
-            );
+            let reply = replies::size_exceeds_host_limit(&peer.host, limit);
             self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
             return Ok(());
         }
         // DSN parameters travel on when the next hop speaks DSN (RFC 3461 §6).
         let dsn = peer.client.has_extension("DSN");
-        let mut mail = format!("MAIL FROM:<{}> SIZE={}", env.return_path, content.len());
         // BODY=8BITMIME whenever 8-bit content goes to a peer that takes it, declared or
         // not (RFC 6152 §3). BINARYMIME is not passed on: this client sends no binary
         // (receive refuses bare CR and LF, so such content is 8-bit text at most).
         let declared = matches!(env.body.as_str(), "8BITMIME" | "BINARYMIME");
-        if peer_8bit && (declared || eight_bit) {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if env.smtputf8 && peer.client.has_extension("SMTPUTF8") {
-            mail.push_str(" SMTPUTF8");
-        }
-        if dsn {
-            if let Some(ret) = &env.ret {
-                mail.push_str(&format!(" RET={ret}"));
-            }
-            if let Some(envid) = &env.envid {
-                mail.push_str(&format!(" ENVID={envid}"));
-            }
-        }
+        let params = MailParams {
+            size: Some(content.len() as u64),
+            body: if peer_8bit && (declared || eight_bit) {
+                Body::EightBitMime
+            } else {
+                Body::SevenBit
+            },
+            smtputf8: env.smtputf8 && peer.client.has_extension("SMTPUTF8"),
+            ret: env
+                .ret
+                .as_deref()
+                .and_then(Ret::from_keyword)
+                .filter(|_| dsn),
+            envid: env.envid.clone().filter(|_| dsn),
+            auth: None,
+        };
+        let mail = mail_line(&env.return_path, &params);
         let rcpts: Vec<String> = item
             .recipients
             .iter()
             .map(|r| {
-                let mut line = format!("RCPT TO:<{}>", r.address);
-                if dsn && !r.notify.is_empty() {
-                    line.push_str(&format!(" NOTIFY={}", r.notify.join(",")));
-                }
-                if dsn && let Some(orcpt) = &r.orcpt {
-                    line.push_str(&format!(" ORCPT={orcpt}"));
-                }
-                line
+                let params = if dsn {
+                    RcptParams {
+                        notify: r.notify.clone(),
+                        orcpt: r.orcpt.clone(),
+                    }
+                } else {
+                    RcptParams::default()
+                };
+                rcpt_line(&r.address, &params)
             })
             .collect();
         // SEND is stamped when transmission starts, so it sorts before the next hop's
@@ -516,20 +487,13 @@ impl Transmitter {
         let mut failed = Vec::new();
         let mut deferred = Vec::new();
         let mut reroute = Vec::new();
-        for (r, reply) in item.recipients.into_iter().zip(replies) {
-            if reply.is_positive() {
-                delivered.push((r, reply));
-            } else if reply.is_permanent() {
-                failed.push((r, reply));
-            } else if !external
-                && reply.enhanced == Some(Enhanced(4, 3, 2))
-                && reply.text().starts_with("STOREDRV")
-                && reply.text().contains("reroute")
-            {
+        for (r, RecipientReply { reply, stage }) in item.recipients.into_iter().zip(replies) {
+            match DeliveryOutcome::of(&reply, stage, !external) {
+                DeliveryOutcome::Delivered => delivered.push((r, reply)),
+                DeliveryOutcome::Ndr(_) => failed.push((r, reply)),
                 // Reference §5: the active copy moved; routing must be redone.
-                reroute.push((r, reply));
-            } else {
-                deferred.push((r, reply));
+                DeliveryOutcome::Reroute => reroute.push((r, reply)),
+                DeliveryOutcome::Retry => deferred.push((r, reply)),
             }
         }
         let connector_id = peer
@@ -688,7 +652,7 @@ impl Transmitter {
             tokio::time::sleep(period).await;
             let now = SystemTime::now();
             for item in queue.take_expired(&expiry, now) {
-                let reply = Reply::new(550, Enhanced(4, 4, 7), "QUEUE.Expired; message expired");
+                let reply = replies::message_expired();
                 let last = item
                     .recipients
                     .iter()
@@ -699,11 +663,7 @@ impl Transmitter {
                     .iter()
                     .map(|r| {
                         let reply = match &last {
-                            Some(e) => Reply::new(
-                                550,
-                                Enhanced(4, 4, 7),
-                                format!("QUEUE.Expired; message expired; last error: {e}"),
-                            ),
+                            Some(e) => replies::message_expired_with(e),
                             None => reply.clone(),
                         };
                         (r.clone(), reply)
@@ -719,14 +679,16 @@ impl Transmitter {
                 let last_error = queue
                     .info(self.ctx.name())
                     .last_error
-                    .unwrap_or_else(|| "451 4.4.7 Message delayed".into());
+                    .unwrap_or_else(|| replies::message_delayed().one_line());
                 let list: Vec<(QueuedRecipient, DsnRecipient)> = recipients
                     .into_iter()
                     .map(|r| {
                         let diagnostic = r.last_error.clone().unwrap_or_else(|| last_error.clone());
+                        // The reason is known as stored text only.
                         let d = DsnRecipient {
                             address: r.address.clone(),
                             orcpt: r.orcpt.clone(),
+                            status: dsn::status_in(&diagnostic),
                             diagnostic,
                             remote_mta: None,
                         };

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mailflow_smtp::{Enhanced, Reply};
+use mailflow_smtp::{Enhanced, Reply, replies};
 
 use super::dns::{Dns, DnsFailure};
 use crate::context::ServerContext;
@@ -109,10 +109,7 @@ pub async fn connect(
         }
     }
     if let Some(why) = refused {
-        return Err(ConnectFailure::transient(
-            Enhanced(4, 4, 317),
-            format!("Cannot connect to remote server: TLS certificate validation failed for {why}"),
-        ));
+        return Err(ConnectFailure(replies::certificate_validation_failed(&why)));
     }
     Err(ConnectFailure::transient(
         Enhanced(4, 4, 1),
