@@ -221,9 +221,7 @@ async fn serve(
         .spawn(async move { delivery.bind().await })
         .await??;
     let (hub_addr, _h) = hub.bind().await?;
-    let dns = Arc::new(crate::transport::send::dns::Dns::new(
-        &settings.external_dns_servers,
-    )?);
+    let dns = Arc::new(crate::net::dns::Dns::new(&settings.external_dns_servers)?);
     let (op_ctx, op_dns) = (ctx.clone(), dns.clone());
     let mut outbound_proxy = connector(
         format!("Outbound Proxy Frontend {}", server.name),

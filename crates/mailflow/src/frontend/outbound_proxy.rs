@@ -16,14 +16,14 @@ use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
 
 use crate::context::ServerContext;
+use crate::message::downgrade;
 use crate::net::client::SmtpClient;
+use crate::net::dns::Dns;
 use crate::net::orgauth;
+use crate::net::outbound::{self, ConnectFailure};
 use crate::net::receive::{SessionInfo, SmtpHandler};
 use crate::transport::queue::{DeliveryType, NextHop};
 use crate::transport::routing::{NoConnector, select_connector, size_limit_reply};
-use crate::transport::send::dns::Dns;
-use crate::transport::send::downgrade;
-use crate::transport::send::outbound::{self, ConnectFailure};
 
 pub struct OutboundProxySession {
     ctx: Arc<ServerContext>,

@@ -4,8 +4,10 @@
 //! connectors.
 
 pub mod client;
+pub mod dns;
 pub mod orgauth;
 pub mod orgca;
+pub mod outbound;
 pub mod receive;
 pub mod stream;
 pub mod tls;

@@ -127,7 +127,7 @@ impl TransportService {
             db: db.clone(),
             submit: submit_tx.clone(),
         };
-        let dns = Arc::new(send::dns::Dns::new(
+        let dns = Arc::new(crate::net::dns::Dns::new(
             &ctx.dir().org.transport.external_dns_servers,
         )?);
         let outbound = Arc::new(tokio::sync::Semaphore::new(

@@ -5,10 +5,7 @@
 //! hosts. Each connection carries up to 20 messages; where to connect is decided at each
 //! connection. Beside each queue a sweeper expires old messages and sends delay notices.
 
-pub mod dns;
-pub mod downgrade;
 pub mod dsn;
-pub mod outbound;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -19,9 +16,7 @@ use futures_util::FutureExt;
 use mailflow_smtp::{Enhanced, Reply};
 use tokio::sync::Semaphore;
 
-use self::dns::Dns;
 use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
-use self::outbound::ConnectFailure;
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
 use super::queue::{DeliveryQueue, DeliveryType, Item, QueuedMessage, Queues, RetryPolicy};
 use super::receive::ORG_HEADER_PREFIX;
@@ -31,8 +26,11 @@ use crate::context::ServerContext;
 use crate::logs::LoggingLevel;
 use crate::logs::protocol::ProtocolSession;
 use crate::message;
+use crate::message::downgrade;
 use crate::net::client::{ClientError, SmtpClient};
+use crate::net::dns::Dns;
 use crate::net::orgauth;
+use crate::net::outbound::{self, ConnectFailure};
 
 /// MaxConcurrentMailboxDeliveries (reference §5).
 const MAILBOX_DELIVERY_CONNECTIONS: usize = 20;

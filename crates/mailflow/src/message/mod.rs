@@ -3,6 +3,8 @@
 //! exact bytes they pass on, so this works on the wire form rather than a parsed tree;
 //! decoding (RFC 2047 subjects) is left to mail-parser.
 
+pub mod downgrade;
+
 use std::sync::LazyLock;
 
 use mail_parser::{HeaderName, MessageParser};
