@@ -8,10 +8,11 @@ use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 
-use crate::directory::{Directory, Server};
+use crate::directory::{Directory, SendConnector, Server};
 use crate::logs::protocol::{Direction, ProtocolLog};
 use crate::logs::tracking::{TrackingLog, TrackingService};
 use crate::net::orgauth::OrgSecret;
+use crate::net::outbound::Local;
 use crate::transport::agents::rules::Rule;
 use crate::transport::routing::RoutingView;
 use crate::transport::routing::topology::Topology;
@@ -353,6 +354,16 @@ impl ServerContext {
 
     pub fn name(&self) -> &str {
         &self.server.name
+    }
+
+    /// What this server brings to an outbound session through `connector`.
+    pub fn outbound_local(&self, connector: &SendConnector) -> Local<'_> {
+        Local {
+            fqdn: self.fqdn(),
+            ip: self.ip,
+            log: &self.hub_send_log,
+            ca_file: connector.tls_ca_file.as_deref().map(|f| self.dir().path(f)),
+        }
     }
     pub fn fqdn(&self) -> &str {
         &self.server.fqdn

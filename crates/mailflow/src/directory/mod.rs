@@ -4,6 +4,7 @@
 pub mod builtin;
 pub mod config;
 pub mod permissions;
+pub mod send_connectors;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -30,7 +30,7 @@ use crate::message::downgrade;
 use crate::net::client::{ClientError, SmtpClient};
 use crate::net::dns::Dns;
 use crate::net::orgauth;
-use crate::net::outbound::{self, ConnectFailure};
+use crate::net::outbound::{self, ConnectFailure, Destination};
 
 /// MaxConcurrentMailboxDeliveries (reference §5).
 const MAILBOX_DELIVERY_CONNECTIONS: usize = 20;
@@ -131,7 +131,14 @@ impl Transmitter {
                     _permit: permit,
                 });
             }
-            let (host, client) = outbound::connect(&self.ctx, &self.dns, connector, hop).await?;
+            let destination = if hop.delivery_type == DeliveryType::SmartHostConnectorDelivery {
+                Destination::SmartHosts
+            } else {
+                Destination::Domain(&hop.domain)
+            };
+            let local = self.ctx.outbound_local(connector);
+            let (host, client) =
+                outbound::connect(&local, &self.dns, connector, destination).await?;
             return Ok(Peer {
                 host,
                 client,
