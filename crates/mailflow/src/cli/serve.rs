@@ -8,7 +8,7 @@ use mailflow_smtp::SessionConfig;
 
 use super::{Global, load_directory};
 use crate::context::ServerContext;
-use crate::frontend::passwords::{AuthThrottle, PasswordBook};
+use crate::directory::credentials::{AuthThrottle, PasswordBook};
 use crate::frontend::{FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};

@@ -3,6 +3,7 @@
 
 pub mod builtin;
 pub mod config;
+pub mod credentials;
 pub mod permissions;
 pub mod send_connectors;
 

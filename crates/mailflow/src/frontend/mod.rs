@@ -5,7 +5,6 @@
 
 pub mod hub_selector;
 pub mod outbound_proxy;
-pub mod passwords;
 pub mod proxy;
 
 use std::sync::Arc;
