@@ -8,12 +8,12 @@ use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 
+use crate::directory::transport_rules::Rule;
 use crate::directory::{Directory, SendConnector, Server};
 use crate::logs::protocol::{Direction, ProtocolLog};
 use crate::logs::tracking::{TrackingLog, TrackingService};
 use crate::net::orgauth::OrgSecret;
 use crate::net::outbound::Local;
-use crate::transport::agents::rules::Rule;
 use crate::transport::routing::RoutingView;
 use crate::transport::routing::topology::Topology;
 
@@ -217,7 +217,7 @@ impl OrgConfig {
             .server(server)
             .ok_or_else(|| anyhow::anyhow!("{}: server {server:?} is not in the file", dir.source))?
             .clone();
-        let rules = crate::transport::agents::rules::load(&dir)
+        let rules = crate::directory::transport_rules::load(&dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.source))?;
         Ok(OrgConfig {
             rules,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod permissions;
 pub mod send_connectors;
+pub mod transport_rules;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -676,7 +677,7 @@ impl Validator<'_> {
         }
         self.validate_topology(org);
         for rule in &org.transport_rules {
-            let parsed: Result<crate::transport::agents::rules::Rule, _> =
+            let parsed: Result<transport_rules::Rule, _> =
                 toml::Value::Table(rule.get_ref().clone()).try_into();
             match parsed {
                 Err(e) => self.err(
