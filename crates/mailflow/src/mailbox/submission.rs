@@ -118,14 +118,14 @@ async fn submit(
     }
     prefix.push_str(&format!(
         "{}: {}\r\n",
-        crate::transport::receive::NETWORK_MESSAGE_ID_HEADER,
+        crate::message::NETWORK_MESSAGE_ID_HEADER,
         item.network_message_id
     ));
     // What a user wrote may not pose as the organisation's own headers.
     let body = message::strip_fields(&original, |n| {
         n.eq_ignore_ascii_case("Bcc")
             || n.to_ascii_lowercase()
-                .starts_with(&crate::transport::receive::ORG_HEADER_PREFIX.to_ascii_lowercase())
+                .starts_with(&crate::message::ORG_HEADER_PREFIX.to_ascii_lowercase())
     })
     .unwrap_or(original);
     let mut content = prefix.into_bytes();

@@ -9,6 +9,11 @@ use std::sync::LazyLock;
 
 use mail_parser::{HeaderName, MessageParser};
 
+/// Headers only organisation servers may set; stripped from anything that entered the
+/// organisation elsewhere (the header firewall, reference §1.5).
+pub const ORG_HEADER_PREFIX: &str = "X-MS-Exchange-Organization-";
+pub const NETWORK_MESSAGE_ID_HEADER: &str = "X-MS-Exchange-Organization-Network-Message-Id";
+
 /// `X-MS-Exchange-Organization-AuthAs`: how the organisation first received the
 /// message, stamped by the Transport service that took it in and carried between
 /// organisation servers (the header firewall strips it from anything entering from

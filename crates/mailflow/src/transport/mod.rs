@@ -329,7 +329,7 @@ impl TransportService {
         // detection) sees the same message.
         let mut with_id = format!(
             "{}: {}\r\n{}",
-            receive::NETWORK_MESSAGE_ID_HEADER,
+            crate::message::NETWORK_MESSAGE_ID_HEADER,
             envelope.network_message_id,
             crate::message::AuthAs::Internal.header_line()
         )
