@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 
+use crate::directory::topology::Topology;
 use crate::directory::transport_rules::Rule;
 use crate::directory::{Directory, SendConnector, Server};
 use crate::logs::protocol::{Direction, ProtocolLog};
@@ -15,7 +16,6 @@ use crate::logs::tracking::{TrackingLog, TrackingService};
 use crate::net::orgauth::OrgSecret;
 use crate::net::outbound::Local;
 use crate::transport::routing::RoutingView;
-use crate::transport::routing::topology::Topology;
 
 const LOG_FILE_SIZE: u64 = 10 * 1024 * 1024;
 

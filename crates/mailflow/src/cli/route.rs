@@ -9,8 +9,8 @@ use clap::Subcommand;
 
 use super::{Global, load_directory, print_table};
 use crate::context::ActiveCopies;
+use crate::directory::topology::Topology;
 use crate::transport::routing::RoutingView;
-use crate::transport::routing::topology::Topology;
 
 #[derive(Subcommand)]
 pub enum RouteCommand {

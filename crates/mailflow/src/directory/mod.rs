@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod permissions;
 pub mod send_connectors;
+pub mod topology;
 pub mod transport_rules;
 
 use std::collections::{HashMap, HashSet};

@@ -162,7 +162,7 @@ async fn watch(transport: Arc<TransportService>) {
 /// The DAG's `failover_after` for a database (of the DAG of its first copy).
 fn failover_after(
     dir: &Directory,
-    topology: &crate::transport::routing::topology::Topology,
+    topology: &crate::directory::topology::Topology,
     db: &Database,
 ) -> Duration {
     db.copies

@@ -9,8 +9,6 @@
 //! Where to connect is resolved at connection time, so a database switchover or a server
 //! that is down is seen by mail already queued.
 
-pub mod topology;
-
 use std::net::SocketAddr;
 
 use mailflow_smtp::Reply;
@@ -18,9 +16,9 @@ use serde::Serialize;
 
 use crate::context::ActiveCopies;
 use crate::directory::send_connectors::{NoConnector, select_connector, size_limit_reply};
+use crate::directory::topology::{self, SitePath, Topology};
 use crate::directory::{Directory, SendConnector, Server};
 use crate::transport::queue::{DeliveryType, NextHop};
-use topology::{SitePath, Topology};
 
 /// Everything routing reads: the directory, its topology, the active database copies
 /// and the server doing the routing.

@@ -6,6 +6,9 @@
 //! the destination (reference §4.3). Paths are computed with Dijkstra *from the
 //! destination*, so the tie-break compares exactly "the site adjacent to the
 //! destination first, then one further back".
+//!
+//! Computed from the directory alone, so Transport's routing, Front End's and
+//! Submission's hub selection and the Active Manager share it; it imports no service.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
