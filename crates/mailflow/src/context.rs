@@ -1,19 +1,24 @@
 //! What every service of one server shares: the directory, this server's identity, the
-//! organisation secret, the active database copies and the log writers.
+//! organisation secret, the active database copies and the log writers; and the
+//! authenticated connection between organisation servers (the implicit intra-org send
+//! connector) that Transport and Mailbox Transport Submission both open.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::directory::topology::Topology;
 use crate::directory::transport_rules::Rule;
 use crate::directory::{Directory, SendConnector, Server};
-use crate::logs::protocol::{Direction, ProtocolLog};
+use crate::logs::LoggingLevel;
+use crate::logs::protocol::{Direction, ProtocolLog, ProtocolSession};
 use crate::logs::tracking::{TrackingLog, TrackingService};
-use crate::net::orgauth::OrgSecret;
+use crate::net::client::{ClientError, SmtpClient};
+use crate::net::orgauth::{self, OrgSecret};
 use crate::net::outbound::Local;
 use crate::transport::routing::RoutingView;
 
@@ -469,4 +474,47 @@ impl ServerContext {
             l.flush();
         }
     }
+}
+
+/// The implicit send connector's name in tracking and protocol logs (reference §1.7).
+pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connector";
+const INTRA_ORG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const INTRA_ORG_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Connects to another service of the organisation (Mailbox Delivery or Transport) and
+/// authenticates as this server's Transport service; off loopback, inside TLS.
+pub async fn connect_intra_org(
+    ctx: &ServerContext,
+    target: SocketAddr,
+) -> Result<SmtpClient, ClientError> {
+    connect_intra_org_as(ctx, target, orgauth::HUB).await
+}
+
+/// Like [`connect_intra_org`], authenticating as `service` (e.g. Mailbox Transport
+/// Submission, which shares the implicit intra-organization send connector).
+pub async fn connect_intra_org_as(
+    ctx: &ServerContext,
+    target: SocketAddr,
+    service: &str,
+) -> Result<SmtpClient, ClientError> {
+    let log =
+        if ctx.dir().org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose {
+            ctx.hub_send_log
+                .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
+        } else {
+            ProtocolSession::disabled()
+        };
+    let mut client = ctx
+        .connect_org(
+            target,
+            service,
+            log,
+            INTRA_ORG_CONNECT_TIMEOUT,
+            INTRA_ORG_COMMAND_TIMEOUT,
+        )
+        .await?;
+    // Exchange servers send to each other with BDAT: the envelope and a small message
+    // travel in one write and come back as one round trip, with no dot-stuffing.
+    client.use_chunking(true);
+    Ok(client)
 }

@@ -13,11 +13,11 @@ use mailflow_smtp::{Address, RcptParams};
 use super::delivery::Stores;
 use super::store::{Folder, MailboxStore, StoredItem};
 use crate::context::ServerContext;
+use crate::context::connect_intra_org_as;
 use crate::frontend::hub_selector;
 use crate::logs::tracking::TrackingEvent;
 use crate::message;
 use crate::net::orgauth;
-use crate::transport::send::connect_intra_org_as;
 
 /// How often the Outboxes are read (Exchange is notified by the store; polling keeps
 /// this independent of the store backend).

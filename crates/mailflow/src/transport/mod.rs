@@ -24,9 +24,6 @@ use queue::store::{Loaded, QueueDb, QueuedRecipient, RecipientState};
 use queue::{Item, QueuedMessage, Queues, RetryPolicy};
 use supervisor::{POISON_THRESHOLD, Stage};
 
-/// The implicit send connector's name in tracking and protocol logs (reference §1.7).
-pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connector";
-
 /// Which message the categorizer is working on, in a file beside the queue database:
 /// after a crash, the next start knows which message was in hand. Written without
 /// fsync: a process crash keeps the page cache, and only process crashes are counted.

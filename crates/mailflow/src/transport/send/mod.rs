@@ -20,15 +20,13 @@ use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
 use super::queue::{DeliveryQueue, DeliveryType, Item, QueuedMessage, Queues, RetryPolicy};
 use super::supervisor::{self, POISON_THRESHOLD, Stage};
-use super::{INTRA_ORG_SEND_CONNECTOR, Resubmitter, tracking_event};
+use super::{Resubmitter, tracking_event};
 use crate::context::ServerContext;
-use crate::logs::LoggingLevel;
-use crate::logs::protocol::ProtocolSession;
+use crate::context::{INTRA_ORG_SEND_CONNECTOR, connect_intra_org};
 use crate::message::downgrade;
 use crate::message::{self, ORG_HEADER_PREFIX};
 use crate::net::client::{ClientError, SmtpClient};
 use crate::net::dns::Dns;
-use crate::net::orgauth;
 use crate::net::outbound::{self, ConnectFailure, Destination};
 
 /// MaxConcurrentMailboxDeliveries (reference §5).
@@ -37,8 +35,6 @@ const MAILBOX_DELIVERY_CONNECTIONS: usize = 20;
 const RELAY_CONNECTIONS: usize = 10;
 /// SmtpMaxMessagesPerConnection (reference §1.6, §1.7).
 const MAX_MESSAGES_PER_CONNECTION: usize = 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What every transmitter of this server needs.
 #[derive(Clone)]
@@ -744,36 +740,4 @@ impl Transmitter {
             }
         }
     }
-}
-
-/// Connects to another service of the organisation (Mailbox Delivery or Transport) and
-/// authenticates as this server's Transport service; off loopback, inside TLS.
-pub async fn connect_intra_org(
-    ctx: &ServerContext,
-    target: SocketAddr,
-) -> Result<SmtpClient, ClientError> {
-    connect_intra_org_as(ctx, target, orgauth::HUB).await
-}
-
-/// Like [`connect_intra_org`], authenticating as `service` (e.g. Mailbox Transport
-/// Submission, which shares the implicit intra-organization send connector).
-pub async fn connect_intra_org_as(
-    ctx: &ServerContext,
-    target: SocketAddr,
-    service: &str,
-) -> Result<SmtpClient, ClientError> {
-    let log =
-        if ctx.dir().org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose {
-            ctx.hub_send_log
-                .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
-        } else {
-            ProtocolSession::disabled()
-        };
-    let mut client = ctx
-        .connect_org(target, service, log, CONNECT_TIMEOUT, COMMAND_TIMEOUT)
-        .await?;
-    // Exchange servers send to each other with BDAT: the envelope and a small message
-    // travel in one write and come back as one round trip, with no dot-stuffing.
-    client.use_chunking(true);
-    Ok(client)
 }
