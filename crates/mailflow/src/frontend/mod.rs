@@ -3,7 +3,6 @@
 //! one Transport server, relays the transaction in real time, and answers 250 to the
 //! content only after Transport did. No queue, nothing on disk but logs.
 
-pub mod hub_selector;
 pub mod outbound_proxy;
 pub mod proxy;
 
@@ -13,7 +12,7 @@ use async_trait::async_trait;
 use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, Enhanced, MailParams, RcptParams, Reply};
 
-use crate::context::ServerContext;
+use crate::context::{ServerContext, hub_selector};
 use crate::directory::{Recipient, permissions};
 use crate::message::AuthAs;
 use crate::net::receive::{SessionInfo, SmtpHandler};

@@ -14,7 +14,7 @@ use super::delivery::Stores;
 use super::store::{Folder, MailboxStore, StoredItem};
 use crate::context::ServerContext;
 use crate::context::connect_intra_org_as;
-use crate::frontend::hub_selector;
+use crate::context::hub_selector;
 use crate::logs::tracking::TrackingEvent;
 use crate::message;
 use crate::net::orgauth;

@@ -2,14 +2,16 @@
 //! a server of the delivery group of their database, the group nearest by site chosen
 //! from the first 20 recipients; with no mailbox recipient, a random Transport server
 //! of the local site. Front End never bifurcates: one server per message. The result is
-//! an ordered list so that a server that does not answer is skipped.
+//! an ordered list so that a server that does not answer is skipped. Shared by Front
+//! End and Mailbox Transport Submission (reference §4.5), so it lives with the context
+//! both are given rather than in either service.
 
 use std::net::SocketAddr;
 
 use mailflow_smtp::{Address, RcptParams};
 use rand::seq::SliceRandom;
 
-use crate::context::ServerContext;
+use super::ServerContext;
 use crate::directory::Recipient;
 
 pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Vec<SocketAddr> {

@@ -3,6 +3,8 @@
 //! authenticated connection between organisation servers (the implicit intra-org send
 //! connector) that Transport and Mailbox Transport Submission both open.
 
+pub mod hub_selector;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
