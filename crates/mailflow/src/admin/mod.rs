@@ -7,6 +7,7 @@
 //! (tokens.rs); the listener caps connections and header time (listener.rs) and the
 //! middleware here caps request bodies in size and time.
 
+pub mod client;
 pub mod listener;
 pub mod tokens;
 

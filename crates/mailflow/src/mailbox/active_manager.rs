@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::admin_client::AdminClient;
+use crate::admin::client::AdminClient;
 use crate::directory::{Database, Directory, Server};
 use crate::transport::TransportService;
 
