@@ -67,7 +67,11 @@ async fn serve(
     };
     ctx.log_routing_table();
     let stores = Arc::new(Stores::open(&ctx)?);
-    crate::mailbox::active_manager::start(transport.clone()).await;
+    let activate = {
+        let transport = transport.clone();
+        Arc::new(move |db: &str, server: &str| transport.activate(db, server))
+    };
+    crate::mailbox::active_manager::start(ctx.clone(), activate).await;
     let pickup_dir = server
         .pickup_directory
         .as_deref()
