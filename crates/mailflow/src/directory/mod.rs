@@ -2,6 +2,7 @@
 //! Active Directory plays for Exchange (recipient → mailbox → database → server).
 
 pub mod builtin;
+pub mod ca_file;
 pub mod config;
 pub mod credentials;
 pub mod permissions;
@@ -596,7 +597,7 @@ impl Validator<'_> {
                 } else {
                     self.base_dir.join(f)
                 };
-                if let Err(e) = crate::net::tls::read_ca_file(&path) {
+                if let Err(e) = ca_file::read_ca_file(&path) {
                     self.err(c, "send_connectors", "tls_ca_file", e);
                 }
             }
