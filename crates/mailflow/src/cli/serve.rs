@@ -166,6 +166,9 @@ async fn serve(
     let internal_size = org.max_message_size.saturating_mul(2);
 
     let fe_ctx = ctx.clone();
+    // The Front End's idle proxy sessions to Transport, shared by its connectors.
+    let proxy_pool = Arc::new(crate::frontend::proxy::Pool::default());
+    let fe_pool = proxy_pool.clone();
     let fe_success_dsn = server.frontend_success_dsn_for_anonymous;
     let frontend = connector(
         format!("Default Frontend {}", server.name),
@@ -179,7 +182,8 @@ async fn serve(
         AuthPolicy::None,
         verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
         Arc::new(move || {
-            let session = FrontendSession::new(fe_ctx.clone(), FrontendMode::Internet);
+            let session =
+                FrontendSession::new(fe_ctx.clone(), fe_pool.clone(), FrontendMode::Internet);
             Box::new(if fe_success_dsn {
                 session
             } else {
@@ -265,6 +269,7 @@ async fn serve(
     client_proxy.tls = Some(server_tls.internal.clone());
     let (client_proxy_addr, _cp) = client_proxy.bind().await?;
     let cf_ctx = ctx.clone();
+    let cf_pool = proxy_pool.clone();
     let client_frontend = connector(
         format!("Client Frontend {}", server.name),
         server.ports.client_frontend,
@@ -277,6 +282,7 @@ async fn serve(
         Arc::new(move || {
             Box::new(FrontendSession::new(
                 cf_ctx.clone(),
+                cf_pool.clone(),
                 FrontendMode::Submission,
             ))
         }),
@@ -335,6 +341,7 @@ async fn serve(
                     FrontendMode::Internet
                 };
                 let c = ctx.clone();
+                let pool = proxy_pool.clone();
                 let auth = if user_auth {
                     users.clone()
                 } else {
@@ -343,7 +350,7 @@ async fn serve(
                 (
                     auth,
                     Arc::new(move || {
-                        let session = FrontendSession::new(c.clone(), mode);
+                        let session = FrontendSession::new(c.clone(), pool.clone(), mode);
                         Box::new(if success_dsn {
                             session
                         } else {

@@ -262,8 +262,6 @@ pub struct ServerContext {
     pub hub_receive_log: ProtocolLog,
     pub hub_send_log: ProtocolLog,
     pub mailbox_receive_log: ProtocolLog,
-    /// The Front End's idle proxy sessions to Transport services.
-    pub proxy_pool: crate::frontend::proxy::Pool,
     /// This server's TLS (listeners and internal hops), built once by `serve` at start.
     pub tls: std::sync::OnceLock<Arc<crate::net::orgca::ServerTls>>,
 }
@@ -302,7 +300,6 @@ impl ServerContext {
             hub_receive_log: proto(&paths.hub_receive, Direction::Receive)?,
             hub_send_log: proto(&paths.hub_send, Direction::Send)?,
             mailbox_receive_log: proto(&paths.mailbox_receive, Direction::Receive)?,
-            proxy_pool: Default::default(),
             tls: Default::default(),
             active: ActiveCopies::with_state(&dir, data_dir.join("active-copies.json")),
             config: ArcSwap::from_pointee(OrgConfig::new(dir, &server.name)?),

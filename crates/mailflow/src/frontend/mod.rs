@@ -36,6 +36,9 @@ pub enum FrontendMode {
 /// The Front End policy for one client session.
 pub struct FrontendSession {
     ctx: Arc<ServerContext>,
+    /// The Front End's idle proxy sessions to Transport services (one per server,
+    /// shared by every Front End connector).
+    pool: Arc<proxy::Pool>,
     mode: FrontendMode,
     from: Option<Address>,
     params: MailParams,
@@ -51,9 +54,14 @@ pub struct FrontendSession {
 }
 
 impl FrontendSession {
-    pub fn new(ctx: Arc<ServerContext>, mode: FrontendMode) -> FrontendSession {
+    pub fn new(
+        ctx: Arc<ServerContext>,
+        pool: Arc<proxy::Pool>,
+        mode: FrontendMode,
+    ) -> FrontendSession {
         FrontendSession {
             ctx,
+            pool,
             mode,
             from: None,
             params: MailParams::default(),
@@ -88,7 +96,7 @@ impl Drop for FrontendSession {
         if self.relaying.is_none()
             && let Some(proxy) = self.proxy.take()
         {
-            self.ctx.proxy_pool.put(proxy);
+            self.pool.put(proxy);
         }
     }
 }
@@ -190,7 +198,7 @@ impl SmtpHandler for FrontendSession {
             return Self::unavailable("no Transport server for these recipients");
         }
         if self.proxy.is_none() {
-            self.proxy = self.ctx.proxy_pool.take(&targets);
+            self.proxy = self.pool.take(&targets);
         }
         // Keep the proxy session of the client's previous message if it goes to one of
         // the chosen servers; it may have been closed by Transport meanwhile, so a
