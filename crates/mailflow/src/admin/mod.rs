@@ -189,7 +189,7 @@ async fn queue_action(
 }
 
 async fn routes(State(t): State<Arc<TransportService>>) -> Json<Vec<Route>> {
-    Json(t.ctx.routing_table())
+    Json(crate::transport::routing::routing_table(&t.ctx))
 }
 
 /// Reads the organisation file again (`mailflow reload`).

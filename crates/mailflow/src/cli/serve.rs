@@ -65,7 +65,7 @@ async fn serve(
         let _delivery = delivery_runtime.enter();
         TransportService::start(ctx.clone())?
     };
-    ctx.log_routing_table();
+    crate::transport::routing::log_routing_table(&ctx);
     let stores = Arc::new(Stores::open(&ctx)?);
     let activate = {
         let transport = transport.clone();

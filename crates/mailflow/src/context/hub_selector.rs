@@ -28,12 +28,17 @@ pub fn choose_servers(
 ) -> Vec<(String, SocketAddr)> {
     let dir = &ctx.dir();
     let cfg = ctx.config();
-    let view = cfg.routing(&ctx.active);
+    let view = cfg.distances();
     let nearest_group = recipients
         .iter()
         .take(20)
         .filter_map(|(to, _)| match dir.lookup(&to.key()) {
-            Some(Recipient::Mailbox(i)) => Some(view.database_members(&dir.mailbox(i).database)),
+            Some(Recipient::Mailbox(i)) => Some(
+                ctx.active
+                    .active_server(&dir.mailbox(i).database)
+                    .and_then(|active| view.database_group_members(&active))
+                    .unwrap_or_default(),
+            ),
             _ => None,
         })
         .filter(|members| !members.is_empty())

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::directory::topology::Topology;
+use crate::directory::topology::{Distances, Topology};
 use crate::directory::transport_rules::Rule;
 use crate::directory::{Directory, SendConnector, Server};
 use crate::logs::LoggingLevel;
@@ -22,7 +22,6 @@ use crate::logs::tracking::{TrackingLog, TrackingService};
 use crate::net::client::{ClientError, SmtpClient};
 use crate::net::orgauth::{self, OrgSecret};
 use crate::net::outbound::Local;
-use crate::transport::routing::RoutingView;
 
 const LOG_FILE_SIZE: u64 = 10 * 1024 * 1024;
 
@@ -234,12 +233,12 @@ impl OrgConfig {
         })
     }
 
-    /// Routing as this version of the organisation and the active copies give it.
-    pub fn routing<'a>(&'a self, active: &'a ActiveCopies) -> RoutingView<'a> {
-        RoutingView {
+    /// Distances from this server by site, as this version of the organisation gives
+    /// them (hub selection; Transport's routing adds the active copies).
+    pub fn distances(&self) -> Distances<'_> {
+        Distances {
             dir: &self.dir,
             topology: &self.topology,
-            active,
             local: &self.server,
         }
     }
@@ -313,20 +312,6 @@ impl ServerContext {
     /// The organisation as this server knows it now.
     pub fn config(&self) -> Arc<OrgConfig> {
         self.config.load_full()
-    }
-
-    /// The routing table this server routes by now.
-    pub fn routing_table(&self) -> Vec<crate::transport::routing::Route> {
-        self.config().routing(&self.active).table()
-    }
-
-    /// Writes the routing table log (at start, after a reload, a move or a failover).
-    pub fn log_routing_table(&self) {
-        crate::transport::routing::write_routing_log(
-            &LogPaths::new(&self.data_dir).routing,
-            self.name(),
-            &self.routing_table(),
-        );
     }
 
     /// The directory as this server knows it now.

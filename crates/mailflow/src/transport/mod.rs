@@ -218,7 +218,7 @@ impl TransportService {
         let ctx = &self.ctx;
         ctx.active.set(database, server);
         tracing::info!(database = %database, server = %server, "active copy moved");
-        ctx.log_routing_table();
+        routing::log_routing_table(ctx);
         for q in self.queues.all() {
             q.retry_now();
         }
@@ -233,7 +233,7 @@ impl TransportService {
     pub fn reload(&self) -> anyhow::Result<Vec<String>> {
         let restart = self.ctx.reload()?;
         let ctx = &self.ctx;
-        ctx.log_routing_table();
+        routing::log_routing_table(ctx);
         let mut rerouted = 0;
         for queue in self.queues.all() {
             let t = queue.next_hop.delivery_type;

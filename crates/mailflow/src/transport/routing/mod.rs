@@ -14,9 +14,9 @@ use std::net::SocketAddr;
 use mailflow_smtp::Reply;
 use serde::Serialize;
 
-use crate::context::ActiveCopies;
+use crate::context::{ActiveCopies, LogPaths, OrgConfig, ServerContext};
 use crate::directory::send_connectors::{NoConnector, select_connector, size_limit_reply};
-use crate::directory::topology::{self, SitePath, Topology};
+use crate::directory::topology::{self, Distances, SitePath, Topology};
 use crate::directory::{Directory, SendConnector, Server};
 use crate::transport::queue::{DeliveryType, NextHop};
 
@@ -59,7 +59,43 @@ fn hop(delivery_type: DeliveryType, domain: impl Into<String>) -> NextHop {
     }
 }
 
+impl<'a> RoutingView<'a> {
+    /// Routing as this version of the organisation and the active copies give it.
+    pub fn of(cfg: &'a OrgConfig, active: &'a ActiveCopies) -> RoutingView<'a> {
+        RoutingView {
+            dir: &cfg.dir,
+            topology: &cfg.topology,
+            active,
+            local: &cfg.server,
+        }
+    }
+}
+
+/// The routing table this server routes by now.
+pub fn routing_table(ctx: &ServerContext) -> Vec<Route> {
+    let cfg = ctx.config();
+    RoutingView::of(&cfg, &ctx.active).table()
+}
+
+/// Writes the routing table log (at start, after a reload, a move or a failover).
+pub fn log_routing_table(ctx: &ServerContext) {
+    write_routing_log(
+        &LogPaths::new(&ctx.data_dir).routing,
+        ctx.name(),
+        &routing_table(ctx),
+    );
+}
+
 impl RoutingView<'_> {
+    /// Distances from this server, by site (shared with hub selection).
+    pub fn distances(&self) -> Distances<'_> {
+        Distances {
+            dir: self.dir,
+            topology: self.topology,
+            local: self.local,
+        }
+    }
+
     fn local_site(&self) -> &str {
         self.topology
             .site_of(&self.local.name)
@@ -94,12 +130,7 @@ impl RoutingView<'_> {
 
     /// The least-cost path to the nearest site holding a member of `members`.
     fn primary_path(&self, members: &[String]) -> Option<SitePath> {
-        let from = self.local_site();
-        members
-            .iter()
-            .filter_map(|m| self.topology.site_of(m))
-            .filter_map(|site| self.topology.path(from, site))
-            .min_by(|a, b| a.rank().cmp(&b.rank()))
+        self.distances().primary_path(members)
     }
 
     /// Routes to a group: the final hop when this server is a member, else relay.
@@ -271,48 +302,7 @@ impl RoutingView<'_> {
         members: &[String],
         include_local: bool,
     ) -> Vec<(String, String, SocketAddr)> {
-        let from = self.local_site();
-        let mut ranked: Vec<_> = members
-            .iter()
-            .filter(|m| include_local || !self.is_local(m))
-            .filter_map(|m| self.dir.server(m))
-            .filter_map(|s| {
-                let site = self.topology.site_of(&s.name)?;
-                let local_first = !self.is_local(&s.name);
-                Some(((local_first, self.topology.path(from, site)?.rank()), s))
-            })
-            .collect();
-        ranked.sort_by(|a, b| a.0.cmp(&b.0));
-        ranked
-            .into_iter()
-            .filter_map(|(_, s)| {
-                Some((
-                    s.name.clone(),
-                    s.fqdn.clone(),
-                    SocketAddr::new(s.address.parse().ok()?, s.ports.transport),
-                ))
-            })
-            .collect()
-    }
-
-    /// Members of a database's delivery group (Front End's and Submission's hub
-    /// selection, reference §2 and §4.5).
-    pub fn database_members(&self, database: &str) -> Vec<String> {
-        self.database_group(database)
-            .map(|g| g.members)
-            .unwrap_or_default()
-    }
-
-    /// The rank of the path to the nearest member of `members`.
-    pub fn distance_rank(&self, members: &[String]) -> Option<(u64, usize, Vec<String>)> {
-        self.primary_path(members).map(|p| p.rank())
-    }
-
-    /// Servers of this server's site (the local delivery group).
-    pub fn local_site_servers(&self) -> Vec<String> {
-        self.topology
-            .servers_in(self.dir, self.local_site())
-            .collect()
+        self.distances().by_distance(members, include_local)
     }
 
     /// The routing table of this server: every database, connector and expansion

@@ -28,6 +28,7 @@ use crate::message::{self, ORG_HEADER_PREFIX};
 use crate::net::client::{ClientError, SmtpClient};
 use crate::net::dns::Dns;
 use crate::net::outbound::{self, ConnectFailure, Destination};
+use crate::transport::routing::RoutingView;
 
 /// MaxConcurrentMailboxDeliveries (reference §5).
 const MAILBOX_DELIVERY_CONNECTIONS: usize = 20;
@@ -141,7 +142,8 @@ impl Transmitter {
                 _permit: permit,
             });
         }
-        let targets = self.ctx.config().routing(&self.ctx.active).targets(hop);
+        let cfg = self.ctx.config();
+        let targets = RoutingView::of(&cfg, &self.ctx.active).targets(hop);
         if targets.is_empty() {
             return Err(ConnectFailure::transient(
                 Enhanced(4, 4, 0),
@@ -191,8 +193,8 @@ impl Transmitter {
     /// Connects to the Outbound Proxy Frontend of this server or another of its site.
     async fn connect_outbound_proxy(&self) -> Result<(String, SmtpClient), ConnectFailure> {
         let cfg = self.ctx.config();
-        let view = cfg.routing(&self.ctx.active);
-        let mut servers: Vec<_> = view.local_site_servers();
+        let view = RoutingView::of(&cfg, &self.ctx.active);
+        let mut servers: Vec<_> = view.distances().local_site_servers();
         servers.sort_by_key(|s| !s.eq_ignore_ascii_case(self.ctx.name()));
         let mut errors = Vec::new();
         for name in servers {
@@ -331,10 +333,8 @@ impl Transmitter {
             if !queue.wait_for_work_cached(deadline).await {
                 return None;
             }
-            let still_a_target = self
-                .ctx
-                .config()
-                .routing(&self.ctx.active)
+            let cfg = self.ctx.config();
+            let still_a_target = RoutingView::of(&cfg, &self.ctx.active)
                 .targets(&queue.next_hop)
                 .iter()
                 .any(|(_, fqdn, _)| *fqdn == peer.host);
