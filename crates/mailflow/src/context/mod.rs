@@ -1,7 +1,8 @@
 //! What every service of one server shares: the directory, this server's identity, the
 //! organisation secret, the active database copies and the log writers; and the
 //! authenticated connection between organisation servers (the implicit intra-org send
-//! connector) that Transport and Mailbox Transport Submission both open.
+//! connector) that Transport and Mailbox Transport Submission both open. Must not
+//! import a service (frontend, transport, mailbox) or cli (scripts/check-arrows).
 
 pub mod hub_selector;
 

@@ -1,5 +1,7 @@
 //! The directory: the organisation file loaded, validated and indexed, playing the part
-//! Active Directory plays for Exchange (recipient → mailbox → database → server).
+//! Active Directory plays for Exchange (recipient → mailbox → database → server), with
+//! the topology, send connector selection, transport rules' shape, credentials and CA
+//! files. Must not import net, context or a service (scripts/check-arrows).
 
 pub mod builtin;
 pub mod ca_file;

@@ -1,7 +1,9 @@
 //! Front End Transport (DESIGN §1, reference §2): a stateless proxy on
 //! `Default Frontend <server>` (:25). It checks recipients against the directory, picks
 //! one Transport server, relays the transaction in real time, and answers 250 to the
-//! content only after Transport did. No queue, nothing on disk but logs.
+//! content only after Transport did. No queue, nothing on disk but logs. It owns its
+//! pool of idle proxy sessions. Must not import transport, mailbox or cli
+//! (scripts/check-arrows).
 
 pub mod outbound_proxy;
 pub mod proxy;

@@ -1,7 +1,8 @@
 //! Reading and editing the header block of a message as raw bytes. Services need a few
 //! header facts (Message-Id, Subject, hop count) and small edits (prepend, strip) on the
 //! exact bytes they pass on, so this works on the wire form rather than a parsed tree;
-//! decoding (RFC 2047 subjects) is left to mail-parser.
+//! decoding (RFC 2047 subjects) is left to mail-parser. Also the organisation headers
+//! and the 7-bit downgrade (downgrade/). Imports no other module of the crate.
 
 pub mod downgrade;
 
