@@ -16,9 +16,9 @@ use mailflow_smtp::xtext::OriginalRecipient;
 use proptest::prelude::*;
 
 use crate::message;
+use crate::message::downgrade::to_7bit;
 use crate::transport::queue::QueuedMessage;
 use crate::transport::queue::store::Envelope;
-use crate::transport::send::downgrade::to_7bit;
 use crate::transport::send::dsn::{self, DsnKind, DsnRecipient};
 
 fn bytes_of(s: &'static str) -> Vec<u8> {

@@ -7,6 +7,7 @@
 //! (tokens.rs); the listener caps connections and header time (listener.rs) and the
 //! middleware here caps request bodies in size and time.
 
+pub mod client;
 pub mod listener;
 pub mod tokens;
 
@@ -188,7 +189,7 @@ async fn queue_action(
 }
 
 async fn routes(State(t): State<Arc<TransportService>>) -> Json<Vec<Route>> {
-    Json(t.ctx.routing_table())
+    Json(crate::transport::routing::routing_table(&t.ctx))
 }
 
 /// Reads the organisation file again (`mailflow reload`).

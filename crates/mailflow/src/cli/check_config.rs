@@ -41,7 +41,7 @@ pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
 fn trust_warnings(d: &Directory, path: &std::path::Path) -> Vec<String> {
     match d.org_ca_certificate_path() {
         None => vec![crate::net::orgca::legacy_warning(path)],
-        Some(ca) => match crate::net::tls::read_ca_file(&ca) {
+        Some(ca) => match crate::directory::ca_file::read_ca_file(&ca) {
             Ok(_) => Vec::new(),
             Err(e) => vec![format!(
                 "warning: {}: [organization] ca_certificate: {e}",

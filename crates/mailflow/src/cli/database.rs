@@ -50,7 +50,7 @@ pub fn run(g: &Global, cmd: DatabaseCommand) -> anyhow::Result<ExitCode> {
     });
     let mut failures = 0;
     for s in servers {
-        let admin = super::admin_client::AdminClient::new(&dir, s)?;
+        let admin = crate::admin::client::AdminClient::new(&dir, s)?;
         match admin.post(&format!("/api/databases/{}/activate/{}", db.name, target)) {
             Ok(_) => println!("{}: active copy of {} is now on {target}", s.name, db.name),
             Err(e) => {

@@ -168,7 +168,7 @@ fn set_password(
     if password.is_empty() {
         anyhow::bail!("empty password");
     }
-    crate::frontend::passwords::set_password_in_file(file, address, &password)?;
+    crate::directory::credentials::set_password_in_file(file, address, &password)?;
     println!("Password set for {address} in {}", file.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::admin_client::{AdminClient, escape};
 use super::{Global, print_table};
+use crate::admin::client::escape;
 
 #[derive(Subcommand)]
 pub enum MessageCommand {
@@ -32,7 +32,7 @@ pub enum MessageCommand {
 }
 
 pub fn run(g: &Global, cmd: MessageCommand) -> anyhow::Result<ExitCode> {
-    let admin = AdminClient::for_global(g)?;
+    let admin = super::admin_client_for(g)?;
     match cmd {
         MessageCommand::List { queue } => {
             let path = match &queue {

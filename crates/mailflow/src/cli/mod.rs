@@ -1,7 +1,6 @@
 //! The command line (DESIGN §5): one module per command group, named after the
 //! Exchange cmdlets they mirror.
 
-pub mod admin_client;
 mod admin_token;
 mod agent;
 mod check_config;
@@ -20,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::client::AdminClient;
 use crate::directory::{Directory, builtin};
 
 #[derive(Parser)]
@@ -102,6 +102,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads the organisation: `--config`, else `./mailflow.toml`, else the built-in one.
+/// The admin API client for the chosen server (`--server`, else the only one).
+pub fn admin_client_for(g: &Global) -> anyhow::Result<AdminClient> {
+    let dir = load_directory(g)?;
+    let server = dir.choose_server(g.server.as_deref())?.clone();
+    AdminClient::new(&dir, &server)
+}
+
 pub fn load_directory(g: &Global) -> anyhow::Result<Directory> {
     let path = match &g.config {
         Some(p) => Some(p.clone()),

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::admin_client::{AdminClient, escape};
 use super::{Global, print_table};
+use crate::admin::client::escape;
 
 #[derive(Subcommand)]
 pub enum QueueCommand {
@@ -22,7 +22,7 @@ pub enum QueueCommand {
 }
 
 pub fn run(g: &Global, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
-    let admin = AdminClient::for_global(g)?;
+    let admin = super::admin_client_for(g)?;
     let rows: Vec<Value> = match cmd {
         QueueCommand::List => admin.get("/api/queues")?.body_mut().read_json()?,
         QueueCommand::Retry { identity } => vec![

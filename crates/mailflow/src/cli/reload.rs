@@ -17,7 +17,7 @@ pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
     };
     let mut failures = 0;
     for s in servers {
-        let admin = super::admin_client::AdminClient::new(&dir, s)?;
+        let admin = crate::admin::client::AdminClient::new(&dir, s)?;
         let reply = admin
             .post("/api/reload")
             .and_then(|mut r| Ok(r.body_mut().read_json::<serde_json::Value>()?));

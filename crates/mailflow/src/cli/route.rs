@@ -9,8 +9,8 @@ use clap::Subcommand;
 
 use super::{Global, load_directory, print_table};
 use crate::context::ActiveCopies;
+use crate::directory::topology::Topology;
 use crate::transport::routing::RoutingView;
-use crate::transport::routing::topology::Topology;
 
 #[derive(Subcommand)]
 pub enum RouteCommand {
@@ -24,7 +24,7 @@ pub enum RouteCommand {
 
 pub fn run(g: &Global, RouteCommand::Show { live }: RouteCommand) -> anyhow::Result<ExitCode> {
     let table: Vec<serde_json::Value> = if live {
-        let admin = super::admin_client::AdminClient::for_global(g)?;
+        let admin = super::admin_client_for(g)?;
         admin.get("/api/routes")?.body_mut().read_json()?
     } else {
         let dir = load_directory(g)?;

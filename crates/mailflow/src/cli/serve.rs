@@ -8,10 +8,11 @@ use mailflow_smtp::SessionConfig;
 
 use super::{Global, load_directory};
 use crate::context::ServerContext;
-use crate::frontend::passwords::{AuthThrottle, PasswordBook};
+use crate::directory::credentials::{AuthThrottle, PasswordBook};
 use crate::frontend::{FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
+use crate::net::listeners::{LISTENERS_FILE, Listener, Listeners, write_listeners};
 use crate::net::orgauth::{self, OrgSecret};
 use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector};
 use crate::transport::TransportService;
@@ -65,9 +66,13 @@ async fn serve(
         let _delivery = delivery_runtime.enter();
         TransportService::start(ctx.clone())?
     };
-    ctx.log_routing_table();
+    crate::transport::routing::log_routing_table(&ctx);
     let stores = Arc::new(Stores::open(&ctx)?);
-    crate::mailbox::active_manager::start(transport.clone()).await;
+    let activate = {
+        let transport = transport.clone();
+        Arc::new(move |db: &str, server: &str| transport.activate(db, server))
+    };
+    crate::mailbox::active_manager::start(ctx.clone(), activate).await;
     let pickup_dir = server
         .pickup_directory
         .as_deref()
@@ -162,6 +167,9 @@ async fn serve(
     let internal_size = org.max_message_size.saturating_mul(2);
 
     let fe_ctx = ctx.clone();
+    // The Front End's idle proxy sessions to Transport, shared by its connectors.
+    let proxy_pool = Arc::new(crate::frontend::proxy::Pool::default());
+    let fe_pool = proxy_pool.clone();
     let fe_success_dsn = server.frontend_success_dsn_for_anonymous;
     let frontend = connector(
         format!("Default Frontend {}", server.name),
@@ -175,7 +183,8 @@ async fn serve(
         AuthPolicy::None,
         verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
         Arc::new(move || {
-            let session = FrontendSession::new(fe_ctx.clone(), FrontendMode::Internet);
+            let session =
+                FrontendSession::new(fe_ctx.clone(), fe_pool.clone(), FrontendMode::Internet);
             Box::new(if fe_success_dsn {
                 session
             } else {
@@ -221,9 +230,7 @@ async fn serve(
         .spawn(async move { delivery.bind().await })
         .await??;
     let (hub_addr, _h) = hub.bind().await?;
-    let dns = Arc::new(crate::transport::send::dns::Dns::new(
-        &settings.external_dns_servers,
-    )?);
+    let dns = Arc::new(crate::net::dns::Dns::new(&settings.external_dns_servers)?);
     let (op_ctx, op_dns) = (ctx.clone(), dns.clone());
     let mut outbound_proxy = connector(
         format!("Outbound Proxy Frontend {}", server.name),
@@ -263,6 +270,7 @@ async fn serve(
     client_proxy.tls = Some(server_tls.internal.clone());
     let (client_proxy_addr, _cp) = client_proxy.bind().await?;
     let cf_ctx = ctx.clone();
+    let cf_pool = proxy_pool.clone();
     let client_frontend = connector(
         format!("Client Frontend {}", server.name),
         server.ports.client_frontend,
@@ -275,6 +283,7 @@ async fn serve(
         Arc::new(move || {
             Box::new(FrontendSession::new(
                 cf_ctx.clone(),
+                cf_pool.clone(),
                 FrontendMode::Submission,
             ))
         }),
@@ -333,6 +342,7 @@ async fn serve(
                     FrontendMode::Internet
                 };
                 let c = ctx.clone();
+                let pool = proxy_pool.clone();
                 let auth = if user_auth {
                     users.clone()
                 } else {
@@ -341,7 +351,7 @@ async fn serve(
                 (
                     auth,
                     Arc::new(move || {
-                        let session = FrontendSession::new(c.clone(), mode);
+                        let session = FrontendSession::new(c.clone(), pool.clone(), mode);
                         Box::new(if success_dsn {
                             session
                         } else {
@@ -625,56 +635,6 @@ async fn shutdown_signal() {
 }
 
 /// A custom receive connector in one phrase, for the start-up summary.
-/// Where `serve` records its listeners, in the server's data folder.
-pub const LISTENERS_FILE: &str = "listeners.json";
-
-/// `<data_dir>/listeners.json`: every listener of a running server with the address it
-/// actually bound (ports the file leaves at 0 are the system's choice), written 0600
-/// after binding and before the "ready" line, replaced at each start.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Listeners {
-    pub server: String,
-    /// The process that bound them (a file left by a stopped server names a dead one).
-    pub pid: u32,
-    /// The server's ports as bound, by the names of `[servers.ports]`.
-    pub ports: crate::directory::config::Ports,
-    /// Every listener: the built-in ones, the custom receive connectors, the admin API.
-    pub listeners: Vec<Listener>,
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Listener {
-    /// The `[servers.ports]` key, `receive_connector` for a custom one.
-    pub kind: String,
-    pub name: String,
-    pub address: SocketAddr,
-}
-
-impl Listener {
-    fn new(kind: &str, name: String, address: SocketAddr) -> Listener {
-        Listener {
-            kind: kind.into(),
-            name,
-            address,
-        }
-    }
-}
-
-/// Writes the file whole (a temporary file renamed over it), so a reader never sees
-/// half of it.
-fn write_listeners(path: &std::path::Path, l: &Listeners) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(l).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    crate::files::write_private(&tmp, &bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-/// The listeners a server recorded at its last start, if its data folder has them.
-pub fn read_listeners(data_dir: &std::path::Path) -> Option<Listeners> {
-    let bytes = std::fs::read(data_dir.join(LISTENERS_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 fn rconn_kind(rc: &crate::directory::ReceiveConnector) -> String {
     let tls = if rc.tls.as_deref() == Some("implicit") {
         "implicit TLS"

@@ -1,9 +1,16 @@
 //! The directory: the organisation file loaded, validated and indexed, playing the part
-//! Active Directory plays for Exchange (recipient → mailbox → database → server).
+//! Active Directory plays for Exchange (recipient → mailbox → database → server), with
+//! the topology, send connector selection, transport rules' shape, credentials and CA
+//! files. Must not import net, context or a service (scripts/check-arrows).
 
 pub mod builtin;
+pub mod ca_file;
 pub mod config;
+pub mod credentials;
 pub mod permissions;
+pub mod send_connectors;
+pub mod topology;
+pub mod transport_rules;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -612,7 +619,7 @@ impl Validator<'_> {
                 } else {
                     self.base_dir.join(f)
                 };
-                if let Err(e) = crate::net::tls::read_ca_file(&path) {
+                if let Err(e) = ca_file::read_ca_file(&path) {
                     self.err(c, "send_connectors", "tls_ca_file", e);
                 }
             }
@@ -733,7 +740,7 @@ impl Validator<'_> {
         }
         self.validate_topology(org);
         for rule in &org.transport_rules {
-            let parsed: Result<crate::transport::agents::rules::Rule, _> =
+            let parsed: Result<transport_rules::Rule, _> =
                 toml::Value::Table(rule.get_ref().clone()).try_into();
             match parsed {
                 Err(e) => self.err(

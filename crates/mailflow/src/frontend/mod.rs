@@ -1,11 +1,11 @@
 //! Front End Transport (DESIGN §1, reference §2): a stateless proxy on
 //! `Default Frontend <server>` (:25). It checks recipients against the directory, picks
 //! one Transport server, relays the transaction in real time, and answers 250 to the
-//! content only after Transport did. No queue, nothing on disk but logs.
+//! content only after Transport did. No queue, nothing on disk but logs. It owns its
+//! pool of idle proxy sessions. Must not import transport, mailbox or cli
+//! (scripts/check-arrows).
 
-pub mod hub_selector;
 pub mod outbound_proxy;
-pub mod passwords;
 pub mod proxy;
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
-use crate::context::ServerContext;
+use crate::context::{ServerContext, hub_selector};
 use crate::directory::{Recipient, permissions};
 use crate::message::AuthAs;
 use crate::net::receive::{SessionInfo, SmtpHandler};
@@ -38,6 +38,9 @@ pub enum FrontendMode {
 /// The Front End policy for one client session.
 pub struct FrontendSession {
     ctx: Arc<ServerContext>,
+    /// The Front End's idle proxy sessions to Transport services (one per server,
+    /// shared by every Front End connector).
+    pool: Arc<proxy::Pool>,
     mode: FrontendMode,
     from: Option<Address>,
     params: MailParams,
@@ -53,9 +56,14 @@ pub struct FrontendSession {
 }
 
 impl FrontendSession {
-    pub fn new(ctx: Arc<ServerContext>, mode: FrontendMode) -> FrontendSession {
+    pub fn new(
+        ctx: Arc<ServerContext>,
+        pool: Arc<proxy::Pool>,
+        mode: FrontendMode,
+    ) -> FrontendSession {
         FrontendSession {
             ctx,
+            pool,
             mode,
             from: None,
             params: MailParams::default(),
@@ -81,7 +89,7 @@ impl Drop for FrontendSession {
         if self.relaying.is_none()
             && let Some(proxy) = self.proxy.take()
         {
-            self.ctx.proxy_pool.put(proxy);
+            self.pool.put(proxy);
         }
     }
 }
@@ -175,7 +183,7 @@ impl SmtpHandler for FrontendSession {
             return replies::transport_unavailable("no Transport server for these recipients");
         }
         if self.proxy.is_none() {
-            self.proxy = self.ctx.proxy_pool.take(&targets);
+            self.proxy = self.pool.take(&targets);
         }
         // Keep the proxy session of the client's previous message if it goes to one of
         // the chosen servers; it may have been closed by Transport meanwhile, so a

@@ -17,14 +17,13 @@ use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, Body, MailParams, RcptParams, Reply, replies};
 
 use crate::context::ServerContext;
+use crate::directory::send_connectors::{NoConnector, select_connector};
+use crate::message::downgrade;
 use crate::net::client::SmtpClient;
+use crate::net::dns::Dns;
 use crate::net::orgauth;
+use crate::net::outbound::{self, ConnectFailure, Destination};
 use crate::net::receive::{SessionInfo, SmtpHandler};
-use crate::transport::queue::{DeliveryType, NextHop};
-use crate::transport::routing::{NoConnector, select_connector};
-use crate::transport::send::dns::Dns;
-use crate::transport::send::downgrade;
-use crate::transport::send::outbound::{self, ConnectFailure};
 
 pub struct OutboundProxySession {
     ctx: Arc<ServerContext>,
@@ -67,17 +66,14 @@ impl OutboundProxySession {
                 NoConnector::TooBig => replies::size_limit_for_route(),
             },
         )?;
-        let hop = NextHop {
-            delivery_type: if connector.smart_hosts.is_empty() {
-                DeliveryType::DnsConnectorDelivery
-            } else {
-                DeliveryType::SmartHostConnectorDelivery
-            },
-            domain: domain.to_string(),
-            connector: Some(connector.name.clone()),
+        let destination = if connector.smart_hosts.is_empty() {
+            Destination::Domain(domain)
+        } else {
+            Destination::SmartHosts
         };
+        let local = self.ctx.outbound_local(connector);
         // The failure is already the reply to give, status included.
-        let (_, mut client) = outbound::connect(&self.ctx, &self.dns, connector, &hop)
+        let (_, mut client) = outbound::connect(&local, &self.dns, connector, destination)
             .await
             .map_err(|ConnectFailure(reply)| reply)?;
         let (from, mut params) = self.mail.clone().unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Exchange-shaped logs (DESIGN §3): administrators and their tools read Exchange's
 //! message tracking and protocol logs, so ours have the same file names, headers,
-//! fields and CSV quoting (reference §7 and §8).
+//! fields and CSV quoting (reference §7 and §8). Must not import frontend, transport,
+//! mailbox or cli (scripts/check-arrows).
 
 pub mod files;
 pub mod protocol;

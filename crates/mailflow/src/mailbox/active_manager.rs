@@ -14,15 +14,18 @@
 //!
 //! A server that starts asks the other holders of each copy which one is active, so a
 //! server that was down does not go on believing its copy is active.
+//!
+//! It imports no service (not transport, frontend or cli): Transport's part of a
+//! failover comes in as the [`Activate`] callback.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::admin_client::AdminClient;
+use crate::admin::client::AdminClient;
+use crate::context::ServerContext;
 use crate::directory::{Database, Directory, Server};
-use crate::transport::TransportService;
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -32,17 +35,21 @@ fn fails_over(db: &Database) -> bool {
     db.copies.len() > 1 && db.store.starts_with("postgres")
 }
 
+/// What makes a database's copy on a server active here: Transport's `activate` (move
+/// the copy, write the routing table, retry the queues), handed in by `serve` so that
+/// Active Manager does not import Transport.
+pub type Activate = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// Learns the active copies from the other servers (before this server accepts mail),
 /// then watches the active copies' servers.
-pub async fn start(transport: Arc<TransportService>) {
-    learn_active_copies(&transport).await;
-    tokio::spawn(watch(transport));
+pub async fn start(ctx: Arc<ServerContext>, activate: Activate) {
+    learn_active_copies(&ctx).await;
+    tokio::spawn(watch(ctx, activate));
 }
 
 /// At start: the active copy of each database with a copy here, as the first other
 /// holder of a copy that answers says.
-async fn learn_active_copies(transport: &TransportService) {
-    let ctx = &transport.ctx;
+async fn learn_active_copies(ctx: &ServerContext) {
     let dir = ctx.dir();
     for db in dir.databases().filter(|d| d.copies.len() > 1) {
         if !holds_copy(db, ctx.name()) {
@@ -105,8 +112,7 @@ async fn answers(server: &Server) -> bool {
 }
 
 /// The failover loop: since when each watched active server has been unreachable.
-async fn watch(transport: Arc<TransportService>) {
-    let ctx = transport.ctx.clone();
+async fn watch(ctx: Arc<ServerContext>, activate: Activate) {
     let mut down_since: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
@@ -153,7 +159,7 @@ async fn watch(transport: Arc<TransportService>) {
             }
             if next.is_some_and(|n| n.eq_ignore_ascii_case(ctx.name())) {
                 down_since.remove(&key);
-                fail_over(&transport, dir, db, &active, since.elapsed()).await;
+                fail_over(&ctx, &activate, dir, db, &active, since.elapsed()).await;
             }
         }
     }
@@ -162,7 +168,7 @@ async fn watch(transport: Arc<TransportService>) {
 /// The DAG's `failover_after` for a database (of the DAG of its first copy).
 fn failover_after(
     dir: &Directory,
-    topology: &crate::transport::routing::topology::Topology,
+    topology: &crate::directory::topology::Topology,
     db: &Database,
 ) -> Duration {
     db.copies
@@ -181,16 +187,16 @@ fn failover_after(
 
 /// This server takes the active copy of `db`, and tells the others.
 async fn fail_over(
-    transport: &TransportService,
+    ctx: &ServerContext,
+    activate: &Activate,
     dir: &Directory,
     db: &Database,
     failed: &str,
     down_for: Duration,
 ) {
-    let ctx = &transport.ctx;
     tracing::warn!(database = %db.name, failed = %failed, down_for = ?down_for,
         "failover: the active copy's server does not answer; this server's copy is now active");
-    transport.activate(&db.name, ctx.name());
+    activate(&db.name, ctx.name());
     for server in dir
         .servers()
         .filter(|s| !s.name.eq_ignore_ascii_case(ctx.name()))

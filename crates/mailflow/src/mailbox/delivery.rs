@@ -12,9 +12,9 @@ use crate::context::ServerContext;
 use crate::directory::Recipient;
 use crate::logs::tracking::TrackingEvent;
 use crate::message;
+use crate::message::NETWORK_MESSAGE_ID_HEADER;
 use crate::net::orgauth;
 use crate::net::receive::{SessionInfo, SmtpHandler};
-use crate::transport::receive::NETWORK_MESSAGE_ID_HEADER;
 
 /// The mailbox databases whose active copy this server holds, opened once.
 pub struct Stores {

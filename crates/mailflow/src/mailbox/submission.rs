@@ -14,11 +14,11 @@ use mailflow_smtp::{Address, Body, MailParams, RcptParams};
 use super::delivery::Stores;
 use super::store::{Folder, MailboxStore, StoredItem};
 use crate::context::ServerContext;
-use crate::frontend::hub_selector;
+use crate::context::connect_intra_org_as;
+use crate::context::hub_selector;
 use crate::logs::tracking::TrackingEvent;
 use crate::message;
 use crate::net::orgauth;
-use crate::transport::send::connect_intra_org_as;
 
 /// How often the Outboxes are read (Exchange is notified by the store; polling keeps
 /// this independent of the store backend).
@@ -119,14 +119,14 @@ async fn submit(
     }
     prefix.push_str(&format!(
         "{}: {}\r\n",
-        crate::transport::receive::NETWORK_MESSAGE_ID_HEADER,
+        crate::message::NETWORK_MESSAGE_ID_HEADER,
         item.network_message_id
     ));
     // What a user wrote may not pose as the organisation's own headers.
     let body = message::strip_fields(&original, |n| {
         n.eq_ignore_ascii_case("Bcc")
             || n.to_ascii_lowercase()
-                .starts_with(&crate::transport::receive::ORG_HEADER_PREFIX.to_ascii_lowercase())
+                .starts_with(&crate::message::ORG_HEADER_PREFIX.to_ascii_lowercase())
     })
     .unwrap_or(original);
     let mut content = prefix.into_bytes();

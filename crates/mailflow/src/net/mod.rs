@@ -1,11 +1,16 @@
 //! SMTP over sockets, shared by every service: the stream type (plain or TLS), TLS
 //! configuration, the organisation's server-to-server authentication, the receive
-//! connector (listener + session driver) and the SMTP client used by the implicit send
-//! connectors.
+//! connector (listener + session driver), the SMTP client used by the implicit send
+//! connectors, and the outbound connection (DNS, MX, TLS policy) shared by Transport's
+//! send connectors and the :717 Outbound Proxy. Must not import a service (context,
+//! frontend, transport, mailbox) or cli (scripts/check-arrows).
 
 pub mod client;
+pub mod dns;
+pub mod listeners;
 pub mod orgauth;
 pub mod orgca;
+pub mod outbound;
 pub mod receive;
 pub mod stream;
 pub mod tls;

@@ -239,7 +239,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 fn webpki_server_verifier(
     ca_cert: &Path,
 ) -> Result<Arc<rustls::client::WebPkiServerVerifier>, String> {
-    let roots = Arc::new(super::tls::read_ca_file(ca_cert)?);
+    let roots = Arc::new(crate::directory::ca_file::read_ca_file(ca_cert)?);
     rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| format!("cannot build a verifier from {}: {e}", ca_cert.display()))
@@ -337,7 +337,8 @@ impl ServerTls {
             });
         };
         let chain = read_certs(cert).map_err(anyhow::Error::msg)?;
-        let roots = Arc::new(super::tls::read_ca_file(ca).map_err(anyhow::Error::msg)?);
+        let roots =
+            Arc::new(crate::directory::ca_file::read_ca_file(ca).map_err(anyhow::Error::msg)?);
         let client_verifier =
             rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
                 .build()

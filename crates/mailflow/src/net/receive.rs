@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::orgauth::{self, Binding, OrgSecret, Transcript};
 use super::stream::Stream;
-use crate::frontend::passwords::Logon;
+use crate::directory::credentials::Logon;
 use crate::logs::protocol::{ProtocolLog, ProtocolSession};
 
 /// Who is on the other end, as the handler sees it.
@@ -76,8 +76,8 @@ pub enum AuthPolicy {
     /// Mailbox users (client submission), always inside TLS, with failed-logon
     /// throttling per client address.
     Mailboxes {
-        book: Arc<crate::frontend::passwords::PasswordBook>,
-        throttle: Arc<crate::frontend::passwords::AuthThrottle>,
+        book: Arc<crate::directory::credentials::PasswordBook>,
+        throttle: Arc<crate::directory::credentials::AuthThrottle>,
     },
 }
 

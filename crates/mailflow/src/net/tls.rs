@@ -114,25 +114,6 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// Reads a PEM CA bundle a send connector trusts (`tls_ca_file`): at least one
-/// certificate, each one a trust anchor webpki accepts.
-pub fn read_ca_file(path: &Path) -> Result<RootCertStore, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    let mut roots = RootCertStore::empty();
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
-    }
-    Ok(roots)
-}
-
 /// The system's trust anchors (`rustls-native-certs`: the OS store, or the files
 /// `SSL_CERT_FILE` / `SSL_CERT_DIR` name), loaded once; unreadable entries are skipped.
 fn system_roots() -> Arc<RootCertStore> {
@@ -209,7 +190,7 @@ impl Validating {
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Validating, String> {
         let roots = match ca_file {
-            Some(p) => Arc::new(read_ca_file(p)?),
+            Some(p) => Arc::new(crate::directory::ca_file::read_ca_file(p)?),
             None => system_roots(),
         };
         if roots.is_empty() {

@@ -24,9 +24,6 @@ use queue::store::{Loaded, QueueDb, QueuedRecipient, RecipientState};
 use queue::{Item, QueuedMessage, Queues, RetryPolicy};
 use supervisor::{POISON_THRESHOLD, Stage};
 
-/// The implicit send connector's name in tracking and protocol logs (reference §1.7).
-pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connector";
-
 /// Which message the categorizer is working on, in a file beside the queue database:
 /// after a crash, the next start knows which message was in hand. Written without
 /// fsync: a process crash keeps the page cache, and only process crashes are counted.
@@ -127,7 +124,7 @@ impl TransportService {
             db: db.clone(),
             submit: submit_tx.clone(),
         };
-        let dns = Arc::new(send::dns::Dns::new(
+        let dns = Arc::new(crate::net::dns::Dns::new(
             &ctx.dir().org.transport.external_dns_servers,
         )?);
         let outbound = Arc::new(tokio::sync::Semaphore::new(
@@ -221,7 +218,7 @@ impl TransportService {
         let ctx = &self.ctx;
         ctx.active.set(database, server);
         tracing::info!(database = %database, server = %server, "active copy moved");
-        ctx.log_routing_table();
+        routing::log_routing_table(ctx);
         for q in self.queues.all() {
             q.retry_now();
         }
@@ -236,7 +233,7 @@ impl TransportService {
     pub fn reload(&self) -> anyhow::Result<Vec<String>> {
         let restart = self.ctx.reload()?;
         let ctx = &self.ctx;
-        ctx.log_routing_table();
+        routing::log_routing_table(ctx);
         let mut rerouted = 0;
         for queue in self.queues.all() {
             let t = queue.next_hop.delivery_type;
@@ -325,7 +322,7 @@ impl TransportService {
         // detection) sees the same message.
         let mut with_id = format!(
             "{}: {}\r\n{}",
-            receive::NETWORK_MESSAGE_ID_HEADER,
+            crate::message::NETWORK_MESSAGE_ID_HEADER,
             envelope.network_message_id,
             crate::message::AuthAs::Internal.header_line()
         )

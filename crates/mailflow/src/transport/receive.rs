@@ -12,14 +12,9 @@ use super::queue::QueuedMessage;
 use super::queue::store::{Envelope, QueuedRecipient, RecipientState};
 use crate::directory::permissions;
 use crate::logs::tracking::now_timestamp;
-use crate::message::{self, AuthAs};
+use crate::message::{self, AuthAs, NETWORK_MESSAGE_ID_HEADER, ORG_HEADER_PREFIX};
 use crate::net::orgauth;
 use crate::net::receive::{SessionInfo, SmtpHandler};
-
-/// Headers only organisation servers may set; stripped from anything that entered the
-/// organisation elsewhere (the header firewall, reference §1.5).
-pub const ORG_HEADER_PREFIX: &str = "X-MS-Exchange-Organization-";
-pub const NETWORK_MESSAGE_ID_HEADER: &str = "X-MS-Exchange-Organization-Network-Message-Id";
 
 pub struct TransportReceive {
     service: Arc<TransportService>,

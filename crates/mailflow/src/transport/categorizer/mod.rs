@@ -41,7 +41,7 @@ pub fn categorize(
 ) -> Categorized {
     let dir = &ctx.dir();
     let cfg = ctx.config();
-    let view = cfg.routing(&ctx.active);
+    let view = crate::transport::routing::RoutingView::of(&cfg, &ctx.active);
     let mut out = Categorized::default();
     let mut hops: HashMap<String, usize> = HashMap::new();
     let mut delivered_to: HashSet<String> = HashSet::new();

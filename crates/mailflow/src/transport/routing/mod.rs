@@ -9,17 +9,16 @@
 //! Where to connect is resolved at connection time, so a database switchover or a server
 //! that is down is seen by mail already queued.
 
-pub mod topology;
-
 use std::net::SocketAddr;
 
 use mailflow_smtp::{Reply, replies};
 use serde::Serialize;
 
-use crate::context::ActiveCopies;
+use crate::context::{ActiveCopies, LogPaths, OrgConfig, ServerContext};
+use crate::directory::send_connectors::{NoConnector, select_connector};
+use crate::directory::topology::{self, Distances, SitePath, Topology};
 use crate::directory::{Directory, SendConnector, Server};
 use crate::transport::queue::{DeliveryType, NextHop};
-use topology::{SitePath, Topology};
 
 /// Everything routing reads: the directory, its topology, the active database copies
 /// and the server doing the routing.
@@ -60,7 +59,43 @@ fn hop(delivery_type: DeliveryType, domain: impl Into<String>) -> NextHop {
     }
 }
 
+impl<'a> RoutingView<'a> {
+    /// Routing as this version of the organisation and the active copies give it.
+    pub fn of(cfg: &'a OrgConfig, active: &'a ActiveCopies) -> RoutingView<'a> {
+        RoutingView {
+            dir: &cfg.dir,
+            topology: &cfg.topology,
+            active,
+            local: &cfg.server,
+        }
+    }
+}
+
+/// The routing table this server routes by now.
+pub fn routing_table(ctx: &ServerContext) -> Vec<Route> {
+    let cfg = ctx.config();
+    RoutingView::of(&cfg, &ctx.active).table()
+}
+
+/// Writes the routing table log (at start, after a reload, a move or a failover).
+pub fn log_routing_table(ctx: &ServerContext) {
+    write_routing_log(
+        &LogPaths::new(&ctx.data_dir).routing,
+        ctx.name(),
+        &routing_table(ctx),
+    );
+}
+
 impl RoutingView<'_> {
+    /// Distances from this server, by site (shared with hub selection).
+    pub fn distances(&self) -> Distances<'_> {
+        Distances {
+            dir: self.dir,
+            topology: self.topology,
+            local: self.local,
+        }
+    }
+
     fn local_site(&self) -> &str {
         self.topology
             .site_of(&self.local.name)
@@ -95,12 +130,7 @@ impl RoutingView<'_> {
 
     /// The least-cost path to the nearest site holding a member of `members`.
     fn primary_path(&self, members: &[String]) -> Option<SitePath> {
-        let from = self.local_site();
-        members
-            .iter()
-            .filter_map(|m| self.topology.site_of(m))
-            .filter_map(|site| self.topology.path(from, site))
-            .min_by(|a, b| a.rank().cmp(&b.rank()))
+        self.distances().primary_path(members)
     }
 
     /// Routes to a group: the final hop when this server is a member, else relay.
@@ -272,48 +302,7 @@ impl RoutingView<'_> {
         members: &[String],
         include_local: bool,
     ) -> Vec<(String, String, SocketAddr)> {
-        let from = self.local_site();
-        let mut ranked: Vec<_> = members
-            .iter()
-            .filter(|m| include_local || !self.is_local(m))
-            .filter_map(|m| self.dir.server(m))
-            .filter_map(|s| {
-                let site = self.topology.site_of(&s.name)?;
-                let local_first = !self.is_local(&s.name);
-                Some(((local_first, self.topology.path(from, site)?.rank()), s))
-            })
-            .collect();
-        ranked.sort_by(|a, b| a.0.cmp(&b.0));
-        ranked
-            .into_iter()
-            .filter_map(|(_, s)| {
-                Some((
-                    s.name.clone(),
-                    s.fqdn.clone(),
-                    SocketAddr::new(s.address.parse().ok()?, s.ports.transport),
-                ))
-            })
-            .collect()
-    }
-
-    /// Members of a database's delivery group (Front End's and Submission's hub
-    /// selection, reference §2 and §4.5).
-    pub fn database_members(&self, database: &str) -> Vec<String> {
-        self.database_group(database)
-            .map(|g| g.members)
-            .unwrap_or_default()
-    }
-
-    /// The rank of the path to the nearest member of `members`.
-    pub fn distance_rank(&self, members: &[String]) -> Option<(u64, usize, Vec<String>)> {
-        self.primary_path(members).map(|p| p.rank())
-    }
-
-    /// Servers of this server's site (the local delivery group).
-    pub fn local_site_servers(&self) -> Vec<String> {
-        self.topology
-            .servers_in(self.dir, self.local_site())
-            .collect()
+        self.distances().by_distance(members, include_local)
     }
 
     /// The routing table of this server: every database, connector and expansion
@@ -362,140 +351,9 @@ pub fn write_routing_log(dir: &std::path::Path, server: &str, table: &[Route]) {
     }
 }
 
-/// How well an address space matches a domain: `None` for no match; higher is more
-/// specific (`a.b.c` > `*.b.c` > `*`).
-fn specificity(space: &str, domain: &str) -> Option<usize> {
-    let space = space.to_ascii_lowercase();
-    let domain = domain.to_ascii_lowercase();
-    if space == "*" {
-        return Some(0);
-    }
-    if let Some(parent) = space.strip_prefix("*.") {
-        if domain == parent || domain.ends_with(&format!(".{parent}")) {
-            return Some(2 * parent.split('.').count());
-        }
-        return None;
-    }
-    (space == domain).then(|| 2 * space.split('.').count() + 1)
-}
-
-/// Why no send connector takes a message to a domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoConnector {
-    /// No address space matches the domain: the recipient waits in the Unreachable
-    /// queue (reference §4.4, §14.6).
-    NoAddressSpace,
-    /// Connectors match, but the message exceeds the MaxMessageSize of every one of
-    /// them: an NDR 5.3.4 (reference §4.4, §11.2).
-    TooBig,
-}
-
-/// Send connector selection (reference §4.4): connectors whose MaxMessageSize is below
-/// the message's `size` are removed first, then the most specific address space wins,
-/// then the lowest cost, then the name.
-pub fn select_connector<'a>(
-    connectors: impl Iterator<Item = &'a SendConnector>,
-    domain: &str,
-    size: u64,
-) -> Result<&'a SendConnector, NoConnector> {
-    let mut matched = false;
-    connectors
-        .filter_map(|c| {
-            c.address_spaces
-                .iter()
-                .filter_map(|s| specificity(&s.domain, domain).map(|spec| (spec, s.cost)))
-                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-                .map(|(spec, cost)| (spec, cost, c))
-        })
-        .inspect(|_| matched = true)
-        .filter(|(_, _, c)| c.max_message_size.is_none_or(|limit| size <= limit))
-        .max_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(b.1.cmp(&a.1))
-                .then(b.2.name.cmp(&a.2.name))
-        })
-        .map(|(_, _, c)| c)
-        .ok_or(if matched {
-            NoConnector::TooBig
-        } else {
-            NoConnector::NoAddressSpace
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::AddressSpace;
-
-    fn conn(name: &str, spaces: &[(&str, u32)]) -> SendConnector {
-        SendConnector {
-            name: name.into(),
-            address_spaces: spaces
-                .iter()
-                .map(|(d, c)| AddressSpace {
-                    domain: d.to_string(),
-                    cost: *c,
-                })
-                .collect(),
-            source_servers: vec![],
-            smart_hosts: vec![],
-            port: 25,
-            smart_host_auth: None,
-            front_end_proxy: false,
-            tls: "opportunistic".into(),
-            tls_auth_level: None,
-            tls_domain: None,
-            tls_ca_file: None,
-            max_message_size: None,
-            protocol_logging: Default::default(),
-        }
-    }
-
-    #[test]
-    fn most_specific_then_cheapest_then_name() {
-        let cs = [
-            conn("Any", &[("*", 1)]),
-            conn("Sub", &[("*.contoso.test", 5)]),
-            conn("Exact", &[("mkt.contoso.test", 9)]),
-            conn("B", &[("*", 1)]),
-        ];
-        let pick = |d| {
-            select_connector(cs.iter(), d, 0)
-                .ok()
-                .map(|c| c.name.as_str())
-        };
-        assert_eq!(pick("mkt.contoso.test"), Some("Exact"));
-        assert_eq!(pick("x.contoso.test"), Some("Sub"));
-        assert_eq!(pick("contoso.test"), Some("Sub"));
-        assert_eq!(pick("fabrikam.test"), Some("Any"));
-        assert_eq!(
-            select_connector(
-                [conn("X", &[("contoso.test", 1)])].iter(),
-                "fabrikam.test",
-                0
-            )
-            .map(|c| c.name.clone()),
-            Err(NoConnector::NoAddressSpace)
-        );
-    }
-
-    #[test]
-    fn a_connector_too_small_for_the_message_is_not_a_candidate() {
-        let mut small = conn("Exact small", &[("fabrikam.test", 1)]);
-        small.max_message_size = Some(1024);
-        let mut tiny = conn("Any tiny", &[("*", 1)]);
-        tiny.max_message_size = Some(10);
-        let big = conn("Any", &[("*", 5)]);
-        let pick = |cs: &[SendConnector], size| {
-            select_connector(cs.iter(), "fabrikam.test", size).map(|c| c.name.clone())
-        };
-        let all = [small.clone(), tiny.clone(), big];
-        // Reference §4.4: the size filter comes before specificity.
-        assert_eq!(pick(&all, 1024), Ok("Exact small".into()));
-        assert_eq!(pick(&all, 1025), Ok("Any".into()));
-        // Every matching connector too small: an NDR, not the Unreachable queue.
-        assert_eq!(pick(&[small, tiny], 5000), Err(NoConnector::TooBig));
-    }
 
     const ORG: &str = r#"
 [organization]

@@ -207,9 +207,8 @@ pub fn build(
         }
     }
     // The organisation's private headers never leave in a returned copy either.
-    let original_content =
-        message::strip_prefixed(&msg.content, crate::transport::receive::ORG_HEADER_PREFIX)
-            .unwrap_or_else(|| msg.content.to_vec());
+    let original_content = message::strip_prefixed(&msg.content, crate::message::ORG_HEADER_PREFIX)
+        .unwrap_or_else(|| msg.content.to_vec());
     let headers = &original_content[..message::header_len(&original_content)];
     text.push_str("Original message headers:\r\n\r\n");
     text.push_str(&String::from_utf8_lossy(headers));
@@ -365,7 +364,7 @@ impl DsnSubmitter {
         // A report is the organisation's own message.
         let mut content = format!(
             "{}: {network_message_id}\r\n{}",
-            crate::transport::receive::NETWORK_MESSAGE_ID_HEADER,
+            crate::message::NETWORK_MESSAGE_ID_HEADER,
             message::AuthAs::Internal.header_line()
         )
         .into_bytes();

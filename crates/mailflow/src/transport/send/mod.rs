@@ -5,37 +5,33 @@
 //! hosts. Each connection carries up to 20 messages; where to connect is decided at each
 //! connection. Beside each queue a sweeper expires old messages and sends delay notices.
 
-pub mod dns;
-pub mod downgrade;
 pub mod dsn;
-pub mod outbound;
 pub mod outcome;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use futures_util::FutureExt;
 use mailflow_smtp::client::{mail_line, rcpt_line};
 use mailflow_smtp::{Body, MailParams, RcptParams, Reply, Ret, replies};
 use tokio::sync::Semaphore;
 
-use self::dns::Dns;
 use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
-use self::outbound::ConnectFailure;
 use self::outcome::DeliveryOutcome;
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
 use super::queue::{DeliveryQueue, DeliveryType, Expiry, Item, QueuedMessage, Queues, RetryPolicy};
-use super::receive::ORG_HEADER_PREFIX;
 use super::supervisor::{self, POISON_THRESHOLD, Stage};
-use super::{INTRA_ORG_SEND_CONNECTOR, Resubmitter, tracking_event};
+use super::{Resubmitter, tracking_event};
 use crate::context::ServerContext;
-use crate::logs::LoggingLevel;
-use crate::logs::protocol::ProtocolSession;
-use crate::message;
+use crate::context::{INTRA_ORG_SEND_CONNECTOR, connect_intra_org};
+use crate::message::downgrade;
+use crate::message::{self, ORG_HEADER_PREFIX};
 use crate::net::client::{ClientError, RecipientReply, SmtpClient};
-use crate::net::orgauth;
+use crate::net::dns::Dns;
+use crate::net::outbound::{self, ConnectFailure, Destination};
+use crate::transport::routing::RoutingView;
 
 /// MaxConcurrentMailboxDeliveries (reference §5).
 const MAILBOX_DELIVERY_CONNECTIONS: usize = 20;
@@ -43,8 +39,6 @@ const MAILBOX_DELIVERY_CONNECTIONS: usize = 20;
 const RELAY_CONNECTIONS: usize = 10;
 /// SmtpMaxMessagesPerConnection (reference §1.6, §1.7).
 const MAX_MESSAGES_PER_CONNECTION: usize = 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What every transmitter of this server needs.
 #[derive(Clone)]
@@ -135,7 +129,14 @@ impl Transmitter {
                     _permit: permit,
                 });
             }
-            let (host, client) = outbound::connect(&self.ctx, &self.dns, connector, hop).await?;
+            let destination = if hop.delivery_type == DeliveryType::SmartHostConnectorDelivery {
+                Destination::SmartHosts
+            } else {
+                Destination::Domain(&hop.domain)
+            };
+            let local = self.ctx.outbound_local(connector);
+            let (host, client) =
+                outbound::connect(&local, &self.dns, connector, destination).await?;
             return Ok(Peer {
                 host,
                 client,
@@ -143,7 +144,8 @@ impl Transmitter {
                 _permit: permit,
             });
         }
-        let targets = self.ctx.config().routing(&self.ctx.active).targets(hop);
+        let cfg = self.ctx.config();
+        let targets = RoutingView::of(&cfg, &self.ctx.active).targets(hop);
         if targets.is_empty() {
             return Err(ConnectFailure(replies::no_server_for_next_hop(&hop.domain)));
         }
@@ -184,8 +186,8 @@ impl Transmitter {
     /// Connects to the Outbound Proxy Frontend of this server or another of its site.
     async fn connect_outbound_proxy(&self) -> Result<(String, SmtpClient), ConnectFailure> {
         let cfg = self.ctx.config();
-        let view = cfg.routing(&self.ctx.active);
-        let mut servers: Vec<_> = view.local_site_servers();
+        let view = RoutingView::of(&cfg, &self.ctx.active);
+        let mut servers: Vec<_> = view.distances().local_site_servers();
         servers.sort_by_key(|s| !s.eq_ignore_ascii_case(self.ctx.name()));
         let mut errors = Vec::new();
         for name in servers {
@@ -317,10 +319,8 @@ impl Transmitter {
             if !queue.wait_for_work_cached(deadline).await {
                 return None;
             }
-            let still_a_target = self
-                .ctx
-                .config()
-                .routing(&self.ctx.active)
+            let cfg = self.ctx.config();
+            let still_a_target = RoutingView::of(&cfg, &self.ctx.active)
                 .targets(&queue.next_hop)
                 .iter()
                 .any(|(_, fqdn, _)| *fqdn == peer.host);
@@ -703,36 +703,4 @@ impl Transmitter {
             }
         }
     }
-}
-
-/// Connects to another service of the organisation (Mailbox Delivery or Transport) and
-/// authenticates as this server's Transport service; off loopback, inside TLS.
-pub async fn connect_intra_org(
-    ctx: &ServerContext,
-    target: SocketAddr,
-) -> Result<SmtpClient, ClientError> {
-    connect_intra_org_as(ctx, target, orgauth::HUB).await
-}
-
-/// Like [`connect_intra_org`], authenticating as `service` (e.g. Mailbox Transport
-/// Submission, which shares the implicit intra-organization send connector).
-pub async fn connect_intra_org_as(
-    ctx: &ServerContext,
-    target: SocketAddr,
-    service: &str,
-) -> Result<SmtpClient, ClientError> {
-    let log =
-        if ctx.dir().org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose {
-            ctx.hub_send_log
-                .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
-        } else {
-            ProtocolSession::disabled()
-        };
-    let mut client = ctx
-        .connect_org(target, service, log, CONNECT_TIMEOUT, COMMAND_TIMEOUT)
-        .await?;
-    // Exchange servers send to each other with BDAT: the envelope and a small message
-    // travel in one write and come back as one round trip, with no dot-stuffing.
-    client.use_chunking(true);
-    Ok(client)
 }

@@ -2,19 +2,22 @@
 //! domain's MX hosts, STARTTLS (`tls = "opportunistic" | "required"`) with the peer's
 //! certificate checked as `tls_auth_level` says (Exchange's TlsAuthLevel), and AUTH to
 //! a smart host when the connector has credentials, only once that check passed.
+//! Shared by Transport's send connectors and the Front End's :717 Outbound Proxy: it
+//! takes the destination and what the local server brings ([`Local`]), never a queue's
+//! next hop or the server context (net/ imports no service: not context, transport,
+//! frontend or mailbox).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mailflow_smtp::{Enhanced, Reply, replies};
 
 use super::dns::{Dns, DnsFailure};
-use crate::context::ServerContext;
 use crate::directory::{SendConnector, TlsAuthLevel};
 use crate::logs::LoggingLevel;
-use crate::logs::protocol::ProtocolSession;
+use crate::logs::protocol::{ProtocolLog, ProtocolSession};
 use crate::net::client::{ClientError, SmtpClient};
-use crate::transport::queue::{DeliveryType, NextHop};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Exchange's send connector ConnectionInactivityTimeOut is 10 minutes.
@@ -40,6 +43,27 @@ impl ConnectFailure {
     }
 }
 
+/// Where a send connector's session goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination<'a> {
+    /// The connector's smart hosts.
+    SmartHosts,
+    /// The MX hosts of the domain (its own A/AAAA without MX).
+    Domain(&'a str),
+}
+
+/// What the local server brings to an outbound session.
+pub struct Local<'a> {
+    /// The name said in EHLO.
+    pub fqdn: &'a str,
+    /// The server's address, for the protocol log.
+    pub ip: IpAddr,
+    /// The Transport send protocol log (written when the connector logs verbosely).
+    pub log: &'a ProtocolLog,
+    /// The connector's `tls_ca_file`, resolved against the organisation file's folder.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// A `host`, `host:port`, `[ip]` or `[ip]:port` smart host with the connector's port
 /// as default.
 fn parse_smart_host(s: &str, default_port: u16) -> (String, u16) {
@@ -63,27 +87,25 @@ fn parse_smart_host(s: &str, default_port: u16) -> (String, u16) {
 
 /// Connects to the first host of the next hop that accepts a session.
 pub async fn connect(
-    ctx: &ServerContext,
+    local: &Local<'_>,
     dns: &Dns,
     connector: &SendConnector,
-    next_hop: &NextHop,
+    destination: Destination<'_>,
 ) -> Result<(String, SmtpClient), ConnectFailure> {
-    let hosts: Vec<(String, u16)> =
-        if next_hop.delivery_type == DeliveryType::SmartHostConnectorDelivery {
-            connector
-                .smart_hosts
-                .iter()
-                .map(|h| parse_smart_host(h, connector.port))
-                .collect()
-        } else {
-            match dns.mail_hosts(&next_hop.domain).await {
-                Ok(hosts) => hosts.into_iter().map(|h| (h, connector.port)).collect(),
-                Err(DnsFailure::Permanent(e)) => return Err(ConnectFailure::permanent(e)),
-                Err(DnsFailure::Transient(e)) => {
-                    return Err(ConnectFailure::transient(Enhanced(4, 4, 0), e));
-                }
+    let hosts: Vec<(String, u16)> = match destination {
+        Destination::SmartHosts => connector
+            .smart_hosts
+            .iter()
+            .map(|h| parse_smart_host(h, connector.port))
+            .collect(),
+        Destination::Domain(domain) => match dns.mail_hosts(domain).await {
+            Ok(hosts) => hosts.into_iter().map(|h| (h, connector.port)).collect(),
+            Err(DnsFailure::Permanent(e)) => return Err(ConnectFailure::permanent(e)),
+            Err(DnsFailure::Transient(e)) => {
+                return Err(ConnectFailure::transient(Enhanced(4, 4, 0), e));
             }
-        };
+        },
+    };
     let mut errors = Vec::new();
     // A host whose certificate was refused: the reason that outranks the others, as
     // it needs the operator (Exchange logs it as 4.4.317).
@@ -98,7 +120,7 @@ pub async fn connect(
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, port);
-            match session(ctx, connector, &host, addr).await {
+            match session(local, connector, &host, addr).await {
                 Ok(client) => return Ok((host, client)),
                 Err(SessionFailure::Certificate(reason)) => {
                     errors.push(format!("{host} [{addr}]: {reason}"));
@@ -131,14 +153,15 @@ impl From<String> for SessionFailure {
 }
 
 async fn session(
-    ctx: &ServerContext,
+    local: &Local<'_>,
     connector: &SendConnector,
     host: &str,
     addr: SocketAddr,
 ) -> Result<SmtpClient, SessionFailure> {
     let log = if connector.protocol_logging == LoggingLevel::Verbose {
-        ctx.hub_send_log
-            .session(&connector.name, SocketAddr::new(ctx.ip, 0), addr)
+        local
+            .log
+            .session(&connector.name, SocketAddr::new(local.ip, 0), addr)
     } else {
         ProtocolSession::disabled()
     };
@@ -148,15 +171,15 @@ async fn session(
     let validating = match level {
         TlsAuthLevel::EncryptionOnly => None,
         level => {
-            let ca = connector.tls_ca_file.as_deref().map(|f| ctx.dir().path(f));
+            let ca = local.ca_file.as_deref();
             let check_name = level == TlsAuthLevel::DomainValidation;
             Some(
-                crate::net::tls::validating_client(ca.as_deref(), check_name)
+                crate::net::tls::validating_client(ca, check_name)
                     .map_err(SessionFailure::Certificate)?,
             )
         }
     };
-    let mut client = SmtpClient::connect(addr, ctx.fqdn(), CONNECT_TIMEOUT, log)
+    let mut client = SmtpClient::connect(addr, local.fqdn, CONNECT_TIMEOUT, log)
         .await
         .map_err(|e| e.to_string())?;
     client.timeout_for_commands(COMMAND_TIMEOUT);
@@ -165,12 +188,12 @@ async fn session(
     if client.has_extension("STARTTLS") {
         match validating {
             None => client
-                .starttls(ctx.fqdn(), host)
+                .starttls(local.fqdn, host)
                 .await
                 .map_err(|e| format!("STARTTLS failed: {e}"))?,
             Some(check) => {
                 let name = connector.tls_domain.as_deref().unwrap_or(host);
-                match client.starttls_validated(ctx.fqdn(), name, check).await {
+                match client.starttls_validated(local.fqdn, name, check).await {
                     Ok(()) => {}
                     Err(ClientError::CertificateRefused(why)) => {
                         return Err(SessionFailure::Certificate(why));

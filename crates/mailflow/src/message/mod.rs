@@ -1,11 +1,19 @@
 //! Reading and editing the header block of a message as raw bytes. Services need a few
 //! header facts (Message-Id, Subject, hop count) and small edits (prepend, strip) on the
 //! exact bytes they pass on, so this works on the wire form rather than a parsed tree;
-//! decoding (RFC 2047 subjects) is left to mail-parser.
+//! decoding (RFC 2047 subjects) is left to mail-parser. Also the organisation headers
+//! and the 7-bit downgrade (downgrade/). Imports no other module of the crate.
+
+pub mod downgrade;
 
 use std::sync::LazyLock;
 
 use mail_parser::{HeaderName, MessageParser};
+
+/// Headers only organisation servers may set; stripped from anything that entered the
+/// organisation elsewhere (the header firewall, reference §1.5).
+pub const ORG_HEADER_PREFIX: &str = "X-MS-Exchange-Organization-";
+pub const NETWORK_MESSAGE_ID_HEADER: &str = "X-MS-Exchange-Organization-Network-Message-Id";
 
 /// `X-MS-Exchange-Organization-AuthAs`: how the organisation first received the
 /// message, stamped by the Transport service that took it in and carried between

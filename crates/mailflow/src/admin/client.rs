@@ -2,15 +2,14 @@
 //! server's address from the organisation file, HTTPS verified against the
 //! organisation CA when the server listens off loopback, and a bearer token: the
 //! operator's own (`MAILFLOW_ADMIN_TOKEN`), else one minted for each request with the
-//! organisation secret, valid five minutes.
+//! organisation secret, valid five minutes. The CLI keeps only argument handling
+//! (`cli::admin_client_for`); this imports no service and not cli.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::admin::tokens::AdminKey;
 use crate::directory::{Directory, Server};
-
-use super::{Global, load_directory};
 
 /// The environment variable an operator's token is read from.
 pub const TOKEN_ENV: &str = "MAILFLOW_ADMIN_TOKEN";
@@ -30,13 +29,6 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// The client for the chosen server (`--server`, else the only one).
-    pub fn for_global(g: &Global) -> anyhow::Result<AdminClient> {
-        let dir = load_directory(g)?;
-        let server = dir.choose_server(g.server.as_deref())?.clone();
-        AdminClient::new(&dir, &server)
-    }
-
     /// For the CLI: `MAILFLOW_ADMIN_TOKEN` when set, else the organisation secret.
     pub fn new(dir: &Directory, server: &Server) -> anyhow::Result<AdminClient> {
         let credential = match std::env::var(TOKEN_ENV) {
@@ -210,7 +202,7 @@ fn admin_port(dir: &Directory, server: &Server) -> u16 {
     if server.ports.admin != 0 {
         return server.ports.admin;
     }
-    crate::cli::serve::read_listeners(&dir.data_dir(server))
+    crate::net::listeners::read_listeners(&dir.data_dir(server))
         .filter(|l| l.server.eq_ignore_ascii_case(&server.name))
         .map_or(0, |l| l.ports.admin)
 }

@@ -1,20 +1,28 @@
 //! What every service of one server shares: the directory, this server's identity, the
-//! organisation secret, the active database copies and the log writers.
+//! organisation secret, the active database copies and the log writers; and the
+//! authenticated connection between organisation servers (the implicit intra-org send
+//! connector) that Transport and Mailbox Transport Submission both open. Must not
+//! import a service (frontend, transport, mailbox) or cli (scripts/check-arrows).
+
+pub mod hub_selector;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::directory::{Directory, Server};
-use crate::logs::protocol::{Direction, ProtocolLog};
+use crate::directory::topology::{Distances, Topology};
+use crate::directory::transport_rules::Rule;
+use crate::directory::{Directory, SendConnector, Server};
+use crate::logs::LoggingLevel;
+use crate::logs::protocol::{Direction, ProtocolLog, ProtocolSession};
 use crate::logs::tracking::{TrackingLog, TrackingService};
-use crate::net::orgauth::OrgSecret;
-use crate::transport::agents::rules::Rule;
-use crate::transport::routing::RoutingView;
-use crate::transport::routing::topology::Topology;
+use crate::net::client::{ClientError, SmtpClient};
+use crate::net::orgauth::{self, OrgSecret};
+use crate::net::outbound::Local;
 
 const LOG_FILE_SIZE: u64 = 10 * 1024 * 1024;
 
@@ -216,7 +224,7 @@ impl OrgConfig {
             .server(server)
             .ok_or_else(|| anyhow::anyhow!("{}: server {server:?} is not in the file", dir.source))?
             .clone();
-        let rules = crate::transport::agents::rules::load(&dir)
+        let rules = crate::directory::transport_rules::load(&dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.source))?;
         Ok(OrgConfig {
             rules,
@@ -226,12 +234,12 @@ impl OrgConfig {
         })
     }
 
-    /// Routing as this version of the organisation and the active copies give it.
-    pub fn routing<'a>(&'a self, active: &'a ActiveCopies) -> RoutingView<'a> {
-        RoutingView {
+    /// Distances from this server by site, as this version of the organisation gives
+    /// them (hub selection; Transport's routing adds the active copies).
+    pub fn distances(&self) -> Distances<'_> {
+        Distances {
             dir: &self.dir,
             topology: &self.topology,
-            active,
             local: &self.server,
         }
     }
@@ -254,8 +262,6 @@ pub struct ServerContext {
     pub hub_receive_log: ProtocolLog,
     pub hub_send_log: ProtocolLog,
     pub mailbox_receive_log: ProtocolLog,
-    /// The Front End's idle proxy sessions to Transport services.
-    pub proxy_pool: crate::frontend::proxy::Pool,
     /// This server's TLS (listeners and internal hops), built once by `serve` at start.
     pub tls: std::sync::OnceLock<Arc<crate::net::orgca::ServerTls>>,
     /// The ports this server's listeners bound, set once by `serve` after binding:
@@ -298,7 +304,6 @@ impl ServerContext {
             hub_receive_log: proto(&paths.hub_receive, Direction::Receive)?,
             hub_send_log: proto(&paths.hub_send, Direction::Send)?,
             mailbox_receive_log: proto(&paths.mailbox_receive, Direction::Receive)?,
-            proxy_pool: Default::default(),
             tls: Default::default(),
             bound_ports: Default::default(),
             active: ActiveCopies::with_state(&dir, data_dir.join("active-copies.json")),
@@ -332,20 +337,6 @@ impl ServerContext {
         self.config.load_full()
     }
 
-    /// The routing table this server routes by now.
-    pub fn routing_table(&self) -> Vec<crate::transport::routing::Route> {
-        self.config().routing(&self.active).table()
-    }
-
-    /// Writes the routing table log (at start, after a reload, a move or a failover).
-    pub fn log_routing_table(&self) {
-        crate::transport::routing::write_routing_log(
-            &LogPaths::new(&self.data_dir).routing,
-            self.name(),
-            &self.routing_table(),
-        );
-    }
-
     /// The directory as this server knows it now.
     pub fn dir(&self) -> Arc<Directory> {
         self.config.load().dir.clone()
@@ -376,6 +367,16 @@ impl ServerContext {
 
     pub fn name(&self) -> &str {
         &self.server.name
+    }
+
+    /// What this server brings to an outbound session through `connector`.
+    pub fn outbound_local(&self, connector: &SendConnector) -> Local<'_> {
+        Local {
+            fqdn: self.fqdn(),
+            ip: self.ip,
+            log: &self.hub_send_log,
+            ca_file: connector.tls_ca_file.as_deref().map(|f| self.dir().path(f)),
+        }
     }
     pub fn fqdn(&self) -> &str {
         &self.server.fqdn
@@ -481,4 +482,47 @@ impl ServerContext {
             l.flush();
         }
     }
+}
+
+/// The implicit send connector's name in tracking and protocol logs (reference §1.7).
+pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connector";
+const INTRA_ORG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const INTRA_ORG_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Connects to another service of the organisation (Mailbox Delivery or Transport) and
+/// authenticates as this server's Transport service; off loopback, inside TLS.
+pub async fn connect_intra_org(
+    ctx: &ServerContext,
+    target: SocketAddr,
+) -> Result<SmtpClient, ClientError> {
+    connect_intra_org_as(ctx, target, orgauth::HUB).await
+}
+
+/// Like [`connect_intra_org`], authenticating as `service` (e.g. Mailbox Transport
+/// Submission, which shares the implicit intra-organization send connector).
+pub async fn connect_intra_org_as(
+    ctx: &ServerContext,
+    target: SocketAddr,
+    service: &str,
+) -> Result<SmtpClient, ClientError> {
+    let log =
+        if ctx.dir().org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose {
+            ctx.hub_send_log
+                .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
+        } else {
+            ProtocolSession::disabled()
+        };
+    let mut client = ctx
+        .connect_org(
+            target,
+            service,
+            log,
+            INTRA_ORG_CONNECT_TIMEOUT,
+            INTRA_ORG_COMMAND_TIMEOUT,
+        )
+        .await?;
+    // Exchange servers send to each other with BDAT: the envelope and a small message
+    // travel in one write and come back as one round trip, with no dot-stuffing.
+    client.use_chunking(true);
+    Ok(client)
 }

@@ -1,7 +1,10 @@
 //! Mailbox passwords for client submission (AUTH on `Client Frontend` and implicit-TLS
 //! connectors): argon2 hashes kept in the organisation file (`password_hash`, written
 //! by `mailflow mailbox set-password`), and failed-logon throttling per client address
-//! and per account.
+//! and per account. Kept with the directory because the hashes are the organisation
+//! file's (the book follows the file as `set-password` changes it); the receive
+//! connector (net/) asks it at AUTH. Imports no service (not net, frontend, transport,
+//! mailbox or cli).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

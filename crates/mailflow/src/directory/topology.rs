@@ -6,11 +6,16 @@
 //! the destination (reference §4.3). Paths are computed with Dijkstra *from the
 //! destination*, so the tie-break compares exactly "the site adjacent to the
 //! destination first, then one further back".
+//!
+//! Computed from the directory alone, so Transport's routing, Front End's and
+//! Submission's hub selection and the Active Manager share it; it imports no service.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
-use crate::directory::Directory;
+use std::net::SocketAddr;
+
+use crate::directory::{Directory, Server};
 
 /// The site of servers whose `site` is not given (Exchange's default site name).
 pub const DEFAULT_SITE: &str = "Default-First-Site-Name";
@@ -237,6 +242,90 @@ impl Topology {
             .iter()
             .find(|s| self.is_hub(s))
             .map(String::as_str)
+    }
+}
+
+/// Distances from one server (`local`) to the others, by site: what Transport's routing
+/// and the hub selection of Front End and Submission share.
+pub struct Distances<'a> {
+    pub dir: &'a Directory,
+    pub topology: &'a Topology,
+    pub local: &'a Server,
+}
+
+impl Distances<'_> {
+    pub fn local_site(&self) -> &str {
+        self.topology
+            .site_of(&self.local.name)
+            .unwrap_or(DEFAULT_SITE)
+    }
+
+    pub fn is_local(&self, server: &str) -> bool {
+        server.eq_ignore_ascii_case(&self.local.name)
+    }
+
+    /// The least-cost path to the nearest site holding a member of `members`.
+    pub fn primary_path(&self, members: &[String]) -> Option<SitePath> {
+        let from = self.local_site();
+        members
+            .iter()
+            .filter_map(|m| self.topology.site_of(m))
+            .filter_map(|site| self.topology.path(from, site))
+            .min_by(|a, b| a.rank().cmp(&b.rank()))
+    }
+
+    /// Transport endpoints of `members`, nearest site first (servers of one site in
+    /// file order), this server first when `include_local` and it is a member.
+    pub fn by_distance(
+        &self,
+        members: &[String],
+        include_local: bool,
+    ) -> Vec<(String, String, SocketAddr)> {
+        let from = self.local_site();
+        let mut ranked: Vec<_> = members
+            .iter()
+            .filter(|m| include_local || !self.is_local(m))
+            .filter_map(|m| self.dir.server(m))
+            .filter_map(|s| {
+                let site = self.topology.site_of(&s.name)?;
+                let local_first = !self.is_local(&s.name);
+                Some(((local_first, self.topology.path(from, site)?.rank()), s))
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.0.cmp(&b.0));
+        ranked
+            .into_iter()
+            .filter_map(|(_, s)| {
+                Some((
+                    s.name.clone(),
+                    s.fqdn.clone(),
+                    SocketAddr::new(s.address.parse().ok()?, s.ports.transport),
+                ))
+            })
+            .collect()
+    }
+
+    /// The members of the delivery group of a database whose active copy is on
+    /// `active`: its DAG (the routing boundary even across sites) or, outside a DAG,
+    /// the servers of its site; `None` when `active` has no site.
+    pub fn database_group_members(&self, active: &str) -> Option<Vec<String>> {
+        if let Some(dag) = self.topology.dag_of(active) {
+            return Some(self.topology.dag_members(dag).to_vec());
+        }
+        let site = self.topology.site_of(active)?;
+        Some(self.topology.servers_in(self.dir, site).collect())
+    }
+
+    /// The rank of the path to the nearest member of `members`.
+    pub fn distance_rank(&self, members: &[String]) -> Option<(u64, usize, Vec<String>)> {
+        self.primary_path(members).map(|p| p.rank())
+    }
+
+    /// Servers of this server's site (the local delivery group).
+    pub fn local_site_servers(&self) -> Vec<String> {
+        self.topology
+            .servers_in(self.dir, self.local_site())
+            .collect()
     }
 }
 

@@ -2,14 +2,16 @@
 //! a server of the delivery group of their database, the group nearest by site chosen
 //! from the first 20 recipients; with no mailbox recipient, a random Transport server
 //! of the local site. Front End never bifurcates: one server per message. The result is
-//! an ordered list so that a server that does not answer is skipped.
+//! an ordered list so that a server that does not answer is skipped. Shared by Front
+//! End and Mailbox Transport Submission (reference §4.5), so it lives with the context
+//! both are given rather than in either service.
 
 use std::net::SocketAddr;
 
 use mailflow_smtp::{Address, RcptParams};
 use rand::seq::SliceRandom;
 
-use crate::context::ServerContext;
+use super::ServerContext;
 use crate::directory::Recipient;
 
 pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Vec<SocketAddr> {
@@ -26,12 +28,17 @@ pub fn choose_servers(
 ) -> Vec<(String, SocketAddr)> {
     let dir = &ctx.dir();
     let cfg = ctx.config();
-    let view = cfg.routing(&ctx.active);
+    let view = cfg.distances();
     let nearest_group = recipients
         .iter()
         .take(20)
         .filter_map(|(to, _)| match dir.lookup(&to.key()) {
-            Some(Recipient::Mailbox(i)) => Some(view.database_members(&dir.mailbox(i).database)),
+            Some(Recipient::Mailbox(i)) => Some(
+                ctx.active
+                    .active_server(&dir.mailbox(i).database)
+                    .and_then(|active| view.database_group_members(&active))
+                    .unwrap_or_default(),
+            ),
             _ => None,
         })
         .filter(|members| !members.is_empty())
