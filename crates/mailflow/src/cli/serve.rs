@@ -49,7 +49,7 @@ async fn serve(
     delivery_runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<ExitCode> {
     // DESIGN §1: required once the organisation has two servers; a lone server makes one.
-    let lone = dir.org.servers.len() == 1;
+    let lone = dir.server_count() == 1;
     let secret = OrgSecret::load(&dir.secret_path(), lone)?;
     let data_dir = dir.data_dir(&server);
     let server_tls = Arc::new(server_tls(&dir, &server)?);
@@ -91,8 +91,8 @@ async fn serve(
         servers: org_servers.clone(),
         services,
     };
-    let settings = &dir.org.transport;
-    let org = &dir.org.organization;
+    let settings = &dir.transport();
+    let org = &dir.organization();
     let ip = ctx.bind_ip();
     let session = |max_size: u64, max_recipients: usize| SessionConfig {
         hostname: server.fqdn.clone(),
@@ -116,11 +116,7 @@ async fn serve(
             Limits::resolve(&cl.mailbox_delivery, true, max),
         ];
         all.extend(
-            dir.org
-                .receive_connectors
-                .iter()
-                .map(|r| r.get_ref())
-                .filter(|rc| rc.server.eq_ignore_ascii_case(&server.name))
+            dir.receive_connectors_of(&server.name)
                 .map(|rc| Limits::resolve(&rc.limits(), false, max)),
         );
         if let Some(open_files) = crate::net::receive::open_files_limit() {
@@ -291,10 +287,7 @@ async fn serve(
     );
     let (client_frontend_addr, _cf) = client_frontend.bind().await?;
     let mut custom = Vec::new();
-    for rc in dir.org.receive_connectors.iter().map(|r| r.get_ref()) {
-        if !rc.server.eq_ignore_ascii_case(&server.name) {
-            continue;
-        }
+    for rc in dir.receive_connectors_of(&server.name) {
         let ranges: Vec<ipnet::IpNet> = rc
             .remote_ranges
             .iter()
@@ -455,7 +448,7 @@ async fn serve(
         transport.clone(),
         pickup_dir.clone(),
         replay_dir.clone(),
-        dir.org.transport.pickup_directory_poll_interval,
+        dir.transport().pickup_directory_poll_interval,
     );
 
     println!(
@@ -556,7 +549,7 @@ fn server_tls(
         if server.tls_certificate.is_none() || server.tls_key.is_none() {
             crate::net::tls::ensure_self_signed(&cert, &key, &server.fqdn)?;
         }
-        if dir.org.servers.len() >= 2 {
+        if dir.server_count() >= 2 {
             tracing::warn!("{}", orgca::legacy_warning(&file));
         }
         return orgca::ServerTls::new(

@@ -128,11 +128,7 @@ fn restart_needed(old: &OrgConfig, new: &OrgConfig) -> Vec<String> {
     }
     let connectors = |c: &OrgConfig| {
         c.dir
-            .org
-            .receive_connectors
-            .iter()
-            .map(|r| r.get_ref())
-            .filter(|r| r.server.eq_ignore_ascii_case(name))
+            .receive_connectors_of(name)
             .map(|r| debug(r))
             .collect::<Vec<_>>()
     };
@@ -158,10 +154,10 @@ fn restart_needed(old: &OrgConfig, new: &OrgConfig) -> Vec<String> {
     if servers(old) != servers(new) {
         changed.push("the list of servers".into());
     }
-    if debug(&old.dir.org.transport) != debug(&new.dir.org.transport) {
+    if debug(&old.dir.transport()) != debug(&new.dir.transport()) {
         changed.push("[transport] settings".into());
     }
-    let (o, n) = (&old.dir.org.organization, &new.dir.org.organization);
+    let (o, n) = (&old.dir.organization(), &new.dir.organization());
     if (
         o.max_message_size,
         o.max_recipients_per_message,
@@ -505,13 +501,13 @@ pub async fn connect_intra_org_as(
     target: SocketAddr,
     service: &str,
 ) -> Result<SmtpClient, ClientError> {
-    let log =
-        if ctx.dir().org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose {
-            ctx.hub_send_log
-                .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
-        } else {
-            ProtocolSession::disabled()
-        };
+    let log = if ctx.dir().transport().intra_org_connector_protocol_logging == LoggingLevel::Verbose
+    {
+        ctx.hub_send_log
+            .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
+    } else {
+        ProtocolSession::disabled()
+    };
     let mut client = ctx
         .connect_org(
             target,

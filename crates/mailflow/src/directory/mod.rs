@@ -42,7 +42,9 @@ pub enum Recipient {
 /// The loaded organisation.
 #[derive(Debug, Clone)]
 pub struct Directory {
-    pub org: OrgFile,
+    /// The file's raw shape; only directory/ reads it; the rest of the crate goes
+    /// through the accessors below.
+    org: OrgFile,
     /// The file it came from (for messages), or `<built-in>`.
     pub source: String,
     /// The organisation file, when there is one (the built-in organisation has none).
@@ -154,6 +156,47 @@ impl Directory {
             return Some(Recipient::Mailbox(admin));
         }
         None
+    }
+
+    /// The `[organization]` table.
+    pub fn organization(&self) -> &Organization {
+        &self.org.organization
+    }
+    /// The `[transport]` settings (organisation-wide).
+    pub fn transport(&self) -> &TransportSettings {
+        &self.org.transport
+    }
+    /// The domain the organisation's own notices come from (`postmaster@` it): the
+    /// first accepted domain.
+    pub fn first_accepted_domain(&self) -> Option<&str> {
+        self.org
+            .organization
+            .accepted_domains
+            .first()
+            .map(String::as_str)
+    }
+    pub fn server_count(&self) -> usize {
+        self.org.servers.len()
+    }
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.org.groups.iter().map(|g| g.get_ref())
+    }
+    pub fn dags(&self) -> impl Iterator<Item = &Dag> {
+        self.org.dags.iter().map(|d| d.get_ref())
+    }
+    pub fn dag(&self, name: &str) -> Option<&Dag> {
+        self.dags().find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+    pub fn receive_connectors(&self) -> impl Iterator<Item = &ReceiveConnector> {
+        self.org.receive_connectors.iter().map(|r| r.get_ref())
+    }
+    /// The custom receive connectors of one server, in file order.
+    pub fn receive_connectors_of<'a>(
+        &'a self,
+        server: &'a str,
+    ) -> impl Iterator<Item = &'a ReceiveConnector> + 'a {
+        self.receive_connectors()
+            .filter(move |r| r.server.eq_ignore_ascii_case(server))
     }
 
     pub fn mailbox(&self, i: usize) -> &Mailbox {

@@ -174,13 +174,7 @@ fn failover_after(
     db.copies
         .first()
         .and_then(|c| topology.dag_of(c))
-        .and_then(|dag| {
-            dir.org
-                .dags
-                .iter()
-                .map(|d| d.get_ref())
-                .find(|d| d.name.eq_ignore_ascii_case(dag))
-        })
+        .and_then(|dag| dir.dag(dag))
         .map(|d| d.failover_after)
         .unwrap_or(Duration::from_secs(10))
 }

@@ -323,10 +323,8 @@ impl RoutingView<'_> {
         }
         let mut servers: Vec<&str> = self
             .dir
-            .org
-            .groups
-            .iter()
-            .filter_map(|g| g.get_ref().expansion_server.as_deref())
+            .groups()
+            .filter_map(|g| g.expansion_server.as_deref())
             .collect();
         servers.sort_unstable();
         servers.dedup();
