@@ -11,9 +11,6 @@ use crate::logs::LoggingLevel;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-// Sections for later releases (site routing, client AUTH, custom receive connectors,
-// mail flow rules) are parsed and validated now, so files written today stay valid.
-#[allow(dead_code)]
 pub struct OrgFile {
     pub organization: Organization,
     #[serde(default)]
@@ -165,7 +162,6 @@ impl Default for TransportSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // hub_site: least-cost routing between sites (next release)
 pub struct Site {
     pub name: String,
     #[serde(default)]
@@ -174,7 +170,6 @@ pub struct Site {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // cost: least-cost routing between sites (next release)
 pub struct SiteLink {
     pub sites: Vec<String>,
     /// Exchange's default site link cost is 100.

@@ -195,7 +195,7 @@ impl PostgresStore {
 
     /// Like [`new`](Self::new), then connects and checks the schema, so that a wrong
     /// URL or an unreachable server shows now rather than at the first delivery.
-    #[allow(dead_code)] // open_store connects lazily; tests and tools use this
+    #[cfg(test)]
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
         let store = Self::new(url, database)?;
         store.reader().await?;
@@ -229,7 +229,7 @@ impl PostgresStore {
 
     /// Transactions committed by this store's writer so far. Fewer transactions than
     /// commits means the writer grouped them.
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub fn transactions(&self) -> u64 {
         self.inner.transactions.load(Ordering::Relaxed)
     }
