@@ -9,6 +9,7 @@ use mailflow_smtp::SessionConfig;
 use super::{Global, load_directory};
 use crate::context::ServerContext;
 use crate::directory::credentials::{AuthThrottle, PasswordBook};
+use crate::directory::{ReceiveService, ReceiveTls};
 use crate::frontend::{FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
@@ -117,7 +118,7 @@ async fn serve(
         ];
         all.extend(
             dir.receive_connectors_of(&server.name)
-                .map(|rc| Limits::resolve(&rc.limits(), false, max)),
+                .map(|rc| Limits::resolve(&rc.limits, false, max)),
         );
         if let Some(open_files) = crate::net::receive::open_files_limit() {
             let caps: Vec<usize> = all.iter().map(|l| l.max_connections).collect();
@@ -288,22 +289,11 @@ async fn serve(
     let (client_frontend_addr, _cf) = client_frontend.bind().await?;
     let mut custom = Vec::new();
     for rc in dir.receive_connectors_of(&server.name) {
-        let ranges: Vec<ipnet::IpNet> = rc
-            .remote_ranges
-            .iter()
-            .filter_map(|r| crate::directory::parse_ip_range(r))
-            .collect();
-        let relay = rc
-            .permissions
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case("relay"));
-        let user_auth = rc
-            .permissions
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case("users"));
+        let ranges = rc.remote_ranges.clone();
+        let (relay, user_auth) = (rc.relay, rc.users);
         let log = verbose(
             rc.protocol_logging,
-            if rc.service == "transport" {
+            if rc.service == ReceiveService::Transport {
                 &ctx.hub_receive_log
             } else {
                 &ctx.frontend_receive_log
@@ -311,7 +301,7 @@ async fn serve(
         );
         let success_dsn = rc.success_dsn_for_anonymous;
         let (auth, handler): (AuthPolicy, crate::net::receive::HandlerFactory) =
-            if rc.service == "transport" {
+            if rc.service == ReceiveService::Transport {
                 // An anonymous relay for applications in `remote_ranges` (validation
                 // requires them), straight into Transport.
                 let t = transport.clone();
@@ -353,7 +343,7 @@ async fn serve(
                     }),
                 )
             };
-        let bind: SocketAddr = rc.bind.parse()?;
+        let bind = rc.bind;
         let mut rconn = connector(
             rc.name.clone(),
             bind.port(),
@@ -364,7 +354,7 @@ async fn serve(
             limits[6 + custom.len()],
         );
         rconn.bind = bind;
-        rconn.implicit_tls = rc.tls.as_deref() == Some("implicit");
+        rconn.implicit_tls = rc.tls == ReceiveTls::Implicit;
         rconn.remote_ranges = ranges;
         let (addr, task) = rconn.bind().await?;
         custom.push((addr, rc.name.clone(), rconn_kind(rc), task));
@@ -629,7 +619,7 @@ async fn shutdown_signal() {
 
 /// A custom receive connector in one phrase, for the start-up summary.
 fn rconn_kind(rc: &crate::directory::ReceiveConnector) -> String {
-    let tls = if rc.tls.as_deref() == Some("implicit") {
+    let tls = if rc.tls == ReceiveTls::Implicit {
         "implicit TLS"
     } else {
         "STARTTLS"

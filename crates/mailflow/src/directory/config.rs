@@ -32,7 +32,7 @@ pub struct OrgFile {
     #[serde(default)]
     pub send_connectors: Vec<Spanned<SendConnector>>,
     #[serde(default)]
-    pub receive_connectors: Vec<Spanned<ReceiveConnector>>,
+    pub receive_connectors: Vec<Spanned<ReceiveConnectorEntry>>,
     /// Mail flow rules (the Transport Rule agent reads them, see transport/agents).
     #[serde(default)]
     pub transport_rules: Vec<Spanned<toml::Table>>,
@@ -213,7 +213,7 @@ pub struct Server {
     #[serde(default = "verbose")]
     pub frontend_protocol_logging: LoggingLevel,
     /// `success_dsn_for_anonymous` of `Default Frontend <server>` (see
-    /// [`ReceiveConnector::success_dsn_for_anonymous`]).
+    /// [`ReceiveConnectorEntry::success_dsn_for_anonymous`]).
     #[serde(default = "yes")]
     pub frontend_success_dsn_for_anonymous: bool,
     /// Protocol logging of `Default <server>` (None by default).
@@ -501,7 +501,9 @@ impl SendConnector {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReceiveConnector {
+/// As written; the rest of the crate sees [`super::ReceiveConnector`], made from it
+/// at load.
+pub struct ReceiveConnectorEntry {
     pub name: String,
     pub server: String,
     /// `frontend` or `transport`.
@@ -535,7 +537,7 @@ pub struct ReceiveConnector {
     pub success_dsn_for_anonymous: bool,
 }
 
-impl ReceiveConnector {
+impl ReceiveConnectorEntry {
     /// The connector's limit keys, as for a built-in connector.
     pub fn limits(&self) -> ConnectorLimits {
         ConnectorLimits {

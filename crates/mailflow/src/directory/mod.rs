@@ -8,6 +8,7 @@ pub mod ca_file;
 pub mod config;
 pub mod credentials;
 pub mod permissions;
+pub mod receive_connectors;
 pub mod send_connectors;
 pub mod topology;
 pub mod transport_rules;
@@ -16,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub use config::*;
+pub use receive_connectors::{ReceiveConnector, ReceiveService, ReceiveTls};
 
 /// A configuration error that names file, line and key (DESIGN §2).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,6 +55,8 @@ pub struct Directory {
     pub base_dir: PathBuf,
     addresses: HashMap<String, Recipient>,
     accepted: HashSet<String>,
+    /// `org.receive_connectors`, typed (same order).
+    receive: Vec<ReceiveConnector>,
 }
 
 impl Directory {
@@ -118,6 +122,14 @@ impl Directory {
             .iter()
             .map(|d| d.to_lowercase())
             .collect();
+        let receive = org
+            .receive_connectors
+            .iter()
+            .map(|r| {
+                ReceiveConnector::from_entry(r.get_ref())
+                    .expect("the validator accepted this receive connector")
+            })
+            .collect();
         Ok(Directory {
             org,
             source: source.into(),
@@ -125,6 +137,7 @@ impl Directory {
             base_dir,
             addresses,
             accepted,
+            receive,
         })
     }
 
@@ -188,7 +201,7 @@ impl Directory {
         self.dags().find(|d| d.name.eq_ignore_ascii_case(name))
     }
     pub fn receive_connectors(&self) -> impl Iterator<Item = &ReceiveConnector> {
-        self.org.receive_connectors.iter().map(|r| r.get_ref())
+        self.receive.iter()
     }
     /// The custom receive connectors of one server, in file order.
     pub fn receive_connectors_of<'a>(
