@@ -277,7 +277,7 @@ impl ServerContext {
             anyhow::anyhow!("cannot create data folder {}: {e}", data_dir.display())
         })?;
         let paths = LogPaths::new(&data_dir);
-        let ip: IpAddr = server.address.parse()?;
+        let ip = server.ip();
         let proto = |p: &PathBuf, d| ProtocolLog::open(p, d, LOG_FILE_SIZE);
         Ok(ServerContext {
             tracking_transport: TrackingLog::open(
@@ -380,11 +380,7 @@ impl ServerContext {
 
     /// Where this server's listeners bind.
     pub fn bind_ip(&self) -> IpAddr {
-        self.server
-            .bind
-            .as_deref()
-            .and_then(|b| b.parse().ok())
-            .unwrap_or(self.ip)
+        self.server.bind_ip().unwrap_or(self.ip)
     }
 
     /// The name a peer's certificate must carry: the fqdn of the `[[servers]]` entry
@@ -394,10 +390,7 @@ impl ServerContext {
         let dir = self.dir();
         dir.servers()
             .find(|s| {
-                let ip_matches = [Some(&s.address), s.bind.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|a| a.parse::<IpAddr>().ok() == Some(target.ip()));
+                let ip_matches = s.ip() == target.ip() || s.bind_ip() == Some(target.ip());
                 let p = &s.ports;
                 ip_matches
                     && [

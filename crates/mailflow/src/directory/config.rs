@@ -4,6 +4,7 @@
 //! line of the entry and of the offending key.
 
 use serde::{Deserialize, Deserializer};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -233,6 +234,27 @@ pub struct Server {
     /// `[servers.ports]`).
     #[serde(default)]
     pub connector_limits: BuiltinConnectorLimits,
+}
+
+impl Server {
+    /// `address` as an IP. The validator rejects a file whose `address` is not one, so
+    /// a loaded directory's servers always have it; UNSPECIFIED only for an entry that
+    /// did not come through [`super::Directory::parse`].
+    pub fn ip(&self) -> IpAddr {
+        self.address
+            .parse()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// `bind` as an IP, when the file sets it (validated at load like `address`).
+    pub fn bind_ip(&self) -> Option<IpAddr> {
+        self.bind.as_deref().and_then(|b| b.parse().ok())
+    }
+
+    /// Where the server's listeners bind: `bind`, else `address`.
+    pub fn listen_ip(&self) -> IpAddr {
+        self.bind_ip().unwrap_or_else(|| self.ip())
+    }
 }
 
 /// `[servers.connector_limits.<listener>]`: Set-ReceiveConnector's limits for the
@@ -488,6 +510,12 @@ impl TlsAuthLevel {
 }
 
 impl SendConnector {
+    /// `tls = "required"`: no STARTTLS, no delivery (the validator accepts only
+    /// `"required"` and `"opportunistic"`).
+    pub fn tls_required(&self) -> bool {
+        self.tls == "required"
+    }
+
     /// The level in force: the file's value (checked at load), else the default that
     /// [`SendConnector::tls_auth_level`]'s field documents.
     pub fn tls_auth_level(&self) -> TlsAuthLevel {

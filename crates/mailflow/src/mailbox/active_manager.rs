@@ -101,10 +101,7 @@ fn holds_copy(db: &Database, server: &str) -> bool {
 
 /// Whether a server's Mailbox Delivery listener accepts a connection.
 async fn answers(server: &Server) -> bool {
-    let Ok(ip) = server.address.parse() else {
-        return false;
-    };
-    let addr = SocketAddr::new(ip, server.ports.mailbox_delivery);
+    let addr = SocketAddr::new(server.ip(), server.ports.mailbox_delivery);
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))

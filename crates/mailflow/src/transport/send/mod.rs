@@ -193,8 +193,9 @@ impl Transmitter {
             let Some(s) = cfg.dir.server(&name) else {
                 continue;
             };
-            let Ok(ip) = s.address.parse() else { continue };
-            match connect_intra_org(&self.ctx, SocketAddr::new(ip, s.ports.outbound_proxy)).await {
+            match connect_intra_org(&self.ctx, SocketAddr::new(s.ip(), s.ports.outbound_proxy))
+                .await
+            {
                 Ok(client) => return Ok((s.fqdn.clone(), client)),
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
