@@ -64,6 +64,9 @@ pub struct Server {
     /// polls when `stop` turns true.
     service_tasks: Vec<(String, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
+    /// Active Manager's watcher of the active copies: it has no poll to stop at, so it
+    /// is aborted with the services.
+    active_manager: JoinHandle<()>,
 }
 
 impl Server {
@@ -98,7 +101,7 @@ impl Server {
             let transport = transport.clone();
             Arc::new(move |db: &str, server: &str| transport.activate(db, server))
         };
-        crate::mailbox::active_manager::start(ctx.clone(), activate).await;
+        let active_manager = crate::mailbox::active_manager::start(ctx.clone(), activate).await;
         let pickup_dir = server
             .pickup_directory
             .as_deref()
@@ -524,38 +527,47 @@ impl Server {
             listener_tasks,
             service_tasks,
             stop,
+            active_manager,
         })
     }
 
-    /// Stops this server: every listener stops accepting (its port refuses connections
-    /// once this returns), then Submission and Pickup/Replay stop between polls, then
-    /// every task is awaited (at most SHUTDOWN_TIMEOUT in all; those that did not stop
-    /// are logged), the logs flushed and the queue database closed. Sessions already
-    /// running are not waited for: what they accepted is durable, and what they had not
-    /// yet acknowledged the client sends again, as after kill -9.
+    /// Stops this server: first every listener stops accepting (its accept loop is
+    /// aborted and awaited, so its port refuses connections), then Submission and
+    /// Pickup/Replay stop between polls and Active Manager's watcher is aborted; every
+    /// task is awaited within SHUTDOWN_TIMEOUT in all (those that did not stop are
+    /// logged), then the logs are flushed and the queue database closed. Sessions
+    /// already running are not waited for: what they accepted is durable, and what they
+    /// had not yet acknowledged the client sends again, as after kill -9.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
         for (_, task) in &self.listener_tasks {
             task.abort();
         }
+        await_all(deadline, self.listener_tasks).await;
+        tracing::info!("every listener closed");
         let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
-        for (name, task) in self.listener_tasks.into_iter().chain(self.service_tasks) {
-            match tokio::time::timeout_at(deadline, task).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if e.is_cancelled() => {}
-                Ok(Err(e)) => tracing::warn!(task = %name, "ended with an error: {e}"),
-                Err(_) => tracing::warn!(
-                    task = %name,
-                    "did not stop within {SHUTDOWN_TIMEOUT:?}"
-                ),
-            }
-        }
+        self.active_manager.abort();
+        let mut services = self.service_tasks;
+        services.push(("Active Manager".to_string(), self.active_manager));
+        await_all(deadline, services).await;
         self.ctx.flush_logs();
         self.transport.queues.db.barrier().await;
         tracing::info!(
             transactions = self.transport.queues.db.transactions(),
             "queue database closed"
         );
+    }
+}
+
+/// Awaits each task until `deadline`, logging those that did not stop or failed.
+async fn await_all(deadline: tokio::time::Instant, tasks: Vec<(String, JoinHandle<()>)>) {
+    for (name, task) in tasks {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_cancelled() => {}
+            Ok(Err(e)) => tracing::warn!(task = %name, "ended with an error: {e}"),
+            Err(_) => tracing::warn!(task = %name, "did not stop within {SHUTDOWN_TIMEOUT:?}"),
+        }
     }
 }
 

@@ -41,10 +41,11 @@ fn fails_over(db: &Database) -> bool {
 pub type Activate = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Learns the active copies from the other servers (before this server accepts mail),
-/// then watches the active copies' servers.
-pub async fn start(ctx: Arc<ServerContext>, activate: Activate) {
+/// then watches the active copies' servers. The caller (server.rs) owns the watcher's
+/// task.
+pub async fn start(ctx: Arc<ServerContext>, activate: Activate) -> tokio::task::JoinHandle<()> {
     learn_active_copies(&ctx).await;
-    tokio::spawn(watch(ctx, activate));
+    tokio::spawn(watch(ctx, activate))
 }
 
 /// At start: the active copy of each database with a copy here, as the first other
