@@ -36,7 +36,7 @@ fn fails_over(db: &Database) -> bool {
 }
 
 /// What makes a database's copy on a server active here: Transport's `activate` (move
-/// the copy, write the routing table, retry the queues), handed in by `serve` so that
+/// the copy, write the routing table, retry the queues), handed in by server.rs so that
 /// Active Manager does not import Transport.
 pub type Activate = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
