@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 
 SYSTEM_KEYS = ["ceiling", "postfix-relay", "postfix-local", "mailflow", "mailflow-relay"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DOMAIN = "bench.test"  # the mail domain of both mailflow and Postfix's Maildir delivery
