@@ -72,11 +72,10 @@ def fr(v):
     return "–" if v is None else f"{v:.2f}×"
 
 
-def write_report(path, ctx):
-    info, plan, runs = ctx["info"], ctx["plan"], ctx["runs"]
-    by = {(r.workload, r.system): r for r in runs}
-    L = []
-    w = L.append
+def report_header(w, ctx):
+    """The title, the machine, and how to read the figures."""
+    info = ctx["info"]
+    plan = ctx["plan"]
     w(f"# mailflow benchmark — {ctx['date']} on {info['host']}")
     w("")
     w(f"Mode **{plan.name}** (`bench/run{' --smoke' if plan.name == 'smoke' else ''}`), "
@@ -102,7 +101,11 @@ def write_report(path, ctx):
         w(f"**Skipped (time budget of {plan.max_minutes} minutes reached):** {', '.join(ctx['skipped'])}")
         w("")
 
-    # Targets.
+
+def report_targets(w, ctx):
+    """The targets of issue 7 and the runs their medians come from."""
+    plan = ctx["plan"]
+    runs = ctx["runs"]
     w("## Targets (issue 7)")
     w("")
     if plan.name == "smoke":
@@ -128,7 +131,10 @@ def write_report(path, ctx):
         w("\\* disturbed: other processes used over 10% of the machine during that run.")
         w("")
 
-    # Main table.
+
+def report_main_table(w, ctx):
+    """Throughput, latency, CPU and memory of every measured run."""
+    runs = ctx["runs"]
     w("## Throughput, latency, CPU and memory")
     w("")
     w("accepted = messages / generator wall time; delivered = messages / (last delivery − generator start); "
@@ -156,7 +162,11 @@ def write_report(path, ctx):
           "The harness probes it at every run and measures it only when the probe message reaches the sink.")
         w("")
 
-    # Ratios.
+
+def report_ratios(w, ctx):
+    """mailflow against Postfix and the ceiling, and the relays against each other."""
+    runs = ctx["runs"]
+    by = {(r.workload, r.system): r for r in runs}
     w("## Ratios")
     w("")
     w("Postfix accept = the better of its two configurations (relay, local); delivered compares "
@@ -189,7 +199,9 @@ def write_report(path, ctx):
         w(f"![throughput against concurrency]({ctx['chart']})")
         w("")
 
-    # Paced.
+
+def report_paced(w, ctx):
+    """Latency at half of mailflow's peak rate."""
     paced = ctx.get("paced_runs") or []
     p = paced[0] if paced else None
     w("## Latency at half of mailflow's peak rate")
@@ -208,7 +220,9 @@ def write_report(path, ctx):
         w("not run")
     w("")
 
-    # Backlog.
+
+def report_backlog(w, ctx):
+    """Draining a suspended queue."""
     b = ctx.get("backlog")
     w("## Backlog")
     w("")
@@ -240,7 +254,9 @@ def write_report(path, ctx):
         w("not run")
         w("")
 
-    # Idle.
+
+def report_idle(w, ctx):
+    """Idle sessions held open on the Front End."""
     i = ctx.get("idle")
     w("## Idle sessions")
     w("")
@@ -278,7 +294,9 @@ def write_report(path, ctx):
         w("not run")
     w("")
 
-    # Profile.
+
+def report_profile(w, ctx):
+    """The perf profile of mailflow."""
     prof = ctx.get("profile")
     w("## Profile (mailflow, 4 KiB, 20 sessions, 1 recipient)")
     w("")
@@ -320,7 +338,10 @@ def write_report(path, ctx):
         w("not run")
     w("")
 
-    # Details.
+
+def report_details(w, ctx):
+    """Per-run detail and the Postfix configuration."""
+    runs = ctx["runs"]
     w("## Detail")
     w("")
     w("| workload | system | wall s | delivered | generator CPU s | irq CPU s | other CPU s | peak RSS sum MiB | processes | latency source |")
@@ -341,6 +362,21 @@ def write_report(path, ctx):
     w("and master.cf: the upstream default services with chroot off, smtpd on 127.0.0.1:<high port>. "
       "Everything else is Postfix's default, including the fsync of the queue file before the 250 reply.")
     w("")
+
+
+def write_report(path, ctx):
+    """The Markdown report of a run: one function per section, in order."""
+    L = []
+    w = L.append
+    report_header(w, ctx)
+    report_targets(w, ctx)
+    report_main_table(w, ctx)
+    report_ratios(w, ctx)
+    report_paced(w, ctx)
+    report_backlog(w, ctx)
+    report_idle(w, ctx)
+    report_profile(w, ctx)
+    report_details(w, ctx)
     with open(path, "w") as f:
         f.write("\n".join(L))
 
