@@ -12,6 +12,7 @@ mod logs;
 mod mailbox;
 mod message;
 mod net;
+mod server;
 mod transport;
 mod wal;
 

@@ -42,6 +42,7 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<tokio_rustls:
         };
         let app = app.clone().layer(axum::Extension(Peer(peer)));
         let tls = tls.clone();
+        // Per connection, bounded by MAX_CONNECTIONS (the slot) and the read timeouts.
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);

@@ -36,13 +36,14 @@ pub fn uses_tls(ip: IpAddr) -> bool {
     !ip.is_loopback()
 }
 
-/// Starts the API on `addr`; returns the bound address and whether it is HTTPS.
+/// Starts the API on `addr`; returns the bound address, whether it is HTTPS, and the
+/// accept loop's task (server.rs owns it; aborting it closes the port).
 /// `tls` and `certificate` are the server's (what its receive connectors present).
 pub async fn start(
     addr: SocketAddr,
     transport: Arc<TransportService>,
     tls: Arc<rustls::ServerConfig>,
-) -> anyhow::Result<(SocketAddr, bool)> {
+) -> anyhow::Result<(SocketAddr, bool, tokio::task::JoinHandle<()>)> {
     let dir = transport.ctx.dir();
     let acceptor = if uses_tls(addr.ip()) {
         if dir.org_ca_certificate_path().is_none() {
@@ -86,8 +87,8 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("admin API: cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let https = acceptor.is_some();
-    tokio::spawn(listener::serve(listener, app, acceptor));
-    Ok((local, https))
+    let task = tokio::spawn(listener::serve(listener, app, acceptor));
+    Ok((local, https, task))
 }
 
 /// The IP clients connect to for a listener on `ip`: itself, or the server's address

@@ -258,9 +258,9 @@ pub struct ServerContext {
     pub hub_receive_log: ProtocolLog,
     pub hub_send_log: ProtocolLog,
     pub mailbox_receive_log: ProtocolLog,
-    /// This server's TLS (listeners and internal hops), built once by `serve` at start.
+    /// This server's TLS (listeners and internal hops), built once by `server.rs` at start.
     pub tls: std::sync::OnceLock<Arc<crate::net::orgca::ServerTls>>,
-    /// The ports this server's listeners bound, set once by `serve` after binding:
+    /// The ports this server's listeners bound, set once by `server.rs` after binding:
     /// every version of the directory this server reads carries them in place of the
     /// file's `0`s (`Directory::with_bound_ports`).
     bound_ports: std::sync::OnceLock<crate::directory::config::Ports>,

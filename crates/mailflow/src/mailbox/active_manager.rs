@@ -36,15 +36,16 @@ fn fails_over(db: &Database) -> bool {
 }
 
 /// What makes a database's copy on a server active here: Transport's `activate` (move
-/// the copy, write the routing table, retry the queues), handed in by `serve` so that
+/// the copy, write the routing table, retry the queues), handed in by server.rs so that
 /// Active Manager does not import Transport.
 pub type Activate = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Learns the active copies from the other servers (before this server accepts mail),
-/// then watches the active copies' servers.
-pub async fn start(ctx: Arc<ServerContext>, activate: Activate) {
+/// then watches the active copies' servers. The caller (server.rs) owns the watcher's
+/// task.
+pub async fn start(ctx: Arc<ServerContext>, activate: Activate) -> tokio::task::JoinHandle<()> {
     learn_active_copies(&ctx).await;
-    tokio::spawn(watch(ctx, activate));
+    tokio::spawn(watch(ctx, activate))
 }
 
 /// At start: the active copy of each database with a copy here, as the first other

@@ -26,7 +26,13 @@ const POLL: Duration = Duration::from_millis(500);
 /// Retry a message whose submission failed after this long.
 const RETRY: Duration = Duration::from_secs(5);
 
-pub fn start(ctx: Arc<ServerContext>, stores: Arc<Stores>) {
+/// Starts the Outbox poller; it stops between polls once `stop` turns true. The caller
+/// (server.rs) owns the returned task.
+pub fn start(
+    ctx: Arc<ServerContext>,
+    stores: Arc<Stores>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut failed_until: std::collections::HashMap<i64, std::time::Instant> =
             Default::default();
@@ -58,9 +64,12 @@ pub fn start(ctx: Arc<ServerContext>, stores: Arc<Stores>) {
                     }
                 }
             }
-            tokio::time::sleep(POLL).await;
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
-    });
+    })
 }
 
 fn event(

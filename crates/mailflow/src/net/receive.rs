@@ -373,6 +373,9 @@ impl ReceiveConnector {
             let this = self.clone();
             match sessions.admit(remote.ip(), &self.limits) {
                 Ok(slot) => {
+                    // Per connection, bounded by `limits` (the slot) and the
+                    // inactivity and connection timeouts; the accept loop's owner
+                    // (server.rs) does not wait for it at shutdown.
                     tokio::spawn(async move {
                         let _slot = slot;
                         if let Err(e) = this.run_session(tcp, remote).await {
@@ -383,6 +386,7 @@ impl ReceiveConnector {
                 // Past a limit the client is told at once and the connection closed,
                 // rather than left waiting in the backlog.
                 Err(reply) => {
+                    // Per connection: one reply and close.
                     tokio::spawn(async move { this.refuse(tcp, remote, reply).await });
                 }
             }

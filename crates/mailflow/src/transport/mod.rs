@@ -153,6 +153,10 @@ impl TransportService {
             poison_marker: PoisonMarker::open(ctx.data_dir.join("Queue").join("categorizing")),
             retry: retry_policy(&ctx),
         });
+        // Not yet owned by server.rs (issue 14): the categorizer, like the delivery
+        // queues' tasks (supervisor.rs), runs until the runtime is dropped after
+        // Server::shutdown has closed the queue database, as before; stopping it
+        // mid-message would count a crash against the message (poison marker).
         tokio::spawn(categorizer_loop(service.clone(), submit_rx));
         Ok((service, Resume(loaded)))
     }
@@ -197,6 +201,7 @@ impl TransportService {
                 // The crash count must be on disk before the message is tried again,
                 // or a second crash would forget the first.
                 let (service, db) = (self.clone(), queues.db.clone());
+                // One-shot, bounded by one queue database barrier.
                 tokio::spawn(async move {
                     db.barrier().await;
                     service.submit(msg, pending);
@@ -462,6 +467,8 @@ impl TransportService {
         self.queues.submission.fetch_add(1, Ordering::Relaxed);
         let delay = self.retry.interval(crashes - 1);
         let submit = self.submit_tx.clone();
+        // One-shot, bounded by the retry interval; the message stays in the queue
+        // database, so a shutdown meanwhile loses nothing.
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = submit.send(Submission {

@@ -29,8 +29,16 @@ pub enum Kind {
     Replay,
 }
 
-/// Starts watching both directories of this server.
-pub fn start(service: Arc<TransportService>, pickup: PathBuf, replay: PathBuf, poll: Duration) {
+/// Starts watching both directories of this server; each watcher stops between polls
+/// once `stop` turns true. The caller (server.rs) owns the returned tasks.
+pub fn start(
+    service: Arc<TransportService>,
+    pickup: PathBuf,
+    replay: PathBuf,
+    poll: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     for (dir, kind) in [(pickup, Kind::Pickup), (replay, Kind::Replay)] {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             tracing::error!(
@@ -41,13 +49,17 @@ pub fn start(service: Arc<TransportService>, pickup: PathBuf, replay: PathBuf, p
         }
         recover(&dir);
         let service = service.clone();
-        tokio::spawn(async move {
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
             // The rate limit, spread over polls.
             let per_poll = ((MAX_PER_MINUTE as f64) * poll.as_secs_f64() / 60.0)
                 .ceil()
                 .max(1.0) as usize;
             loop {
-                tokio::time::sleep(poll).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
                 let files = match eml_files(&dir) {
                     Ok(f) => f,
                     Err(e) => {
@@ -59,8 +71,9 @@ pub fn start(service: Arc<TransportService>, pickup: PathBuf, replay: PathBuf, p
                     process(&service, &file, kind).await;
                 }
             }
-        });
+        }));
     }
+    tasks
 }
 
 /// On start, files claimed by a previous run are put back (reference §12.4: duplicates

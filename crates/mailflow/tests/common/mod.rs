@@ -403,6 +403,22 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit; its exit
+    /// status, or None if it was still running (then it is killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let status = poll_until(timeout, || c.try_wait().ok().flatten());
+        if status.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        status
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")

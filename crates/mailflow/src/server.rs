@@ -1,0 +1,633 @@
+//! One server's services, started and stopped together (DESIGN §1, issue 14): Front
+//! End, Transport, Mailbox Transport Delivery and Submission, Pickup/Replay and the admin
+//! API, from the directory's entry for this server. `Server::start` binds every listener,
+//! writes listeners.json, and only then lets queued mail move; `Server::shutdown` closes
+//! every listener first, then stops the services it owns, then waits for them (bounded)
+//! and closes the queue database. Owns what it spawns; sessions are spawned per
+//! connection by the listeners and bounded by their connection limits and timeouts.
+//!
+//! A top-level module that may import every service; nothing but main and cli may
+//! import it (scripts/check-arrows).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailflow_smtp::SessionConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::context::ServerContext;
+use crate::directory::credentials::{AuthThrottle, PasswordBook};
+use crate::directory::{ReceiveService, ReceiveTls};
+use crate::frontend::{FrontendMode, FrontendSession};
+use crate::logs::LoggingLevel;
+use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
+use crate::net::listeners::{LISTENERS_FILE, Listener, Listeners, write_listeners};
+use crate::net::orgauth::{self, OrgSecret};
+use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector};
+use crate::transport::TransportService;
+use crate::transport::receive::TransportReceive;
+
+/// How long `shutdown` waits for the tasks it stopped before it logs them and goes on.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where this server listens, for the start-up summary.
+pub struct Addresses {
+    pub frontend: SocketAddr,
+    pub transport: SocketAddr,
+    pub mailbox_delivery: SocketAddr,
+    pub outbound_proxy: SocketAddr,
+    pub client_frontend: SocketAddr,
+    pub client_proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub admin_https: bool,
+    /// Custom receive connectors: address, name, one phrase of what it is.
+    pub custom: Vec<(SocketAddr, String, String)>,
+}
+
+/// One running server: its services and the tasks that run them.
+pub struct Server {
+    pub dir: Arc<crate::directory::Directory>,
+    /// This server's entry in the directory.
+    pub entry: crate::directory::Server,
+    pub ctx: Arc<ServerContext>,
+    pub transport: Arc<TransportService>,
+    pub data_dir: PathBuf,
+    pub pickup_dir: PathBuf,
+    pub replay_dir: PathBuf,
+    pub addresses: Addresses,
+    /// Every listener's accept loop, by connector name: aborted first at shutdown, which
+    /// drops (closes) the listening socket.
+    listener_tasks: Vec<(String, JoinHandle<()>)>,
+    /// Mailbox Transport Submission and the Pickup/Replay watchers: they stop between
+    /// polls when `stop` turns true.
+    service_tasks: Vec<(String, JoinHandle<()>)>,
+    stop: watch::Sender<bool>,
+    /// Active Manager's watcher of the active copies: it has no poll to stop at, so it
+    /// is aborted with the services.
+    active_manager: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts every service of `server` (an entry of `dir`). The categorizer, the
+    /// delivery queues' sessions and Mailbox Delivery run on `delivery_runtime`.
+    pub async fn start(
+        dir: Arc<crate::directory::Directory>,
+        server: crate::directory::Server,
+        delivery_runtime: tokio::runtime::Handle,
+    ) -> anyhow::Result<Server> {
+        // DESIGN §1: required once the organisation has two servers; a lone server makes one.
+        let lone = dir.server_count() == 1;
+        let secret = OrgSecret::load(&dir.secret_path(), lone)?;
+        let data_dir = dir.data_dir(&server);
+        let server_tls = Arc::new(server_tls(&dir, &server)?);
+        let tls = server_tls.public.clone();
+        let ctx = Arc::new(ServerContext::new(
+            dir.clone(),
+            server.clone(),
+            secret.clone(),
+        )?);
+        // Before anything connects: the internal hops use these configurations.
+        let _ = ctx.tls.set(server_tls.clone());
+        let (transport, resume) = {
+            // The categorizer and the delivery queues' sessions are spawned from here.
+            let _delivery = delivery_runtime.enter();
+            TransportService::start(ctx.clone())?
+        };
+        crate::transport::routing::log_routing_table(&ctx);
+        let stores = Arc::new(Stores::open(&ctx)?);
+        let activate = {
+            let transport = transport.clone();
+            Arc::new(move |db: &str, server: &str| transport.activate(db, server))
+        };
+        let active_manager = crate::mailbox::active_manager::start(ctx.clone(), activate).await;
+        let pickup_dir = server
+            .pickup_directory
+            .as_deref()
+            .map(|p| dir.path(p))
+            .unwrap_or_else(|| data_dir.join("Pickup"));
+        let replay_dir = server
+            .replay_directory
+            .as_deref()
+            .map(|p| dir.path(p))
+            .unwrap_or_else(|| data_dir.join("Replay"));
+        let org_servers = Arc::new(dir.servers().map(|s| s.name.clone()).collect::<Vec<_>>());
+        // Each internal listener takes only the services that have business on it
+        // (orgauth::*_SERVICES).
+        let org_auth = |services: &'static [&'static str]| AuthPolicy::OrgServers {
+            secret: secret.clone(),
+            servers: org_servers.clone(),
+            services,
+        };
+        let settings = dir.transport();
+        let org = dir.organization();
+        let ip = ctx.bind_ip();
+        let session = |max_size: u64, max_recipients: usize| SessionConfig {
+            hostname: server.fqdn.clone(),
+            banner: format!("{} mailflow ESMTP MAIL Service ready", server.fqdn),
+            max_message_size: max_size,
+            max_recipients,
+            ..SessionConfig::default()
+        };
+        // Every connector's limits, their connection caps kept below the open-files limit
+        // together: [frontend, client frontend, client proxy, outbound proxy, transport,
+        // mailbox delivery, custom connectors in file order].
+        let limits = {
+            let cl = &server.connector_limits;
+            let max = server.max_inbound_connections;
+            let mut all = vec![
+                Limits::resolve(&cl.frontend, false, max),
+                Limits::resolve(&cl.client_frontend, false, max),
+                Limits::resolve(&cl.client_proxy, true, max),
+                Limits::resolve(&cl.outbound_proxy, true, max),
+                Limits::resolve(&cl.transport, true, max),
+                Limits::resolve(&cl.mailbox_delivery, true, max),
+            ];
+            all.extend(
+                dir.receive_connectors_of(&server.name)
+                    .map(|rc| Limits::resolve(&rc.limits, false, max)),
+            );
+            if let Some(open_files) = crate::net::receive::open_files_limit() {
+                let caps: Vec<usize> = all.iter().map(|l| l.max_connections).collect();
+                let clamped = crate::net::receive::clamp_to_open_files(&caps, open_files);
+                for (l, cap) in all.iter_mut().zip(clamped) {
+                    l.max_connections = cap;
+                    l.max_per_source = l.max_per_source.min(cap);
+                }
+            }
+            all
+        };
+        let connector = |name: String,
+                         port: u16,
+                         session: SessionConfig,
+                         auth: AuthPolicy,
+                         log: Option<crate::logs::protocol::ProtocolLog>,
+                         handler: crate::net::receive::HandlerFactory,
+                         limits: Limits| ReceiveConnector {
+            id: format!("{}\\{}", server.name, name).into(),
+            bind: SocketAddr::new(ip, port),
+            session,
+            tls: Some(tls.clone()),
+            auth,
+            protocol_log: log,
+            inactivity_timeout: settings.connection_inactivity_timeout,
+            connection_timeout: settings.connection_timeout,
+            limits,
+            default_domain: org
+                .accepted_domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or("localhost")
+                .into(),
+            implicit_tls: false,
+            remote_ranges: Vec::new(),
+            handler,
+        };
+        let verbose = |level: LoggingLevel, log: &crate::logs::protocol::ProtocolLog| {
+            (level == LoggingLevel::Verbose).then(|| log.clone())
+        };
+        // Internal hops carry what the first hop accepted plus headers: ExchangeServers
+        // bypass the size limit (reference §1.5), so allow generous headroom.
+        let internal_size = org.max_message_size.saturating_mul(2);
+
+        let fe_ctx = ctx.clone();
+        // The Front End's idle proxy sessions to Transport, shared by its connectors.
+        let proxy_pool = Arc::new(crate::frontend::proxy::Pool::default());
+        let fe_pool = proxy_pool.clone();
+        let fe_success_dsn = server.frontend_success_dsn_for_anonymous;
+        let frontend = connector(
+            format!("Default Frontend {}", server.name),
+            server.ports.frontend,
+            // Default Frontend takes 200 recipients (reference §1.2), never more than the
+            // organisation's envelope limit.
+            session(
+                org.max_message_size,
+                org.max_recipients_per_message.min(200),
+            ),
+            AuthPolicy::None,
+            verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
+            Arc::new(move || {
+                let session =
+                    FrontendSession::new(fe_ctx.clone(), fe_pool.clone(), FrontendMode::Internet);
+                Box::new(if fe_success_dsn {
+                    session
+                } else {
+                    session.without_success_dsn_for_anonymous()
+                })
+            }),
+            limits[0],
+        );
+        let t = transport.clone();
+        let mut hub = connector(
+            format!("Default {}", server.name),
+            server.ports.transport,
+            session(internal_size, 5000),
+            org_auth(orgauth::TRANSPORT_SERVICES),
+            verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
+            Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
+            limits[4],
+        );
+        let (md_ctx, md_stores) = (ctx.clone(), stores.clone());
+        let mut delivery = connector(
+            format!("Default Mailbox Delivery {}", server.name),
+            server.ports.mailbox_delivery,
+            session(internal_size, 5000),
+            org_auth(orgauth::MAILBOX_DELIVERY_SERVICES),
+            verbose(
+                settings.mailbox_delivery_connector_protocol_logging,
+                &ctx.mailbox_receive_log,
+            ),
+            Arc::new(move || {
+                Box::new(MailboxDeliverySession::new(
+                    md_ctx.clone(),
+                    md_stores.clone(),
+                ))
+            }),
+            limits[5],
+        );
+        // Internal listeners: with an organisation CA, a client certificate it signed.
+        for c in [&mut hub, &mut delivery] {
+            c.tls = Some(server_tls.internal.clone());
+        }
+        // Downstream first, so the first message through :25 finds everything listening.
+        let mut listener_tasks: Vec<(String, JoinHandle<()>)> = Vec::new();
+        let (delivery_addr, d) = delivery_runtime
+            .spawn(async move { delivery.bind().await })
+            .await??;
+        listener_tasks.push((format!("Default Mailbox Delivery {}", server.name), d));
+        let (hub_addr, h) = hub.bind().await?;
+        listener_tasks.push((format!("Default {}", server.name), h));
+        let dns = Arc::new(crate::net::dns::Dns::new(&settings.external_dns_servers)?);
+        let (op_ctx, op_dns) = (ctx.clone(), dns.clone());
+        let mut outbound_proxy = connector(
+            format!("Outbound Proxy Frontend {}", server.name),
+            server.ports.outbound_proxy,
+            session(internal_size, 5000),
+            org_auth(orgauth::OUTBOUND_PROXY_SERVICES),
+            verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
+            Arc::new(move || {
+                Box::new(crate::frontend::outbound_proxy::OutboundProxySession::new(
+                    op_ctx.clone(),
+                    op_dns.clone(),
+                ))
+            }),
+            limits[3],
+        );
+        outbound_proxy.tls = Some(server_tls.internal.clone());
+        let (proxy_addr, p) = outbound_proxy.bind().await?;
+        listener_tasks.push((format!("Outbound Proxy Frontend {}", server.name), p));
+
+        // Client submission: Client Frontend (587, STARTTLS + AUTH) proxies to the
+        // Transport service's Client Proxy (465), which only Front Ends may use.
+        let passwords = Arc::new(PasswordBook::new(dir.clone(), dir.file.clone()));
+        let throttle = Arc::new(AuthThrottle::default());
+        let users = AuthPolicy::Mailboxes {
+            book: passwords.clone(),
+            throttle: throttle.clone(),
+        };
+        let t = transport.clone();
+        let mut client_proxy = connector(
+            format!("Client Proxy {}", server.name),
+            server.ports.client_proxy,
+            session(internal_size, 200),
+            org_auth(orgauth::CLIENT_PROXY_SERVICES),
+            verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
+            Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
+            limits[2],
+        );
+        client_proxy.tls = Some(server_tls.internal.clone());
+        let (client_proxy_addr, cp) = client_proxy.bind().await?;
+        listener_tasks.push((format!("Client Proxy {}", server.name), cp));
+        let cf_ctx = ctx.clone();
+        let cf_pool = proxy_pool.clone();
+        let client_frontend = connector(
+            format!("Client Frontend {}", server.name),
+            server.ports.client_frontend,
+            session(
+                org.max_message_size,
+                org.max_recipients_per_message.min(200),
+            ),
+            users.clone(),
+            None,
+            Arc::new(move || {
+                Box::new(FrontendSession::new(
+                    cf_ctx.clone(),
+                    cf_pool.clone(),
+                    FrontendMode::Submission,
+                ))
+            }),
+            limits[1],
+        );
+        let (client_frontend_addr, cf) = client_frontend.bind().await?;
+        listener_tasks.push((format!("Client Frontend {}", server.name), cf));
+        let mut custom = Vec::new();
+        for rc in dir.receive_connectors_of(&server.name) {
+            let ranges = rc.remote_ranges.clone();
+            let (relay, user_auth) = (rc.relay, rc.users);
+            let log = verbose(
+                rc.protocol_logging,
+                if rc.service == ReceiveService::Transport {
+                    &ctx.hub_receive_log
+                } else {
+                    &ctx.frontend_receive_log
+                },
+            );
+            let success_dsn = rc.success_dsn_for_anonymous;
+            let (auth, handler): (AuthPolicy, crate::net::receive::HandlerFactory) =
+                if rc.service == ReceiveService::Transport {
+                    // An anonymous relay for applications in `remote_ranges` (validation
+                    // requires them), straight into Transport.
+                    let t = transport.clone();
+                    (
+                        AuthPolicy::None,
+                        Arc::new(move || {
+                            let session = TransportReceive::new(t.clone());
+                            Box::new(if success_dsn {
+                                session
+                            } else {
+                                session.without_success_dsn_for_anonymous()
+                            })
+                        }),
+                    )
+                } else {
+                    let mode = if user_auth {
+                        FrontendMode::Submission
+                    } else if relay {
+                        FrontendMode::AnonymousRelay
+                    } else {
+                        FrontendMode::Internet
+                    };
+                    let c = ctx.clone();
+                    let pool = proxy_pool.clone();
+                    let auth = if user_auth {
+                        users.clone()
+                    } else {
+                        AuthPolicy::None
+                    };
+                    (
+                        auth,
+                        Arc::new(move || {
+                            let session = FrontendSession::new(c.clone(), pool.clone(), mode);
+                            Box::new(if success_dsn {
+                                session
+                            } else {
+                                session.without_success_dsn_for_anonymous()
+                            })
+                        }),
+                    )
+                };
+            let bind = rc.bind;
+            let mut rconn = connector(
+                rc.name.clone(),
+                bind.port(),
+                session(org.max_message_size, 200),
+                auth,
+                log,
+                handler,
+                limits[6 + custom.len()],
+            );
+            rconn.bind = bind;
+            rconn.implicit_tls = rc.tls == ReceiveTls::Implicit;
+            rconn.remote_ranges = ranges;
+            let (addr, task) = rconn.bind().await?;
+            listener_tasks.push((rc.name.clone(), task));
+            custom.push((addr, rc.name.clone(), rconn_kind(rc)));
+        }
+        let (fe_addr, f) = frontend.bind().await?;
+        listener_tasks.push((format!("Default Frontend {}", server.name), f));
+        // Off loopback the admin API is HTTPS with this server's certificate (and does not
+        // start without an organisation CA to verify it by).
+        let (admin_addr, admin_https, a) = crate::admin::start(
+            SocketAddr::new(ip, server.ports.admin),
+            transport.clone(),
+            server_tls.own.clone(),
+        )
+        .await?;
+        listener_tasks.push(("admin API".into(), a));
+        // Ports left to the system (0, a lone server) are known now: this server's own
+        // hops use them, and `<data_dir>/listeners.json` tells the CLI and tests.
+        let bound = crate::directory::config::Ports {
+            frontend: fe_addr.port(),
+            client_frontend: client_frontend_addr.port(),
+            client_proxy: client_proxy_addr.port(),
+            outbound_proxy: proxy_addr.port(),
+            transport: hub_addr.port(),
+            mailbox_delivery: delivery_addr.port(),
+            admin: admin_addr.port(),
+        };
+        ctx.set_bound_ports(bound)?;
+        let mut listeners = vec![
+            Listener::new(
+                "frontend",
+                format!("Default Frontend {}", server.name),
+                fe_addr,
+            ),
+            Listener::new("transport", format!("Default {}", server.name), hub_addr),
+            Listener::new(
+                "mailbox_delivery",
+                format!("Default Mailbox Delivery {}", server.name),
+                delivery_addr,
+            ),
+            Listener::new(
+                "outbound_proxy",
+                format!("Outbound Proxy Frontend {}", server.name),
+                proxy_addr,
+            ),
+            Listener::new(
+                "client_frontend",
+                format!("Client Frontend {}", server.name),
+                client_frontend_addr,
+            ),
+            Listener::new(
+                "client_proxy",
+                format!("Client Proxy {}", server.name),
+                client_proxy_addr,
+            ),
+        ];
+        listeners.extend(
+            custom
+                .iter()
+                .map(|(addr, name, _)| Listener::new("receive_connector", name.clone(), *addr)),
+        );
+        listeners.push(Listener::new("admin", "admin API".into(), admin_addr));
+        let listeners_file = data_dir.join(LISTENERS_FILE);
+        write_listeners(
+            &listeners_file,
+            &Listeners {
+                server: server.name.clone(),
+                pid: std::process::id(),
+                ports: bound,
+                listeners,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", listeners_file.display()))?;
+        // Every listener is bound: only now does mail already on this server move (the
+        // queue database's messages, Outboxes, Pickup and Replay), so none of it meets
+        // this server's own Mailbox Delivery or Transport not yet listening and waits a
+        // retry interval for it.
+        {
+            let _delivery = delivery_runtime.enter();
+            transport.resume(resume);
+        }
+        let (stop, stopping) = watch::channel(false);
+        let mut service_tasks: Vec<(String, JoinHandle<()>)> = vec![(
+            "Mailbox Transport Submission".into(),
+            crate::mailbox::submission::start(ctx.clone(), stores.clone(), stopping.clone()),
+        )];
+        let watchers = crate::transport::pickup::start(
+            transport.clone(),
+            pickup_dir.clone(),
+            replay_dir.clone(),
+            dir.transport().pickup_directory_poll_interval,
+            stopping,
+        );
+        service_tasks.extend(
+            watchers
+                .into_iter()
+                .map(|task| ("Pickup/Replay watcher".to_string(), task)),
+        );
+        Ok(Server {
+            dir,
+            entry: server,
+            ctx,
+            transport,
+            data_dir,
+            pickup_dir,
+            replay_dir,
+            addresses: Addresses {
+                frontend: fe_addr,
+                transport: hub_addr,
+                mailbox_delivery: delivery_addr,
+                outbound_proxy: proxy_addr,
+                client_frontend: client_frontend_addr,
+                client_proxy: client_proxy_addr,
+                admin: admin_addr,
+                admin_https,
+                custom,
+            },
+            listener_tasks,
+            service_tasks,
+            stop,
+            active_manager,
+        })
+    }
+
+    /// Stops this server: first every listener stops accepting (its accept loop is
+    /// aborted and awaited, so its port refuses connections), then Submission and
+    /// Pickup/Replay stop between polls and Active Manager's watcher is aborted; every
+    /// task is awaited within SHUTDOWN_TIMEOUT in all (those that did not stop are
+    /// logged), then the logs are flushed and the queue database closed. Sessions
+    /// already running are not waited for: what they accepted is durable, and what they
+    /// had not yet acknowledged the client sends again, as after kill -9.
+    pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
+        for (_, task) in &self.listener_tasks {
+            task.abort();
+        }
+        await_all(deadline, self.listener_tasks).await;
+        tracing::info!("every listener closed");
+        let _ = self.stop.send(true);
+        self.active_manager.abort();
+        let mut services = self.service_tasks;
+        services.push(("Active Manager".to_string(), self.active_manager));
+        await_all(deadline, services).await;
+        self.ctx.flush_logs();
+        self.transport.queues.db.barrier().await;
+        tracing::info!(
+            transactions = self.transport.queues.db.transactions(),
+            "queue database closed"
+        );
+    }
+}
+
+/// Awaits each task until `deadline`, logging those that did not stop or failed.
+async fn await_all(deadline: tokio::time::Instant, tasks: Vec<(String, JoinHandle<()>)>) {
+    for (name, task) in tasks {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_cancelled() => {}
+            Ok(Err(e)) => tracing::warn!(task = %name, "ended with an error: {e}"),
+            Err(_) => tracing::warn!(task = %name, "did not stop within {SHUTDOWN_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// This server's TLS, from its certificate and the organisation CA. Without a CA (a
+/// file made before it existed) the certificate is made self-signed when the entry
+/// names none, as before, and with two servers or more the upgrade command is logged.
+/// With a CA: missing certificate files are issued at start when the CA key is
+/// readable here; a certificate the CA did not sign (for this server's fqdn) stops
+/// the start, naming the file and the command that issues a good one.
+fn server_tls(
+    dir: &crate::directory::Directory,
+    server: &crate::directory::Server,
+) -> anyhow::Result<crate::net::orgca::ServerTls> {
+    use crate::net::orgca;
+    let (cert, key) = orgca::server_cert_paths(dir, server);
+    let frontend = match (&server.frontend_tls_certificate, &server.frontend_tls_key) {
+        (Some(c), Some(k)) => Some((dir.path(c), dir.path(k))),
+        _ => None,
+    };
+    let file = dir
+        .file
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("mailflow.toml"));
+    let Some(ca) = dir.org_ca_certificate_path() else {
+        if server.tls_certificate.is_none() || server.tls_key.is_none() {
+            crate::net::tls::ensure_self_signed(&cert, &key, &server.fqdn)?;
+        }
+        if dir.server_count() >= 2 {
+            tracing::warn!("{}", orgca::legacy_warning(&file));
+        }
+        return orgca::ServerTls::new(
+            &cert,
+            &key,
+            None,
+            frontend.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        );
+    };
+    if !cert.exists() || !key.exists() {
+        let ca_key = dir
+            .org_ca_key_path()
+            .filter(|k| std::fs::File::open(k).is_ok());
+        if let Some(ca_key) = ca_key {
+            orgca::issue_server_certificate(&ca, &ca_key, server, &cert, &key)?;
+            tracing::info!(
+                "issued {} for {} from the organisation CA {}",
+                cert.display(),
+                server.name,
+                ca.display()
+            );
+        }
+    }
+    if let Err(why) = orgca::check_server_certificate(&cert, &ca, &server.fqdn) {
+        anyhow::bail!(
+            "server {}: {why}. Internal hops would refuse it; issue a certificate from the \
+             organisation CA with: {}",
+            server.name,
+            orgca::add_server_command(&server.name, &file)
+        );
+    }
+    orgca::ServerTls::new(
+        &cert,
+        &key,
+        Some(&ca),
+        frontend.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+}
+
+/// A custom receive connector in one phrase, for the start-up summary.
+fn rconn_kind(rc: &crate::directory::ReceiveConnector) -> String {
+    let tls = if rc.tls == ReceiveTls::Implicit {
+        "implicit TLS"
+    } else {
+        "STARTTLS"
+    };
+    format!(
+        "custom {} connector, {tls}, permissions {}",
+        rc.service,
+        rc.permissions.join("+")
+    )
+}
