@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::context::ServerContext;
 use crate::directory::credentials::{AuthThrottle, PasswordBook};
+use crate::directory::{ReceiveService, ReceiveTls};
 use crate::frontend::{FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
@@ -78,7 +79,7 @@ impl Server {
         delivery_runtime: tokio::runtime::Handle,
     ) -> anyhow::Result<Server> {
         // DESIGN §1: required once the organisation has two servers; a lone server makes one.
-        let lone = dir.org.servers.len() == 1;
+        let lone = dir.server_count() == 1;
         let secret = OrgSecret::load(&dir.secret_path(), lone)?;
         let data_dir = dir.data_dir(&server);
         let server_tls = Arc::new(server_tls(&dir, &server)?);
@@ -120,8 +121,8 @@ impl Server {
             servers: org_servers.clone(),
             services,
         };
-        let settings = &dir.org.transport;
-        let org = &dir.org.organization;
+        let settings = dir.transport();
+        let org = dir.organization();
         let ip = ctx.bind_ip();
         let session = |max_size: u64, max_recipients: usize| SessionConfig {
             hostname: server.fqdn.clone(),
@@ -145,12 +146,8 @@ impl Server {
                 Limits::resolve(&cl.mailbox_delivery, true, max),
             ];
             all.extend(
-                dir.org
-                    .receive_connectors
-                    .iter()
-                    .map(|r| r.get_ref())
-                    .filter(|rc| rc.server.eq_ignore_ascii_case(&server.name))
-                    .map(|rc| Limits::resolve(&rc.limits(), false, max)),
+                dir.receive_connectors_of(&server.name)
+                    .map(|rc| Limits::resolve(&rc.limits, false, max)),
             );
             if let Some(open_files) = crate::net::receive::open_files_limit() {
                 let caps: Vec<usize> = all.iter().map(|l| l.max_connections).collect();
@@ -326,26 +323,12 @@ impl Server {
         let (client_frontend_addr, cf) = client_frontend.bind().await?;
         listener_tasks.push((format!("Client Frontend {}", server.name), cf));
         let mut custom = Vec::new();
-        for rc in dir.org.receive_connectors.iter().map(|r| r.get_ref()) {
-            if !rc.server.eq_ignore_ascii_case(&server.name) {
-                continue;
-            }
-            let ranges: Vec<ipnet::IpNet> = rc
-                .remote_ranges
-                .iter()
-                .filter_map(|r| crate::directory::parse_ip_range(r))
-                .collect();
-            let relay = rc
-                .permissions
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case("relay"));
-            let user_auth = rc
-                .permissions
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case("users"));
+        for rc in dir.receive_connectors_of(&server.name) {
+            let ranges = rc.remote_ranges.clone();
+            let (relay, user_auth) = (rc.relay, rc.users);
             let log = verbose(
                 rc.protocol_logging,
-                if rc.service == "transport" {
+                if rc.service == ReceiveService::Transport {
                     &ctx.hub_receive_log
                 } else {
                     &ctx.frontend_receive_log
@@ -353,7 +336,7 @@ impl Server {
             );
             let success_dsn = rc.success_dsn_for_anonymous;
             let (auth, handler): (AuthPolicy, crate::net::receive::HandlerFactory) =
-                if rc.service == "transport" {
+                if rc.service == ReceiveService::Transport {
                     // An anonymous relay for applications in `remote_ranges` (validation
                     // requires them), straight into Transport.
                     let t = transport.clone();
@@ -395,7 +378,7 @@ impl Server {
                         }),
                     )
                 };
-            let bind: SocketAddr = rc.bind.parse()?;
+            let bind = rc.bind;
             let mut rconn = connector(
                 rc.name.clone(),
                 bind.port(),
@@ -406,7 +389,7 @@ impl Server {
                 limits[6 + custom.len()],
             );
             rconn.bind = bind;
-            rconn.implicit_tls = rc.tls.as_deref() == Some("implicit");
+            rconn.implicit_tls = rc.tls == ReceiveTls::Implicit;
             rconn.remote_ranges = ranges;
             let (addr, task) = rconn.bind().await?;
             listener_tasks.push((rc.name.clone(), task));
@@ -497,7 +480,7 @@ impl Server {
             transport.clone(),
             pickup_dir.clone(),
             replay_dir.clone(),
-            dir.org.transport.pickup_directory_poll_interval,
+            dir.transport().pickup_directory_poll_interval,
             stopping,
         );
         service_tasks.extend(
@@ -595,7 +578,7 @@ fn server_tls(
         if server.tls_certificate.is_none() || server.tls_key.is_none() {
             crate::net::tls::ensure_self_signed(&cert, &key, &server.fqdn)?;
         }
-        if dir.org.servers.len() >= 2 {
+        if dir.server_count() >= 2 {
             tracing::warn!("{}", orgca::legacy_warning(&file));
         }
         return orgca::ServerTls::new(
@@ -637,7 +620,7 @@ fn server_tls(
 
 /// A custom receive connector in one phrase, for the start-up summary.
 fn rconn_kind(rc: &crate::directory::ReceiveConnector) -> String {
-    let tls = if rc.tls.as_deref() == Some("implicit") {
+    let tls = if rc.tls == ReceiveTls::Implicit {
         "implicit TLS"
     } else {
         "STARTTLS"

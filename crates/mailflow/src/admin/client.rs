@@ -147,17 +147,12 @@ impl AdminClient {
 
 /// Where a server's admin API listens (its `bind`, else its `address`), and the IP to
 /// connect to: the listening one, or `address` when it listens on every interface.
-/// An address that is not an IP counts as off loopback (HTTPS).
 fn endpoint(server: &Server) -> (IpAddr, IpAddr) {
-    let address: Option<IpAddr> = server.address.parse().ok();
-    let bind: Option<IpAddr> = server.bind.as_deref().and_then(|b| b.parse().ok());
-    let listen = bind
-        .or(address)
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let host = bind
+    let listen = server.listen_ip();
+    let host = server
+        .bind_ip()
         .filter(|b| !b.is_unspecified())
-        .or(address)
-        .unwrap_or(listen);
+        .unwrap_or(server.ip());
     (listen, host)
 }
 

@@ -15,11 +15,11 @@ pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
             println!(
                 "{}: OK ({} servers, {} databases, {} mailboxes, {} groups, {} send connectors)",
                 path.display(),
-                d.org.servers.len(),
-                d.org.databases.len(),
-                d.org.mailboxes.len(),
-                d.org.groups.len(),
-                d.org.send_connectors.len()
+                d.server_count(),
+                d.databases().count(),
+                d.mailboxes().count(),
+                d.groups().count(),
+                d.send_connectors().count()
             );
             // Warnings, not errors: a file made before the organisation CA keeps working.
             for w in trust_warnings(&d, &path) {

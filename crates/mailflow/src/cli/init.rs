@@ -95,7 +95,7 @@ pub fn run(g: &Global, a: InitArgs) -> anyhow::Result<ExitCode> {
     // Validate before writing, so a bad --domain or --mailbox never leaves a broken file.
     let parsed = Directory::parse(&text, &file.display().to_string(), dir.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let org = parsed.org.organization.name.clone();
+    let org = parsed.organization().name.clone();
     let (ca_cert, ca_key) = (dir.join(CA_CERT), dir.join(CA_KEY));
     // `--force` over an organisation that has its CA keeps it: the other servers'
     // certificates stay valid.
@@ -264,7 +264,7 @@ fn add_ca(file: &Path) -> anyhow::Result<ExitCode> {
     for name in &names {
         add_cert_keys(&mut doc, name)?;
     }
-    let org_name = dir.org.organization.name.clone();
+    let org_name = dir.organization().name.clone();
     let mut ca_shown = PathBuf::new();
     commit(file, &text, &doc, |dir| {
         let (ca_cert, ca_key) = ca_paths(dir, file)?;

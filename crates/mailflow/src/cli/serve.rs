@@ -55,7 +55,7 @@ async fn serve(
 
 /// What `mailflow serve` prints once every listener is bound.
 fn summary(s: &Server) {
-    let (dir, server, org, a) = (&s.dir, &s.entry, &s.dir.org.organization, &s.addresses);
+    let (dir, server, org, a) = (&s.dir, &s.entry, s.dir.organization(), &s.addresses);
     println!(
         "mailflow {} — server {} ({}) of organisation {:?}",
         env!("CARGO_PKG_VERSION"),

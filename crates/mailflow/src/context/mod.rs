@@ -128,11 +128,7 @@ fn restart_needed(old: &OrgConfig, new: &OrgConfig) -> Vec<String> {
     }
     let connectors = |c: &OrgConfig| {
         c.dir
-            .org
-            .receive_connectors
-            .iter()
-            .map(|r| r.get_ref())
-            .filter(|r| r.server.eq_ignore_ascii_case(name))
+            .receive_connectors_of(name)
             .map(|r| debug(r))
             .collect::<Vec<_>>()
     };
@@ -158,10 +154,10 @@ fn restart_needed(old: &OrgConfig, new: &OrgConfig) -> Vec<String> {
     if servers(old) != servers(new) {
         changed.push("the list of servers".into());
     }
-    if debug(&old.dir.org.transport) != debug(&new.dir.org.transport) {
+    if debug(&old.dir.transport()) != debug(&new.dir.transport()) {
         changed.push("[transport] settings".into());
     }
-    let (o, n) = (&old.dir.org.organization, &new.dir.org.organization);
+    let (o, n) = (&old.dir.organization(), &new.dir.organization());
     if (
         o.max_message_size,
         o.max_recipients_per_message,
@@ -281,7 +277,7 @@ impl ServerContext {
             anyhow::anyhow!("cannot create data folder {}: {e}", data_dir.display())
         })?;
         let paths = LogPaths::new(&data_dir);
-        let ip: IpAddr = server.address.parse()?;
+        let ip = server.ip();
         let proto = |p: &PathBuf, d| ProtocolLog::open(p, d, LOG_FILE_SIZE);
         Ok(ServerContext {
             tracking_transport: TrackingLog::open(
@@ -384,11 +380,7 @@ impl ServerContext {
 
     /// Where this server's listeners bind.
     pub fn bind_ip(&self) -> IpAddr {
-        self.server
-            .bind
-            .as_deref()
-            .and_then(|b| b.parse().ok())
-            .unwrap_or(self.ip)
+        self.server.bind_ip().unwrap_or(self.ip)
     }
 
     /// The name a peer's certificate must carry: the fqdn of the `[[servers]]` entry
@@ -398,10 +390,7 @@ impl ServerContext {
         let dir = self.dir();
         dir.servers()
             .find(|s| {
-                let ip_matches = [Some(&s.address), s.bind.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|a| a.parse::<IpAddr>().ok() == Some(target.ip()));
+                let ip_matches = s.ip() == target.ip() || s.bind_ip() == Some(target.ip());
                 let p = &s.ports;
                 ip_matches
                     && [
@@ -505,13 +494,13 @@ pub async fn connect_intra_org_as(
     target: SocketAddr,
     service: &str,
 ) -> Result<SmtpClient, ClientError> {
-    let log =
-        if ctx.dir().org.transport.intra_org_connector_protocol_logging == LoggingLevel::Verbose {
-            ctx.hub_send_log
-                .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
-        } else {
-            ProtocolSession::disabled()
-        };
+    let log = if ctx.dir().transport().intra_org_connector_protocol_logging == LoggingLevel::Verbose
+    {
+        ctx.hub_send_log
+            .session(INTRA_ORG_SEND_CONNECTOR, SocketAddr::new(ctx.ip, 0), target)
+    } else {
+        ProtocolSession::disabled()
+    };
     let mut client = ctx
         .connect_org(
             target,

@@ -4,6 +4,7 @@
 //! line of the entry and of the offending key.
 
 use serde::{Deserialize, Deserializer};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -11,9 +12,6 @@ use crate::logs::LoggingLevel;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-// Sections for later releases (site routing, client AUTH, custom receive connectors,
-// mail flow rules) are parsed and validated now, so files written today stay valid.
-#[allow(dead_code)]
 pub struct OrgFile {
     pub organization: Organization,
     #[serde(default)]
@@ -35,7 +33,7 @@ pub struct OrgFile {
     #[serde(default)]
     pub send_connectors: Vec<Spanned<SendConnector>>,
     #[serde(default)]
-    pub receive_connectors: Vec<Spanned<ReceiveConnector>>,
+    pub receive_connectors: Vec<Spanned<ReceiveConnectorEntry>>,
     /// Mail flow rules (the Transport Rule agent reads them, see transport/agents).
     #[serde(default)]
     pub transport_rules: Vec<Spanned<toml::Table>>,
@@ -165,7 +163,6 @@ impl Default for TransportSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // hub_site: least-cost routing between sites (next release)
 pub struct Site {
     pub name: String,
     #[serde(default)]
@@ -174,7 +171,6 @@ pub struct Site {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // cost: least-cost routing between sites (next release)
 pub struct SiteLink {
     pub sites: Vec<String>,
     /// Exchange's default site link cost is 100.
@@ -218,7 +214,7 @@ pub struct Server {
     #[serde(default = "verbose")]
     pub frontend_protocol_logging: LoggingLevel,
     /// `success_dsn_for_anonymous` of `Default Frontend <server>` (see
-    /// [`ReceiveConnector::success_dsn_for_anonymous`]).
+    /// [`ReceiveConnectorEntry::success_dsn_for_anonymous`]).
     #[serde(default = "yes")]
     pub frontend_success_dsn_for_anonymous: bool,
     /// Protocol logging of `Default <server>` (None by default).
@@ -238,6 +234,27 @@ pub struct Server {
     /// `[servers.ports]`).
     #[serde(default)]
     pub connector_limits: BuiltinConnectorLimits,
+}
+
+impl Server {
+    /// `address` as an IP. The validator rejects a file whose `address` is not one, so
+    /// a loaded directory's servers always have it; UNSPECIFIED only for an entry that
+    /// did not come through [`super::Directory::parse`].
+    pub fn ip(&self) -> IpAddr {
+        self.address
+            .parse()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// `bind` as an IP, when the file sets it (validated at load like `address`).
+    pub fn bind_ip(&self) -> Option<IpAddr> {
+        self.bind.as_deref().and_then(|b| b.parse().ok())
+    }
+
+    /// Where the server's listeners bind: `bind`, else `address`.
+    pub fn listen_ip(&self) -> IpAddr {
+        self.bind_ip().unwrap_or_else(|| self.ip())
+    }
 }
 
 /// `[servers.connector_limits.<listener>]`: Set-ReceiveConnector's limits for the
@@ -493,6 +510,12 @@ impl TlsAuthLevel {
 }
 
 impl SendConnector {
+    /// `tls = "required"`: no STARTTLS, no delivery (the validator accepts only
+    /// `"required"` and `"opportunistic"`).
+    pub fn tls_required(&self) -> bool {
+        self.tls == "required"
+    }
+
     /// The level in force: the file's value (checked at load), else the default that
     /// [`SendConnector::tls_auth_level`]'s field documents.
     pub fn tls_auth_level(&self) -> TlsAuthLevel {
@@ -506,7 +529,9 @@ impl SendConnector {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReceiveConnector {
+/// As written; the rest of the crate sees [`super::ReceiveConnector`], made from it
+/// at load.
+pub struct ReceiveConnectorEntry {
     pub name: String,
     pub server: String,
     /// `frontend` or `transport`.
@@ -540,7 +565,7 @@ pub struct ReceiveConnector {
     pub success_dsn_for_anonymous: bool,
 }
 
-impl ReceiveConnector {
+impl ReceiveConnectorEntry {
     /// The connector's limit keys, as for a built-in connector.
     pub fn limits(&self) -> ConnectorLimits {
         ConnectorLimits {

@@ -8,6 +8,7 @@ pub mod ca_file;
 pub mod config;
 pub mod credentials;
 pub mod permissions;
+pub mod receive_connectors;
 pub mod send_connectors;
 pub mod topology;
 pub mod transport_rules;
@@ -16,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub use config::*;
+pub use receive_connectors::{ReceiveConnector, ReceiveService, ReceiveTls};
 
 /// A configuration error that names file, line and key (DESIGN §2).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,7 +44,9 @@ pub enum Recipient {
 /// The loaded organisation.
 #[derive(Debug, Clone)]
 pub struct Directory {
-    pub org: OrgFile,
+    /// The file's raw shape; only directory/ reads it; the rest of the crate goes
+    /// through the accessors below.
+    org: OrgFile,
     /// The file it came from (for messages), or `<built-in>`.
     pub source: String,
     /// The organisation file, when there is one (the built-in organisation has none).
@@ -51,6 +55,8 @@ pub struct Directory {
     pub base_dir: PathBuf,
     addresses: HashMap<String, Recipient>,
     accepted: HashSet<String>,
+    /// `org.receive_connectors`, typed (same order).
+    receive: Vec<ReceiveConnector>,
 }
 
 impl Directory {
@@ -116,6 +122,14 @@ impl Directory {
             .iter()
             .map(|d| d.to_lowercase())
             .collect();
+        let receive = org
+            .receive_connectors
+            .iter()
+            .map(|r| {
+                ReceiveConnector::from_entry(r.get_ref())
+                    .expect("the validator accepted this receive connector")
+            })
+            .collect();
         Ok(Directory {
             org,
             source: source.into(),
@@ -123,6 +137,7 @@ impl Directory {
             base_dir,
             addresses,
             accepted,
+            receive,
         })
     }
 
@@ -154,6 +169,47 @@ impl Directory {
             return Some(Recipient::Mailbox(admin));
         }
         None
+    }
+
+    /// The `[organization]` table.
+    pub fn organization(&self) -> &Organization {
+        &self.org.organization
+    }
+    /// The `[transport]` settings (organisation-wide).
+    pub fn transport(&self) -> &TransportSettings {
+        &self.org.transport
+    }
+    /// The domain the organisation's own notices come from (`postmaster@` it): the
+    /// first accepted domain.
+    pub fn first_accepted_domain(&self) -> Option<&str> {
+        self.org
+            .organization
+            .accepted_domains
+            .first()
+            .map(String::as_str)
+    }
+    pub fn server_count(&self) -> usize {
+        self.org.servers.len()
+    }
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.org.groups.iter().map(|g| g.get_ref())
+    }
+    pub fn dags(&self) -> impl Iterator<Item = &Dag> {
+        self.org.dags.iter().map(|d| d.get_ref())
+    }
+    pub fn dag(&self, name: &str) -> Option<&Dag> {
+        self.dags().find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+    pub fn receive_connectors(&self) -> impl Iterator<Item = &ReceiveConnector> {
+        self.receive.iter()
+    }
+    /// The custom receive connectors of one server, in file order.
+    pub fn receive_connectors_of<'a>(
+        &'a self,
+        server: &'a str,
+    ) -> impl Iterator<Item = &'a ReceiveConnector> + 'a {
+        self.receive_connectors()
+            .filter(move |r| r.server.eq_ignore_ascii_case(server))
     }
 
     pub fn mailbox(&self, i: usize) -> &Mailbox {

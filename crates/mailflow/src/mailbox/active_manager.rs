@@ -102,10 +102,7 @@ fn holds_copy(db: &Database, server: &str) -> bool {
 
 /// Whether a server's Mailbox Delivery listener accepts a connection.
 async fn answers(server: &Server) -> bool {
-    let Ok(ip) = server.address.parse() else {
-        return false;
-    };
-    let addr = SocketAddr::new(ip, server.ports.mailbox_delivery);
+    let addr = SocketAddr::new(server.ip(), server.ports.mailbox_delivery);
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
@@ -175,13 +172,7 @@ fn failover_after(
     db.copies
         .first()
         .and_then(|c| topology.dag_of(c))
-        .and_then(|dag| {
-            dir.org
-                .dags
-                .iter()
-                .map(|d| d.get_ref())
-                .find(|d| d.name.eq_ignore_ascii_case(dag))
-        })
+        .and_then(|dag| dir.dag(dag))
         .map(|d| d.failover_after)
         .unwrap_or(Duration::from_secs(10))
 }

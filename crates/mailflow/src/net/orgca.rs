@@ -164,14 +164,8 @@ pub fn issue_server_certificate(
     let mut params = CertificateParams::new(names)
         .with_context(|| format!("server {}: unusable name", server.name))?;
     let mut ips: Vec<IpAddr> = Vec::new();
-    for a in std::iter::once(Some(&server.address))
-        .chain(std::iter::once(server.bind.as_ref()))
-        .flatten()
-    {
-        if let Ok(ip) = a.parse::<IpAddr>()
-            && !ip.is_unspecified()
-            && !ips.contains(&ip)
-        {
+    for ip in [Some(server.ip()), server.bind_ip()].into_iter().flatten() {
+        if !ip.is_unspecified() && !ips.contains(&ip) {
             ips.push(ip);
         }
     }

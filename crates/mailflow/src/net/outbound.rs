@@ -202,7 +202,7 @@ async fn session(
                 }
             }
         }
-    } else if connector.tls == "required" || level != TlsAuthLevel::EncryptionOnly {
+    } else if connector.tls_required() || level != TlsAuthLevel::EncryptionOnly {
         // Exchange: a TlsAuthLevel implies RequireTLS.
         client.quit().await;
         return Err(format!(

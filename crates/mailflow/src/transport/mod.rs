@@ -125,10 +125,10 @@ impl TransportService {
             submit: submit_tx.clone(),
         };
         let dns = Arc::new(crate::net::dns::Dns::new(
-            &ctx.dir().org.transport.external_dns_servers,
+            &ctx.dir().transport().external_dns_servers,
         )?);
         let outbound = Arc::new(tokio::sync::Semaphore::new(
-            ctx.dir().org.transport.max_outbound_connections.max(1),
+            ctx.dir().transport().max_outbound_connections.max(1),
         ));
         // The transmitters park poison messages in a queue of the set they serve.
         let queues = Arc::new_cyclic(|queues| {
@@ -362,7 +362,8 @@ impl TransportService {
 }
 
 fn retry_policy(ctx: &ServerContext) -> RetryPolicy {
-    let t = &ctx.dir().org.transport;
+    let dir = ctx.dir();
+    let t = dir.transport();
     RetryPolicy {
         glitch_count: t.queue_glitch_retry_count,
         glitch_interval: t.queue_glitch_retry_interval,

@@ -115,7 +115,7 @@ async fn process(service: &TransportService, file: &Path, kind: Kind) {
         return;
     }
     let ctx = &service.ctx;
-    let max_size = ctx.dir().org.organization.max_message_size;
+    let max_size = ctx.dir().organization().max_message_size;
     let raw = match read_regular(&claimed, max_size) {
         Ok(Ok(r)) => r,
         Ok(Err(reason)) => {

@@ -123,7 +123,8 @@ impl SmtpHandler for TransportReceive {
 impl TransportReceive {
     async fn accept(&mut self, info: &SessionInfo) -> Reply {
         let ctx = &self.service.ctx;
-        let org = &ctx.dir().org.organization;
+        let dir = ctx.dir();
+        let org = dir.organization();
         let content = std::mem::take(&mut self.content);
         // Reference §11.3: MaxHopCount counts Received: fields; 5.4.6 ends a loop.
         // MaxLocalHopCount counts the Received: fields this server wrote.

@@ -6,6 +6,7 @@
 //! know each other's ports, so those come from [`free_ports`] (racy, retried).
 //! Waiting: [`wait_for`] polls a condition with a deadline and [`assert_for`] proves
 //! that nothing happens for a while; no test sleeps otherwise.
+// Every integration test binary compiles this module and uses only some of it.
 #![allow(dead_code)]
 
 pub mod postfix;

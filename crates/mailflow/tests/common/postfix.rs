@@ -7,6 +7,7 @@
 //! Needs root (Postfix's master must start as root) and Debian's `postfix` package;
 //! `static:`/`texthash:` maps are built in, so neither `postmap` nor `postfix-pcre`
 //! is needed.
+// Every integration test binary compiles this module and uses only some of it.
 #![allow(dead_code)]
 
 use super::{file_text, free_ports, wait_for};

@@ -2,6 +2,7 @@
 //! specification (not from the server's code), so the tests check the server against
 //! the document. Include with `#[path = "common/server_auth.rs"] mod server_auth;`
 //! next to `mod common;`.
+// Every integration test binary compiles this module and uses only some of it.
 #![allow(dead_code)]
 
 use base64::Engine;

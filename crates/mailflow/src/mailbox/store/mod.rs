@@ -170,8 +170,6 @@ pub enum StoreError {
 ///
 /// `#[async_trait]` (boxed futures) rather than native async methods, because the
 /// server holds the configured backend as `Arc<dyn MailboxStore>`.
-// take_outbox/move_item serve Mailbox Transport Submission (next release).
-#[allow(dead_code)]
 #[async_trait]
 pub trait MailboxStore: Send + Sync {
     /// Stores items, durably (on disk, fsync'd) before the future resolves, because

@@ -254,12 +254,12 @@ impl RoutingView<'_> {
                 .active
                 .active_server(d)
                 .and_then(|s| self.dir.server(&s))
-                .and_then(|s| {
-                    Some((
+                .map(|s| {
+                    (
                         s.name.clone(),
                         s.fqdn.clone(),
-                        SocketAddr::new(s.address.parse().ok()?, s.ports.mailbox_delivery),
-                    ))
+                        SocketAddr::new(s.ip(), s.ports.mailbox_delivery),
+                    )
                 })
                 .into_iter()
                 .collect(),
@@ -323,10 +323,8 @@ impl RoutingView<'_> {
         }
         let mut servers: Vec<&str> = self
             .dir
-            .org
-            .groups
-            .iter()
-            .filter_map(|g| g.get_ref().expansion_server.as_deref())
+            .groups()
+            .filter_map(|g| g.expansion_server.as_deref())
             .collect();
         servers.sort_unstable();
         servers.dedup();

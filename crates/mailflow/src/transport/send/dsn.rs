@@ -154,11 +154,8 @@ pub fn build(
     let env = &msg.envelope;
     let domain = ctx
         .dir()
-        .org
-        .organization
-        .accepted_domains
-        .first()
-        .cloned()
+        .first_accepted_domain()
+        .map(str::to_string)
         .unwrap_or_else(|| ctx.fqdn().to_string());
     let boundary = format!("mailflow-dsn-{}", uuid::Uuid::new_v4().simple());
     let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), ctx.fqdn());
@@ -341,7 +338,8 @@ impl DsnSubmitter {
         // ExternalDelayDSNEnabled / InternalDelayDSNEnabled (reference §6), by how the
         // message entered the organisation.
         if kind == DsnKind::Delayed {
-            let settings = &self.ctx.dir().org.transport;
+            let dir = self.ctx.dir();
+            let settings = dir.transport();
             let enabled = match message::AuthAs::of(&msg.content) {
                 message::AuthAs::Internal => settings.internal_delay_dsn_enabled,
                 message::AuthAs::Anonymous => settings.external_delay_dsn_enabled,
@@ -377,13 +375,7 @@ impl DsnSubmitter {
             subject: message::subject(&content),
             sender_header: format!(
                 "postmaster@{}",
-                ctx.dir()
-                    .org
-                    .organization
-                    .accepted_domains
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("localhost")
+                ctx.dir().first_accepted_domain().unwrap_or("localhost")
             ),
             received_at: now_timestamp(),
             body: "8BITMIME".into(),

@@ -90,8 +90,7 @@ impl Transmitter {
             DeliveryType::DnsConnectorDelivery | DeliveryType::SmartHostConnectorDelivery => self
                 .ctx
                 .dir()
-                .org
-                .transport
+                .transport()
                 .max_per_domain_outbound_connections
                 .max(1),
             _ => RELAY_CONNECTIONS,
@@ -194,8 +193,9 @@ impl Transmitter {
             let Some(s) = cfg.dir.server(&name) else {
                 continue;
             };
-            let Ok(ip) = s.address.parse() else { continue };
-            match connect_intra_org(&self.ctx, SocketAddr::new(ip, s.ports.outbound_proxy)).await {
+            match connect_intra_org(&self.ctx, SocketAddr::new(s.ip(), s.ports.outbound_proxy))
+                .await
+            {
                 Ok(client) => return Ok((s.fqdn.clone(), client)),
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
@@ -313,7 +313,7 @@ impl Transmitter {
     /// connection, EHLO and AUTH on both sides. `None`: close the session (idle time over, or the next hop is now served
     /// by another server, e.g. after a database move).
     async fn wait_cached(&self, queue: &DeliveryQueue, peer: &Peer) -> Option<Item> {
-        let idle = self.ctx.dir().org.transport.intra_org_connection_cache_time;
+        let idle = self.ctx.dir().transport().intra_org_connection_cache_time;
         let deadline = tokio::time::Instant::now() + idle;
         loop {
             if !queue.wait_for_work_cached(deadline).await {
@@ -642,7 +642,8 @@ impl Transmitter {
     /// Expires old messages (NDR 4.4.7) and sends one delay notice per recipient once
     /// the delay notification timeout has passed (reference §6).
     async fn sweeper(self, queue: Arc<DeliveryQueue>) {
-        let settings = &self.ctx.dir().org.transport;
+        let dir = self.ctx.dir();
+        let settings = dir.transport();
         let expiry = Expiry {
             expiration: settings.message_expiration_timeout,
             delay: settings.delay_notification_timeout,

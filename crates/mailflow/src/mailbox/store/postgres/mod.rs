@@ -27,7 +27,7 @@
 //! [`super`] (the store's types) and tokio-postgres: nothing else of mailflow.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -106,7 +106,7 @@ impl PostgresStore {
 
     /// Like [`new`](Self::new), then connects and checks the schema, so that a wrong
     /// URL or an unreachable server shows now rather than at the first delivery.
-    #[allow(dead_code)] // open_store connects lazily; tests and tools use this
+    #[cfg(test)]
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
         let store = Self::new(url, database)?;
         store.reader().await?;
@@ -137,9 +137,11 @@ impl PostgresStore {
 
     /// Transactions committed by this store's writer so far. Fewer transactions than
     /// commits means the writer grouped them.
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub fn transactions(&self) -> u64 {
-        self.inner.transactions.load(Ordering::Relaxed)
+        self.inner
+            .transactions
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn write(&self, op: Op) -> Result<Done, StoreError> {

@@ -8,6 +8,7 @@ use super::*;
 use crate::mailbox::store::contract_tests::{
     Backend, TestResult, USER1, USER2, contract_tests, deliver, ids, inbox, item,
 };
+use std::sync::atomic::Ordering;
 use tokio::sync::Barrier;
 use tokio_postgres::error::SqlState;
 
