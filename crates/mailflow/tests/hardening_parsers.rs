@@ -173,20 +173,7 @@ Content-Transfer-Encoding: 8bit\r\n\
 --b--\r\n"
     );
     // From alice's Outbox (an authenticated submission, as a user's client makes).
-    let eml = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(eml.path(), &content).unwrap();
-    let out = server.cli(&[
-        "mailbox",
-        "send",
-        "alice@contoso.test",
-        "--eml",
-        eml.path().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.send_from_outbox("alice@contoso.test", &content);
 
     let got = postfix.wait_messages(1);
     let m = &got[0];

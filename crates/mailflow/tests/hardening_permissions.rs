@@ -198,29 +198,15 @@ fn send_as_is_checked_on_header_from_and_sender_for_587_clients_and_the_outbox()
 
     // The Outbox (Mailbox Transport Submission) follows the same rule: refused by
     // Transport, logged SUBMITFAIL, back to Drafts.
-    let eml = server.dir.path().join("forged.eml");
-    std::fs::write(
-        &eml,
-        mail(
+    server.send_from_outbox(
+        "alice@contoso.test",
+        &mail(
             "Carol <carol@contoso.test>",
             "bob@contoso.test",
             "outbox forged from",
             "",
             "pay now",
         ),
-    )
-    .unwrap();
-    let out = server.cli(&[
-        "mailbox",
-        "send",
-        "alice@contoso.test",
-        "--eml",
-        eml.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let failed = wait_for(
         "SUBMITFAIL of the forged Outbox message",
@@ -336,29 +322,15 @@ fn anonymous_mail_with_an_organisation_sender_is_outside_the_organisation_for_ru
     );
     assert!(r["data"].as_str().unwrap_or("").contains("Queued"), "{r}");
     // From an Outbox, and from the Pickup directory (an administrator's): inside.
-    let eml = server.dir.path().join("outbox.eml");
-    std::fs::write(
-        &eml,
-        mail(
+    server.send_from_outbox(
+        "alice@contoso.test",
+        &mail(
             "alice@contoso.test",
             "bob@contoso.test",
             "from the outbox",
             "",
             "hi",
         ),
-    )
-    .unwrap();
-    let out = server.cli(&[
-        "mailbox",
-        "send",
-        "alice@contoso.test",
-        "--eml",
-        eml.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let pickup = server.data_dir().join("Pickup");
     wait_for("the Pickup directory", Duration::from_secs(30), || {

@@ -191,24 +191,9 @@ fn validating_connector(port: u16, ca: &Path) -> String {
 
 /// Alice sends to the outside from her mailbox (Mailbox Transport Submission).
 fn alice_sends(server: &Server, subject: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.eml");
-    std::fs::write(
-        &file,
-        format!("From: Alice <alice@contoso.test>\r\nTo: partner@fabrikam.test\r\nSubject: {subject}\r\n\r\nhello\r\n"),
-    )
-    .unwrap();
-    let out = server.cli(&[
-        "mailbox",
-        "send",
+    server.send_from_outbox(
         "alice@contoso.test",
-        "--eml",
-        file.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &format!("From: Alice <alice@contoso.test>\r\nTo: partner@fabrikam.test\r\nSubject: {subject}\r\n\r\nhello\r\n"),
     );
 }
 

@@ -450,6 +450,25 @@ impl Server {
             .unwrap()
     }
 
+    /// Puts `content` in `mailbox`'s Outbox (`mailbox send --eml`), as a user's client
+    /// does: Mailbox Transport Submission takes it from there.
+    pub fn send_from_outbox(&self, mailbox: &str, content: &str) {
+        let eml = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(eml.path(), content).unwrap();
+        let out = self.cli(&[
+            "mailbox",
+            "send",
+            mailbox,
+            "--eml",
+            eml.path().to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.push("--json");
