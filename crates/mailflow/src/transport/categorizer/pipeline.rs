@@ -24,15 +24,14 @@ pub(crate) async fn categorizer_loop(
     mut rx: mpsc::UnboundedReceiver<Submission>,
 ) {
     while let Some(submission) = rx.recv().await {
-        if submission.counted {
+        if submission.origin.counted() {
             service.queues.submission.fetch_sub(1, Ordering::Relaxed);
         }
         // What is needed to defer the message if its handling panics.
         let salvage = Submission {
             message: submission.message.clone(),
             recipients: submission.recipients.clone(),
-            counted: false,
-            ..submission
+            origin: submission.origin.clone(),
         };
         let handled = std::panic::AssertUnwindSafe(categorize_one(&service, submission))
             .catch_unwind()
@@ -58,7 +57,7 @@ impl TransportService {
             "the categorizer panicked on a message ({panic}); the categorizer goes on"
         );
         if crashes >= POISON_THRESHOLD {
-            if !submission.resubmit {
+            if !submission.origin.rerouted() {
                 // Rerouted recipients are counted already; new ones enter the queue.
                 msg.add_pending(submission.recipients.len());
             }
@@ -85,7 +84,7 @@ impl TransportService {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = submit.send(Submission {
-                counted: true,
+                origin: submission.origin.deferred(),
                 ..submission
             });
         });
@@ -99,10 +98,9 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
     let Submission {
         message: msg,
         recipients,
-        resubmit,
-        hold,
-        counted: _,
+        origin,
     } = submission;
+    let (resubmit, hold) = (origin.rerouted(), origin.held());
     let consumed = if resubmit { recipients.len() } else { 0 };
     service.poison_marker.set(msg.id);
     // Fault injection for the poison-queue test: a message that kills the server.
