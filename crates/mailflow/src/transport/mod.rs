@@ -189,7 +189,7 @@ impl TransportService {
                 runtime: tokio::runtime::Handle::current(),
                 queues: queues.clone(),
             };
-            Queues::new(db, ctx.name(), Box::new(move |q| transmitter.start(q)))
+            Queues::new(db, ctx.name(), Box::new(transmitter))
         });
         let service = Arc::new(TransportService {
             ctx: ctx.clone(),

@@ -13,5 +13,5 @@ pub mod store;
 
 pub use delivery_queue::{DeliveryQueue, MessageInfo, QueueInfo};
 pub use message::{DeliveryType, Item, NextHop, QueuedMessage};
-pub use queues::Queues;
+pub use queues::{NewQueues, Queues};
 pub use retry::{Expiry, RetryPolicy};

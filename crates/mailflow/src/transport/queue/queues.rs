@@ -1,6 +1,6 @@
 //! Every delivery queue of one server, created on demand per next hop, and the
-//! Submission queue's count (Get-Queue). A new queue's transmitter is started by a
-//! closure the Transport service gives; queue/ must not import send/.
+//! Submission queue's count (Get-Queue). A new queue is announced to whoever starts its
+//! transmitter through [`NewQueues`]; queue/ must not import send/.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,8 +17,15 @@ pub struct Queues {
     inner: Mutex<QueuesInner>,
     /// Messages accepted but not yet categorized (the Submission queue's count).
     pub submission: AtomicUsize,
-    /// Starts a transmitter for a new queue (set by the Transport service).
-    on_new_queue: Box<dyn Fn(Arc<DeliveryQueue>) + Send + Sync>,
+    /// Starts a transmitter for a new queue (send/'s, given by the Transport service).
+    transmitters: Box<dyn NewQueues>,
+}
+
+/// What is told of each delivery queue [`Queues`] creates: send/'s transmitter, which
+/// starts emptying it. queue/ knows nothing more of what it starts.
+pub trait NewQueues: Send + Sync {
+    /// `queue` was just created.
+    fn created(&self, queue: Arc<DeliveryQueue>);
 }
 
 struct QueuesInner {
@@ -27,11 +34,7 @@ struct QueuesInner {
 }
 
 impl Queues {
-    pub fn new(
-        db: QueueDb,
-        server: &str,
-        on_new_queue: Box<dyn Fn(Arc<DeliveryQueue>) + Send + Sync>,
-    ) -> Queues {
+    pub fn new(db: QueueDb, server: &str, transmitters: Box<dyn NewQueues>) -> Queues {
         Queues {
             db,
             server: server.to_string(),
@@ -40,7 +43,7 @@ impl Queues {
                 next_number: 1,
             }),
             submission: AtomicUsize::new(0),
-            on_new_queue,
+            transmitters,
         }
     }
 
@@ -60,7 +63,7 @@ impl Queues {
             }
         };
         if created {
-            (self.on_new_queue)(queue.clone());
+            self.transmitters.created(queue.clone());
         }
         queue
     }
