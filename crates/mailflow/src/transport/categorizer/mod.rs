@@ -211,3 +211,68 @@ pub fn bifurcate(routed: Vec<Routed>) -> Categorized {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::queue::DeliveryType;
+
+    fn rcpt(address: &str) -> QueuedRecipient {
+        QueuedRecipient {
+            address: address.into(),
+            orcpt: None,
+            notify: Vec::new(),
+            next_hop: None,
+            state: RecipientState::Submitted,
+            last_error: None,
+            delay_notified: false,
+        }
+    }
+
+    fn hop(domain: &str) -> NextHop {
+        NextHop {
+            delivery_type: DeliveryType::SmtpDeliveryToMailbox,
+            domain: domain.into(),
+            connector: None,
+        }
+    }
+
+    #[test]
+    fn bifurcation_groups_by_next_hop_in_first_seen_order_and_marks_failures() {
+        let routed = vec![
+            (rcpt("a@x.test"), Ok(hop("DB1"))),
+            (rcpt("b@x.test"), Ok(hop("DB2"))),
+            (rcpt("ghost@x.test"), Err(replies::recipient_not_found())),
+            (rcpt("c@x.test"), Ok(hop("DB1"))),
+        ];
+        let out = bifurcate(routed);
+        let hops: Vec<(&str, Vec<&str>)> = out
+            .routed
+            .iter()
+            .map(|(h, rs)| {
+                (
+                    h.domain.as_str(),
+                    rs.iter().map(|r| r.address.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            hops,
+            [
+                ("DB1", vec!["a@x.test", "c@x.test"]),
+                ("DB2", vec!["b@x.test"])
+            ]
+        );
+        for (h, rs) in &out.routed {
+            for r in rs {
+                assert_eq!(r.next_hop.as_deref(), Some(h.key().as_str()));
+                assert_eq!(r.state, RecipientState::Ready);
+            }
+        }
+        let [(ghost, reply)] = &out.failed[..] else {
+            panic!("one failure");
+        };
+        assert_eq!(ghost.state, RecipientState::Failed);
+        assert_eq!(ghost.last_error.as_deref(), Some(reply.one_line().as_str()));
+    }
+}
