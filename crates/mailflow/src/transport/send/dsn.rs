@@ -9,9 +9,9 @@ use std::sync::Arc;
 use mailflow_smtp::{Enhanced, xtext};
 use tokio::sync::mpsc;
 
-use crate::context::ServerContext;
 use crate::logs::tracking::now_timestamp;
 use crate::message;
+use crate::transport::context::TransportContext;
 use crate::transport::queue::QueuedMessage;
 use crate::transport::queue::store::{Envelope, QueueDb, QueuedRecipient, RecipientState};
 use crate::transport::{Submission, tracking_event};
@@ -146,7 +146,7 @@ fn explain(status: &str) -> &'static str {
 
 /// Builds the report for `msg` to its envelope sender. Returns (content, Message-ID).
 pub fn build(
-    ctx: &ServerContext,
+    ctx: &TransportContext,
     kind: DsnKind,
     msg: &QueuedMessage,
     recipients: &[DsnRecipient],
@@ -318,7 +318,7 @@ fn final_recipient(address: &str) -> String {
 /// Submits reports into this Transport service like any other message.
 #[derive(Clone)]
 pub struct DsnSubmitter {
-    pub ctx: Arc<ServerContext>,
+    pub ctx: Arc<TransportContext>,
     pub db: QueueDb,
     pub submit: mpsc::UnboundedSender<Submission>,
 }
@@ -406,12 +406,12 @@ impl DsnSubmitter {
         ev.recipient_address = wanted.iter().map(|r| r.address.clone()).collect();
         ev.recipient_status = wanted.iter().map(|r| r.diagnostic.clone()).collect();
         ev.reference = message_id;
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
         let dsn = QueuedMessage::new(id, envelope, content);
         let mut received = tracking_event(ctx, &dsn, "RECEIVE", "DSN");
         received.recipient_address = vec![rcpt.address.clone()];
         received.reference = msg.envelope.message_id.clone();
-        ctx.tracking_transport.log(received);
+        ctx.logs.tracking.log(received);
         let _ = self.submit.send(Submission {
             message: dsn,
             recipients: vec![rcpt],

@@ -3,19 +3,24 @@
 //! from the first 20 recipients; with no mailbox recipient, a random Transport server
 //! of the local site. Front End never bifurcates: one server per message. The result is
 //! an ordered list so that a server that does not answer is skipped. Shared by Front
-//! End and Mailbox Transport Submission (reference §4.5), so it lives with the context
-//! both are given rather than in either service.
+//! End and Mailbox Transport Submission (reference §4.5): a directory lookup given the
+//! active copies.
 
 use std::net::SocketAddr;
 
 use mailflow_smtp::{Address, RcptParams};
 use rand::seq::SliceRandom;
 
-use super::ServerContext;
-use crate::directory::Recipient;
+use super::Recipient;
+use super::active_copies::ActiveCopies;
+use super::live::OrgConfig;
 
-pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Vec<SocketAddr> {
-    choose_servers(ctx, recipients)
+pub fn choose(
+    cfg: &OrgConfig,
+    active: &ActiveCopies,
+    recipients: &[(Address, RcptParams)],
+) -> Vec<SocketAddr> {
+    choose_servers(cfg, active, recipients)
         .into_iter()
         .map(|(_, addr)| addr)
         .collect()
@@ -23,18 +28,18 @@ pub fn choose(ctx: &ServerContext, recipients: &[(Address, RcptParams)]) -> Vec<
 
 /// The chosen servers in order: (name, Transport endpoint `Default <server>`).
 pub fn choose_servers(
-    ctx: &ServerContext,
+    cfg: &OrgConfig,
+    active: &ActiveCopies,
     recipients: &[(Address, RcptParams)],
 ) -> Vec<(String, SocketAddr)> {
-    let dir = &ctx.dir();
-    let cfg = ctx.config();
+    let dir = &cfg.dir;
     let view = cfg.distances();
     let nearest_group = recipients
         .iter()
         .take(20)
         .filter_map(|(to, _)| match dir.lookup(&to.key()) {
             Some(Recipient::Mailbox(i)) => Some(
-                ctx.active
+                active
                     .active_server(&dir.mailbox(i).database)
                     .and_then(|active| view.database_group_members(&active))
                     .unwrap_or_default(),
