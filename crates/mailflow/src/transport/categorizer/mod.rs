@@ -3,6 +3,8 @@
 //! distribution groups to their members, with loop protection), finds each recipient's
 //! next hop, and bifurcates the message into one delivery queue per next hop.
 
+pub(crate) mod pipeline;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use mailflow_smtp::{Reply, replies};
