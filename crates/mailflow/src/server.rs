@@ -148,7 +148,8 @@ impl Server {
         let ip = live.bind_ip();
         let session = |max_size: u64, max_recipients: usize| SessionConfig {
             hostname: server.fqdn.clone(),
-            banner: format!("{} mailflow ESMTP MAIL Service ready", server.fqdn),
+            // The driver appends the time (net/receive.rs).
+            banner: format!("{} mailflow ESMTP MAIL Service ready at", server.fqdn),
             max_message_size: max_size,
             max_recipients,
             ..SessionConfig::default()
