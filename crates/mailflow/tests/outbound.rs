@@ -131,7 +131,12 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
         .find(|r| r["subject"].as_str().unwrap().starts_with("Undeliverable"))
         .expect("NDR");
     assert_eq!(ndr["recipients"][0]["Action"], "failed");
-    assert_eq!(ndr["recipients"][0]["Status"], "5.4.7");
+    // Exchange's expiry NDR: the reply's 4.4.7 unaltered (issue 15 item 4).
+    assert_eq!(ndr["recipients"][0]["Status"], "4.4.7");
+    assert_eq!(
+        ndr["recipients"][0]["Diagnostic-Code"],
+        "smtp; 550 4.4.7 QUEUE.Expired; message expired"
+    );
     assert_eq!(ndr["returned"], "message/rfc822");
     assert_eq!(
         ndr["per_message"]["Reporting-MTA"],

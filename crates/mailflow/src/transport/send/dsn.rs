@@ -96,11 +96,10 @@ impl DsnRecipient {
     /// The recipient's enhanced status code, else a default for the kind.
     fn status(&self, kind: DsnKind) -> String {
         match (self.status, kind) {
-            // RFC 3464 §2.3.3: a failed action carries a permanent (5.x.x) status, even
-            // for Exchange's "550 4.4.7 QUEUE.Expired".
-            (Some(Enhanced(4, subject, detail)), DsnKind::Failed) => {
-                Enhanced(5, subject, detail).to_string()
-            }
+            // Exchange reports the reply's enhanced code unaltered, so an expired
+            // message's NDR says `Action: failed` with `Status: 4.4.7`, as its
+            // Diagnostic-Code `550 4.4.7 QUEUE.Expired` does. RFC 3464 §2.3.3 would pair
+            // `failed` with a 5.x.x status; we follow Exchange (docs/operations.md).
             (Some(e), _) => e.to_string(),
             (None, DsnKind::Failed) => "5.0.0".into(),
             (None, DsnKind::Delayed) => "4.4.7".into(),
@@ -453,7 +452,7 @@ mod tests {
             status: Some(Enhanced(4, 4, 7)),
             ..r
         };
-        assert_eq!(expired.status(DsnKind::Failed), "5.4.7");
+        assert_eq!(expired.status(DsnKind::Failed), "4.4.7");
         assert_eq!(expired.status(DsnKind::Delayed), "4.4.7");
     }
 
