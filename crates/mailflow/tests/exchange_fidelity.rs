@@ -47,3 +47,34 @@ print(banner)
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reference §3.2: reports to internal senders come from the Microsoft Exchange
+/// recipient, not from postmaster@ (which remains the sender for external senders).
+#[test]
+fn an_internal_senders_ndr_comes_from_the_microsoft_exchange_recipient() {
+    let rule = "\n[[transport_rules]]\nname = \"No offers\"\nif = { subject_contains_words = [\"special offer\"] }\nthen = { reject_message = \"Offers are not allowed\" }\n";
+    let server = Server::start_custom("", rule);
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.contoso.test");
+    let r = c.send(
+        "alice@contoso.test",
+        &["bob@contoso.test"],
+        "From: alice@contoso.test\r\nSubject: A special offer\r\n\r\nbuy\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let ndr = wait_for("the NDR", std::time::Duration::from_secs(20), || {
+        server
+            .export("alice@contoso.test")
+            .into_iter()
+            .find(|m| String::from_utf8_lossy(m).contains("multipart/report"))
+    });
+    assert_eq!(
+        header_values(&ndr, "From"),
+        ["Microsoft Outlook <MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test>"]
+    );
+    let rows = server.track(&["--event-id", "RECEIVE", "--source", "DSN"]);
+    assert_eq!(
+        rows[0]["Sender"], "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test",
+        "{rows:#?}"
+    );
+}

@@ -143,6 +143,29 @@ fn explain(status: &str) -> &'static str {
     }
 }
 
+/// The local part of the Microsoft Exchange recipient's address, the same in every
+/// Exchange organisation (`Get-OrganizationConfig` MicrosoftExchangeRecipient…).
+const EXCHANGE_RECIPIENT: &str = "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e";
+
+/// Who a report comes from (reference §3.2): to an internal sender (an address in an
+/// accepted domain) the Microsoft Exchange recipient, shown as Exchange 2013+ shows it
+/// ("Microsoft Outlook"); to an external sender the external postmaster address,
+/// `postmaster@<default domain>`. Returns (display name, address).
+pub fn report_sender(dir: &crate::directory::Directory, to: &str) -> (&'static str, String) {
+    let domain = dir.first_accepted_domain().unwrap_or("localhost");
+    let internal = to
+        .rsplit_once('@')
+        .is_some_and(|(_, d)| dir.is_accepted_domain(d));
+    if internal {
+        (
+            "Microsoft Outlook",
+            format!("{EXCHANGE_RECIPIENT}@{domain}"),
+        )
+    } else {
+        ("Mail Delivery System", format!("postmaster@{domain}"))
+    }
+}
+
 /// Builds the report for `msg` to its envelope sender. Returns (content, Message-ID).
 pub fn build(
     ctx: &TransportContext,
@@ -151,11 +174,7 @@ pub fn build(
     recipients: &[DsnRecipient],
 ) -> (Vec<u8>, String) {
     let env = &msg.envelope;
-    let domain = ctx
-        .dir()
-        .first_accepted_domain()
-        .map(str::to_string)
-        .unwrap_or_else(|| ctx.fqdn().to_string());
+    let (from_name, from) = report_sender(&ctx.dir(), &env.return_path);
     let boundary = format!("mailflow-dsn-{}", uuid::Uuid::new_v4().simple());
     let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), ctx.fqdn());
     let subject = if env.subject.is_empty() {
@@ -259,7 +278,7 @@ pub fn build(
         ("text/rfc822-headers", headers)
     };
     let mut out = format!(
-        "From: Mail Delivery System <postmaster@{domain}>\r\nTo: <{to}>\r\nDate: {date}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\nThis is a MIME-encapsulated delivery status notification.\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n{status}\r\n--{boundary}\r\nContent-Type: {ctype}\r\n\r\n",
+        "From: {from_name} <{from}>\r\nTo: <{to}>\r\nDate: {date}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\nThis is a MIME-encapsulated delivery status notification.\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n{status}\r\n--{boundary}\r\nContent-Type: {ctype}\r\n\r\n",
         to = env.return_path,
         date = crate::net::rfc2822_now(),
     )
@@ -372,10 +391,7 @@ impl DsnSubmitter {
             network_message_id,
             message_id: message_id.clone(),
             subject: message::subject(&content),
-            sender_header: format!(
-                "postmaster@{}",
-                ctx.dir().first_accepted_domain().unwrap_or("localhost")
-            ),
+            sender_header: report_sender(&ctx.dir(), &msg.envelope.return_path).1,
             received_at: now_timestamp(),
             body: "8BITMIME".into(),
             directionality: "Originating".into(),
@@ -434,6 +450,23 @@ mod tests {
         assert!(DsnKind::Delivered.wanted_by(&n(&["SUCCESS"])));
         assert!(!DsnKind::Failed.wanted_by(&n(&["SUCCESS"])));
         assert!(!DsnKind::Failed.wanted_by(&n(&["NEVER"])));
+    }
+
+    #[test]
+    fn reports_come_from_the_exchange_recipient_inside_and_postmaster_outside() {
+        let text = crate::directory::builtin::builtin_text();
+        let dir = crate::directory::Directory::parse(&text, "builtin", ".".into()).unwrap();
+        let (name, from) = report_sender(&dir, "user1@contoso.test");
+        assert_eq!(name, "Microsoft Outlook");
+        assert_eq!(
+            from,
+            "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test"
+        );
+        let (name, from) = report_sender(&dir, "someone@fabrikam.test");
+        assert_eq!(
+            (name, from.as_str()),
+            ("Mail Delivery System", "postmaster@contoso.test")
+        );
     }
 
     #[test]
