@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod categorizer;
+pub mod context;
 pub mod pickup;
 pub mod queue;
 pub mod receive;
@@ -17,8 +18,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use crate::context::ServerContext;
 use crate::logs::tracking::TrackingEvent;
+use crate::transport::context::TransportContext;
 use queue::store::{Loaded, QueueDb, QueuedRecipient, RecipientState};
 use queue::{Item, QueuedMessage, Queues, RetryPolicy};
 use supervisor::POISON_THRESHOLD;
@@ -67,7 +68,7 @@ impl PoisonMarker {
 
 /// A running Transport service.
 pub struct TransportService {
-    pub ctx: Arc<ServerContext>,
+    pub ctx: Arc<TransportContext>,
     pub queues: Arc<Queues>,
     submit_tx: mpsc::UnboundedSender<Submission>,
     dsn: send::dsn::DsnSubmitter,
@@ -161,8 +162,8 @@ impl TransportService {
     /// handed back with the service and goes to the queues only at [`Self::resume`],
     /// once the server's listeners are bound: resumed mail must not meet its own
     /// server's Mailbox Delivery not yet listening and wait a retry interval.
-    pub fn start(ctx: Arc<ServerContext>) -> anyhow::Result<(Arc<TransportService>, Resume)> {
-        let (db, loaded) = QueueDb::open(&ctx.data_dir.join("Queue").join("mail.db"))?;
+    pub fn start(ctx: Arc<TransportContext>) -> anyhow::Result<(Arc<TransportService>, Resume)> {
+        let (db, loaded) = QueueDb::open(&ctx.data_dir().join("Queue").join("mail.db"))?;
         let policy = retry_policy(&ctx);
         let (submit_tx, submit_rx) = mpsc::unbounded_channel();
         let dsn = send::dsn::DsnSubmitter {
@@ -196,7 +197,7 @@ impl TransportService {
             queues,
             submit_tx,
             dsn,
-            poison_marker: PoisonMarker::open(ctx.data_dir.join("Queue").join("categorizing")),
+            poison_marker: PoisonMarker::open(ctx.data_dir().join("Queue").join("categorizing")),
             retry: retry_policy(&ctx),
         });
         // Not yet owned by server.rs (issue 14): the categorizer, like the delivery
@@ -264,28 +265,27 @@ impl TransportService {
         }
     }
 
-    /// Move-ActiveMailboxDatabase as this server learns it (a switchover or a
-    /// failover): the active copy of `database` is now on `server`. Mailbox Delivery
-    /// here accepts or refuses accordingly, and queued mail is retried at once so it
-    /// follows the new active copy.
-    pub fn activate(&self, database: &str, server: &str) {
-        let ctx = &self.ctx;
-        ctx.active.set(database, server);
-        tracing::info!(database = %database, server = %server, "active copy moved");
-        routing::log_routing_table(ctx);
-        for q in self.queues.all() {
-            q.retry_now();
+    /// Follows Active Manager: each time the active copies change (a switchover or a
+    /// failover), the routing table is written again and every queue retried at once,
+    /// so queued mail follows the new active copy. Ends when Active Manager is dropped;
+    /// server.rs owns the task.
+    pub async fn follow_active_copies(self: Arc<Self>) {
+        let mut active = self.ctx.active.clone();
+        while active.changed().await.is_ok() {
+            routing::log_routing_table(&self.ctx);
+            for q in self.queues.all() {
+                q.retry_now();
+            }
         }
     }
 
-    /// Reads the organisation file again (`ServerContext::reload`), writes the new
-    /// routing table, and routes again what waits on routing: the Unreachable queue and
-    /// the queues of send connectors go back through the categorizer (a connector may
-    /// have been added, removed or re-priced); every other queue is retried now, so
+    /// After the organisation file was read again (`LiveDirectory::reload`): writes the
+    /// new routing table, and routes again what waits on routing: the Unreachable queue
+    /// and the queues of send connectors go back through the categorizer (a connector
+    /// may have been added, removed or re-priced); every other queue is retried now, so
     /// changed sites, links and copies are used at once. Suspended queues stay as the
-    /// operator left them. Returns what changed that needs a restart.
-    pub fn reload(&self) -> anyhow::Result<Vec<String>> {
-        let restart = self.ctx.reload()?;
+    /// operator left them. `restart` is what changed that needs a restart (logged).
+    pub fn reloaded(&self, restart: &[String]) {
         let ctx = &self.ctx;
         routing::log_routing_table(ctx);
         let mut rerouted = 0;
@@ -313,7 +313,6 @@ impl TransportService {
                 restart.join("; ")
             );
         }
-        Ok(restart)
     }
 
     /// Remove-Message for one queue item: the recipients fail with an administrator's
@@ -325,7 +324,7 @@ impl TransportService {
         let mut ev = tracking_event(ctx, msg, "FAIL", "ADMIN");
         ev.recipient_address = item.recipients.iter().map(|r| r.address.clone()).collect();
         ev.recipient_status = vec![reply.one_line()];
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
         self.queues.db.update_recipients(
             msg.id,
             item.recipients
@@ -390,7 +389,7 @@ impl TransportService {
         let msg = QueuedMessage::new(id, envelope, content);
         let mut ev = tracking_event(&self.ctx, &msg, "RECEIVE", source);
         ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
-        self.ctx.tracking_transport.log(ev);
+        self.ctx.logs.tracking.log(ev);
         self.submit(msg, recipients);
         Ok(())
     }
@@ -406,7 +405,7 @@ impl TransportService {
     }
 }
 
-fn retry_policy(ctx: &ServerContext) -> RetryPolicy {
+fn retry_policy(ctx: &TransportContext) -> RetryPolicy {
     let dir = ctx.dir();
     let t = dir.transport();
     RetryPolicy {
@@ -420,14 +419,14 @@ fn retry_policy(ctx: &ServerContext) -> RetryPolicy {
 
 /// The tracking event every Transport row starts from.
 pub fn tracking_event(
-    ctx: &ServerContext,
+    ctx: &TransportContext,
     msg: &QueuedMessage,
     event_id: &str,
     source: &str,
 ) -> TrackingEvent {
     let e = &msg.envelope;
     TrackingEvent {
-        server_ip: ctx.ip.to_string(),
+        server_ip: ctx.ip().to_string(),
         server_hostname: ctx.fqdn().to_string(),
         source: source.into(),
         event_id: event_id.into(),

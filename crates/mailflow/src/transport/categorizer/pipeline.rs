@@ -74,7 +74,7 @@ impl TransportService {
         ev.source_context = format!(
             "categorizer panicked (crash {crashes} of PoisonThreshold {POISON_THRESHOLD}); deferred"
         );
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
         // Counted in the Submission queue while it waits, so Get-Queue shows it.
         self.queues.submission.fetch_add(1, Ordering::Relaxed);
         let delay = self.retry.interval(crashes - 1);
@@ -114,7 +114,8 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
     // Size limits are checked against the message as it arrived (reference §3.2).
     let size = msg.content.len() as u64;
     let cfg = ctx.config();
-    let view = routing::RoutingView::of(&cfg, &ctx.active);
+    let active = ctx.active_copies();
+    let view = routing::RoutingView::of(&cfg, &active);
     let mut resolver = categorizer::Resolver::new(&view);
     resolver.resolve(recipients, auth);
     service.poison_marker.set(0);
@@ -122,13 +123,13 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
         let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
         ev.recipient_address = vec![resolved.clone()];
         ev.related_recipient_address = original.clone();
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
     }
     for (group, members) in &resolver.expanded {
         let mut ev = tracking_event(ctx, &msg, "EXPAND", "ROUTING");
         ev.recipient_address = members.clone();
         ev.related_recipient_address = group.clone();
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
     }
     // Recipients from here on were added by agents: they are resolved and routed with
     // the others, but their failures are not reported (no FAIL row, no NDR), and their
@@ -182,7 +183,7 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
         let mut ev = tracking_event(ctx, &msg, "FAIL", "ROUTING");
         ev.recipient_address = vec![r.address.clone()];
         ev.recipient_status = vec![reply.one_line()];
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
         all.push(r.clone());
     }
     if !result.failed.is_empty() {
@@ -275,7 +276,7 @@ async fn on_resolved_message(
             ev.connector_id = agent.identity().into();
             ev.recipient_address = recipients.clone();
             ev.custom_data = info;
-            ctx.tracking_transport.log(ev);
+            ctx.logs.tracking.log(ev);
         }
         match handled.verdict {
             agents::Verdict::Continue => {}
@@ -288,7 +289,7 @@ async fn on_resolved_message(
             agents::Verdict::Delete => {
                 let mut ev = tracking_event(ctx, msg, "DROP", "AGENT");
                 ev.recipient_address = recipients;
-                ctx.tracking_transport.log(ev);
+                ctx.logs.tracking.log(ev);
                 service.queues.db.delete(msg.id);
                 return AgentsVerdict::Done;
             }
@@ -296,7 +297,7 @@ async fn on_resolved_message(
                 let mut ev = tracking_event(ctx, msg, "FAIL", "AGENT");
                 ev.recipient_address = recipients;
                 ev.recipient_status = vec![reply.one_line()];
-                ctx.tracking_transport.log(ev);
+                ctx.logs.tracking.log(ev);
                 let list = deliverable
                     .iter()
                     .map(|r| {
