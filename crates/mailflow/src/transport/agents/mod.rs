@@ -148,7 +148,7 @@ impl Handled {
 /// A transport agent: what it is called, where it runs, and what it decides at each
 /// event it lists in [`Agent::events`].
 pub trait Agent: Send + Sync {
-    /// Its identity, as Get-TransportAgent and message tracking (connector-id) show it.
+    /// Its identity, as Get-TransportAgent and message tracking (source-context) show it.
     fn identity(&self) -> &'static str;
     /// 1 runs first among agents on the same event.
     fn priority(&self) -> u32;

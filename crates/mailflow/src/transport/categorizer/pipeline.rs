@@ -273,7 +273,9 @@ async fn on_resolved_message(
         let handled = agent.on_message(agents::Event::ResolvedMessage, org, &item);
         if let Some(info) = handled.info {
             let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
-            ev.connector_id = agent.identity().into();
+            // Exchange leaves connector-id empty on AGENTINFO and names the agent in
+            // source-context (seed 003).
+            ev.source_context = agent.identity().into();
             ev.recipient_address = recipients.clone();
             ev.custom_data = info;
             ctx.logs.tracking.log(ev);
