@@ -9,7 +9,38 @@
 // Every integration test binary compiles this module and uses only some of it.
 #![allow(dead_code, unused_imports)]
 
+mod cluster;
+mod org;
+mod ports;
 pub mod postfix;
 mod server;
+mod sink;
+mod smtp;
+mod wait;
 
+pub use cluster::*;
+pub use org::*;
+pub use ports::*;
 pub use server::*;
+pub use sink::*;
+pub use smtp::*;
+pub use wait::*;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailflow");
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn file_text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
