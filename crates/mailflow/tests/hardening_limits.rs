@@ -286,7 +286,7 @@ fn content_trickled_below_the_minimum_data_rate_gets_421_4_4_2_and_the_session_c
     assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
     // 20 bytes every 100 ms: 200 bytes/s, a fifth of the minimum.
-    let mut writer = c.stream.try_clone().unwrap();
+    let mut writer = c.stream().try_clone().unwrap();
     let trickle = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -297,7 +297,7 @@ fn content_trickled_below_the_minimum_data_rate_gets_421_4_4_2_and_the_session_c
             std::thread::sleep(Duration::from_millis(100));
         }
     });
-    c.stream
+    c.stream()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let reply = c.read_reply();

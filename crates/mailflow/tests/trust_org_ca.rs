@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -169,39 +168,17 @@ fn check_config(file: &Path) -> Output {
 
 /// One message through the Front End at `ip:port` to `to`.
 fn send(ip: &str, port: u16, to: &str, subject: &str) {
-    let stream = TcpStream::connect((ip, port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
-    let mut reply = || {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return all;
-            }
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    };
-    assert!(reply().starts_with("220"));
-    let content = message(subject, "trust\r\n");
-    for (line, expect) in [
-        ("EHLO client.fabrikam.test".to_string(), "250"),
-        ("MAIL FROM:<sender@fabrikam.test>".to_string(), "250"),
-        (format!("RCPT TO:<{to}>"), "250"),
-        ("DATA".to_string(), "354"),
-        (format!("{content}\r\n."), "250"),
-        ("QUIT".to_string(), "221"),
-    ] {
-        w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        let r = reply();
-        assert!(r.starts_with(expect), "{subject}: {line:.40}: {r}");
-    }
+    let mut c = Smtp::connect_to(ip, port);
+    let r = c.cmd("EHLO client.fabrikam.test");
+    assert!(r.starts_with("250"), "{subject}: EHLO: {r}");
+    let r = c.send(
+        "sender@fabrikam.test",
+        &[to],
+        &message(subject, "trust\r\n"),
+    );
+    assert!(r.starts_with("250"), "{subject}: end of data: {r}");
+    let r = c.cmd("QUIT");
+    assert!(r.starts_with("221"), "{subject}: QUIT: {r}");
 }
 
 /// Every protocol log line of `server` (all its SmtpSend / SmtpReceive folders).

@@ -4,15 +4,20 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A minimal line-oriented SMTP client for protocol tests.
-pub struct Smtp {
-    pub reader: BufReader<TcpStream>,
-    pub stream: TcpStream,
+/// A minimal line-oriented SMTP client for protocol tests, over plain TCP or (after
+/// [`Smtp::starttls`]) rustls. Every reply in the tests is read by [`Smtp::read_reply`].
+pub struct Smtp<S: Read + Write = TcpStream> {
+    /// Reads go through the buffer; writes go to the stream beneath it.
+    reader: BufReader<S>,
 }
 
-impl Smtp {
+/// The stream of an SMTP session after STARTTLS.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+impl Smtp<TcpStream> {
     pub fn connect(port: u16) -> Smtp {
         Smtp::try_connect(port).unwrap_or_else(|greeting| panic!("greeting: {greeting}"))
     }
@@ -20,12 +25,23 @@ impl Smtp {
     /// Connects and reads the greeting; `Err` holds a greeting that is not `220`
     /// (e.g. `421 4.3.2` from a connector at its connection limit).
     pub fn try_connect(port: u16) -> Result<Smtp, String> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Smtp::try_connect_to("127.0.0.1", port)
+    }
+
+    /// Like [`Smtp::connect`], to another loopback address (e.g. `127.0.0.2`).
+    pub fn connect_to(ip: &str, port: u16) -> Smtp {
+        Smtp::try_connect_to(ip, port).unwrap_or_else(|greeting| panic!("greeting: {greeting}"))
+    }
+
+    fn try_connect_to(ip: &str, port: u16) -> Result<Smtp, String> {
+        let stream = TcpStream::connect((ip, port))
+            .unwrap_or_else(|e| panic!("connect to {ip}:{port}: {e}"));
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut s = Smtp { reader, stream };
+        let mut s = Smtp {
+            reader: BufReader::new(stream),
+        };
         let greeting = s.read_reply();
         if greeting.starts_with("220 ") {
             Ok(s)
@@ -34,7 +50,48 @@ impl Smtp {
         }
     }
 
-    /// Reads one reply (all lines), returns it with CRLFs.
+    /// Sends STARTTLS (after EHLO), expects 220 and completes a TLS handshake with
+    /// `config`, naming `server_name`; the session continues inside TLS.
+    pub fn starttls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Smtp<TlsStream> {
+        let r = self.cmd("STARTTLS");
+        assert!(r.starts_with("220 "), "STARTTLS: {r}");
+        assert!(
+            self.reader.buffer().is_empty(),
+            "the server sent more after 220 to STARTTLS"
+        );
+        let mut tcp = self.reader.into_inner();
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).unwrap();
+        }
+        Smtp {
+            reader: BufReader::new(rustls::StreamOwned::new(conn, tcp)),
+        }
+    }
+
+    /// True if the server closes the session within 5 s.
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        self.stream()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+impl<S: Read + Write> Smtp<S> {
+    /// The stream beneath (the socket, or the TLS session).
+    pub fn stream(&self) -> &S {
+        self.reader.get_ref()
+    }
+
+    /// Reads one reply (all lines), returns it with CRLFs; what came before the
+    /// connection closed (or the read timed out) if it ends early.
     pub fn read_reply(&mut self) -> String {
         let mut all = String::new();
         loop {
@@ -51,7 +108,9 @@ impl Smtp {
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes).unwrap();
+        stream.flush().unwrap();
     }
 
     pub fn cmd(&mut self, line: &str) -> String {
@@ -74,13 +133,15 @@ impl Smtp {
         self.send_raw(b"\r\n.\r\n");
         self.read_reply()
     }
+}
 
-    pub fn is_closed(&mut self) -> bool {
-        let mut buf = [0u8; 1];
-        self.stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        matches!(self.reader.read(&mut buf), Ok(0))
+impl Smtp<TlsStream> {
+    /// Keying material exported from this TLS session (RFC 5705 / RFC 8446 §7.5).
+    pub fn export(&self, label: &[u8]) -> [u8; 32] {
+        self.stream()
+            .conn
+            .export_keying_material([0u8; 32], label, None)
+            .unwrap()
     }
 }
 
