@@ -288,14 +288,13 @@ fn content_trickled_below_the_minimum_data_rate_gets_421_4_4_2_and_the_session_c
     // 20 bytes every 100 ms: 200 bytes/s, a fifth of the minimum.
     let mut writer = c.stream().try_clone().unwrap();
     let trickle = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if writer.write_all(b"X-Slow: aaaaaaaaaa\r\n").is_err() {
-                return;
-            }
-            // The attack's own pace (not a wait for a condition).
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // The attack's own pace, until the server closes (or 15 s).
+        poll_every(Duration::from_millis(100), Duration::from_secs(15), || {
+            writer
+                .write_all(b"X-Slow: aaaaaaaaaa\r\n")
+                .is_err()
+                .then_some(())
+        })
     });
     c.stream()
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -5,7 +5,8 @@
 //! what it bound from `<data_dir>/listeners.json`; the servers of a [`Cluster`] must
 //! know each other's ports, so those come from [`free_ports`] (racy, retried).
 //! Waiting: [`wait_for`] polls a condition with a deadline and [`assert_for`] proves
-//! that nothing happens for a while; no test sleeps otherwise.
+//! that nothing happens for a while; [`poll_every`] also paces a client that must act
+//! at a rate. No test sleeps otherwise: the one `sleep` is the interval in `wait.rs`.
 // Every integration test binary compiles this module and uses only some of it.
 #![allow(dead_code, unused_imports)]
 

@@ -9,7 +9,17 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Polls `f` until it returns Some (that value) or the deadline passes (None). The
 /// one place where tests wait: every other wait is a condition polled through here.
-pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(POLL, timeout, f)
+}
+
+/// Like [`poll_until`], looking every `interval`: also a pace for a test that must act
+/// at a given rate (a client trickling bytes), `f` returning Some to stop early.
+pub fn poll_every<T>(
+    interval: Duration,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -18,7 +28,7 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         if Instant::now() > deadline {
             return None;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(interval);
     }
 }
 
