@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 /// A Python smtplib session description → JSON result, for one matrix cell or a send.
@@ -51,19 +49,7 @@ print(json.dumps(out))
 "#;
 
 fn client(cell: serde_json::Value) -> serde_json::Value {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(CLIENT)
-        .arg(cell.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    python_json(CLIENT, &[&cell.to_string()])
 }
 
 fn start_with_submission() -> (Server, Sink, u16) {
@@ -82,11 +68,7 @@ fn start_with_submission() -> (Server, Sink, u16) {
         "--password",
         "Pa55word!",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     (server, sink, implicit)
 }
 

@@ -183,11 +183,7 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
         .arg(&org)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let config = org.join("mailflow.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     // A lone server: every port from the system, read back from listeners.json.
@@ -247,11 +243,7 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
             .arg(&config)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
     };
     set_password();
     let mut open = Vec::new();
@@ -443,12 +435,7 @@ fn helo_with_control_characters_gets_501_5_5_4_and_never_reaches_the_logs() {
     }
     // The protocol log shows the refused command escaped, on one line.
     let log = wait_for("the protocol log", Duration::from_secs(10), || {
-        let text: String = modes_under(&server.data_dir())
-            .iter()
-            .filter(|(p, _)| p.to_string_lossy().contains("ProtocolLog"))
-            .filter(|(p, _)| p.is_file())
-            .map(|(p, _)| file_text(p))
-            .collect();
+        let text = tree_text(&server.data_dir(), "ProtocolLog");
         text.contains("Invalid domain name").then_some(text)
     });
     assert!(!log.contains('\u{1b}') && !log.contains('\0'), "{log:?}");

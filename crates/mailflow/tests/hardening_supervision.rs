@@ -174,11 +174,7 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
         .expect("the mailbox delivery queue");
     let identity = queue["Identity"].as_str().unwrap().to_string();
     let out = server.cli(&["queue", "suspend", &identity]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for i in 0..QUEUED {
         send_via(
             server.ports.frontend,
@@ -254,10 +250,7 @@ fn a_refused_smart_host_behind_the_outbound_proxy_gives_its_status_once() {
     let recv_dir = server
         .data_dir()
         .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
-    let log: String = std::fs::read_dir(&recv_dir)
-        .unwrap()
-        .map(|e| file_text(&e.unwrap().path()))
-        .collect();
+    let log = dir_text(&recv_dir);
     let reply = log
         .lines()
         .find(|l| l.contains("Outbound Proxy Frontend") && l.contains("Connection failed"))

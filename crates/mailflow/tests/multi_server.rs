@@ -335,11 +335,7 @@ fn database_move_switches_delivery_to_the_new_active_copy_and_in_flight_mail_arr
 
     // Hold M1's queue for DB01 so messages are in flight when the copy moves.
     let out = c.cli(&["--server", "M1", "queue", "suspend", "DB01"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for i in 0..5 {
         send_via(
             c.frontend("M1"),
@@ -353,12 +349,7 @@ fn database_move_switches_delivery_to_the_new_active_copy_and_in_flight_mail_arr
             .find(|q| q["NextHopDomain"] == "DB01" && q["MessageCount"] == 5)
     });
     let out = c.cli(&["database", "move", "DB01", "--to", "M2"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(
         route_to(&c, "M3", "Database DB01")["NextHop"],
         "SmtpRelayToDag:DAG1"
@@ -446,11 +437,7 @@ fn a_dag_database_on_postgresql_is_one_mailbox_whichever_copy_is_active() {
             .then_some(())
     });
     let out = c.cli(&["--server", "M1", "queue", "suspend", &queue]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for i in 0..3 {
         send_via(
             c.frontend("M1"),
@@ -459,11 +446,7 @@ fn a_dag_database_on_postgresql_is_one_mailbox_whichever_copy_is_active() {
         );
     }
     let out = c.cli(&["database", "move", &queue, "--to", "M2"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_success(&out);
     assert!(
         c.cli(&["--server", "M1", "queue", "resume", &queue])
             .status
@@ -495,11 +478,7 @@ fn a_dag_database_on_postgresql_is_one_mailbox_whichever_copy_is_active() {
         "--out",
         out_dir.path().to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let mut subjects: Vec<String> = std::fs::read_dir(out_dir.path())
         .unwrap()
         .map(|e| header_values(&std::fs::read(e.unwrap().path()).unwrap(), "Subject")[0].clone())

@@ -174,11 +174,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     let identity = queue["Identity"].as_str().unwrap().to_string();
     // Suspend: the status says so; resume: back to Retry or Ready.
     let out = server.cli(&["queue", "suspend", &identity]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let q = server
         .cli_json(&["queue", "list"])
         .as_array()
@@ -209,11 +205,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     let out_dir = tempfile::tempdir().unwrap();
     let file = out_dir.path().join("m.eml");
     let out = server.cli(&["message", "export", &first, "--out", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let exported = std::fs::read(&file).unwrap();
     assert!(
         String::from_utf8_lossy(&exported).contains("Subject: managed"),
@@ -336,10 +328,7 @@ fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
     let recv_dir = server
         .data_dir()
         .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
-    let log: String = std::fs::read_dir(&recv_dir)
-        .unwrap()
-        .map(|e| file_text(&e.unwrap().path()))
-        .collect();
+    let log = dir_text(&recv_dir);
     assert!(
         log.contains("MBX1\\Outbound Proxy Frontend MBX1")
             && log.contains("RCPT TO:<ext@fabrikam.test>"),
@@ -374,11 +363,7 @@ fn outbox_send(server: &Server, from: &str, eml: &str) {
     let file = dir.path().join("m.eml");
     std::fs::write(&file, eml).unwrap();
     let out = server.cli(&["mailbox", "send", from, "--eml", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
@@ -588,21 +573,6 @@ fn mail_flow_rules_add_the_disclaimer_to_outside_mail_and_reject_what_they_forbi
     assert_eq!(server.export("carol@contoso.test").len(), 0);
 }
 
-/// The lines of one send connector's sessions in the Transport's SEND protocol log.
-fn send_log(server: &Server, connector: &str) -> Vec<String> {
-    let dir = server.data_dir().join("Logs/Hub/ProtocolLog/SmtpSend");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| file_text(f).lines().map(str::to_string).collect::<Vec<_>>())
-        .filter(|l| l.contains(&format!(",{connector},")))
-        .collect()
-}
-
 /// `partners@contoso.test` has one member, outside: mail to it leaves through the
 /// send connector.
 const PARTNERS: &str = "\n[[groups]]\naddress = \"partners@contoso.test\"\nmembers = [\"partner@fabrikam.test\"]\nrequire_sender_authentication = false\n";
@@ -710,7 +680,7 @@ Content-Type: text/plain; charset=us-ascii\r\n\
     assert_eq!(parsed.body_html(0).as_deref(), Some(html));
 
     // Postfix did not offer 8BITMIME, and mailflow did not claim it.
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     let ehlo = log
         .iter()
         .find(|l| l.contains(",<,250") && l.contains("PIPELINING"))
@@ -741,7 +711,7 @@ fn eight_bit_mail_to_a_peer_with_8bitmime_goes_unchanged_with_body_8bitmime() {
     send_to_partners(&server, " BODY=8BITMIME", &content);
     let got = postfix.wait_messages(1);
     assert_eq!(body_of(&got[0]), body.as_bytes());
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     assert!(
         log.iter()
             .any(|l| l.contains(",>,MAIL FROM:<sender@fabrikam.test>")
@@ -778,7 +748,7 @@ fn a_peer_offering_chunking_gets_the_content_by_bdat_in_chunks_without_dot_stuff
     assert_eq!(body_of(find("bdat small")), small.as_bytes());
     assert_eq!(body_of(find("bdat large")), large.as_bytes());
 
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     let sent: Vec<&str> = log.iter().filter_map(|l| l.split(",>,").nth(1)).collect();
     assert!(
         !sent.iter().any(|l| l.starts_with("DATA")),
@@ -811,7 +781,7 @@ fn a_peer_without_chunking_gets_data() {
     );
     let got = postfix.wait_messages(1);
     assert_eq!(body_of(&got[0]), body.as_bytes());
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     assert!(log.iter().any(|l| l.contains(",>,DATA,")), "{log:#?}");
     assert!(!log.iter().any(|l| l.contains(",>,BDAT")), "{log:#?}");
 }
@@ -845,7 +815,7 @@ fn under_bdat_a_peer_refusing_every_recipient_gets_no_content_accepted_and_a_res
             .starts_with("550 5.1.1"),
         "{fail:#?}"
     );
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     let sent: Vec<&str> = log.iter().filter_map(|l| l.split(",>,").nth(1)).collect();
     // The pipelined chunk was refused with the recipients, then the transaction reset.
     let bdat = sent
@@ -913,7 +883,7 @@ fn through_the_outbound_proxy_a_peer_without_8bitmime_also_gets_7bit_mime() {
         .expect("parses");
     assert_eq!(parsed.body_text(0).as_deref(), Some(body));
     // The Front End made the session to Postfix (the connector's SEND log), with no BODY=.
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     let mail = log
         .iter()
         .find(|l| l.contains(",>,MAIL FROM:<sender@fabrikam.test>"))

@@ -197,19 +197,6 @@ fn alice_sends(server: &Server, subject: &str) {
     );
 }
 
-/// The lines of the "Validated" connector's sessions in the SmtpSend protocol log.
-fn send_log(server: &Server) -> String {
-    let dir = server.data_dir().join("Logs/Hub/ProtocolLog/SmtpSend");
-    let mut out = String::new();
-    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        out.push_str(&file_text(&e.path()));
-    }
-    out.lines()
-        .filter(|l| l.contains(",Validated,"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// The message waits with the 4.4.317 LastError, then NDRs to Alice at expiry; the
 /// SEND log names the certificate and why it was refused.
 fn assert_waits_then_ndrs(server: &Server, subject: &str) {
@@ -237,7 +224,7 @@ fn assert_waits_then_ndrs(server: &Server, subject: &str) {
         ),
         "{m:#}"
     );
-    let log = send_log(server);
+    let log = server.send_log("Validated").join("\n");
     assert!(log.contains("Remote certificate"), "{log}");
     assert!(log.contains("Remote certificate refused"), "{log}");
     assert!(!log.contains(",>,AUTH"), "{log}");
@@ -302,7 +289,7 @@ fn a_smart_host_whose_certificate_chains_to_the_connector_ca_gets_auth_inside_tl
             "sent in clear: {line}\n{t}"
         );
     }
-    let log = send_log(&server);
+    let log = server.send_log("Validated").join("\n");
     assert!(log.contains("CN=relay.fabrikam.test"), "{log}");
     assert!(log.contains("Fabrikam Test CA"), "{log}");
 }
@@ -340,7 +327,7 @@ fn postfix_with_a_ca_signed_certificate_for_another_name_gets_no_mail_under_doma
     );
     alice_sends(&server, "to the wrong postfix");
     assert_waits_then_ndrs(&server, "to the wrong postfix");
-    let log = send_log(&server);
+    let log = server.send_log("Validated").join("\n");
     assert!(log.contains("not valid for"), "{log}");
     assert!(postfix.messages().is_empty());
     let plog = postfix.log();
@@ -367,7 +354,7 @@ fn postfix_with_a_certificate_for_the_name_from_the_connector_ca_gets_the_mail()
         "{}",
         postfix.log()
     );
-    let log = send_log(&server);
+    let log = server.send_log("Validated").join("\n");
     assert!(log.contains("CN=relay.fabrikam.test"), "{log}");
 }
 
@@ -391,11 +378,7 @@ fn credentials_with_encryption_only_are_refused_at_load() {
     // A file written before tls_auth_level existed keeps loading: credentials imply
     // certificate_validation.
     let out = check(connector(""));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let out = check(connector("tls_auth_level = \"encryption_only\"\n"));
     let err =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);

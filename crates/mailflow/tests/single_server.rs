@@ -51,24 +51,20 @@ with smtplib.SMTP("127.0.0.1", {port}, timeout=30) as s:
     );
 
     // swaks, inside STARTTLS (the certificate is self-signed, made at start).
-    let out = Command::new("swaks")
-        .args([
+    let out = swaks(
+        port,
+        &[
             "--to",
             "bob@contoso.test",
             "--from",
             "sender@fabrikam.test",
-            "--server",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args([
             "--tls",
             "--header",
             "Subject: swaks probe",
             "--body",
             "swaks body line\n.dot line",
-        ])
-        .output()
-        .expect("swaks is installed by scripts/test");
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "swaks: {text}");
     assert!(text.contains("250 2.6.0"), "swaks got no 250 2.6.0: {text}");
@@ -184,10 +180,7 @@ fn tracking_log_files_have_exchange_headers_and_protocol_logs_record_sessions() 
     let recv_dir = server
         .data_dir()
         .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
-    let recv: String = std::fs::read_dir(&recv_dir)
-        .unwrap()
-        .map(|e| file_text(&e.unwrap().path()))
-        .collect();
+    let recv = dir_text(&recv_dir);
     assert!(
         recv.contains("#Log-type: SMTP Receive Protocol Log"),
         "{recv}"
@@ -203,10 +196,7 @@ fn tracking_log_files_have_exchange_headers_and_protocol_logs_record_sessions() 
         assert!(recv.contains(needle), "missing {needle:?} in:\n{recv}");
     }
     let send_dir = server.data_dir().join("Logs/FrontEnd/ProtocolLog/SmtpSend");
-    let send: String = std::fs::read_dir(&send_dir)
-        .unwrap()
-        .map(|e| file_text(&e.unwrap().path()))
-        .collect();
+    let send = dir_text(&send_dir);
     assert!(
         send.contains("Inbound Proxy Internal Send Connector")
             && send.contains(",>,AUTH X-MAILFLOW-SERVER ****,")
@@ -220,11 +210,7 @@ fn tracking_log_files_have_exchange_headers_and_protocol_logs_record_sessions() 
     );
     // Transport → Mailbox Delivery: BDAT, as between Exchange servers; the envelope
     // and the chunk in one write, so no DATA and no 354 on that hop.
-    let hub_send: String =
-        std::fs::read_dir(server.data_dir().join("Logs/Hub/ProtocolLog/SmtpSend"))
-            .unwrap()
-            .map(|e| file_text(&e.unwrap().path()))
-            .collect();
+    let hub_send = dir_text(&server.data_dir().join("Logs/Hub/ProtocolLog/SmtpSend"));
     let intra: Vec<&str> = hub_send
         .lines()
         .filter(|l| l.contains("Intra-Organization SMTP Send Connector"))
@@ -484,11 +470,7 @@ fn kill_9_after_250_then_restart_delivers_each_message_exactly_once() {
     server.wait_inbox("carol@contoso.test", 1);
     // Hold the mailbox queue so accepted messages are certainly still queued at the kill.
     let out = server.cli(&["queue", "suspend", "DB01"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for i in 0..5 {
         let r = c.send(
             "sender@fabrikam.test",
@@ -710,11 +692,7 @@ fn the_front_end_reuses_an_idle_proxy_session_for_the_next_client() {
     server.wait_inbox("bob@contoso.test", 3);
     // Three client sessions, one proxy session to Transport: one logon, three MAILs.
     let send_dir = server.data_dir().join("Logs/FrontEnd/ProtocolLog/SmtpSend");
-    let read = || -> String {
-        std::fs::read_dir(&send_dir)
-            .map(|d| d.map(|e| file_text(&e.unwrap().path())).collect())
-            .unwrap_or_default()
-    };
+    let read = || dir_text(&send_dir);
     let send = poll_until(Duration::from_secs(10), || {
         let send = read();
         (send.matches(",>,MAIL FROM:<sender@fabrikam.test>").count() >= 3).then_some(send)

@@ -17,11 +17,7 @@ fn put_in_outbox(config: &std::path::Path, address: &str, eml: &str) {
         .args(["mailbox", "send", address, "--eml", file.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]

@@ -136,17 +136,9 @@ fn mailflow(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", text(&o));
-    text(&o)
+    assert_success(&o);
+    output_text(&o)
 }
 
 fn init(dir: &Path, domain: &str, server: &str) -> PathBuf {
@@ -183,22 +175,7 @@ fn send(ip: &str, port: u16, to: &str, subject: &str) {
 
 /// Every protocol log line of `server` (all its SmtpSend / SmtpReceive folders).
 fn protocol_logs(root: &Path, server: &str) -> String {
-    fn walk(p: &Path, out: &mut String) {
-        let Ok(entries) = std::fs::read_dir(p) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.to_string_lossy().contains("ProtocolLog") {
-                out.push_str(&file_text(&path));
-            }
-        }
-    }
-    let mut out = String::new();
-    walk(&root.join("data").join(server).join("Logs"), &mut out);
-    out
+    tree_text(&root.join("data").join(server).join("Logs"), "ProtocolLog")
 }
 
 /// The messages in `address`'s Inbox on `server`.
@@ -325,20 +302,20 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(verify.status.success(), "{}", output_text(&verify));
     let verify = Command::new("openssl")
         .args(["verify", "-purpose", "sslclient", "-CAfile"])
         .arg(&ca)
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(verify.status.success(), "{}", output_text(&verify));
     let shown = Command::new("openssl")
         .args(["x509", "-noout", "-text", "-in"])
         .arg(&cert)
         .output()
         .unwrap();
-    let shown = text(&shown);
+    let shown = output_text(&shown);
     assert!(
         shown.contains("DNS:ex1.fabrikam.test")
             && shown.contains("DNS:ex1")
@@ -350,11 +327,15 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
         .arg(&ca)
         .output()
         .unwrap();
-    assert!(text(&ca_shown).contains("CA:TRUE"));
+    assert!(output_text(&ca_shown).contains("CA:TRUE"));
 
     let out = check_config(&file);
     assert!(out.status.success());
-    assert!(!text(&out).contains("warning"), "{}", text(&out));
+    assert!(
+        !output_text(&out).contains("warning"),
+        "{}",
+        output_text(&out)
+    );
 
     // A certificate from another organisation's CA: serve refuses to start, naming the
     // file and the command that issues a good one (before binding anything).
@@ -369,7 +350,7 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
     }
     let out = mailflow(&["serve", "--config", file.to_str().unwrap()]);
     assert!(!out.status.success());
-    let err = text(&out);
+    let err = output_text(&out);
     assert!(
         err.contains(&format!("{}", cert.display()))
             && err.contains("not signed by the organisation CA")
@@ -394,7 +375,7 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(verify.status.success(), "{}", output_text(&verify));
     // An unknown server is a precise error.
     let out = mailflow(&[
         "init",
@@ -405,9 +386,9 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
     ]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("no [[servers]] entry named EX9"),
+        output_text(&out).contains("no [[servers]] entry named EX9"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -529,7 +510,11 @@ except (ssl.SSLError, OSError) as e:
                 .args(["-c", SCRIPT, &port.to_string(), &c, &k])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "python on {name}: {}", text(&out));
+            assert!(
+                out.status.success(),
+                "python on {name}: {}",
+                output_text(&out)
+            );
             (
                 name.to_string(),
                 String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -688,9 +673,13 @@ fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
     let mut cluster = Cluster::new(&["MBX1", "MBX2"], |_| org.clone());
     let file = cluster.config();
     let out = check_config(&file);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let command = format!("mailflow init --add-ca --config {}", file.display());
-    assert!(text(&out).contains(&command), "{}", text(&out));
+    assert!(
+        output_text(&out).contains(&command),
+        "{}",
+        output_text(&out)
+    );
 
     cluster.start_all();
     assert!(cluster.logs().contains(&command), "{}", cluster.logs());
@@ -737,7 +726,11 @@ fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
     assert_ne!(before, after);
     let out = check_config(&file);
     assert!(out.status.success());
-    assert!(!text(&out).contains("warning"), "{}", text(&out));
+    assert!(
+        !output_text(&out).contains("warning"),
+        "{}",
+        output_text(&out)
+    );
     // Again: nothing to do.
     let again = ok(mailflow(&[
         "init",
@@ -802,7 +795,7 @@ fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca
         .arg(dir.path().join("certs/mbx1.pem"))
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(verify.status.success(), "{}", output_text(&verify));
 }
 
 /// Gives the file `mailflow init` wrote free ports, and `extra` keys for its server.

@@ -9,7 +9,6 @@ mod common;
 mod server_auth;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use server_auth::{auth_line, b64, challenge, response};
@@ -79,9 +78,7 @@ fn a_recorded_exchange_does_not_authenticate_a_second_session() {
     second.cmd("QUIT");
 
     // The refusal says why in the protocol log (the client only sees 535).
-    wait_log(
-        &server,
-        HUB_LOG,
+    server.wait_log(HUB_LOG,
         "MBX1 HubTransport,organisation server authentication refused: the response does not verify",
     );
 }
@@ -160,19 +157,13 @@ fn each_internal_listener_accepts_only_its_services() {
     c.cmd("EHLO mbx9.contoso.test");
     let r = server_auth::authenticate_plain(&mut c, &secret, HUB, "MBX9", MBX1);
     assert!(r.starts_with("535 5.7.8"), "{r}");
-    wait_log(
-        &server,
-        "Logs/Mailbox/ProtocolLog/SmtpReceive/Delivery",
+    server.wait_log("Logs/Mailbox/ProtocolLog/SmtpReceive/Delivery",
         "MBX1 FrontendTransport,organisation server authentication refused: service not allowed on this connector (allowed: HubTransport)",
     );
-    wait_log(
-        &server,
-        "Logs/FrontEnd/ProtocolLog/SmtpReceive",
+    server.wait_log("Logs/FrontEnd/ProtocolLog/SmtpReceive",
         "MBX1 FrontendTransport,organisation server authentication refused: service not allowed on this connector (allowed: HubTransport)",
     );
-    wait_log(
-        &server,
-        HUB_LOG,
+    server.wait_log(HUB_LOG,
         "MBX9 HubTransport,organisation server authentication refused: no such server in the organisation",
     );
 }
@@ -222,30 +213,11 @@ fn tls_1_2_is_refused_for_server_authentication() {
     assert!(r.starts_with("535 5.7.8"), "{r}");
     not_authenticated(&c.cmd("MAIL FROM:<>"));
     c.cmd("QUIT");
-    wait_log(&server, HUB_LOG, "TLS 1.3 is required");
-}
-
-fn file_texts(dir: &std::path::Path) -> String {
-    std::fs::read_dir(dir)
-        .map(|d| d.map(|e| file_text(&e.unwrap().path())).collect())
-        .unwrap_or_default()
+    server.wait_log(HUB_LOG, "TLS 1.3 is required");
 }
 
 /// The receive protocol log of `Default MBX1` and `Client Proxy MBX1`.
 const HUB_LOG: &str = "Logs/Hub/ProtocolLog/SmtpReceive";
-
-/// Waits for `needle` in the protocol logs under `dir` (written in batches).
-fn wait_log(server: &Server, dir: &str, needle: &str) {
-    let dir = server.data_dir().join(dir);
-    let found = poll_until(Duration::from_secs(10), || {
-        file_texts(&dir).contains(needle).then_some(())
-    });
-    assert!(
-        found.is_some(),
-        "no {needle:?} in the protocol log:\n{}",
-        file_texts(&dir)
-    );
-}
 
 /// A session on `port` after STARTTLS with rustls (any certificate: the test is about
 /// the binding, not about certificates), with its exporter under the mechanism's

@@ -11,37 +11,22 @@
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
+mod files;
 mod org;
 mod ports;
 pub mod postfix;
+mod run;
 mod server;
 mod sink;
 mod smtp;
 mod wait;
 
 pub use cluster::*;
+pub use files::*;
 pub use org::*;
 pub use ports::*;
+pub use run::*;
 pub use server::*;
 pub use sink::*;
 pub use smtp::*;
 pub use wait::*;
-
-use std::path::Path;
-use std::process::{Command, Stdio};
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_mailflow");
-
-pub fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-pub fn file_text(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}

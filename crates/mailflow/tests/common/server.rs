@@ -2,7 +2,9 @@
 //! organisation file, its CLI (`mailflow --config …`) and what it wrote; killed on drop.
 //! Must not import the SMTP client (tests talk to the ports themselves).
 
-use super::{BIN, Ports, file_text, org_file, org_file_with, poll_until, wait_for};
+use super::{
+    BIN, Ports, assert_success, dir_text, file_text, org_file, org_file_with, poll_until, wait_for,
+};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 use std::time::Duration;
@@ -225,11 +227,7 @@ impl Server {
             "--eml",
             eml.path().to_str().unwrap(),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
     }
 
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
@@ -301,6 +299,39 @@ impl Server {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data/MBX1")
+    }
+
+    /// The text of one log folder of the data folder (e.g.
+    /// `Logs/FrontEnd/ProtocolLog/SmtpReceive`), its files in name order; "" before
+    /// anything is written.
+    pub fn log_dir(&self, folder: &str) -> String {
+        dir_text(&self.data_dir().join(folder))
+    }
+
+    /// The lines of one send connector's sessions in the Transport's SEND protocol
+    /// log (`Logs/Hub/ProtocolLog/SmtpSend`).
+    pub fn send_log(&self, connector: &str) -> Vec<String> {
+        let connector = format!(",{connector},");
+        self.log_dir("Logs/Hub/ProtocolLog/SmtpSend")
+            .lines()
+            .filter(|l| l.contains(&connector))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits up to 10 s for `needle` in a log folder (logs are written in batches) and
+    /// returns the folder's text.
+    pub fn wait_log(&self, folder: &str, needle: &str) -> String {
+        poll_until(Duration::from_secs(10), || {
+            let text = self.log_dir(folder);
+            text.contains(needle).then_some(text)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {needle:?} in {folder} after 10 s:\n{}",
+                self.log_dir(folder)
+            )
+        })
     }
 
     /// The port a listener (by its name, e.g. a custom receive connector's) bound at
