@@ -54,9 +54,12 @@ fn client(cell: serde_json::Value) -> serde_json::Value {
 
 fn start_with_submission() -> (Server, Sink, u16) {
     let sink = Sink::start();
-    let extra = format!(
-        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\n\n[[receive_connectors]]\nname = \"Implicit TLS MBX1\"\nserver = \"MBX1\"\nservice = \"frontend\"\nbind = \"127.0.0.1:0\"\npermissions = [\"users\"]\ntls = \"implicit\"\n",
-        sink.port
+    let extra = smart_host_connector(
+        "Fabrikam",
+        "fabrikam.test",
+        "MBX1",
+        sink.port,
+        "\n[[receive_connectors]]\nname = \"Implicit TLS MBX1\"\nserver = \"MBX1\"\nservice = \"frontend\"\nbind = \"127.0.0.1:0\"\npermissions = [\"users\"]\ntls = \"implicit\"\n",
     );
     let server = Server::start_custom("", &extra);
     let implicit = server.listener_port("Implicit TLS MBX1");

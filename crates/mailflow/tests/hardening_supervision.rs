@@ -221,8 +221,12 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
 #[test]
 fn a_refused_smart_host_behind_the_outbound_proxy_gives_its_status_once() {
     let closed = free_ports(1)[0];
-    let extra = format!(
-        "\n[[send_connectors]]\nname = \"Via Front End\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{closed}\"]\nfront_end_proxy = true\n"
+    let extra = smart_host_connector(
+        "Via Front End",
+        "fabrikam.test",
+        "MBX1",
+        closed,
+        "front_end_proxy = true\n",
     );
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);
@@ -286,10 +290,14 @@ fn a_message_larger_than_every_matching_send_connector_gets_ndr_5_3_4_and_is_not
     let sink = Sink::start();
     // The first line is a key of the test organisation's `*` connector (the table
     // just before); the second connector is the fabrikam.test one.
-    let extra = format!(
-        "max_message_size = \"1KB\"\n\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\nmax_message_size = \"1KB\"\n",
-        sink.port
-    );
+    let extra = "max_message_size = \"1KB\"\n".to_string()
+        + &smart_host_connector(
+            "Fabrikam",
+            "fabrikam.test",
+            "MBX1",
+            sink.port,
+            "max_message_size = \"1KB\"\n",
+        );
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.contoso.test");

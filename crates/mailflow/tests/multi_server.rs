@@ -527,10 +527,7 @@ fn without_a_connector_the_recipient_waits_in_unreachable_until_one_is_added_and
     assert!(q["LastError"].as_str().unwrap().contains("5.4.4"), "{q:#}");
     assert!(sink.transactions().is_empty());
     // The administrator adds a send connector for the domain and reloads.
-    let connector = format!(
-        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"SA\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\n",
-        sink.port
-    );
+    let connector = smart_host_connector("Fabrikam", "fabrikam.test", "SA", sink.port, "");
     std::fs::write(c.config(), one_site(&c.ports, &["SA"], &connector)).unwrap();
     let out = c.cli(&["reload"]);
     assert!(out.status.success(), "{out:?}");
@@ -562,9 +559,12 @@ fn a_forwarding_loop_between_two_servers_ends_with_5_4_6_and_one_ndr() {
                 "\n[[receive_connectors]]\nname = \"Relay {me}\"\nserver = \"{me}\"\nservice = \"frontend\"\nbind = \"127.0.0.1:{port}\"\nremote_ranges = [\"127.0.0.1\"]\npermissions = [\"relay\"]\n",
                 port = ports[i]
             ));
-            extra.push_str(&format!(
-                "\n[[send_connectors]]\nname = \"Loop via {other}\"\naddress_spaces = [{{ domain = \"loop.test\", cost = 1 }}]\nsource_servers = [\"{me}\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\n",
-                port = ports[1 - i]
+            extra.push_str(&smart_host_connector(
+                &format!("Loop via {other}"),
+                "loop.test",
+                me,
+                ports[1 - i],
+                "",
             ));
         }
         one_site(p, &["SA", "SB"], &extra)

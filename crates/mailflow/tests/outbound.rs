@@ -10,9 +10,13 @@ use common::postfix::{Postfix, PostfixOptions};
 use common::*;
 
 /// A send connector for fabrikam.test through a smart host on `port`.
-fn smart_host_connector(port: u16) -> String {
-    format!(
-        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\nprotocol_logging = \"verbose\"\n"
+fn fabrikam_smart_host(port: u16) -> String {
+    smart_host_connector(
+        "Fabrikam",
+        "fabrikam.test",
+        "MBX1",
+        port,
+        "protocol_logging = \"verbose\"\n",
     )
 }
 
@@ -59,7 +63,7 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
     let closed = free_ports(1)[0];
     let server = Server::start_custom(
         "delay_notification_timeout = \"2s\"\nmessage_expiration_timeout = \"5s\"",
-        &smart_host_connector(closed),
+        &fabrikam_smart_host(closed),
     );
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.contoso.test");
@@ -151,7 +155,7 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
 #[test]
 fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     let closed = free_ports(1)[0];
-    let server = Server::start_custom("", &smart_host_connector(closed));
+    let server = Server::start_custom("", &fabrikam_smart_host(closed));
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.contoso.test");
     for i in 0..2 {
@@ -305,9 +309,12 @@ fn address_space_specificity_and_cost_choose_the_connector() {
 #[test]
 fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
     let sink = Sink::start();
-    let extra = format!(
-        "\n[[send_connectors]]\nname = \"Via Front End\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\nfront_end_proxy = true\n",
-        sink.port
+    let extra = smart_host_connector(
+        "Via Front End",
+        "fabrikam.test",
+        "MBX1",
+        sink.port,
+        "front_end_proxy = true\n",
     );
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);
@@ -353,17 +360,13 @@ fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
 }
 
 fn postfix_connector(port: u16, tls: &str) -> String {
-    format!(
-        "\n[[send_connectors]]\nname = \"To Postfix\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\ntls = \"{tls}\"\nprotocol_logging = \"verbose\"\n"
+    smart_host_connector(
+        "To Postfix",
+        "fabrikam.test",
+        "MBX1",
+        port,
+        &format!("tls = \"{tls}\"\nprotocol_logging = \"verbose\"\n"),
     )
-}
-
-fn outbox_send(server: &Server, from: &str, eml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.eml");
-    std::fs::write(&file, eml).unwrap();
-    let out = server.cli(&["mailbox", "send", from, "--eml", file.to_str().unwrap()]);
-    assert_success(&out);
 }
 
 #[test]
@@ -374,9 +377,7 @@ fn mail_from_a_mailbox_reaches_postfix_intact_over_required_tls() {
     });
     let server = Server::start_custom("", &postfix_connector(postfix.port, "required"));
     let body = "Line one\r\n.starts with a dot\r\nCaf\u{e9} 8-bit text\r\n";
-    outbox_send(
-        &server,
-        "alice@contoso.test",
+    server.send_from_outbox("alice@contoso.test",
         &format!(
             "From: Alice <alice@contoso.test>\r\nTo: partner@fabrikam.test\r\nSubject: to postfix\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}"
         ),
@@ -429,9 +430,7 @@ fn postfix_rejecting_one_recipient_gives_an_ndr_for_it_alone() {
         ..Default::default()
     });
     let server = Server::start_custom("", &postfix_connector(postfix.port, "opportunistic"));
-    outbox_send(
-        &server,
-        "alice@contoso.test",
+    server.send_from_outbox("alice@contoso.test",
         "From: alice@contoso.test\r\nTo: partner@fabrikam.test, nobody@fabrikam.test\r\nSubject: one bad recipient\r\n\r\nhello\r\n",
     );
     let got = postfix.wait_messages(1);
@@ -482,9 +481,7 @@ fn postfix_down_then_back_the_queue_retries_and_delivers() {
     let mut postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions::default());
     let server = Server::start_custom("", &postfix_connector(postfix.port, "opportunistic"));
     postfix.stop();
-    outbox_send(
-        &server,
-        "alice@contoso.test",
+    server.send_from_outbox("alice@contoso.test",
         "From: alice@contoso.test\r\nTo: partner@fabrikam.test\r\nSubject: while down\r\n\r\nlater\r\n",
     );
     let q = wait_for("Retry", Duration::from_secs(20), || {
@@ -509,7 +506,7 @@ fn mail_flow_rules_add_the_disclaimer_to_outside_mail_and_reject_what_they_forbi
     let sink = Sink::start();
     let extra = format!(
         "{}\n[[transport_rules]]\nname = \"Disclaimer\"\npriority = 0\nmode = \"enforce\"\nif = {{ sender_domain_is = [\"contoso.test\"], sent_to_scope = \"not_in_organization\" }}\nthen = {{ append_disclaimer = \"Sent from Contoso\" }}\n\n[[transport_rules]]\nname = \"No offers\"\npriority = 1\nif = {{ subject_contains_words = [\"special offer\"] }}\nthen = {{ reject_message = \"Offers are not allowed\" }}\n",
-        smart_host_connector(sink.port)
+        fabrikam_smart_host(sink.port)
     );
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);

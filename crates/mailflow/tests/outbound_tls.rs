@@ -183,9 +183,15 @@ impl Drop for PythonPeer {
 /// The connector under test: smart host on `port`, TLS required with
 /// domain_validation for [`RELAY`] against the test CA, and credentials.
 fn validating_connector(port: u16, ca: &Path) -> String {
-    format!(
-        "\n[[send_connectors]]\nname = \"Validated\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\ntls = \"required\"\ntls_auth_level = \"domain_validation\"\ntls_domain = \"{RELAY}\"\ntls_ca_file = \"{}\"\nsmart_host_auth = {{ username = \"mailflow\", password = \"s3cret-pass\" }}\nprotocol_logging = \"verbose\"\n",
-        ca.display()
+    smart_host_connector(
+        "Validated",
+        "fabrikam.test",
+        "MBX1",
+        port,
+        &format!(
+            "tls = \"required\"\ntls_auth_level = \"domain_validation\"\ntls_domain = \"{RELAY}\"\ntls_ca_file = \"{}\"\nsmart_host_auth = {{ username = \"mailflow\", password = \"s3cret-pass\" }}\nprotocol_logging = \"verbose\"\n",
+            ca.display()
+        ),
     )
 }
 

@@ -2,7 +2,7 @@
 //! explicit ports (they must know each other's), killed on drop. Must not import the
 //! SMTP client.
 
-use super::{BIN, Ports, file_text, wait_for};
+use super::{BIN, Ports, cli, cli_json, file_text, send_from_outbox, wait_for};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
@@ -96,25 +96,16 @@ impl Cluster {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(self.config())
-            .args(args)
-            .output()
-            .unwrap()
+        cli(&self.config(), args)
     }
 
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "mailflow {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        cli_json(&self.config(), args)
+    }
+
+    /// Puts `content` in `mailbox`'s Outbox ([`send_from_outbox`]).
+    pub fn send_from_outbox(&self, mailbox: &str, content: &str) {
+        send_from_outbox(&self.config(), mailbox, content)
     }
 
     /// Tracking events of one server (or all with `None`).

@@ -95,3 +95,18 @@ pub fn server_entry(name: &str, site: &str, ports: &Ports) -> String {
         ports = ports.toml()
     )
 }
+
+/// A `[[send_connectors]]` table named `name` that sends the mail for `domain` from
+/// server `source` to the smart host 127.0.0.1:`port`, then the lines `more` (tls,
+/// front_end_proxy, protocol_logging…).
+pub fn smart_host_connector(
+    name: &str,
+    domain: &str,
+    source: &str,
+    port: u16,
+    more: &str,
+) -> String {
+    format!(
+        "\n[[send_connectors]]\nname = \"{name}\"\naddress_spaces = [{{ domain = \"{domain}\", cost = 1 }}]\nsource_servers = [\"{source}\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\n{more}"
+    )
+}

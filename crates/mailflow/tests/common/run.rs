@@ -1,10 +1,52 @@
-//! Running programs from tests: the `mailflow` binary's path, whether a tool is
-//! installed, a command's output checked for success, and a Python snippet whose
-//! answer is JSON. Imports nothing of the other helpers.
+//! Running programs from tests: the `mailflow` binary and its CLI against an
+//! organisation file, whether a tool is installed, a command's output checked for
+//! success, swaks, and a Python snippet whose answer is JSON. Imports nothing of the
+//! other helpers.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailflow");
+
+/// Runs `mailflow --config <config> args…` (the CLI of an organisation's operator).
+pub fn cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run mailflow")
+}
+
+/// Runs a CLI command with `--json` and parses its answer; fails the test if the
+/// command fails or prints something else.
+#[track_caller]
+pub fn cli_json(config: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = cli(config, &all);
+    assert!(
+        out.status.success(),
+        "mailflow {args:?} failed: {}",
+        output_text(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "mailflow {args:?}: bad JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Puts `content` in `mailbox`'s Outbox (`mailbox send --eml`), as a user's client
+/// does: Mailbox Transport Submission takes it from there.
+#[track_caller]
+pub fn send_from_outbox(config: &Path, mailbox: &str, content: &str) {
+    let eml = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(eml.path(), content).unwrap();
+    let eml = eml.path().to_str().unwrap();
+    assert_success(&cli(config, &["mailbox", "send", mailbox, "--eml", eml]));
+}
 
 /// True if `cmd` is on the PATH.
 pub fn have(cmd: &str) -> bool {

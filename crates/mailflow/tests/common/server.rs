@@ -3,7 +3,8 @@
 //! Must not import the SMTP client (tests talk to the ports themselves).
 
 use super::{
-    BIN, Ports, assert_success, dir_text, file_text, org_file, org_file_with, poll_until, wait_for,
+    BIN, Ports, assert_success, cli, cli_json, dir_text, file_text, org_file, org_file_with,
+    poll_until, send_from_outbox, wait_for,
 };
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
@@ -207,44 +208,16 @@ impl Server {
 
     /// Runs a CLI command against this server's organisation file.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(self.config())
-            .args(args)
-            .output()
-            .unwrap()
+        cli(&self.config(), args)
     }
 
-    /// Puts `content` in `mailbox`'s Outbox (`mailbox send --eml`), as a user's client
-    /// does: Mailbox Transport Submission takes it from there.
+    /// Puts `content` in `mailbox`'s Outbox ([`send_from_outbox`]).
     pub fn send_from_outbox(&self, mailbox: &str, content: &str) {
-        let eml = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(eml.path(), content).unwrap();
-        let out = self.cli(&[
-            "mailbox",
-            "send",
-            mailbox,
-            "--eml",
-            eml.path().to_str().unwrap(),
-        ]);
-        assert_success(&out);
+        send_from_outbox(&self.config(), mailbox, content)
     }
 
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "mailflow {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "mailflow {args:?}: bad JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        cli_json(&self.config(), args)
     }
 
     /// The messages of a mailbox folder, as exported (.eml bytes, in delivery order).
