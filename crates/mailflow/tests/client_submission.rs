@@ -76,7 +76,7 @@ fn start_with_submission() -> (Server, Sink, u16) {
 }
 
 fn ports(server: &Server) -> (u16, u16) {
-    (server.ports.client_frontend(), server.ports.client_proxy())
+    (server.ports.client_frontend, server.ports.client_proxy)
 }
 
 #[test]

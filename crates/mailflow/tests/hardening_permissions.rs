@@ -103,8 +103,8 @@ fn logons(port: u16, attempts: &[(&str, &str, &str)], parallel: bool) -> Vec<Str
 /// The value of a `key = N` line of the organisation file (ports not in `Ports`).
 fn port_of(server: &Server, key: &str) -> u16 {
     match key {
-        "client_frontend" => server.ports.client_frontend(),
-        "client_proxy" => server.ports.client_proxy(),
+        "client_frontend" => server.ports.client_frontend,
+        "client_proxy" => server.ports.client_proxy,
         _ => panic!("no port {key}"),
     }
 }

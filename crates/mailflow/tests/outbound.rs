@@ -351,7 +351,7 @@ fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
     ]);
     assert_eq!(send[0]["ConnectorId"], "Via Front End");
     // A stranger cannot use :717 to relay.
-    let mut c = Smtp::connect(server.ports.others_outbound_proxy());
+    let mut c = Smtp::connect(server.ports.outbound_proxy);
     c.cmd("EHLO stranger.example");
     assert!(
         c.cmd("MAIL FROM:<evil@example.org>")

@@ -399,7 +399,6 @@ fn the_admin_api_refuses_requests_without_the_organisation_token() {
 fn frontend_answers_4xx_at_once_when_no_transport_service_answers() {
     // dave's database is active on MBX2 in another site, whose Transport is not running:
     // Front End must not hold the client until a timeout.
-    let p = free_ports(7);
     let extra = format!(
         r#"
 [[sites]]
@@ -408,22 +407,7 @@ name = "Site-B"
 [[site_links]]
 sites = ["Site-A", "Site-B"]
 cost = 10
-
-[[servers]]
-name = "MBX2"
-site = "Site-B"
-fqdn = "mbx2.contoso.test"
-address = "127.0.0.1"
-data_dir = "data/MBX2"
-[servers.ports]
-frontend = {}
-client_frontend = {}
-client_proxy = {}
-outbound_proxy = {}
-transport = {}
-mailbox_delivery = {}
-admin = {}
-
+{mbx2}
 [[databases]]
 name = "DB02"
 copies = ["MBX2"]
@@ -432,7 +416,7 @@ copies = ["MBX2"]
 address = "dave@contoso.test"
 database = "DB02"
 "#,
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+        mbx2 = server_entry("MBX2", "Site-B", &Ports::new())
     );
     let server = Server::start_with(&extra);
     let mut c = Smtp::connect(server.ports.frontend);
@@ -584,11 +568,8 @@ fn auth_as_transport(c: &mut Smtp, server: &str) -> String {
 
 #[test]
 fn mailbox_delivery_takes_only_active_databases_and_absorbs_a_retried_delivery() {
-    let p = free_ports(7);
-    let extra = format!(
-        "\n[[servers]]\nname = \"MBX2\"\nsite = \"Site-A\"\nfqdn = \"mbx2.contoso.test\"\naddress = \"127.0.0.1\"\ndata_dir = \"data/MBX2\"\n[servers.ports]\nfrontend = {}\nclient_frontend = {}\nclient_proxy = {}\noutbound_proxy = {}\ntransport = {}\nmailbox_delivery = {}\nadmin = {}\n\n[[databases]]\nname = \"DB02\"\ncopies = [\"MBX2\"]\n\n[[mailboxes]]\naddress = \"dave@contoso.test\"\ndatabase = \"DB02\"\n",
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6]
-    );
+    let extra = server_entry("MBX2", "Site-A", &Ports::new())
+        + "\n[[databases]]\nname = \"DB02\"\ncopies = [\"MBX2\"]\n\n[[mailboxes]]\naddress = \"dave@contoso.test\"\ndatabase = \"DB02\"\n";
     let server = Server::start_with(&extra);
     let content = "X-MS-Exchange-Organization-Network-Message-Id: 0123456789abcdef0123456789abcdef\r\nSubject: retried delivery\r\nMessage-ID: <retried@contoso.test>\r\n\r\nonce\r\n";
     for attempt in 0..2 {

@@ -14,67 +14,27 @@ use std::time::Duration;
 
 use common::*;
 
-/// The ports of one server (all of them: the internal listeners are tested one by one).
-#[derive(Clone, Copy)]
-struct P {
-    frontend: u16,
-    client_frontend: u16,
-    client_proxy: u16,
-    outbound_proxy: u16,
-    transport: u16,
-    mailbox_delivery: u16,
-    admin: u16,
-}
-
-impl P {
-    fn new() -> P {
-        let p = free_ports(7);
-        P {
-            frontend: p[0],
-            client_frontend: p[1],
-            client_proxy: p[2],
-            outbound_proxy: p[3],
-            transport: p[4],
-            mailbox_delivery: p[5],
-            admin: p[6],
-        }
-    }
-
-    fn toml(&self) -> String {
-        format!(
-            "[servers.ports]\nfrontend = {}\nclient_frontend = {}\nclient_proxy = {}\noutbound_proxy = {}\ntransport = {}\nmailbox_delivery = {}\nadmin = {}\n",
-            self.frontend,
-            self.client_frontend,
-            self.client_proxy,
-            self.outbound_proxy,
-            self.transport,
-            self.mailbox_delivery,
-            self.admin
-        )
-    }
-
-    /// Default <server> :2525, Client Proxy :465, Mailbox Delivery :475, Outbound
-    /// Proxy Frontend :717.
-    fn internal(&self) -> [(&'static str, u16); 4] {
-        [
-            ("transport", self.transport),
-            ("client_proxy", self.client_proxy),
-            ("mailbox_delivery", self.mailbox_delivery),
-            ("outbound_proxy", self.outbound_proxy),
-        ]
-    }
+/// The internal listeners of a server: Default <server> :2525, Client Proxy :465,
+/// Mailbox Delivery :475, Outbound Proxy Frontend :717.
+fn internal(p: &Ports) -> [(&'static str, u16); 4] {
+    [
+        ("transport", p.transport),
+        ("client_proxy", p.client_proxy),
+        ("mailbox_delivery", p.mailbox_delivery),
+        ("outbound_proxy", p.outbound_proxy),
+    ]
 }
 
 /// MBX1 (site A, 127.0.0.1, alice) and MBX2 (site B, 127.0.0.2, bob); groups with no
 /// mailbox of their own make the Front End use its own site's Transport, so the hop
 /// between the servers is Transport's. `ca` adds the [organization] CA keys.
-fn org_text(p1: &P, p2: &P, ca: bool) -> String {
+fn org_text(p1: &Ports, p2: &Ports, ca: bool) -> String {
     let ca = if ca {
         "ca_certificate = \"ca/org-ca.pem\"\nca_key = \"ca/org-ca.key\"\n"
     } else {
         ""
     };
-    let server = |name: &str, site: &str, ip: &str, p: &P| {
+    let server = |name: &str, site: &str, ip: &str, p: &Ports| {
         format!(
             "\n# server {name}\n[[servers]]\nname = \"{name}\"\nsite = \"{site}\"\nfqdn = \"{}.contoso.test\"\naddress = \"{ip}\"\ndata_dir = \"data/{name}\"\ntransport_protocol_logging = \"verbose\"\n{}",
             name.to_lowercase(),
@@ -223,8 +183,8 @@ fn received_by(message: &str, by: &str) -> Vec<String> {
 
 /// A two-server CA organisation as an operator makes it: `mailflow init` (the CA),
 /// the organisation file naming it, `--add-server` for each server.
-fn ca_cluster() -> (Cluster, P, P) {
-    let (p1, p2) = (P::new(), P::new());
+fn ca_cluster() -> (Cluster, Ports, Ports) {
+    let (p1, p2) = (Ports::new(), Ports::new());
     let org = org_text(&p1, &p2, true);
     let cluster = Cluster::new(&["MBX1", "MBX2"], |_| org.clone());
     let boot = tempfile::tempdir().unwrap();
@@ -539,7 +499,7 @@ fn internal_listeners_refuse_client_certificates_the_ca_did_not_sign() {
         cluster.dir.path().join("certs/mbx1.pem"),
         cluster.dir.path().join("certs/mbx1.key"),
     );
-    let ports = p2.internal();
+    let ports = internal(&p2);
     for (port, verdict) in python_starttls(&ports, Some((&foreign_pair.0, &foreign_pair.1))) {
         assert!(
             verdict.starts_with("refused"),
@@ -668,7 +628,7 @@ fn a_server_with_another_cas_certificate_gets_nothing_and_the_queue_names_it() {
 
 #[test]
 fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
-    let (p1, p2) = (P::new(), P::new());
+    let (p1, p2) = (Ports::new(), Ports::new());
     let org = org_text(&p1, &p2, false);
     let mut cluster = Cluster::new(&["MBX1", "MBX2"], |_| org.clone());
     let file = cluster.config();
@@ -777,7 +737,7 @@ fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
 fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = init(dir.path(), "contoso.test", "MBX1");
-    with_free_ports(&file, "");
+    with_system_ports(&file, "");
     for f in ["certs/mbx1.pem", "certs/mbx1.key"] {
         std::fs::remove_file(dir.path().join(f)).unwrap();
     }
@@ -798,9 +758,10 @@ fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca
     assert!(verify.status.success(), "{}", output_text(&verify));
 }
 
-/// Gives the file `mailflow init` wrote free ports, and `extra` keys for its server.
-fn with_free_ports(file: &Path, extra: &str) -> P {
-    let p = P::new();
+/// Gives the file `mailflow init` wrote port 0 for every listener (the server reports
+/// what it bound, [`Ports::bound`]), and `extra` keys for its server.
+fn with_system_ports(file: &Path, extra: &str) {
+    let p = Ports::system();
     let original = file_text(file);
     let ports_at = original.find("[servers.ports]").unwrap();
     let ports_end = original[ports_at..].find("\n\n").unwrap() + ports_at + 1;
@@ -811,27 +772,13 @@ fn with_free_ports(file: &Path, extra: &str) -> P {
         &original[ports_end..]
     );
     std::fs::write(file, edited).unwrap();
-    p
 }
 
 /// `mailflow serve` of a one-server file, once it says it is ready (the log's path).
 fn serve_lone(file: &Path) -> (std::process::Child, PathBuf) {
     let log_path = file.with_file_name("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", file.to_str().unwrap()])
-        .env("MAILFLOW_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let started = wait_for("serve to be ready or exit", Duration::from_secs(30), || {
-        if let Ok(Some(_)) = child.try_wait() {
-            return Some(false);
-        }
-        file_text(&log_path).contains("ready").then_some(true)
-    });
-    assert!(started, "{}", file_text(&log_path));
+    let child = spawn_serve(file, None, &log_path, &[])
+        .unwrap_or_else(|| panic!("serve did not start:\n{}", file_text(&log_path)));
     (child, log_path)
 }
 
@@ -879,7 +826,7 @@ fn the_front_end_presents_its_public_certificate_and_internal_listeners_the_orga
         public.path().join("certs/mail.pem"),
         public.path().join("certs/mail.key"),
     );
-    let p = with_free_ports(
+    with_system_ports(
         &file,
         &format!(
             "frontend_tls_certificate = {:?}\nfrontend_tls_key = {:?}\n",
@@ -887,7 +834,9 @@ fn the_front_end_presents_its_public_certificate_and_internal_listeners_the_orga
         ),
     );
     ok(check_config(&file));
-    let (mut child, _log) = serve_lone(&file);
+    let (mut child, log) = serve_lone(&file);
+    let p = Ports::bound(&dir.path().join("data/MBX1"))
+        .unwrap_or_else(|| panic!("no listeners.json:\n{}", file_text(&log)));
     let (own_cert, own_key) = (
         dir.path().join("certs/mbx1.pem"),
         dir.path().join("certs/mbx1.key"),

@@ -119,8 +119,8 @@ fn each_internal_listener_accepts_only_its_services() {
     let secret = server_auth::secret(server.dir.path());
     let transport = server.ports.transport;
     let delivery = server.ports.mailbox_delivery;
-    let client_proxy = server.ports.client_proxy();
-    let outbound_proxy = server.ports.others_outbound_proxy();
+    let client_proxy = server.ports.client_proxy;
+    let outbound_proxy = server.ports.outbound_proxy;
     let cases = [
         (transport, FRONTEND, true),
         (transport, HUB, true),

@@ -2,7 +2,7 @@
 //! explicit ports (they must know each other's), killed on drop. Must not import the
 //! SMTP client.
 
-use super::{BIN, Ports, cli, cli_json, file_text, send_from_outbox, wait_for};
+use super::{BIN, Ports, cli, cli_json, file_text, send_from_outbox, spawn_serve, wait_for};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
@@ -47,32 +47,8 @@ impl Cluster {
 
     pub fn start(&mut self, name: &str) {
         let log_path = self.log_path(name);
-        let before = file_text(&log_path).matches("ready").count();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(self.config())
-            .args(["--server", name])
-            .env("MAILFLOW_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let ok = wait_for(
-            &format!("{name} to be ready"),
-            Duration::from_secs(30),
-            || {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return Some(false);
-                }
-                (file_text(&log_path).matches("ready").count() > before).then_some(true)
-            },
-        );
-        assert!(ok, "{name} did not start:\n{}", file_text(&log_path));
+        let child = spawn_serve(&self.config(), Some(name), &log_path, &[])
+            .unwrap_or_else(|| panic!("{name} did not start:\n{}", file_text(&log_path)));
         self.children.insert(name.to_string(), child);
     }
 

@@ -28,25 +28,30 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     out
 }
 
+/// The listening ports of one server, as `[servers.ports]` names them.
+#[derive(Clone, Copy, Debug)]
 pub struct Ports {
+    /// Default Frontend (:25 in Exchange).
     pub frontend: u16,
+    /// Client Frontend (:587).
+    pub client_frontend: u16,
+    /// Client Proxy (:465).
+    pub client_proxy: u16,
+    /// Outbound Proxy Frontend (:717).
+    pub outbound_proxy: u16,
+    /// Default <server> (:2525).
     pub transport: u16,
+    /// Mailbox Delivery (:475).
     pub mailbox_delivery: u16,
+    /// The admin API.
     pub admin: u16,
-    others: [u16; 3],
 }
 
 impl Ports {
     /// Every port 0: the server binds what the system gives and reports it in
     /// `<data_dir>/listeners.json` (only for an organisation of one server).
     pub fn system() -> Ports {
-        Ports {
-            frontend: 0,
-            transport: 0,
-            mailbox_delivery: 0,
-            admin: 0,
-            others: [0; 3],
-        }
+        Ports::from([0; 7])
     }
 
     /// The ports a running server recorded in `<data_dir>/listeners.json`.
@@ -57,14 +62,12 @@ impl Ports {
         let port = |k: &str| p[k].as_u64().and_then(|n| u16::try_from(n).ok());
         Some(Ports {
             frontend: port("frontend")?,
+            client_frontend: port("client_frontend")?,
+            client_proxy: port("client_proxy")?,
+            outbound_proxy: port("outbound_proxy")?,
             transport: port("transport")?,
             mailbox_delivery: port("mailbox_delivery")?,
             admin: port("admin")?,
-            others: [
-                port("client_frontend")?,
-                port("client_proxy")?,
-                port("outbound_proxy")?,
-            ],
         })
     }
 
@@ -72,34 +75,31 @@ impl Ports {
     /// where the others listen).
     pub fn new() -> Ports {
         let p = free_ports(7);
-        Ports {
-            frontend: p[0],
-            transport: p[1],
-            mailbox_delivery: p[2],
-            admin: p[3],
-            others: [p[4], p[5], p[6]],
-        }
-    }
-    /// The Outbound Proxy Frontend port (:717 in Exchange).
-    pub fn others_outbound_proxy(&self) -> u16 {
-        self.others[2]
-    }
-    /// The Client Frontend port (:587 in Exchange).
-    pub fn client_frontend(&self) -> u16 {
-        self.others[0]
-    }
-    /// The Client Proxy port (:465 in Exchange).
-    pub fn client_proxy(&self) -> u16 {
-        self.others[1]
+        Ports::from([p[0], p[1], p[2], p[3], p[4], p[5], p[6]])
     }
 
+    /// In `[servers.ports]` order: frontend, client_frontend, client_proxy,
+    /// outbound_proxy, transport, mailbox_delivery, admin.
+    fn from(p: [u16; 7]) -> Ports {
+        Ports {
+            frontend: p[0],
+            client_frontend: p[1],
+            client_proxy: p[2],
+            outbound_proxy: p[3],
+            transport: p[4],
+            mailbox_delivery: p[5],
+            admin: p[6],
+        }
+    }
+
+    /// The `[servers.ports]` table.
     pub fn toml(&self) -> String {
         format!(
             "[servers.ports]\nfrontend = {}\nclient_frontend = {}\nclient_proxy = {}\noutbound_proxy = {}\ntransport = {}\nmailbox_delivery = {}\nadmin = {}\n",
             self.frontend,
-            self.others[0],
-            self.others[1],
-            self.others[2],
+            self.client_frontend,
+            self.client_proxy,
+            self.outbound_proxy,
             self.transport,
             self.mailbox_delivery,
             self.admin

@@ -6,9 +6,49 @@ use super::{
     BIN, Ports, assert_success, cli, cli_json, dir_text, file_text, org_file, org_file_with,
     poll_until, send_from_outbox, wait_for,
 };
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
+
+/// Starts `mailflow serve --config <config> [--server <server>]` with `env`, its
+/// output appended to `log_path`, and waits up to 30 s for a new "ready" line there:
+/// the process, or None if it exited first (e.g. a port taken meanwhile).
+pub fn spawn_serve(
+    config: &Path,
+    server: Option<&str>,
+    log_path: &Path,
+    env: &[(String, String)],
+) -> Option<Child> {
+    let before = file_text(log_path).matches("ready").count();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--config"]).arg(config);
+    if let Some(server) = server {
+        command.args(["--server", server]);
+    }
+    let mut child = command
+        .env("MAILFLOW_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start mailflow serve");
+    let ready = wait_for(
+        "mailflow serve to be ready or exit",
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(false);
+            }
+            (file_text(log_path).matches("ready").count() > before).then_some(true)
+        },
+    );
+    ready.then_some(child)
+}
 
 /// A running `mailflow serve`.
 pub struct Server {
@@ -112,39 +152,14 @@ impl Server {
     /// Starts the process and waits for its "ready" line; false if it exited first.
     fn try_spawn(&mut self) -> bool {
         let log_path = self.dir.path().join("serve.log");
-        let before = file_text(&log_path).matches("ready").count();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(self.config())
-            .args(["--server", "MBX1"])
-            .env("MAILFLOW_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start mailflow serve");
-        let started = wait_for(
-            "mailflow serve to be ready or exit",
-            Duration::from_secs(30),
-            || {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return Some(false);
-                }
-                (file_text(&log_path).matches("ready").count() > before).then_some(true)
-            },
-        );
-        if started {
-            self.child = Some(child);
-            // "ready" comes after listeners.json is written.
-            self.ports = Ports::bound(&self.data_dir())
-                .unwrap_or_else(|| panic!("no listeners.json after ready:\n{}", self.log()));
-        }
-        started
+        let Some(child) = spawn_serve(&self.config(), Some("MBX1"), &log_path, &self.env) else {
+            return false;
+        };
+        self.child = Some(child);
+        // "ready" comes after listeners.json is written.
+        self.ports = Ports::bound(&self.data_dir())
+            .unwrap_or_else(|| panic!("no listeners.json after ready:\n{}", self.log()));
+        true
     }
 
     /// Waits for the process to end by itself (a crash), true if it did.
