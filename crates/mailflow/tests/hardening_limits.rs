@@ -218,14 +218,7 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
     );
     assert!(r.starts_with("250"), "{r}");
     c.cmd("QUIT");
-    let mailbox_list = || {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .args(["mailbox", "list", "--json"])
-            .output()
-            .unwrap()
-    };
+    let mailbox_list = || cli(&config, &["mailbox", "list", "--json"]);
     wait_for("delivery to alice", Duration::from_secs(60), || {
         let out = mailbox_list();
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;

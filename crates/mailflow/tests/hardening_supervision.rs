@@ -41,9 +41,7 @@ fn wait_poison(server: &Server, count: u64) -> serde_json::Value {
         Duration::from_secs(90),
         || {
             server
-                .cli_json(&["queue", "list"])
-                .as_array()
-                .unwrap()
+                .queues()
                 .iter()
                 .find(|q| q["Identity"] == "MBX1\\Poison" && q["MessageCount"] == count)
                 .cloned()
@@ -165,9 +163,7 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
     send_via(server.ports.frontend, &["alice@contoso.test"], "warm up");
     server.wait_inbox("alice@contoso.test", 1);
     let queue = server
-        .cli_json(&["queue", "list"])
-        .as_array()
-        .unwrap()
+        .queues()
         .iter()
         .find(|q| q["DeliveryType"] == "SmtpDeliveryToMailbox")
         .cloned()
@@ -187,9 +183,7 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
         Duration::from_secs(20),
         || {
             server
-                .cli_json(&["queue", "list"])
-                .as_array()
-                .unwrap()
+                .queues()
                 .iter()
                 .any(|q| q["Identity"] == identity.as_str() && q["MessageCount"] == QUEUED)
                 .then_some(())
@@ -208,7 +202,7 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
     );
     let deferred = events(&server, "DEFER", "queued across a restart");
     assert!(deferred.is_empty(), "{deferred:#?}");
-    for q in server.cli_json(&["queue", "list"]).as_array().unwrap() {
+    for q in server.queues() {
         assert!(q["LastError"].is_null(), "{q:#?}");
     }
     let log = server.log();
@@ -390,9 +384,7 @@ fn panicking_receive_sessions_release_their_connection_slots_and_acknowledge_not
     server.wait_inbox("bob@contoso.test", 1);
     assert_eq!(server.inbox_count("alice@contoso.test"), 0);
     let submission = server
-        .cli_json(&["queue", "list"])
-        .as_array()
-        .unwrap()
+        .queues()
         .iter()
         .find(|q| q["Identity"] == "MBX1\\Submission")
         .cloned()

@@ -91,9 +91,7 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
         Duration::from_secs(20),
         || {
             server
-                .cli_json(&["queue", "list"])
-                .as_array()
-                .unwrap()
+                .queues()
                 .iter()
                 .find(|q| {
                     q["Status"] == "Retry" && q["DeliveryType"] == "SmartHostConnectorDelivery"
@@ -168,9 +166,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     }
     let queue = wait_for("the fabrikam queue", Duration::from_secs(20), || {
         server
-            .cli_json(&["queue", "list"])
-            .as_array()
-            .unwrap()
+            .queues()
             .iter()
             .find(|q| q["DeliveryType"] == "SmartHostConnectorDelivery" && q["MessageCount"] == 2)
             .cloned()
@@ -180,9 +176,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     let out = server.cli(&["queue", "suspend", &identity]);
     assert_success(&out);
     let q = server
-        .cli_json(&["queue", "list"])
-        .as_array()
-        .unwrap()
+        .queues()
         .iter()
         .find(|q| q["Identity"] == identity.as_str())
         .cloned()
@@ -191,9 +185,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     assert!(server.cli(&["queue", "resume", &identity]).status.success());
     assert!(server.cli(&["queue", "retry", &identity]).status.success());
     let q = server
-        .cli_json(&["queue", "list"])
-        .as_array()
-        .unwrap()
+        .queues()
         .iter()
         .find(|q| q["Identity"] == identity.as_str())
         .cloned()
@@ -235,9 +227,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     removed(&second, true);
     wait_for("the queue to empty", Duration::from_secs(10), || {
         server
-            .cli_json(&["queue", "list"])
-            .as_array()
-            .unwrap()
+            .queues()
             .iter()
             .all(|q| q["MessageCount"] == 0)
             .then_some(())
@@ -486,9 +476,7 @@ fn postfix_down_then_back_the_queue_retries_and_delivers() {
     );
     let q = wait_for("Retry", Duration::from_secs(20), || {
         server
-            .cli_json(&["queue", "list"])
-            .as_array()
-            .unwrap()
+            .queues()
             .iter()
             .find(|q| q["Status"] == "Retry")
             .cloned()

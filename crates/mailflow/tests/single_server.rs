@@ -633,9 +633,7 @@ fn a_message_that_crashes_the_server_twice_is_parked_in_the_poison_queue() {
     server.spawn();
     let poison = wait_for("the poison queue", Duration::from_secs(20), || {
         server
-            .cli_json(&["queue", "list"])
-            .as_array()
-            .unwrap()
+            .queues()
             .iter()
             .find(|q| q["Identity"] == "MBX1\\Poison")
             .cloned()

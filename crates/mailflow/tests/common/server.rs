@@ -278,6 +278,14 @@ impl Server {
         );
     }
 
+    /// The queues (Get-Queue): one JSON object each.
+    pub fn queues(&self) -> Vec<serde_json::Value> {
+        self.cli_json(&["queue", "list"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     /// Tracking events (Get-MessageTrackingLog) with extra filter arguments.
     pub fn track(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let mut all = vec!["track", "--result-size", "0"];
