@@ -470,18 +470,11 @@ fn a_dag_database_on_postgresql_is_one_mailbox_whichever_copy_is_active() {
         "{delivered:#?}"
     );
     // One mailbox, whichever server delivered: the export sees all six, once each.
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = c.cli(&[
-        "mailbox",
-        "export",
-        "alice@contoso.test",
-        "--out",
-        out_dir.path().to_str().unwrap(),
-    ]);
-    assert_success(&out);
-    let mut subjects: Vec<String> = std::fs::read_dir(out_dir.path())
-        .unwrap()
-        .map(|e| header_values(&std::fs::read(e.unwrap().path()).unwrap(), "Subject")[0].clone())
+    let mut subjects: Vec<String> = c
+        .export(None, "alice@contoso.test", None)
+        .unwrap_or_else(|e| panic!("export failed: {e}"))
+        .iter()
+        .map(|m| header_values(m, "Subject")[0].clone())
         .collect();
     subjects.sort();
     let expected: Vec<String> = (0..3)
@@ -619,21 +612,11 @@ fn a_forwarding_loop_between_two_servers_ends_with_5_4_6_and_one_ndr() {
             .ok_or(format!("{again:#?}"))
     });
     assert_eq!(delivered.len(), 1);
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = c.cli(&[
-        "--server",
-        "SA",
-        "mailbox",
-        "export",
-        "alice@contoso.test",
-        "--out",
-        out_dir.path().to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let files: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().collect();
+    let files = c
+        .export(Some("SA"), "alice@contoso.test", None)
+        .unwrap_or_else(|e| panic!("export failed: {e}"));
     assert_eq!(files.len(), 1);
-    let eml = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
-    let text = String::from_utf8_lossy(&eml);
+    let text = String::from_utf8_lossy(&files[0]);
     assert!(text.contains("Status: 5.4.6"), "{text}");
     assert!(text.contains("x@loop.test"), "{text}");
     for server in ["SA", "SB"] {

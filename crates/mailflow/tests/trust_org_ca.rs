@@ -138,26 +138,13 @@ fn protocol_logs(root: &Path, server: &str) -> String {
     tree_text(&root.join("data").join(server).join("Logs"), "ProtocolLog")
 }
 
-/// The messages in `address`'s Inbox on `server`.
+/// The messages in `address`'s Inbox on `server` (none while the export fails).
 fn inbox(cluster: &Cluster, server: &str, address: &str) -> Vec<String> {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = cluster.cli(&[
-        "--server",
-        server,
-        "mailbox",
-        "export",
-        address,
-        "--folder",
-        "Inbox",
-        "--out",
-        out_dir.path().to_str().unwrap(),
-    ]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    std::fs::read_dir(out_dir.path())
-        .unwrap()
-        .map(|e| String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned())
+    cluster
+        .export(Some(server), address, Some("Inbox"))
+        .unwrap_or_default()
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
         .collect()
 }
 

@@ -2,7 +2,9 @@
 //! explicit ports (they must know each other's), killed on drop. Must not import the
 //! SMTP client.
 
-use super::{BIN, Ports, cli, cli_json, file_text, send_from_outbox, spawn_serve, wait_for};
+use super::{
+    BIN, Ports, cli, cli_json, export_mailbox, file_text, send_from_outbox, spawn_serve, wait_for,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
@@ -82,6 +84,17 @@ impl Cluster {
     /// Puts `content` in `mailbox`'s Outbox ([`send_from_outbox`]).
     pub fn send_from_outbox(&self, mailbox: &str, content: &str) {
         send_from_outbox(&self.config(), mailbox, content)
+    }
+
+    /// The messages of `address`'s mailbox through `server`'s CLI view
+    /// ([`export_mailbox`]).
+    pub fn export(
+        &self,
+        server: Option<&str>,
+        address: &str,
+        folder: Option<&str>,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        export_mailbox(&self.config(), server, address, folder)
     }
 
     /// Tracking events of one server (or all with `None`).

@@ -1,8 +1,9 @@
 //! Running programs from tests: the `mailflow` binary and its CLI against an
 //! organisation file, whether a tool is installed, a command's output checked for
-//! success, swaks, and a Python snippet whose answer is JSON. Imports nothing of the
-//! other helpers.
+//! success, swaks, and a Python snippet whose answer is JSON. Imports only
+//! files.rs.
 
+use super::files_in;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -46,6 +47,35 @@ pub fn send_from_outbox(config: &Path, mailbox: &str, content: &str) {
     std::fs::write(eml.path(), content).unwrap();
     let eml = eml.path().to_str().unwrap();
     assert_success(&cli(config, &["mailbox", "send", mailbox, "--eml", eml]));
+}
+
+/// The messages of `address`'s mailbox (`mailbox export`: one folder, or every
+/// folder with None), .eml bytes in file-name order; Err with what the CLI printed if
+/// the export failed. `server` names the server in an organisation of several.
+pub fn export_mailbox(
+    config: &Path,
+    server: Option<&str>,
+    address: &str,
+    folder: Option<&str>,
+) -> Result<Vec<Vec<u8>>, String> {
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut args = Vec::new();
+    if let Some(server) = server {
+        args.extend(["--server", server]);
+    }
+    args.extend(["mailbox", "export", address]);
+    if let Some(folder) = folder {
+        args.extend(["--folder", folder]);
+    }
+    args.extend(["--out", out_dir.path().to_str().unwrap()]);
+    let out = cli(config, &args);
+    if !out.status.success() {
+        return Err(output_text(&out));
+    }
+    Ok(files_in(out_dir.path())
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect())
 }
 
 /// True if `cmd` is on the PATH.

@@ -3,8 +3,8 @@
 //! Must not import the SMTP client (tests talk to the ports themselves).
 
 use super::{
-    BIN, Ports, assert_success, cli, cli_json, dir_text, file_text, org_file, org_file_with,
-    poll_until, send_from_outbox, wait_for,
+    BIN, Ports, assert_success, cli, cli_json, dir_text, export_mailbox, file_text, org_file,
+    org_file_with, poll_until, send_from_outbox, wait_for,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -237,27 +237,8 @@ impl Server {
 
     /// The messages of a mailbox folder, as exported (.eml bytes, in delivery order).
     pub fn export(&self, address: &str) -> Vec<Vec<u8>> {
-        let out_dir = tempfile::tempdir().unwrap();
-        let out = self.cli(&[
-            "mailbox",
-            "export",
-            address,
-            "--folder",
-            "Inbox",
-            "--out",
-            out_dir.path().to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "export failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut files: Vec<_> = std::fs::read_dir(out_dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+        export_mailbox(&self.config(), None, address, Some("Inbox"))
+            .unwrap_or_else(|e| panic!("export failed: {e}"))
     }
 
     pub fn inbox_count(&self, address: &str) -> u64 {
