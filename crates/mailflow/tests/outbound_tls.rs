@@ -12,70 +12,9 @@ use std::time::Duration;
 
 use common::postfix::{Postfix, PostfixOptions};
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// The name the smart host's certificate must carry (`tls_domain`).
 const RELAY: &str = "relay.fabrikam.test";
-
-/// A test CA and certificates, as PEM files in a folder every process can read.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::Builder::new().prefix("pki-").tempdir().unwrap();
-        // Postfix reads the files as its own user.
-        set_mode(dir.path(), 0o755);
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Fabrikam Test CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let pki = Pki { dir, ca };
-        pki.write("ca.pem", &pki.ca.pem());
-        pki
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        set_mode(&p, 0o644);
-        p
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A certificate for `name` signed by the CA: (cert, key) files.
-    fn signed(&self, file: &str, name: &str) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (
-            self.write(&format!("{file}.pem"), &cert.pem()),
-            self.write(&format!("{file}.key"), &key.serialize_pem()),
-        )
-    }
-
-    /// A self-signed certificate for `name`: (cert, key) files.
-    fn self_signed(&self, file: &str, name: &str) -> (PathBuf, PathBuf) {
-        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-        (
-            self.write(&format!("{file}.pem"), &c.cert.pem()),
-            self.write(&format!("{file}.key"), &c.signing_key.serialize_pem()),
-        )
-    }
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
 
 /// A smart host that offers STARTTLS with the given certificate and AUTH, accepts
 /// everything, and writes every line it receives to a transcript (`TLS ` before the
@@ -257,7 +196,7 @@ const EXPIRES_SOON: &str = "message_expiration_timeout = \"6s\"";
 
 #[test]
 fn a_smart_host_with_a_self_signed_certificate_for_another_name_gets_no_auth_and_no_mail() {
-    let pki = Pki::new();
+    let pki = Pki::new("Fabrikam Test CA");
     let peer = PythonPeer::start(&pki, pki.self_signed("wrong", "wrong.example.test"));
     let server = Server::start_custom(
         EXPIRES_SOON,
@@ -279,8 +218,8 @@ fn a_smart_host_with_a_self_signed_certificate_for_another_name_gets_no_auth_and
 
 #[test]
 fn a_smart_host_whose_certificate_chains_to_the_connector_ca_gets_auth_inside_tls_and_the_mail() {
-    let pki = Pki::new();
-    let peer = PythonPeer::start(&pki, pki.signed("relay", RELAY));
+    let pki = Pki::new("Fabrikam Test CA");
+    let peer = PythonPeer::start(&pki, pki.signed("relay", &[RELAY]));
     let server = Server::start_custom("", &validating_connector(peer.port, &pki.ca_file()));
     alice_sends(&server, "to the relay");
     let t = wait_for("the relay has the content", Duration::from_secs(20), || {
@@ -325,8 +264,8 @@ fn validating_connector_no_auth(port: u16, ca: &Path) -> String {
 
 #[test]
 fn postfix_with_a_ca_signed_certificate_for_another_name_gets_no_mail_under_domain_validation() {
-    let pki = Pki::new();
-    let postfix = postfix_with(pki.signed("other", "other.fabrikam.test"));
+    let pki = Pki::new("Fabrikam Test CA");
+    let postfix = postfix_with(pki.signed("other", &["other.fabrikam.test"]));
     let server = Server::start_custom(
         EXPIRES_SOON,
         &validating_connector_no_auth(postfix.port, &pki.ca_file()),
@@ -342,8 +281,8 @@ fn postfix_with_a_ca_signed_certificate_for_another_name_gets_no_mail_under_doma
 
 #[test]
 fn postfix_with_a_certificate_for_the_name_from_the_connector_ca_gets_the_mail() {
-    let pki = Pki::new();
-    let postfix = postfix_with(pki.signed("relay", RELAY));
+    let pki = Pki::new("Fabrikam Test CA");
+    let postfix = postfix_with(pki.signed("relay", &[RELAY]));
     let server = Server::start_custom(
         "",
         &validating_connector_no_auth(postfix.port, &pki.ca_file()),

@@ -13,6 +13,7 @@
 mod cluster;
 mod files;
 mod org;
+mod pki;
 mod ports;
 pub mod postfix;
 mod run;
@@ -24,6 +25,7 @@ mod wait;
 pub use cluster::*;
 pub use files::*;
 pub use org::*;
+pub use pki::*;
 pub use ports::*;
 pub use run::*;
 pub use server::*;
