@@ -404,10 +404,19 @@ fn database_move_switches_delivery_to_the_new_active_copy_and_in_flight_mail_arr
     );
 }
 
+/// The PostgreSQL that scripts/test starts (`MAILFLOW_TEST_POSTGRES`), or None (the
+/// test says it is skipped).
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("MAILFLOW_TEST_POSTGRES").ok();
+    if url.is_none() {
+        eprintln!("skipped: MAILFLOW_TEST_POSTGRES not set (scripts/test starts a PostgreSQL)");
+    }
+    url
+}
+
 #[test]
 fn a_dag_database_on_postgresql_is_one_mailbox_whichever_copy_is_active() {
-    let Ok(url) = std::env::var("MAILFLOW_TEST_POSTGRES") else {
-        eprintln!("skipped: MAILFLOW_TEST_POSTGRES not set (scripts/test starts a PostgreSQL)");
+    let Some(url) = postgres_url() else {
         return;
     };
     // A database name of its own, so parallel runs on one PostgreSQL never mix.
@@ -630,8 +639,7 @@ fn a_forwarding_loop_between_two_servers_ends_with_5_4_6_and_one_ndr() {
 
 #[test]
 fn when_the_active_copys_server_dies_the_next_copy_takes_over_and_the_returning_server_learns_it() {
-    let Ok(url) = std::env::var("MAILFLOW_TEST_POSTGRES") else {
-        eprintln!("skipped: MAILFLOW_TEST_POSTGRES not set (scripts/test starts a PostgreSQL)");
+    let Some(url) = postgres_url() else {
         return;
     };
     let db = format!("DBFO{}", std::process::id());

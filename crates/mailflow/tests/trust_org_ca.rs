@@ -243,20 +243,8 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
     // internal hops need.
     let ca = dir.path().join("ca/org-ca.pem");
     let cert = dir.path().join("certs/ex1.pem");
-    let verify = Command::new("openssl")
-        .args(["verify", "-purpose", "sslserver", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", output_text(&verify));
-    let verify = Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", output_text(&verify));
+    openssl_verify(&ca, &cert, Some("sslserver"));
+    openssl_verify(&ca, &cert, Some("sslclient"));
     let shown = Command::new("openssl")
         .args(["x509", "-noout", "-text", "-in"])
         .arg(&cert)
@@ -316,13 +304,7 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
         file.to_str().unwrap(),
     ]));
     assert!(dir.path().join("certs/ex1.pem.old").exists());
-    let verify = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", output_text(&verify));
+    openssl_verify(&ca, &cert, None);
     // An unknown server is a precise error.
     let out = mailflow(&[
         "init",
@@ -736,13 +718,11 @@ fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca
         "{}",
         file_text(&log_path)
     );
-    let verify = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(dir.path().join("ca/org-ca.pem"))
-        .arg(dir.path().join("certs/mbx1.pem"))
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", output_text(&verify));
+    openssl_verify(
+        dir.path().join("ca/org-ca.pem"),
+        dir.path().join("certs/mbx1.pem"),
+        None,
+    );
 }
 
 /// Gives the file `mailflow init` wrote port 0 for every listener (the server reports
@@ -767,6 +747,23 @@ fn serve_lone(file: &Path) -> (std::process::Child, PathBuf) {
     let child = spawn_serve(file, None, &log_path, &[])
         .unwrap_or_else(|| panic!("serve did not start:\n{}", file_text(&log_path)));
     (child, log_path)
+}
+
+/// `openssl verify` (for `purpose`, e.g. `sslserver`, when given): `cert` chains to
+/// `ca`; the test fails otherwise.
+fn openssl_verify(ca: impl AsRef<Path>, cert: impl AsRef<Path>, purpose: Option<&str>) {
+    let mut c = Command::new("openssl");
+    c.arg("verify");
+    if let Some(purpose) = purpose {
+        c.args(["-purpose", purpose]);
+    }
+    let out = c
+        .arg("-CAfile")
+        .arg(ca.as_ref())
+        .arg(cert.as_ref())
+        .output()
+        .unwrap();
+    assert_success(&out);
 }
 
 /// The SHA-256 fingerprint of a PEM certificate file, or of the certificate a STARTTLS
