@@ -30,13 +30,19 @@ pub fn spawn_serve(
     if let Some(server) = server {
         command.args(["--server", server]);
     }
-    let mut child = command
+    let child = command
         .env("MAILFLOW_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("start mailflow serve");
+    wait_ready(child, log_path, before)
+}
+
+/// Waits up to 30 s for `log_path` to hold more than `before` "ready" lines: the
+/// process, or None if it exited first.
+pub fn wait_ready(mut child: Child, log_path: &Path, before: usize) -> Option<Child> {
     let ready = wait_for(
         "mailflow serve to be ready or exit",
         Duration::from_secs(30),

@@ -1,5 +1,5 @@
 //! [`Sink`]: Postfix's `smtp-sink` as a peer that accepts everything. Imports only
-//! the port and wait helpers.
+//! the port, wait, files and run helpers.
 
 use super::{file_text, free_ports, have, wait_for};
 use std::net::TcpStream;

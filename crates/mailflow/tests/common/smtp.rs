@@ -50,6 +50,26 @@ impl Smtp<TcpStream> {
         }
     }
 
+    /// Connects from `source` (a loopback address such as 127.0.0.2, for limits per
+    /// source) and reads the first reply whatever its code: the session and that reply.
+    pub fn connect_from(source: &str, port: u16) -> (Smtp, String) {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let local: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        socket.bind(&local.into()).unwrap();
+        let remote: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        socket.connect(&remote.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut s = Smtp {
+            reader: BufReader::new(stream),
+        };
+        let first = s.read_reply();
+        (s, first)
+    }
+
     /// Sends STARTTLS (after EHLO), expects 220 and completes a TLS handshake with
     /// `config`, naming `server_name`; the session continues inside TLS.
     pub fn starttls(
