@@ -7,7 +7,10 @@
 //! Waiting: [`wait_for`] polls a condition with a deadline and [`assert_for`] proves
 //! that nothing happens for a while; [`poll_every`] also paces a client that must act
 //! at a rate. No test sleeps otherwise: the one `sleep` is the interval in `wait.rs`.
-// Every integration test binary compiles this module and uses only some of it.
+//! Layout: one module a concern, each saying what it must not import; this file only
+//! declares and re-exports them, so a test needs `mod common; use common::*;`.
+// Every integration test binary compiles this module and uses only some of its items
+// and re-exports.
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
