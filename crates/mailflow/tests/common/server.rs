@@ -294,8 +294,14 @@ impl Server {
     /// The lines of one send connector's sessions in the Transport's SEND protocol
     /// log (`Logs/Hub/ProtocolLog/SmtpSend`).
     pub fn send_log(&self, connector: &str) -> Vec<String> {
+        self.send_log_of("Hub", connector)
+    }
+
+    /// The SMTP Send protocol log lines of `connector` written by `service` (`Hub` for
+    /// Transport, `FrontEnd` for the Outbound Proxy: reference §8.1).
+    pub fn send_log_of(&self, service: &str, connector: &str) -> Vec<String> {
         let connector = format!(",{connector},");
-        self.log_dir("Logs/Hub/ProtocolLog/SmtpSend")
+        self.log_dir(&format!("Logs/{service}/ProtocolLog/SmtpSend"))
             .lines()
             .filter(|l| l.contains(&connector))
             .map(str::to_string)
