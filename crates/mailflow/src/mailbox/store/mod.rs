@@ -9,6 +9,7 @@
 #[cfg(test)]
 mod contract_tests;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use postgres::PostgresStore;
