@@ -180,17 +180,18 @@ impl Validator<'_> {
             {
                 self.err(s, "servers", "site", format!("unknown site {site:?}"));
             }
-            if v.address.parse::<std::net::IpAddr>().is_err() {
+            if v.address.value().is_none() {
                 self.err(
                     s,
                     "servers",
                     "address",
-                    format!("{:?} is not an IP address", v.address),
+                    format!("{:?} is not an IP address", v.address.text()),
                 );
             }
             if let Some(b) = &v.bind
-                && b.parse::<std::net::IpAddr>().is_err()
+                && b.value().is_none()
             {
+                let b = b.text();
                 self.err(s, "servers", "bind", format!("{b:?} is not an IP address"));
             }
             for (set, missing) in [
@@ -261,15 +262,12 @@ impl Validator<'_> {
                     self.err(d, "databases", "copies", format!("unknown server {c:?}"));
                 }
             }
-            if v.store != "sqlite"
-                && !v.store.starts_with("postgres://")
-                && !v.store.starts_with("postgresql://")
-            {
+            if let StoreSpec::Unknown(store) = &v.store {
                 self.err(
                     d,
                     "databases",
                     "store",
-                    format!("{:?}: expected \"sqlite\" or \"postgres://…\"", v.store),
+                    format!("{store:?}: expected \"sqlite\" or \"postgres://…\""),
                 );
             }
         }
@@ -431,9 +429,9 @@ impl Validator<'_> {
         for s in org.servers.iter().map(|s| s.get_ref()) {
             let ip = s
                 .bind
-                .as_deref()
-                .or(Some(s.address.as_str()))
-                .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+                .as_ref()
+                .map_or(s.address.value(), |b| b.value())
+                .copied();
             if let Some(ip) = ip {
                 for port in s.ports.all().into_iter().filter(|&p| p != 0) {
                     taken.push((s.name.to_lowercase(), std::net::SocketAddr::new(ip, port)));
@@ -825,6 +823,61 @@ members = ["alice@contoso.test", "ext@fabrikam.test"]
         let bad = GOOD.replace("fqdn =", "fqdm =");
         let e = Directory::parse(&bad, "org.toml", PathBuf::from(".")).unwrap_err();
         assert!(e.to_string().contains("fqdm"), "{e}");
+    }
+
+    #[test]
+    fn addresses_and_stores_are_typed_at_load_and_bad_ones_named() {
+        let d = Directory::parse(GOOD, "org.toml", PathBuf::from(".")).unwrap();
+        let s = d.server("MBX1").unwrap();
+        assert_eq!(s.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(s.bind_ip(), None);
+        assert_eq!(d.database("DB01").unwrap().store, StoreSpec::Sqlite);
+
+        let with = |from: &str, to: &str| GOOD.replace(from, to);
+        let table: [(String, &str, &str); 4] = [
+            (
+                with(
+                    "data_dir = \"data/MBX1\"",
+                    "data_dir = \"d\"\nbind = \"::\"",
+                ),
+                "",
+                "",
+            ),
+            (
+                with("address = \"127.0.0.1\"", "address = \"mbx1\""),
+                "servers.address",
+                "\"mbx1\" is not an IP address",
+            ),
+            (
+                with(
+                    "data_dir = \"data/MBX1\"",
+                    "data_dir = \"d\"\nbind = \"any\"",
+                ),
+                "servers.bind",
+                "\"any\" is not an IP address",
+            ),
+            (
+                with(
+                    "copies = [\"MBX1\"]",
+                    "copies = [\"MBX1\"]\nstore = \"mysql\"",
+                ),
+                "databases.store",
+                "\"mysql\": expected \"sqlite\" or \"postgres://…\"",
+            ),
+        ];
+        for (file, key, message) in table {
+            match Directory::parse(&file, "org.toml", PathBuf::from(".")) {
+                Ok(d) if key.is_empty() => {
+                    let bind = d.server("MBX1").unwrap().bind_ip();
+                    assert_eq!(bind, Some(std::net::IpAddr::from([0u16; 8])));
+                }
+                Ok(_) => panic!("{key} accepted"),
+                Err(e) => {
+                    assert_eq!(e.0[0].key, key, "{e}");
+                    assert_eq!(e.0[0].message, message, "{e}");
+                }
+            }
+        }
     }
 
     #[test]
