@@ -219,14 +219,7 @@ pub fn server_cert_paths(dir: &Directory, server: &Server) -> (PathBuf, PathBuf)
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
+    crate::directory::ca_file::read_pem_certificates(path, "certificate")
 }
 
 /// The verifier of server certificates against the CA (chain, expiry, name, EKU).
