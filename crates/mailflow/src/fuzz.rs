@@ -15,8 +15,13 @@ use mailflow_smtp::data::has_bare_newline;
 use mailflow_smtp::xtext::OriginalRecipient;
 use proptest::prelude::*;
 
+use crate::directory::active_copies::ActiveCopies;
+use crate::directory::live::LiveDirectory;
+use crate::logs::service_logs::ServerLogs;
 use crate::message;
 use crate::message::downgrade::to_7bit;
+use crate::net::org_connector::OrgConnector;
+use crate::transport::context::TransportContext;
 use crate::transport::queue::QueuedMessage;
 use crate::transport::queue::store::Envelope;
 use crate::transport::send::dsn::{self, DsnKind, DsnRecipient};
@@ -229,17 +234,23 @@ fn the_7bit_downgrade_of_any_mime_is_7bit_and_never_panics() {
 
 // ---- the DSN builder -------------------------------------------------------------
 
-/// A server context on a throwaway folder, for the code that needs one.
-fn test_context(dir: &std::path::Path) -> Arc<crate::context::ServerContext> {
+/// Transport's handle on a throwaway folder, for the code that needs one.
+fn test_context(dir: &std::path::Path) -> Arc<TransportContext> {
     let text = crate::directory::builtin::builtin_text();
     let directory = crate::directory::Directory::parse(&text, "builtin", dir.to_path_buf())
         .expect("the built-in organisation is valid");
     let server = directory.server("MBX1").expect("MBX1").clone();
     let secret =
         crate::net::orgauth::OrgSecret::load(&dir.join("secret.key"), true).expect("secret");
-    Arc::new(
-        crate::context::ServerContext::new(Arc::new(directory), server, secret).expect("context"),
-    )
+    let active = ActiveCopies::from_directory(&directory);
+    let live = Arc::new(LiveDirectory::new(Arc::new(directory), &server).expect("directory"));
+    let logs = ServerLogs::open(live.data_dir()).expect("logs");
+    Arc::new(TransportContext {
+        org: OrgConnector::new(live.clone(), secret, None),
+        directory: live,
+        logs: logs.transport,
+        active: tokio::sync::watch::Sender::new(Arc::new(active)).subscribe(),
+    })
 }
 
 fn orcpt_text() -> impl Strategy<Value = Option<String>> {
@@ -327,7 +338,7 @@ fn dsn_case() -> impl Strategy<Value = DsnCase> {
         )
 }
 
-fn check_dsn(ctx: &crate::context::ServerContext, case: DsnCase) -> Result<(), TestCaseError> {
+fn check_dsn(ctx: &TransportContext, case: DsnCase) -> Result<(), TestCaseError> {
     let msg = QueuedMessage::new(1, case.envelope, case.content.into());
     let (report, _) = dsn::build(ctx, case.kind, &msg, &case.recipients);
     prop_assert!(

@@ -2,7 +2,6 @@
 
 mod admin;
 mod cli;
-mod context;
 mod directory;
 mod files;
 mod frontend;

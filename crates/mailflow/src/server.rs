@@ -18,16 +18,22 @@ use mailflow_smtp::SessionConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::context::ServerContext;
+use crate::admin::AdminState;
+use crate::directory::active_copies::ActiveCopyRecord;
 use crate::directory::credentials::{AuthThrottle, PasswordBook};
+use crate::directory::live::LiveDirectory;
 use crate::directory::{ReceiveService, ReceiveTls};
-use crate::frontend::{FrontendMode, FrontendSession};
+use crate::frontend::{FrontendContext, FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
+use crate::logs::service_logs::ServerLogs;
+use crate::mailbox::context::MailboxContext;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
 use crate::net::listeners::{LISTENERS_FILE, Listener, Listeners, write_listeners};
+use crate::net::org_connector::OrgConnector;
 use crate::net::orgauth::{self, OrgSecret};
 use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector};
 use crate::transport::TransportService;
+use crate::transport::context::TransportContext;
 use crate::transport::receive::TransportReceive;
 
 /// How long `shutdown` waits for the tasks it stopped before it logs them and goes on.
@@ -52,8 +58,11 @@ pub struct Server {
     pub dir: Arc<crate::directory::Directory>,
     /// This server's entry in the directory.
     pub entry: crate::directory::Server,
-    pub ctx: Arc<ServerContext>,
+    /// Every log writer of this server (each service holds only its own).
+    logs: ServerLogs,
     pub transport: Arc<TransportService>,
+    /// What the admin API and SIGHUP act on (reload, queues, database copies).
+    pub admin: Arc<AdminState>,
     pub data_dir: PathBuf,
     pub pickup_dir: PathBuf,
     pub replay_dir: PathBuf,
@@ -65,9 +74,9 @@ pub struct Server {
     /// polls when `stop` turns true.
     service_tasks: Vec<(String, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
-    /// Active Manager's watcher of the active copies: it has no poll to stop at, so it
-    /// is aborted with the services.
-    active_manager: JoinHandle<()>,
+    /// Active Manager's watcher of the active copies and Transport's follower of its
+    /// answers: they have no poll to stop at, so they are aborted with the services.
+    aborted_at_stop: Vec<(String, JoinHandle<()>)>,
 }
 
 impl Server {
@@ -84,25 +93,38 @@ impl Server {
         let data_dir = dir.data_dir(&server);
         let server_tls = Arc::new(server_tls(&dir, &server)?);
         let tls = server_tls.public.clone();
-        let ctx = Arc::new(ServerContext::new(
-            dir.clone(),
-            server.clone(),
-            secret.clone(),
-        )?);
-        // Before anything connects: the internal hops use these configurations.
-        let _ = ctx.tls.set(server_tls.clone());
+        crate::files::create_private_dir_all(&data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data folder {}: {e}", data_dir.display())
+        })?;
+        let live = Arc::new(LiveDirectory::new(dir.clone(), &server)?);
+        let logs = ServerLogs::open(&data_dir)?;
+        // Each service connects to the others with the organisation key and this
+        // server's TLS, logging to its own send log.
+        let org_connector =
+            || OrgConnector::new(live.clone(), secret.clone(), Some(server_tls.clone()));
+        let active = ActiveCopyRecord::open(live.clone());
+        let transport_ctx = Arc::new(TransportContext {
+            directory: live.clone(),
+            logs: logs.transport.clone(),
+            org: org_connector(),
+            active: active.subscribe(),
+        });
         let (transport, resume) = {
             // The categorizer and the delivery queues' sessions are spawned from here.
             let _delivery = delivery_runtime.enter();
-            TransportService::start(ctx.clone())?
+            TransportService::start(transport_ctx.clone())?
         };
-        crate::transport::routing::log_routing_table(&ctx);
-        let stores = Arc::new(Stores::open(&ctx)?);
-        let activate = {
-            let transport = transport.clone();
-            Arc::new(move |db: &str, server: &str| transport.activate(db, server))
-        };
-        let active_manager = crate::mailbox::active_manager::start(ctx.clone(), activate).await;
+        crate::transport::routing::log_routing_table(&transport_ctx);
+        let mailbox = Arc::new(MailboxContext {
+            stores: Stores::open(&live)?,
+            directory: live.clone(),
+            logs: logs.mailbox.clone(),
+            active: active.clone(),
+            org: org_connector(),
+        });
+        let active_manager = crate::mailbox::active_manager::start(active.clone()).await;
+        // Transport follows Active Manager's answers (retries its queues on a change).
+        let follow_active = tokio::spawn(transport.clone().follow_active_copies());
         let pickup_dir = server
             .pickup_directory
             .as_deref()
@@ -123,10 +145,11 @@ impl Server {
         };
         let settings = dir.transport();
         let org = dir.organization();
-        let ip = ctx.bind_ip();
+        let ip = live.bind_ip();
         let session = |max_size: u64, max_recipients: usize| SessionConfig {
             hostname: server.fqdn.clone(),
-            banner: format!("{} mailflow ESMTP MAIL Service ready", server.fqdn),
+            // The driver appends the time (net/receive.rs).
+            banner: format!("{} mailflow ESMTP MAIL Service ready at", server.fqdn),
             max_message_size: max_size,
             max_recipients,
             ..SessionConfig::default()
@@ -192,10 +215,16 @@ impl Server {
         // bypass the size limit (reference §1.5), so allow generous headroom.
         let internal_size = org.max_message_size.saturating_mul(2);
 
-        let fe_ctx = ctx.clone();
-        // The Front End's idle proxy sessions to Transport, shared by its connectors.
-        let proxy_pool = Arc::new(crate::frontend::proxy::Pool::default());
-        let fe_pool = proxy_pool.clone();
+        let dns = Arc::new(crate::net::dns::Dns::new(&settings.external_dns_servers)?);
+        let frontend_ctx = Arc::new(FrontendContext {
+            directory: live.clone(),
+            logs: logs.frontend.clone(),
+            org: org_connector(),
+            active: active.subscribe(),
+            pool: crate::frontend::proxy::Pool::default(),
+            dns,
+        });
+        let fe_ctx = frontend_ctx.clone();
         let fe_success_dsn = server.frontend_success_dsn_for_anonymous;
         let frontend = connector(
             format!("Default Frontend {}", server.name),
@@ -207,10 +236,9 @@ impl Server {
                 org.max_recipients_per_message.min(200),
             ),
             AuthPolicy::None,
-            verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
+            verbose(server.frontend_protocol_logging, &logs.frontend.receive),
             Arc::new(move || {
-                let session =
-                    FrontendSession::new(fe_ctx.clone(), fe_pool.clone(), FrontendMode::Internet);
+                let session = FrontendSession::new(fe_ctx.clone(), FrontendMode::Internet);
                 Box::new(if fe_success_dsn {
                     session
                 } else {
@@ -225,11 +253,11 @@ impl Server {
             server.ports.transport,
             session(internal_size, 5000),
             org_auth(orgauth::TRANSPORT_SERVICES),
-            verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
+            verbose(server.transport_protocol_logging, &logs.transport.receive),
             Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
             limits[4],
         );
-        let (md_ctx, md_stores) = (ctx.clone(), stores.clone());
+        let md_ctx = mailbox.clone();
         let mut delivery = connector(
             format!("Default Mailbox Delivery {}", server.name),
             server.ports.mailbox_delivery,
@@ -237,14 +265,9 @@ impl Server {
             org_auth(orgauth::MAILBOX_DELIVERY_SERVICES),
             verbose(
                 settings.mailbox_delivery_connector_protocol_logging,
-                &ctx.mailbox_receive_log,
+                &logs.mailbox.delivery_receive,
             ),
-            Arc::new(move || {
-                Box::new(MailboxDeliverySession::new(
-                    md_ctx.clone(),
-                    md_stores.clone(),
-                ))
-            }),
+            Arc::new(move || Box::new(MailboxDeliverySession::new(md_ctx.clone()))),
             limits[5],
         );
         // Internal listeners: with an organisation CA, a client certificate it signed.
@@ -259,18 +282,16 @@ impl Server {
         listener_tasks.push((format!("Default Mailbox Delivery {}", server.name), d));
         let (hub_addr, h) = hub.bind().await?;
         listener_tasks.push((format!("Default {}", server.name), h));
-        let dns = Arc::new(crate::net::dns::Dns::new(&settings.external_dns_servers)?);
-        let (op_ctx, op_dns) = (ctx.clone(), dns.clone());
+        let op_ctx = frontend_ctx.clone();
         let mut outbound_proxy = connector(
             format!("Outbound Proxy Frontend {}", server.name),
             server.ports.outbound_proxy,
             session(internal_size, 5000),
             org_auth(orgauth::OUTBOUND_PROXY_SERVICES),
-            verbose(server.frontend_protocol_logging, &ctx.frontend_receive_log),
+            verbose(server.frontend_protocol_logging, &logs.frontend.receive),
             Arc::new(move || {
                 Box::new(crate::frontend::outbound_proxy::OutboundProxySession::new(
                     op_ctx.clone(),
-                    op_dns.clone(),
                 ))
             }),
             limits[3],
@@ -293,15 +314,14 @@ impl Server {
             server.ports.client_proxy,
             session(internal_size, 200),
             org_auth(orgauth::CLIENT_PROXY_SERVICES),
-            verbose(server.transport_protocol_logging, &ctx.hub_receive_log),
+            verbose(server.transport_protocol_logging, &logs.transport.receive),
             Arc::new(move || Box::new(TransportReceive::new(t.clone()))),
             limits[2],
         );
         client_proxy.tls = Some(server_tls.internal.clone());
         let (client_proxy_addr, cp) = client_proxy.bind().await?;
         listener_tasks.push((format!("Client Proxy {}", server.name), cp));
-        let cf_ctx = ctx.clone();
-        let cf_pool = proxy_pool.clone();
+        let cf_ctx = frontend_ctx.clone();
         let client_frontend = connector(
             format!("Client Frontend {}", server.name),
             server.ports.client_frontend,
@@ -314,7 +334,6 @@ impl Server {
             Arc::new(move || {
                 Box::new(FrontendSession::new(
                     cf_ctx.clone(),
-                    cf_pool.clone(),
                     FrontendMode::Submission,
                 ))
             }),
@@ -329,9 +348,9 @@ impl Server {
             let log = verbose(
                 rc.protocol_logging,
                 if rc.service == ReceiveService::Transport {
-                    &ctx.hub_receive_log
+                    &logs.transport.receive
                 } else {
-                    &ctx.frontend_receive_log
+                    &logs.frontend.receive
                 },
             );
             let success_dsn = rc.success_dsn_for_anonymous;
@@ -359,8 +378,7 @@ impl Server {
                     } else {
                         FrontendMode::Internet
                     };
-                    let c = ctx.clone();
-                    let pool = proxy_pool.clone();
+                    let c = frontend_ctx.clone();
                     let auth = if user_auth {
                         users.clone()
                     } else {
@@ -369,7 +387,7 @@ impl Server {
                     (
                         auth,
                         Arc::new(move || {
-                            let session = FrontendSession::new(c.clone(), pool.clone(), mode);
+                            let session = FrontendSession::new(c.clone(), mode);
                             Box::new(if success_dsn {
                                 session
                             } else {
@@ -399,9 +417,14 @@ impl Server {
         listener_tasks.push((format!("Default Frontend {}", server.name), f));
         // Off loopback the admin API is HTTPS with this server's certificate (and does not
         // start without an organisation CA to verify it by).
+        let admin = Arc::new(AdminState {
+            directory: live.clone(),
+            transport: transport.clone(),
+            active: active.clone(),
+        });
         let (admin_addr, admin_https, a) = crate::admin::start(
             SocketAddr::new(ip, server.ports.admin),
-            transport.clone(),
+            admin.clone(),
             server_tls.own.clone(),
         )
         .await?;
@@ -417,7 +440,7 @@ impl Server {
             mailbox_delivery: delivery_addr.port(),
             admin: admin_addr.port(),
         };
-        ctx.set_bound_ports(bound)?;
+        live.set_bound_ports(bound)?;
         let mut listeners = vec![
             Listener::new(
                 "frontend",
@@ -474,7 +497,7 @@ impl Server {
         let (stop, stopping) = watch::channel(false);
         let mut service_tasks: Vec<(String, JoinHandle<()>)> = vec![(
             "Mailbox Transport Submission".into(),
-            crate::mailbox::submission::start(ctx.clone(), stores.clone(), stopping.clone()),
+            crate::mailbox::submission::start(mailbox.clone(), stopping.clone()),
         )];
         let watchers = crate::transport::pickup::start(
             transport.clone(),
@@ -491,8 +514,9 @@ impl Server {
         Ok(Server {
             dir,
             entry: server,
-            ctx,
+            logs,
             transport,
+            admin,
             data_dir,
             pickup_dir,
             replay_dir,
@@ -510,7 +534,13 @@ impl Server {
             listener_tasks,
             service_tasks,
             stop,
-            active_manager,
+            aborted_at_stop: vec![
+                ("Active Manager".to_string(), active_manager),
+                (
+                    "Transport following Active Manager".to_string(),
+                    follow_active,
+                ),
+            ],
         })
     }
 
@@ -529,11 +559,13 @@ impl Server {
         await_all(deadline, self.listener_tasks).await;
         tracing::info!("every listener closed");
         let _ = self.stop.send(true);
-        self.active_manager.abort();
+        for (_, task) in &self.aborted_at_stop {
+            task.abort();
+        }
         let mut services = self.service_tasks;
-        services.push(("Active Manager".to_string(), self.active_manager));
+        services.extend(self.aborted_at_stop);
         await_all(deadline, services).await;
-        self.ctx.flush_logs();
+        self.logs.flush();
         self.transport.queues.db.barrier().await;
         tracing::info!(
             transactions = self.transport.queues.db.transactions(),

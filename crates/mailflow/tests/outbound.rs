@@ -131,7 +131,12 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
         .find(|r| r["subject"].as_str().unwrap().starts_with("Undeliverable"))
         .expect("NDR");
     assert_eq!(ndr["recipients"][0]["Action"], "failed");
-    assert_eq!(ndr["recipients"][0]["Status"], "5.4.7");
+    // Exchange's expiry NDR: the reply's 4.4.7 unaltered (issue 15 item 4).
+    assert_eq!(ndr["recipients"][0]["Status"], "4.4.7");
+    assert_eq!(
+        ndr["recipients"][0]["Diagnostic-Code"],
+        "smtp; 550 4.4.7 QUEUE.Expired; message expired"
+    );
     assert_eq!(ndr["returned"], "message/rfc822");
     assert_eq!(
         ndr["per_message"]["Reporting-MTA"],
@@ -590,7 +595,15 @@ fn mail_flow_rules_add_the_disclaimer_to_outside_mail_and_reject_what_they_forbi
 
 /// The lines of one send connector's sessions in the Transport's SEND protocol log.
 fn send_log(server: &Server, connector: &str) -> Vec<String> {
-    let dir = server.data_dir().join("Logs/Hub/ProtocolLog/SmtpSend");
+    send_log_of(server, "Hub", connector)
+}
+
+/// The SMTP Send protocol log lines of `connector` written by `service` (`Hub` for
+/// Transport, `FrontEnd` for the Outbound Proxy: reference §8.1).
+fn send_log_of(server: &Server, service: &str, connector: &str) -> Vec<String> {
+    let dir = server
+        .data_dir()
+        .join(format!("Logs/{service}/ProtocolLog/SmtpSend"));
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -912,8 +925,13 @@ fn through_the_outbound_proxy_a_peer_without_8bitmime_also_gets_7bit_mime() {
         .parse(m.as_slice())
         .expect("parses");
     assert_eq!(parsed.body_text(0).as_deref(), Some(body));
-    // The Front End made the session to Postfix (the connector's SEND log), with no BODY=.
-    let log = send_log(&server, "To Postfix");
+    // The Front End made the session to Postfix and logged it in its own send log
+    // (FrontEnd\ProtocolLog\SmtpSend, reference §8.1), with no BODY=.
+    let log = send_log_of(&server, "FrontEnd", "To Postfix");
+    assert!(
+        send_log(&server, "To Postfix").is_empty(),
+        "Transport's send log has the Front End's session"
+    );
     let mail = log
         .iter()
         .find(|l| l.contains(",>,MAIL FROM:<sender@fabrikam.test>"))

@@ -257,7 +257,7 @@ fn assert_waits_then_ndrs(server: &Server, subject: &str) {
         .map(|m| String::from_utf8_lossy(m).to_string())
         .find(|m| m.contains(&format!("Undeliverable: {subject}")))
         .unwrap_or_else(|| panic!("no NDR in {inbox:?}"));
-    assert!(ndr.contains("5.4.7"), "{ndr}");
+    assert!(ndr.contains("Status: 4.4.7\r\n"), "{ndr}");
 }
 
 const EXPIRES_SOON: &str = "message_expiration_timeout = \"6s\"";

@@ -113,7 +113,9 @@ fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() 
         "{events:#?}"
     );
     assert_eq!(events[5].2, "MBX2\\Default Mailbox Delivery MBX2");
-    assert_eq!(events[2].2, "MBX1\\Default MBX1");
+    // Seed 003: Mailbox Transport Submission on MBX1 does not prefer its own server's
+    // Transport; the server with the recipient's active copy receives it.
+    assert_eq!(events[2].2, "MBX2\\Default MBX2");
 }
 
 #[test]

@@ -15,12 +15,17 @@ impl Session {
         self.tx = Transaction::default();
         self.helo = Some(domain.clone());
         let host = &self.config.hostname;
+        let client = if self.config.client_ip.is_empty() {
+            &domain
+        } else {
+            &self.config.client_ip
+        };
         if !extended {
-            self.send(Reply::plain(250, format!("{host} Hello [{domain}]")));
+            self.send(Reply::plain(250, format!("{host} Hello [{client}]")));
         } else {
             let c = &self.config;
             let mut lines = vec![
-                format!("{host} Hello [{domain}]"),
+                format!("{host} Hello [{client}]"),
                 format!("SIZE {}", c.max_message_size),
                 "PIPELINING".into(),
             ];

@@ -34,8 +34,14 @@ pub use ehlo::{invalid_domain_reply, is_hello_argument};
 pub struct SessionConfig {
     /// FQDN announced in the greeting and EHLO.
     pub hostname: String,
-    /// Text after `220 ` in the greeting (built by the driver; it owns the clock).
+    /// Text after `220 ` in the greeting, built by the driver for each connection (it
+    /// owns the clock): Exchange's shape is `<fqdn> … ESMTP MAIL Service ready at
+    /// <RFC 5322 date>`.
     pub banner: String,
+    /// The client's IP address as text, which EHLO's and HELO's first line echo in
+    /// brackets as Exchange does (`250-<fqdn> Hello [192.0.2.1]`); set by the driver.
+    /// Empty: the client's HELO name is echoed instead.
+    pub client_ip: String,
     /// Bytes; also advertised as `SIZE`.
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -61,6 +67,7 @@ impl Default for SessionConfig {
         SessionConfig {
             hostname: "localhost".into(),
             banner: "localhost ESMTP".into(),
+            client_ip: String::new(),
             max_message_size: 36 * 1024 * 1024,
             max_recipients: 200,
             max_command_line: 2048,

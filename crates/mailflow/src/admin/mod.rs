@@ -20,6 +20,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::directory::active_copies::ActiveCopyRecord;
+use crate::directory::live::LiveDirectory;
 use crate::transport::TransportService;
 use crate::transport::queue::{MessageInfo, QueueInfo};
 use crate::transport::routing::Route;
@@ -36,15 +38,36 @@ pub fn uses_tls(ip: IpAddr) -> bool {
     !ip.is_loopback()
 }
 
+/// What the API acts on: the server's directory, its Transport service (queues,
+/// routing) and its Active Manager (database copies).
+pub struct AdminState {
+    pub directory: Arc<LiveDirectory>,
+    pub transport: Arc<TransportService>,
+    pub active: Arc<ActiveCopyRecord>,
+}
+
+impl AdminState {
+    /// Reads the organisation file again (`mailflow reload`, SIGHUP): the new version is
+    /// swapped in whole, Active Manager reconciles the copies with it, and Transport
+    /// routes again what waits on routing. Returns what changed that needs a restart; a
+    /// file that does not validate changes nothing.
+    pub fn reload(&self) -> anyhow::Result<Vec<String>> {
+        let restart = self.directory.reload()?;
+        self.active.reconcile();
+        self.transport.reloaded(&restart);
+        Ok(restart)
+    }
+}
+
 /// Starts the API on `addr`; returns the bound address, whether it is HTTPS, and the
 /// accept loop's task (server.rs owns it; aborting it closes the port).
 /// `tls` and `certificate` are the server's (what its receive connectors present).
 pub async fn start(
     addr: SocketAddr,
-    transport: Arc<TransportService>,
+    state: Arc<AdminState>,
     tls: Arc<rustls::ServerConfig>,
 ) -> anyhow::Result<(SocketAddr, bool, tokio::task::JoinHandle<()>)> {
-    let dir = transport.ctx.dir();
+    let dir = state.directory.dir();
     let acceptor = if uses_tls(addr.ip()) {
         if dir.org_ca_certificate_path().is_none() {
             anyhow::bail!(
@@ -81,7 +104,7 @@ pub async fn start(
             verifier,
             require_token,
         ))
-        .with_state(transport);
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("admin API: cannot listen on {addr}: {e}"))?;
@@ -163,15 +186,16 @@ async fn require_token(
     Ok(response)
 }
 
-async fn list_queues(State(t): State<Arc<TransportService>>) -> Json<Vec<QueueInfo>> {
-    Json(t.queues.list())
+async fn list_queues(State(t): State<Arc<AdminState>>) -> Json<Vec<QueueInfo>> {
+    Json(t.transport.queues.list())
 }
 
 async fn queue_action(
-    State(t): State<Arc<TransportService>>,
+    State(t): State<Arc<AdminState>>,
     UrlPath((identity, action)): UrlPath<(String, String)>,
 ) -> Result<Json<QueueInfo>, (StatusCode, String)> {
     let queue = t
+        .transport
         .queues
         .find(&identity)
         .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no queue {identity:?}")))?;
@@ -186,36 +210,36 @@ async fn queue_action(
             ));
         }
     }
-    Ok(Json(queue.info(t.ctx.name())))
+    Ok(Json(queue.info(t.directory.name())))
 }
 
-async fn routes(State(t): State<Arc<TransportService>>) -> Json<Vec<Route>> {
-    Json(crate::transport::routing::routing_table(&t.ctx))
+async fn routes(State(t): State<Arc<AdminState>>) -> Json<Vec<Route>> {
+    Json(crate::transport::routing::routing_table(&t.transport.ctx))
 }
 
-/// Reads the organisation file again (`mailflow reload`).
+/// Reads the organisation file again (`mailflow reload`, [`AdminState::reload`]).
 async fn reload(
-    State(t): State<Arc<TransportService>>,
+    State(t): State<Arc<AdminState>>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let restart = t
         .reload()
         .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
     Ok(Json(
-        serde_json::json!({ "Server": t.ctx.name(), "RestartNeeded": restart }),
+        serde_json::json!({ "Server": t.directory.name(), "RestartNeeded": restart }),
     ))
 }
 
 /// Get-MailboxDatabaseCopyStatus, in short: each database, its copies and the active
 /// one as this server knows it.
-async fn databases(State(t): State<Arc<TransportService>>) -> Json<Vec<serde_json::Value>> {
-    let dir = t.ctx.dir();
+async fn databases(State(t): State<Arc<AdminState>>) -> Json<Vec<serde_json::Value>> {
+    let dir = t.directory.dir();
     Json(
         dir.databases()
             .map(|d| {
                 serde_json::json!({
                     "Database": d.name,
                     "Copies": d.copies,
-                    "ActiveServer": t.ctx.active.active_server(&d.name),
+                    "ActiveServer": t.active.active_server(&d.name),
                 })
             })
             .collect(),
@@ -226,11 +250,10 @@ async fn databases(State(t): State<Arc<TransportService>>) -> Json<Vec<serde_jso
 /// is now on `server`. Mailbox Delivery here accepts or refuses accordingly, and queued
 /// mail is retried at once so it follows the new active copy.
 async fn activate(
-    State(t): State<Arc<TransportService>>,
+    State(t): State<Arc<AdminState>>,
     UrlPath((database, server)): UrlPath<(String, String)>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
-    let ctx = &t.ctx;
-    let dir = ctx.dir();
+    let dir = t.directory.dir();
     let db = dir
         .database(&database)
         .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no database {database:?}")))?;
@@ -244,9 +267,10 @@ async fn activate(
                 format!("database {} has no copy on {server:?}", db.name),
             )
         })?;
-    t.activate(&db.name, copy);
+    // Transport, subscribed to Active Manager, retries its queues.
+    t.active.set(&db.name, copy);
     Ok(Json(
-        serde_json::json!({ "Database": db.name, "ActiveServer": copy, "Server": ctx.name() }),
+        serde_json::json!({ "Database": db.name, "ActiveServer": copy, "Server": t.directory.name() }),
     ))
 }
 
@@ -257,21 +281,22 @@ struct MessageQuery {
 
 /// Get-Message, optionally for one queue.
 async fn list_messages(
-    State(t): State<Arc<TransportService>>,
+    State(t): State<Arc<AdminState>>,
     Query(q): Query<MessageQuery>,
 ) -> Result<Json<Vec<MessageInfo>>, (StatusCode, String)> {
     let queues = match &q.queue {
         Some(id) => vec![
-            t.queues
+            t.transport
+                .queues
                 .find(id)
                 .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no queue {id:?}")))?,
         ],
-        None => t.queues.all(),
+        None => t.transport.queues.all(),
     };
     Ok(Json(
         queues
             .iter()
-            .flat_map(|q| q.messages(t.ctx.name()))
+            .flat_map(|q| q.messages(t.directory.name()))
             .collect(),
     ))
 }
@@ -298,16 +323,16 @@ struct RemoveQuery {
 
 /// Remove-Message: out of every delivery queue that holds it, with or without an NDR.
 async fn remove_message(
-    State(t): State<Arc<TransportService>>,
+    State(t): State<Arc<AdminState>>,
     UrlPath(identity): UrlPath<String>,
     Query(q): Query<RemoveQuery>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let id = message_id(&identity)?;
     let mut removed = 0;
-    for queue in t.queues.all() {
+    for queue in t.transport.queues.all() {
         for item in queue.remove_message(id) {
             removed += item.recipients.len();
-            t.remove_item(item, q.ndr.unwrap_or(true)).await;
+            t.transport.remove_item(item, q.ndr.unwrap_or(true)).await;
         }
     }
     if removed == 0 {
@@ -323,11 +348,12 @@ async fn remove_message(
 
 /// Export-Message: the message as it waits in its queue (.eml bytes).
 async fn export_message(
-    State(t): State<Arc<TransportService>>,
+    State(t): State<Arc<AdminState>>,
     UrlPath(identity): UrlPath<String>,
 ) -> Result<Vec<u8>, (StatusCode, String)> {
     let id = message_id(&identity)?;
-    t.queues
+    t.transport
+        .queues
         .all()
         .iter()
         .find_map(|q| q.content_of(id))

@@ -46,12 +46,7 @@ fn active_copy_path(dir: &Directory, db: &crate::directory::Database) -> std::pa
         .copies
         .iter()
         .filter_map(|s| dir.server(s))
-        .map(|s| {
-            crate::context::ActiveCopies::with_state(
-                dir,
-                dir.data_dir(s).join("active-copies.json"),
-            )
-        })
+        .map(|s| crate::directory::active_copies::ActiveCopies::recorded(dir, &dir.data_dir(s)))
         .find_map(|a| a.active_server(&db.name))
         .and_then(|name| dir.server(&name))
         .or_else(|| db.copies.first().and_then(|s| dir.server(s)));

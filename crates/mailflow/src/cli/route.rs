@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::{Global, load_directory, print_table};
-use crate::context::ActiveCopies;
+use crate::directory::active_copies::ActiveCopies;
 use crate::directory::topology::Topology;
 use crate::transport::routing::RoutingView;
 
@@ -30,8 +30,7 @@ pub fn run(g: &Global, RouteCommand::Show { live }: RouteCommand) -> anyhow::Res
         let dir = load_directory(g)?;
         let server = dir.choose_server(g.server.as_deref())?;
         let topology = Topology::new(&dir);
-        let active =
-            ActiveCopies::with_state(&dir, dir.data_dir(server).join("active-copies.json"));
+        let active = ActiveCopies::recorded(&dir, &dir.data_dir(server));
         let view = RoutingView {
             dir: &dir,
             topology: &topology,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use super::{Global, load_directory};
 use crate::server::Server;
-use crate::transport::TransportService;
 
 pub fn run(g: &Global) -> anyhow::Result<ExitCode> {
     let dir = Arc::new(load_directory(g)?);
@@ -41,7 +40,7 @@ async fn serve(
     summary(&s);
     tracing::info!("ready");
     #[cfg(unix)]
-    let reload = reload_on_hangup(s.transport.clone());
+    let reload = reload_on_hangup(s.admin.clone());
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -124,7 +123,7 @@ fn summary(s: &Server) {
 
 /// `SIGHUP` reads the organisation file again, as `mailflow reload` does.
 #[cfg(unix)]
-fn reload_on_hangup(transport: Arc<TransportService>) -> Option<tokio::task::JoinHandle<()>> {
+fn reload_on_hangup(server: Arc<crate::admin::AdminState>) -> Option<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; use `mailflow reload`");
@@ -133,7 +132,7 @@ fn reload_on_hangup(transport: Arc<TransportService>) -> Option<tokio::task::Joi
     // Owned by `serve`, which aborts it at shutdown.
     Some(tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            if let Err(e) = transport.reload() {
+            if let Err(e) = server.reload() {
                 tracing::error!("reload refused, the previous configuration stays: {e:#}");
             }
         }

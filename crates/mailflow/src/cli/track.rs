@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{Global, load_directory, print_table};
-use crate::context::LogPaths;
+use crate::logs::service_logs::LogPaths;
 use crate::logs::tracking::{TrackingFilter, search};
 
 #[derive(Args)]

@@ -3,10 +3,13 @@
 //! the topology, send connector selection, transport rules' shape, credentials and CA
 //! files. Must not import net, context or a service (scripts/check-arrows).
 
+pub mod active_copies;
 pub mod builtin;
 pub mod ca_file;
 pub mod config;
 pub mod credentials;
+pub mod hub_selector;
+pub mod live;
 mod lookup;
 pub mod permissions;
 pub mod receive_connectors;

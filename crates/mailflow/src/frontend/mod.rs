@@ -5,6 +5,7 @@
 //! pool of idle proxy sessions. Must not import transport, mailbox or cli
 //! (scripts/check-arrows).
 
+pub mod context;
 pub mod outbound_proxy;
 pub mod proxy;
 
@@ -14,10 +15,10 @@ use async_trait::async_trait;
 use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
-use crate::context::{ServerContext, hub_selector};
-use crate::directory::{Recipient, permissions};
+use crate::directory::{Recipient, hub_selector, permissions};
 use crate::message::AuthAs;
 use crate::net::receive::{SessionInfo, SmtpHandler};
+pub use context::FrontendContext;
 use proxy::{BeginError, Proxy};
 
 /// What a Front End receive connector lets its clients do.
@@ -37,10 +38,7 @@ pub enum FrontendMode {
 
 /// The Front End policy for one client session.
 pub struct FrontendSession {
-    ctx: Arc<ServerContext>,
-    /// The Front End's idle proxy sessions to Transport services (one per server,
-    /// shared by every Front End connector).
-    pool: Arc<proxy::Pool>,
+    ctx: Arc<FrontendContext>,
     mode: FrontendMode,
     from: Option<Address>,
     params: MailParams,
@@ -56,14 +54,9 @@ pub struct FrontendSession {
 }
 
 impl FrontendSession {
-    pub fn new(
-        ctx: Arc<ServerContext>,
-        pool: Arc<proxy::Pool>,
-        mode: FrontendMode,
-    ) -> FrontendSession {
+    pub fn new(ctx: Arc<FrontendContext>, mode: FrontendMode) -> FrontendSession {
         FrontendSession {
             ctx,
-            pool,
             mode,
             from: None,
             params: MailParams::default(),
@@ -89,7 +82,7 @@ impl Drop for FrontendSession {
         if self.relaying.is_none()
             && let Some(proxy) = self.proxy.take()
         {
-            self.pool.put(proxy);
+            self.ctx.pool.put(proxy);
         }
     }
 }
@@ -164,26 +157,29 @@ impl SmtpHandler for FrontendSession {
     async fn data_start(&mut self, info: &SessionInfo) -> Reply {
         // Client submissions go to the Transport service's Client Proxy listener.
         let dir = self.ctx.dir();
-        let targets: Vec<std::net::SocketAddr> =
-            hub_selector::choose_servers(&self.ctx, &self.recipients)
-                .into_iter()
-                .filter_map(|(name, addr)| {
-                    if self.mode == FrontendMode::Internet {
-                        return Some(addr);
-                    }
-                    let server = dir.server(&name)?;
-                    Some(std::net::SocketAddr::new(
-                        addr.ip(),
-                        server.ports.client_proxy,
-                    ))
-                })
-                .collect();
+        let targets: Vec<std::net::SocketAddr> = hub_selector::choose_servers(
+            &self.ctx.config(),
+            &self.ctx.active.borrow(),
+            &self.recipients,
+        )
+        .into_iter()
+        .filter_map(|(name, addr)| {
+            if self.mode == FrontendMode::Internet {
+                return Some(addr);
+            }
+            let server = dir.server(&name)?;
+            Some(std::net::SocketAddr::new(
+                addr.ip(),
+                server.ports.client_proxy,
+            ))
+        })
+        .collect();
         let auth = info.user.as_ref().map(|(primary, _)| primary.clone());
         if targets.is_empty() {
             return replies::transport_unavailable("no Transport server for these recipients");
         }
         if self.proxy.is_none() {
-            self.proxy = self.pool.take(&targets);
+            self.proxy = self.ctx.pool.take(&targets);
         }
         // Keep the proxy session of the client's previous message if it goes to one of
         // the chosen servers; it may have been closed by Transport meanwhile, so a

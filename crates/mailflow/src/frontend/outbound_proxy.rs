@@ -16,18 +16,17 @@ use mailflow_smtp::client::{mail_line, rcpt_line};
 use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, Body, MailParams, RcptParams, Reply, replies};
 
-use crate::context::ServerContext;
 use crate::directory::send_connectors::{NoConnector, select_connector};
 use crate::message::downgrade;
 use crate::net::client::SmtpClient;
-use crate::net::dns::Dns;
 use crate::net::orgauth;
-use crate::net::outbound::{self, ConnectFailure, Destination};
+use crate::net::outbound::{self, ConnectFailure, Destination, Local};
+
+use super::FrontendContext;
 use crate::net::receive::{SessionInfo, SmtpHandler};
 
 pub struct OutboundProxySession {
-    ctx: Arc<ServerContext>,
-    dns: Arc<Dns>,
+    ctx: Arc<FrontendContext>,
     /// The reverse path and the MAIL parameters passed on to the destination.
     mail: Option<(String, MailParams)>,
     domain: Option<String>,
@@ -42,10 +41,9 @@ pub struct OutboundProxySession {
 }
 
 impl OutboundProxySession {
-    pub fn new(ctx: Arc<ServerContext>, dns: Arc<Dns>) -> OutboundProxySession {
+    pub fn new(ctx: Arc<FrontendContext>) -> OutboundProxySession {
         OutboundProxySession {
             ctx,
-            dns,
             mail: None,
             domain: None,
             upstream: None,
@@ -71,9 +69,10 @@ impl OutboundProxySession {
         } else {
             Destination::SmartHosts
         };
-        let local = self.ctx.outbound_local(connector);
+        // Exchange logs the Outbound Proxy's sends with the Front End's (reference §8.1).
+        let local = Local::new(&self.ctx.directory, connector, &self.ctx.logs.send);
         // The failure is already the reply to give, status included.
-        let (_, mut client) = outbound::connect(&local, &self.dns, connector, destination)
+        let (_, mut client) = outbound::connect(&local, &self.ctx.dns, connector, destination)
             .await
             .map_err(|ConnectFailure(reply)| reply)?;
         let (from, mut params) = self.mail.clone().unwrap_or_default();

@@ -9,7 +9,7 @@ use mailflow_smtp::client::{auth_submitter, mail_line, rcpt_line};
 use mailflow_smtp::data::DotStuffer;
 use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
-use crate::context::ServerContext;
+use super::FrontendContext;
 use crate::logs::protocol::ProtocolSession;
 use crate::net::client::{ClientError, SmtpClient};
 use crate::net::orgauth;
@@ -69,19 +69,20 @@ impl Pool {
 }
 
 impl Proxy {
-    pub async fn connect(ctx: &ServerContext, target: SocketAddr) -> Result<Proxy, ClientError> {
-        let log = ctx.frontend_send_log.session(
+    pub async fn connect(ctx: &FrontendContext, target: SocketAddr) -> Result<Proxy, ClientError> {
+        let log = ctx.logs.send.session(
             INBOUND_PROXY_SEND_CONNECTOR,
-            SocketAddr::new(ctx.ip, 0),
+            SocketAddr::new(ctx.ip(), 0),
             target,
         );
-        let log = if ctx.server.frontend_protocol_logging == crate::logs::LoggingLevel::Verbose {
+        let log = if ctx.local().frontend_protocol_logging == crate::logs::LoggingLevel::Verbose {
             log
         } else {
             ProtocolSession::disabled()
         };
         let client = ctx
-            .connect_org(
+            .org
+            .connect(
                 target,
                 orgauth::FRONTEND,
                 log,

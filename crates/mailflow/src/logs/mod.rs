@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod protocol;
+pub mod service_logs;
 pub mod tracking;
 
 use std::borrow::Cow;

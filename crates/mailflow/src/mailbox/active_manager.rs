@@ -15,8 +15,9 @@
 //! A server that starts asks the other holders of each copy which one is active, so a
 //! server that was down does not go on believing its copy is active.
 //!
-//! It imports no service (not transport, frontend or cli): Transport's part of a
-//! failover comes in as the [`Activate`] callback.
+//! It imports no service (not transport, frontend or cli): it publishes the active
+//! copies on a `watch` channel, and Transport, subscribed, does its part of a failover
+//! (retry its queues) when they change.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::admin::client::AdminClient;
-use crate::context::ServerContext;
+use crate::directory::active_copies::ActiveCopyRecord;
 use crate::directory::{Database, Directory, Server, StoreSpec};
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,22 +36,18 @@ fn fails_over(db: &Database) -> bool {
     db.copies.len() > 1 && matches!(db.store, StoreSpec::Postgres(_))
 }
 
-/// What makes a database's copy on a server active here: Transport's `activate` (move
-/// the copy, write the routing table, retry the queues), handed in by server.rs so that
-/// Active Manager does not import Transport.
-pub type Activate = Arc<dyn Fn(&str, &str) + Send + Sync>;
-
 /// Learns the active copies from the other servers (before this server accepts mail),
 /// then watches the active copies' servers. The caller (server.rs) owns the watcher's
 /// task.
-pub async fn start(ctx: Arc<ServerContext>, activate: Activate) -> tokio::task::JoinHandle<()> {
-    learn_active_copies(&ctx).await;
-    tokio::spawn(watch(ctx, activate))
+pub async fn start(manager: Arc<ActiveCopyRecord>) -> tokio::task::JoinHandle<()> {
+    learn_active_copies(&manager).await;
+    tokio::spawn(watch(manager))
 }
 
 /// At start: the active copy of each database with a copy here, as the first other
 /// holder of a copy that answers says.
-async fn learn_active_copies(ctx: &ServerContext) {
+async fn learn_active_copies(manager: &ActiveCopyRecord) {
+    let ctx = &manager.ctx;
     let dir = ctx.dir();
     for db in dir.databases().filter(|d| d.copies.len() > 1) {
         if !holds_copy(db, ctx.name()) {
@@ -83,13 +80,13 @@ async fn learn_active_copies(ctx: &ServerContext) {
             .ok()
             .flatten();
             let Some(active) = answer else { continue };
-            let mine = ctx.active.active_server(&db.name);
+            let mine = manager.active_server(&db.name);
             if mine.as_deref() != Some(active.as_str())
                 && db.copies.iter().any(|c| c.eq_ignore_ascii_case(&active))
             {
                 tracing::info!(database = %db.name, server = %active, told_by = %peer,
                     "active copy learnt from another server");
-                ctx.active.set(&db.name, &active);
+                manager.set(&db.name, &active);
             }
             break;
         }
@@ -110,7 +107,8 @@ async fn answers(server: &Server) -> bool {
 }
 
 /// The failover loop: since when each watched active server has been unreachable.
-async fn watch(ctx: Arc<ServerContext>, activate: Activate) {
+async fn watch(manager: Arc<ActiveCopyRecord>) {
+    let ctx = &manager.ctx;
     let mut down_since: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
@@ -118,7 +116,7 @@ async fn watch(ctx: Arc<ServerContext>, activate: Activate) {
         let dir = &cfg.dir;
         for db in dir.databases().filter(|d| fails_over(d)) {
             let key = db.name.to_lowercase();
-            let Some(active) = ctx.active.active_server(&db.name) else {
+            let Some(active) = manager.active_server(&db.name) else {
                 continue;
             };
             if !holds_copy(db, ctx.name()) || active.eq_ignore_ascii_case(ctx.name()) {
@@ -157,7 +155,7 @@ async fn watch(ctx: Arc<ServerContext>, activate: Activate) {
             }
             if next.is_some_and(|n| n.eq_ignore_ascii_case(ctx.name())) {
                 down_since.remove(&key);
-                fail_over(&ctx, &activate, dir, db, &active, since.elapsed()).await;
+                fail_over(&manager, dir, db, &active, since.elapsed()).await;
             }
         }
     }
@@ -179,8 +177,7 @@ fn failover_after(
 
 /// This server takes the active copy of `db`, and tells the others.
 async fn fail_over(
-    ctx: &ServerContext,
-    activate: &Activate,
+    manager: &ActiveCopyRecord,
     dir: &Directory,
     db: &Database,
     failed: &str,
@@ -188,7 +185,8 @@ async fn fail_over(
 ) {
     tracing::warn!(database = %db.name, failed = %failed, down_for = ?down_for,
         "failover: the active copy's server does not answer; this server's copy is now active");
-    activate(&db.name, ctx.name());
+    let ctx = &manager.ctx;
+    manager.set(&db.name, ctx.name());
     for server in dir
         .servers()
         .filter(|s| !s.name.eq_ignore_ascii_case(ctx.name()))

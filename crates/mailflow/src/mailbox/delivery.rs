@@ -7,9 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mailflow_smtp::{Address, MailParams, RcptParams, Reply, replies};
 
+use super::context::MailboxContext;
 use super::store::{Committed, Folder, MailboxStore, NewItem};
-use crate::context::ServerContext;
 use crate::directory::Recipient;
+use crate::directory::live::LiveDirectory;
 use crate::logs::tracking::TrackingEvent;
 use crate::message;
 use crate::message::NETWORK_MESSAGE_ID_HEADER;
@@ -24,7 +25,7 @@ pub struct Stores {
 
 impl Stores {
     /// Opens every database with a copy on this server (`<data_dir>/Databases/<DB>.db`).
-    pub fn open(ctx: &ServerContext) -> anyhow::Result<Stores> {
+    pub fn open(ctx: &LiveDirectory) -> anyhow::Result<Stores> {
         let mut by_database = HashMap::new();
         for db in ctx.dir().databases() {
             if !db.copies.iter().any(|c| c.eq_ignore_ascii_case(ctx.name())) {
@@ -57,15 +58,14 @@ impl Stores {
 }
 
 /// Where a SQLite mailbox database of this server lives.
-pub fn database_path(ctx: &ServerContext, database: &str) -> std::path::PathBuf {
-    ctx.data_dir
+pub fn database_path(ctx: &LiveDirectory, database: &str) -> std::path::PathBuf {
+    ctx.data_dir()
         .join("Databases")
         .join(format!("{database}.db"))
 }
 
 pub struct MailboxDeliverySession {
-    ctx: Arc<ServerContext>,
-    stores: Arc<Stores>,
+    ctx: Arc<MailboxContext>,
     from: Option<Address>,
     /// (mailbox primary address, database)
     recipients: Vec<(String, String)>,
@@ -73,10 +73,9 @@ pub struct MailboxDeliverySession {
 }
 
 impl MailboxDeliverySession {
-    pub fn new(ctx: Arc<ServerContext>, stores: Arc<Stores>) -> MailboxDeliverySession {
+    pub fn new(ctx: Arc<MailboxContext>) -> MailboxDeliverySession {
         MailboxDeliverySession {
             ctx,
-            stores,
             from: None,
             recipients: Vec::new(),
             content: Vec::new(),
@@ -110,13 +109,11 @@ impl SmtpHandler for MailboxDeliverySession {
             return replies::recipient_not_found();
         };
         let mailbox = dir.mailbox(i);
-        let active = self.ctx.active.active_server(&mailbox.database);
-        if active
-            .as_deref()
-            .is_none_or(|s| !s.eq_ignore_ascii_case(self.ctx.name()))
-            || self.stores.get(&mailbox.database).is_none()
+        if !self.ctx.holds_active_copy(&mailbox.database)
+            || self.ctx.stores.get(&mailbox.database).is_none()
         {
             // Reference §5: the sender's routing is stale; it must route again.
+            let active = self.ctx.active.active_server(&mailbox.database);
             return replies::database_not_active(
                 &mailbox.database,
                 active.as_deref().unwrap_or("none"),
@@ -196,7 +193,7 @@ impl MailboxDeliverySession {
             transport_traffic_type: "Email".into(),
             ..Default::default()
         };
-        ctx.tracking_delivery.log(TrackingEvent {
+        ctx.logs.delivery_tracking.log(TrackingEvent {
             event_id: "RECEIVE".into(),
             source: "SMTP".into(),
             connector_id: info.connector.to_string(),
@@ -217,7 +214,7 @@ impl MailboxDeliverySession {
             });
         }
         for (db, items) in by_db {
-            let Some(store) = self.stores.get(&db) else {
+            let Some(store) = self.ctx.stores.get(&db) else {
                 return replies::database_not_available(&db);
             };
             let mailboxes: Vec<String> = items.iter().map(|i| i.mailbox.clone()).collect();
@@ -232,7 +229,7 @@ impl MailboxDeliverySession {
                                 "250 2.0.0 Duplicate delivery suppressed",
                             ),
                         };
-                        ctx.tracking_delivery.log(TrackingEvent {
+                        ctx.logs.delivery_tracking.log(TrackingEvent {
                             event_id: event.into(),
                             source: "STOREDRIVER".into(),
                             source_context: format!("MDB:{db}, Folder:Inbox"),

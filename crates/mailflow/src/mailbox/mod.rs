@@ -4,6 +4,7 @@
 //! Must not import transport, frontend or cli (scripts/check-arrows).
 
 pub mod active_manager;
+pub mod context;
 pub mod delivery;
 pub mod store;
 pub mod submission;

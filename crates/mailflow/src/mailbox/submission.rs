@@ -11,11 +11,9 @@ use std::time::Duration;
 use mailflow_smtp::client::{mail_line, rcpt_line};
 use mailflow_smtp::{Address, Body, MailParams, RcptParams};
 
-use super::delivery::Stores;
+use super::context::MailboxContext;
 use super::store::{Folder, MailboxStore, StoredItem};
-use crate::context::ServerContext;
-use crate::context::connect_intra_org_as;
-use crate::context::hub_selector;
+use crate::directory::hub_selector;
 use crate::logs::tracking::TrackingEvent;
 use crate::message;
 use crate::net::orgauth;
@@ -29,17 +27,15 @@ const RETRY: Duration = Duration::from_secs(5);
 /// Starts the Outbox poller; it stops between polls once `stop` turns true. The caller
 /// (server.rs) owns the returned task.
 pub fn start(
-    ctx: Arc<ServerContext>,
-    stores: Arc<Stores>,
+    ctx: Arc<MailboxContext>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut failed_until: std::collections::HashMap<i64, std::time::Instant> =
             Default::default();
         loop {
-            for (database, store) in stores.all() {
-                let active = ctx.active.active_server(database);
-                if !active.is_some_and(|s| s.eq_ignore_ascii_case(ctx.name())) {
+            for (database, store) in ctx.stores.all() {
+                if !ctx.holds_active_copy(database) {
                     continue;
                 }
                 let items = match store.take_outbox(100).await {
@@ -73,7 +69,7 @@ pub fn start(
 }
 
 fn event(
-    ctx: &ServerContext,
+    ctx: &MailboxContext,
     item: &StoredItem,
     database: &str,
     event_id: &str,
@@ -81,7 +77,7 @@ fn event(
     message_id: &str,
 ) -> TrackingEvent {
     TrackingEvent {
-        server_ip: ctx.ip.to_string(),
+        server_ip: ctx.ip().to_string(),
         server_hostname: ctx.fqdn().to_string(),
         source: "STOREDRIVER".into(),
         event_id: event_id.into(),
@@ -103,7 +99,7 @@ fn event(
 }
 
 async fn submit(
-    ctx: &ServerContext,
+    ctx: &MailboxContext,
     database: &str,
     store: &dyn MailboxStore,
     item: &StoredItem,
@@ -141,7 +137,7 @@ async fn submit(
     let mut content = prefix.into_bytes();
     content.extend_from_slice(&body);
 
-    ctx.tracking_submission.log(TrackingEvent {
+    ctx.logs.submission_tracking.log(TrackingEvent {
         recipient_address: recipients.clone(),
         ..event(ctx, item, database, "RECEIVE", &content, &message_id)
     });
@@ -151,7 +147,7 @@ async fn submit(
             .move_item(item.id, Folder::Drafts)
             .await
             .map_err(|e| e.to_string())?;
-        ctx.tracking_submission.log(TrackingEvent {
+        ctx.logs.submission_tracking.log(TrackingEvent {
             recipient_status: vec![mailflow_smtp::replies::submit_no_recipients().one_line()],
             ..event(ctx, item, database, "SUBMITFAIL", &content, &message_id)
         });
@@ -162,13 +158,17 @@ async fn submit(
         .filter_map(|r| Address::parse(r, true).ok())
         .map(|a| (a, RcptParams::default()))
         .collect();
-    let targets = hub_selector::choose(ctx, &addresses);
+    let targets = hub_selector::choose(&ctx.config(), &ctx.active.current(), &addresses);
     // SUBMIT is stamped when submission starts: Exchange's sequence has it before the
     // Transport service's RECEIVE (reference §7.6).
     let submitted_at = crate::logs::tracking::now_timestamp();
     let mut last_error = "no Transport server".to_string();
     for target in targets {
-        let mut client = match connect_intra_org_as(ctx, target, orgauth::SUBMISSION).await {
+        let mut client = match ctx
+            .org
+            .connect_intra_org(target, orgauth::SUBMISSION, &ctx.logs.submission_send)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 last_error = e.to_string();
@@ -192,7 +192,7 @@ async fn submit(
         match client.send_message(&mail, &rcpts, &content).await {
             Ok((reply, _)) if reply.is_positive() => {
                 client.quit().await;
-                ctx.tracking_submission.log(TrackingEvent {
+                ctx.logs.submission_tracking.log(TrackingEvent {
                     date_time: submitted_at.clone(),
                     recipient_address: recipients.clone(),
                     server_hostname: target.to_string(),
@@ -209,7 +209,7 @@ async fn submit(
                 // Transport refused for good: the item goes back to Drafts with the
                 // reason logged rather than being retried forever.
                 client.quit().await;
-                ctx.tracking_submission.log(TrackingEvent {
+                ctx.logs.submission_tracking.log(TrackingEvent {
                     recipient_status: vec![reply.one_line()],
                     ..event(ctx, item, database, "SUBMITFAIL", &content, &message_id)
                 });
@@ -223,7 +223,7 @@ async fn submit(
             Err(e) => last_error = e.to_string(),
         }
     }
-    ctx.tracking_submission.log(TrackingEvent {
+    ctx.logs.submission_tracking.log(TrackingEvent {
         recipient_status: vec![last_error.clone()],
         ..event(ctx, item, database, "SUBMITDEFER", &content, &message_id)
     });

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod dns;
 pub mod listeners;
+pub mod org_connector;
 pub mod orgauth;
 pub mod orgca;
 pub mod outbound;

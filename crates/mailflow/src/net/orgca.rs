@@ -290,7 +290,7 @@ pub struct ServerTls {
     /// :475, Outbound Proxy Frontend :717): with a CA, a client certificate the CA
     /// signed is required; without one, as `public`.
     pub internal: Arc<rustls::ServerConfig>,
-    /// Internal hops (`ServerContext::connect_org`).
+    /// Internal hops (`OrgConnector::connect`).
     pub client: Arc<rustls::ClientConfig>,
     /// Whether the organisation has a CA (internal hops verified).
     pub verified: bool,

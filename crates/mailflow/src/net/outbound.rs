@@ -58,10 +58,31 @@ pub struct Local<'a> {
     pub fqdn: &'a str,
     /// The server's address, for the protocol log.
     pub ip: IpAddr,
-    /// The Transport send protocol log (written when the connector logs verbosely).
+    /// The sending service's send protocol log (written when the connector logs
+    /// verbosely): Transport's, or the Front End's for the Outbound Proxy.
     pub log: &'a ProtocolLog,
     /// The connector's `tls_ca_file`, resolved against the organisation file's folder.
     pub ca_file: Option<PathBuf>,
+}
+
+impl<'a> Local<'a> {
+    /// What this server brings to an outbound session through `connector`, logged to
+    /// the calling service's `log`.
+    pub fn new(
+        local: &'a crate::directory::live::LiveDirectory,
+        connector: &crate::directory::SendConnector,
+        log: &'a ProtocolLog,
+    ) -> Local<'a> {
+        Local {
+            fqdn: local.fqdn(),
+            ip: local.ip(),
+            log,
+            ca_file: connector
+                .tls_ca_file
+                .as_deref()
+                .map(|f| local.dir().path(f)),
+        }
+    }
 }
 
 /// A `host`, `host:port`, `[ip]` or `[ip]:port` smart host with the connector's port

@@ -433,6 +433,10 @@ impl ReceiveConnector {
         log.connect();
         let mut config = self.session.clone();
         config.starttls = self.tls.is_some();
+        // Exchange's greeting ends with the time (`… ready at Thu, 3 Dec 2026 15:00:00
+        // +0000`) and its EHLO reply names the client's address, not its HELO name.
+        config.banner = format!("{} {}", config.banner, super::rfc2822_now());
+        config.client_ip = remote.ip().to_string();
         match &self.auth {
             AuthPolicy::OrgServers { .. } => {
                 config.auth_mechanisms = vec![orgauth::MECHANISM.into()];

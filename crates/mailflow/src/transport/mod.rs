@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod categorizer;
+pub mod context;
 pub mod pickup;
 pub mod queue;
 pub mod receive;
@@ -15,14 +16,13 @@ pub mod supervisor;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
-use crate::context::ServerContext;
 use crate::logs::tracking::TrackingEvent;
+use crate::transport::context::TransportContext;
 use queue::store::{Loaded, QueueDb, QueuedRecipient, RecipientState};
 use queue::{Item, QueuedMessage, Queues, RetryPolicy};
-use supervisor::{POISON_THRESHOLD, Stage};
+use supervisor::POISON_THRESHOLD;
 
 /// Which message the categorizer is working on, in a file beside the queue database:
 /// after a crash, the next start knows which message was in hand. Written without
@@ -68,7 +68,7 @@ impl PoisonMarker {
 
 /// A running Transport service.
 pub struct TransportService {
-    pub ctx: Arc<ServerContext>,
+    pub ctx: Arc<TransportContext>,
     pub queues: Arc<Queues>,
     submit_tx: mpsc::UnboundedSender<Submission>,
     dsn: send::dsn::DsnSubmitter,
@@ -115,8 +115,8 @@ impl TransportService {
     /// handed back with the service and goes to the queues only at [`Self::resume`],
     /// once the server's listeners are bound: resumed mail must not meet its own
     /// server's Mailbox Delivery not yet listening and wait a retry interval.
-    pub fn start(ctx: Arc<ServerContext>) -> anyhow::Result<(Arc<TransportService>, Resume)> {
-        let (db, loaded) = QueueDb::open(&ctx.data_dir.join("Queue").join("mail.db"))?;
+    pub fn start(ctx: Arc<TransportContext>) -> anyhow::Result<(Arc<TransportService>, Resume)> {
+        let (db, loaded) = QueueDb::open(&ctx.data_dir().join("Queue").join("mail.db"))?;
         let policy = retry_policy(&ctx);
         let (submit_tx, submit_rx) = mpsc::unbounded_channel();
         let dsn = send::dsn::DsnSubmitter {
@@ -150,14 +150,17 @@ impl TransportService {
             queues,
             submit_tx,
             dsn,
-            poison_marker: PoisonMarker::open(ctx.data_dir.join("Queue").join("categorizing")),
+            poison_marker: PoisonMarker::open(ctx.data_dir().join("Queue").join("categorizing")),
             retry: retry_policy(&ctx),
         });
         // Not yet owned by server.rs (issue 14): the categorizer, like the delivery
         // queues' tasks (supervisor.rs), runs until the runtime is dropped after
         // Server::shutdown has closed the queue database, as before; stopping it
         // mid-message would count a crash against the message (poison marker).
-        tokio::spawn(categorizer_loop(service.clone(), submit_rx));
+        tokio::spawn(categorizer::pipeline::categorizer_loop(
+            service.clone(),
+            submit_rx,
+        ));
         Ok((service, Resume(loaded)))
     }
 
@@ -215,28 +218,27 @@ impl TransportService {
         }
     }
 
-    /// Move-ActiveMailboxDatabase as this server learns it (a switchover or a
-    /// failover): the active copy of `database` is now on `server`. Mailbox Delivery
-    /// here accepts or refuses accordingly, and queued mail is retried at once so it
-    /// follows the new active copy.
-    pub fn activate(&self, database: &str, server: &str) {
-        let ctx = &self.ctx;
-        ctx.active.set(database, server);
-        tracing::info!(database = %database, server = %server, "active copy moved");
-        routing::log_routing_table(ctx);
-        for q in self.queues.all() {
-            q.retry_now();
+    /// Follows Active Manager: each time the active copies change (a switchover or a
+    /// failover), the routing table is written again and every queue retried at once,
+    /// so queued mail follows the new active copy. Ends when Active Manager is dropped;
+    /// server.rs owns the task.
+    pub async fn follow_active_copies(self: Arc<Self>) {
+        let mut active = self.ctx.active.clone();
+        while active.changed().await.is_ok() {
+            routing::log_routing_table(&self.ctx);
+            for q in self.queues.all() {
+                q.retry_now();
+            }
         }
     }
 
-    /// Reads the organisation file again (`ServerContext::reload`), writes the new
-    /// routing table, and routes again what waits on routing: the Unreachable queue and
-    /// the queues of send connectors go back through the categorizer (a connector may
-    /// have been added, removed or re-priced); every other queue is retried now, so
+    /// After the organisation file was read again (`LiveDirectory::reload`): writes the
+    /// new routing table, and routes again what waits on routing: the Unreachable queue
+    /// and the queues of send connectors go back through the categorizer (a connector
+    /// may have been added, removed or re-priced); every other queue is retried now, so
     /// changed sites, links and copies are used at once. Suspended queues stay as the
-    /// operator left them. Returns what changed that needs a restart.
-    pub fn reload(&self) -> anyhow::Result<Vec<String>> {
-        let restart = self.ctx.reload()?;
+    /// operator left them. `restart` is what changed that needs a restart (logged).
+    pub fn reloaded(&self, restart: &[String]) {
         let ctx = &self.ctx;
         routing::log_routing_table(ctx);
         let mut rerouted = 0;
@@ -266,7 +268,6 @@ impl TransportService {
                 restart.join("; ")
             );
         }
-        Ok(restart)
     }
 
     /// Remove-Message for one queue item: the recipients fail with an administrator's
@@ -278,7 +279,7 @@ impl TransportService {
         let mut ev = tracking_event(ctx, msg, "FAIL", "ADMIN");
         ev.recipient_address = item.recipients.iter().map(|r| r.address.clone()).collect();
         ev.recipient_status = vec![reply.one_line()];
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
         self.queues.db.update_recipients(
             msg.id,
             item.recipients
@@ -343,7 +344,7 @@ impl TransportService {
         let msg = QueuedMessage::new(id, envelope, content);
         let mut ev = tracking_event(&self.ctx, &msg, "RECEIVE", source);
         ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
-        self.ctx.tracking_transport.log(ev);
+        self.ctx.logs.tracking.log(ev);
         self.submit(msg, recipients);
         Ok(())
     }
@@ -361,7 +362,7 @@ impl TransportService {
     }
 }
 
-fn retry_policy(ctx: &ServerContext) -> RetryPolicy {
+fn retry_policy(ctx: &TransportContext) -> RetryPolicy {
     let dir = ctx.dir();
     let t = dir.transport();
     RetryPolicy {
@@ -375,14 +376,14 @@ fn retry_policy(ctx: &ServerContext) -> RetryPolicy {
 
 /// The tracking event every Transport row starts from.
 pub fn tracking_event(
-    ctx: &ServerContext,
+    ctx: &TransportContext,
     msg: &QueuedMessage,
     event_id: &str,
     source: &str,
 ) -> TrackingEvent {
     let e = &msg.envelope;
     TrackingEvent {
-        server_ip: ctx.ip.to_string(),
+        server_ip: ctx.ip().to_string(),
         server_hostname: ctx.fqdn().to_string(),
         source: source.into(),
         event_id: event_id.into(),
@@ -402,303 +403,4 @@ pub fn tracking_event(
         transport_traffic_type: "Email".into(),
         ..Default::default()
     }
-}
-
-/// Takes one message at a time from the Submission queue (reference §3.1). A panic
-/// while handling one is caught here (DESIGN §7): the loop goes on with the next.
-async fn categorizer_loop(
-    service: Arc<TransportService>,
-    mut rx: mpsc::UnboundedReceiver<Submission>,
-) {
-    while let Some(submission) = rx.recv().await {
-        if submission.counted {
-            service.queues.submission.fetch_sub(1, Ordering::Relaxed);
-        }
-        // What is needed to defer the message if its handling panics.
-        let salvage = Submission {
-            message: submission.message.clone(),
-            recipients: submission.recipients.clone(),
-            counted: false,
-            ..submission
-        };
-        let handled = std::panic::AssertUnwindSafe(categorize_one(&service, submission))
-            .catch_unwind()
-            .await;
-        if let Err(panic) = handled {
-            service.poison_marker.set(0);
-            service.categorizer_panicked(salvage, supervisor::panic_text(panic.as_ref()));
-        }
-    }
-}
-
-impl TransportService {
-    /// A panic while categorizing: the message counts a crash; below PoisonThreshold it
-    /// is deferred (DEFER) and goes through the categorizer again after a glitch-retry
-    /// interval, at the threshold it is parked in the poison queue.
-    fn categorizer_panicked(self: &Arc<Self>, submission: Submission, panic: &str) {
-        let ctx = &self.ctx;
-        let msg = submission.message.clone();
-        let crashes = supervisor::record_crash(&self.queues.db, &msg);
-        tracing::error!(
-            id = msg.id,
-            crashes,
-            "the categorizer panicked on a message ({panic}); the categorizer goes on"
-        );
-        if crashes >= POISON_THRESHOLD {
-            if !submission.resubmit {
-                // Rerouted recipients are counted already; new ones enter the queue.
-                msg.add_pending(submission.recipients.len());
-            }
-            let why = format!("the categorizer panicked on it {crashes} times");
-            supervisor::park_in_poison(ctx, &self.queues, msg, submission.recipients, why);
-            return;
-        }
-        let mut ev = tracking_event(ctx, &msg, "DEFER", "ROUTING");
-        ev.recipient_address = submission
-            .recipients
-            .iter()
-            .map(|r| r.address.clone())
-            .collect();
-        ev.source_context = format!(
-            "categorizer panicked (crash {crashes} of PoisonThreshold {POISON_THRESHOLD}); deferred"
-        );
-        ctx.tracking_transport.log(ev);
-        // Counted in the Submission queue while it waits, so Get-Queue shows it.
-        self.queues.submission.fetch_add(1, Ordering::Relaxed);
-        let delay = self.retry.interval(crashes - 1);
-        let submit = self.submit_tx.clone();
-        // One-shot, bounded by the retry interval; the message stays in the queue
-        // database, so a shutdown meanwhile loses nothing.
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = submit.send(Submission {
-                counted: true,
-                ..submission
-            });
-        });
-    }
-}
-
-/// Categorizes one message of the Submission queue and hands it to its delivery queues.
-async fn categorize_one(service: &Arc<TransportService>, submission: Submission) {
-    let ctx = &service.ctx;
-    let Submission {
-        message: msg,
-        recipients,
-        resubmit,
-        hold,
-        counted: _,
-    } = submission;
-    let consumed = if resubmit { recipients.len() } else { 0 };
-    service.poison_marker.set(msg.id);
-    // Fault injection for the poison-queue test: a message that kills the server.
-    if std::env::var("MAILFLOW_TEST_ABORT_ON_SUBJECT")
-        .is_ok_and(|s| !s.is_empty() && msg.envelope.subject == s)
-    {
-        std::process::abort();
-    }
-    supervisor::test_panic_hook(Stage::Categorizing, &msg.envelope.subject);
-    let auth = crate::message::AuthAs::of(&msg.content);
-    let mut result = categorizer::categorize(ctx, recipients, msg.content.len() as u64, auth);
-    service.poison_marker.set(0);
-    for (resolved, original) in &result.resolved {
-        let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
-        ev.recipient_address = vec![resolved.clone()];
-        ev.related_recipient_address = original.clone();
-        ctx.tracking_transport.log(ev);
-    }
-    for (group, members) in &result.expanded {
-        let mut ev = tracking_event(ctx, &msg, "EXPAND", "ROUTING");
-        ev.recipient_address = members.clone();
-        ev.related_recipient_address = group.clone();
-        ctx.tracking_transport.log(ev);
-    }
-    // OnResolvedMessage: the Transport Rule agent (reference §9.3, §10). Rerouted
-    // recipients were through it already; reports (null sender) are not subject to
-    // rules, so a rule can never bounce its own NDR.
-    let mut msg = msg;
-    if !resubmit && !msg.envelope.return_path.is_empty() {
-        match apply_rules(service, &msg, auth, &mut result).await {
-            RulesVerdict::Continue(Some(content)) => {
-                msg = msg.with_content(content.into());
-            }
-            RulesVerdict::Continue(None) => {}
-            RulesVerdict::Done => return,
-        }
-    }
-    let mut all: Vec<QueuedRecipient> = Vec::new();
-    for (r, reply) in &result.failed {
-        let mut ev = tracking_event(ctx, &msg, "FAIL", "ROUTING");
-        ev.recipient_address = vec![r.address.clone()];
-        ev.recipient_status = vec![reply.one_line()];
-        ctx.tracking_transport.log(ev);
-        all.push(r.clone());
-    }
-    if !result.failed.is_empty() {
-        let list = result
-            .failed
-            .iter()
-            .map(|(r, reply)| {
-                (
-                    r.clone(),
-                    send::dsn::DsnRecipient::from_reply(r, reply, None),
-                )
-            })
-            .collect();
-        service
-            .dsn
-            .report(send::dsn::DsnKind::Failed, &msg, list)
-            .await;
-    }
-    let routed: usize = result.routed.iter().map(|(_, r)| r.len()).sum();
-    for (_, rs) in &result.routed {
-        all.extend(rs.iter().cloned());
-    }
-    if resubmit {
-        // Only these recipients change; the message's others stay as they are.
-        service.queues.db.upsert_recipients(msg.id, all);
-    } else {
-        service.queues.db.categorized(msg.id, all);
-    }
-    // Add before subtracting, so the count cannot touch zero while recipients of
-    // this message are still to be delivered.
-    msg.add_pending(routed);
-    // Rerouted recipients wait a glitch-retry interval: if the servers disagree
-    // about the active copy, mail must not bounce between them at full speed.
-    let not_before = hold.then(|| service.retry.not_before(0, std::time::Instant::now()));
-    for (hop, recipients) in result.routed {
-        let queue = service.queues.queue_for(&hop);
-        queue.push(Item {
-            message: msg.clone(),
-            recipients,
-            not_before,
-        });
-    }
-    if routed == 0 && consumed == 0 && !resubmit {
-        // Every recipient failed: nothing to deliver (NDRs arrive with outbound DSNs).
-        service.queues.db.delete(msg.id);
-    } else if msg.finish(consumed) {
-        service.queues.db.delete(msg.id);
-    }
-}
-
-enum RulesVerdict {
-    /// Go on, with new content if the rules edited it.
-    Continue(Option<Vec<u8>>),
-    /// The rules rejected or deleted the message; it is finished.
-    Done,
-}
-
-/// Runs the mail flow rules over a resolved message; logs AGENTINFO (and DROP or FAIL
-/// for delete and reject actions).
-async fn apply_rules(
-    service: &TransportService,
-    msg: &Arc<QueuedMessage>,
-    auth: crate::message::AuthAs,
-    result: &mut categorizer::Categorized,
-) -> RulesVerdict {
-    let ctx = &service.ctx;
-    // The agent runs for every message, rules or not, and says so (AGENTINFO).
-    let recipients: Vec<String> = result
-        .routed
-        .iter()
-        .flat_map(|(_, rs)| rs.iter().map(|r| r.address.clone()))
-        .collect();
-    // SenderAddressLocation defaults to Header: the From/Sender address.
-    let sender = if msg.envelope.sender_header.is_empty() {
-        &msg.envelope.return_path
-    } else {
-        &msg.envelope.sender_header
-    };
-    let started = std::time::Instant::now();
-    let cfg = ctx.config();
-    let outcome = agents::rules::apply(
-        &cfg.rules,
-        &cfg.dir,
-        auth,
-        sender,
-        &recipients,
-        &msg.content,
-    );
-    let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
-    ev.connector_id = "Transport Rule Agent".into();
-    ev.recipient_address = recipients.clone();
-    let mut custom = vec![format!(
-        "S:TRA=ETRP|ETR={}|EM={}|ETMS={}",
-        outcome.evaluated,
-        outcome.matched.len(),
-        started.elapsed().as_millis()
-    )];
-    custom.extend(
-        outcome
-            .matched
-            .iter()
-            .map(|(name, mode)| format!("S:TRA=ETRI|rule={name}|mode={mode}")),
-    );
-    ev.custom_data = custom.join(";");
-    ctx.tracking_transport.log(ev);
-    let every: Vec<QueuedRecipient> = result
-        .routed
-        .iter()
-        .flat_map(|(_, rs)| rs.iter().cloned())
-        .collect();
-    if outcome.delete {
-        let mut ev = tracking_event(ctx, msg, "DROP", "AGENT");
-        ev.recipient_address = recipients;
-        ctx.tracking_transport.log(ev);
-        service.queues.db.delete(msg.id);
-        return RulesVerdict::Done;
-    }
-    if let Some(reason) = outcome.reject {
-        let reply = mailflow_smtp::replies::rejected_by_rule(reason);
-        let mut ev = tracking_event(ctx, msg, "FAIL", "AGENT");
-        ev.recipient_address = recipients;
-        ev.recipient_status = vec![reply.one_line()];
-        ctx.tracking_transport.log(ev);
-        let list = every
-            .iter()
-            .map(|r| {
-                (
-                    r.clone(),
-                    send::dsn::DsnRecipient::from_reply(r, &reply, None),
-                )
-            })
-            .collect();
-        service
-            .dsn
-            .report(send::dsn::DsnKind::Failed, msg, list)
-            .await;
-        service.queues.db.delete(msg.id);
-        return RulesVerdict::Done;
-    }
-    if !outcome.add_recipients.is_empty() {
-        let added = outcome
-            .add_recipients
-            .iter()
-            .filter(|a| !recipients.iter().any(|r| r.eq_ignore_ascii_case(a)))
-            .map(|a| QueuedRecipient {
-                address: a.clone(),
-                orcpt: None,
-                notify: vec!["NEVER".into()],
-                next_hop: None,
-                state: RecipientState::Submitted,
-                last_error: None,
-                delay_notified: false,
-            })
-            .collect();
-        // Recipients an administrator's rule adds are the organisation's own choice.
-        let more = categorizer::categorize(
-            ctx,
-            added,
-            msg.content.len() as u64,
-            crate::message::AuthAs::Internal,
-        );
-        for (hop, rs) in more.routed {
-            match result.routed.iter_mut().find(|(h, _)| *h == hop) {
-                Some((_, existing)) => existing.extend(rs),
-                None => result.routed.push((hop, rs)),
-            }
-        }
-    }
-    RulesVerdict::Continue(outcome.content)
 }

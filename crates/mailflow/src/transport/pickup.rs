@@ -226,7 +226,7 @@ fn badmail(
     let bad = file.with_extension("bad");
     let _ = std::fs::rename(claimed, &bad);
     tracing::warn!("{kind:?} file {} is badmail: {reason}", bad.display());
-    ctx.tracking_transport.log(TrackingEvent {
+    ctx.logs.tracking.log(TrackingEvent {
         server_hostname: ctx.fqdn().to_string(),
         source: if kind == Kind::Pickup {
             "PICKUP"

@@ -282,7 +282,7 @@ impl TransportReceive {
         ev.source_context = info.session_id.clone();
         ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
         ev.recipient_status = Vec::new();
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
         self.service.submit(msg, recipients);
         replies::queued_for_delivery(&message_id, id, ctx.fqdn())
     }

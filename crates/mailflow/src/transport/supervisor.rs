@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::queue::store::{QueueDb, QueuedRecipient};
 use super::queue::{Item, NextHop, QueuedMessage, Queues};
 use super::tracking_event;
-use crate::context::ServerContext;
+use crate::transport::context::TransportContext;
 
 /// PoisonThreshold (reference §3.3, §6): crashes before a message is parked.
 pub const POISON_THRESHOLD: u32 = 2;
@@ -72,7 +72,7 @@ pub fn record_crash(db: &QueueDb, msg: &QueuedMessage) -> u32 {
 /// expired automatically): a POISONMESSAGE tracking event whose source context says
 /// `why`, and an error for the operator.
 pub fn park_in_poison(
-    ctx: &ServerContext,
+    ctx: &TransportContext,
     queues: &Queues,
     msg: Arc<QueuedMessage>,
     recipients: Vec<QueuedRecipient>,
@@ -81,7 +81,7 @@ pub fn park_in_poison(
     let mut ev = tracking_event(ctx, &msg, "POISONMESSAGE", "POISONMESSAGE");
     ev.recipient_address = recipients.iter().map(|r| r.address.clone()).collect();
     ev.source_context = why.clone();
-    ctx.tracking_transport.log(ev);
+    ctx.logs.tracking.log(ev);
     tracing::error!(id = msg.id, "message parked in the poison queue: {why}");
     queues.queue_for(&NextHop::poison()).push(Item {
         message: msg,

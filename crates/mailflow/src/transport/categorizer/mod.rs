@@ -3,13 +3,15 @@
 //! distribution groups to their members, with loop protection), finds each recipient's
 //! next hop, and bifurcates the message into one delivery queue per next hop.
 
+pub(crate) mod pipeline;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use mailflow_smtp::{Reply, replies};
 
-use crate::context::ServerContext;
 use crate::directory::{Recipient, permissions};
 use crate::message::AuthAs;
+use crate::transport::context::TransportContext;
 use crate::transport::queue::NextHop;
 use crate::transport::queue::store::{QueuedRecipient, RecipientState};
 
@@ -34,14 +36,15 @@ const MAX_EXPANDED_RECIPIENTS: usize = 10_000;
 /// organisation (its AuthAs stamp): groups that require authenticated senders refuse
 /// Anonymous mail, nested ones included.
 pub fn categorize(
-    ctx: &ServerContext,
+    ctx: &TransportContext,
     recipients: Vec<QueuedRecipient>,
     size: u64,
     auth: AuthAs,
 ) -> Categorized {
     let dir = &ctx.dir();
     let cfg = ctx.config();
-    let view = crate::transport::routing::RoutingView::of(&cfg, &ctx.active);
+    let active = ctx.active_copies();
+    let view = crate::transport::routing::RoutingView::of(&cfg, &active);
     let mut out = Categorized::default();
     let mut hops: HashMap<String, usize> = HashMap::new();
     let mut delivered_to: HashSet<String> = HashSet::new();

@@ -14,10 +14,12 @@ use std::net::SocketAddr;
 use mailflow_smtp::{Reply, replies};
 use serde::Serialize;
 
-use crate::context::{ActiveCopies, LogPaths, OrgConfig, ServerContext};
+use crate::directory::active_copies::ActiveCopies;
+use crate::directory::live::OrgConfig;
 use crate::directory::send_connectors::{NoConnector, select_connector};
 use crate::directory::topology::{self, Distances, SitePath, Topology};
 use crate::directory::{Directory, SendConnector, Server};
+use crate::transport::context::TransportContext;
 use crate::transport::queue::{DeliveryType, NextHop};
 
 /// Everything routing reads: the directory, its topology, the active database copies
@@ -72,18 +74,15 @@ impl<'a> RoutingView<'a> {
 }
 
 /// The routing table this server routes by now.
-pub fn routing_table(ctx: &ServerContext) -> Vec<Route> {
+pub fn routing_table(ctx: &TransportContext) -> Vec<Route> {
     let cfg = ctx.config();
-    RoutingView::of(&cfg, &ctx.active).table()
+    let active = ctx.active_copies();
+    RoutingView::of(&cfg, &active).table()
 }
 
 /// Writes the routing table log (at start, after a reload, a move or a failover).
-pub fn log_routing_table(ctx: &ServerContext) {
-    write_routing_log(
-        &LogPaths::new(&ctx.data_dir).routing,
-        ctx.name(),
-        &routing_table(ctx),
-    );
+pub fn log_routing_table(ctx: &TransportContext) {
+    write_routing_log(&ctx.logs.routing, ctx.name(), &routing_table(ctx));
 }
 
 impl RoutingView<'_> {
@@ -453,7 +452,7 @@ copies = ["SC", "SB"]
     fn dag_members_deliver_to_the_active_copy_directly_and_others_relay_to_the_dag() {
         let dir = Directory::parse(&ORG.replace("HUB", "false"), "t", ".".into()).unwrap();
         let topo = Topology::new(&dir);
-        let active = ActiveCopies::from_directory(&dir);
+        let mut active = ActiveCopies::from_directory(&dir);
         // SB is in the DAG, in another site than SC: still the final hop (DAG boundary).
         let r = view_of(&dir, &topo, &active, "SB").route_database("DBD");
         assert_eq!(r.next_hop.key(), "SmtpDeliveryToMailbox:DBD");

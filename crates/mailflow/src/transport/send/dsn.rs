@@ -9,9 +9,9 @@ use std::sync::Arc;
 use mailflow_smtp::{Enhanced, xtext};
 use tokio::sync::mpsc;
 
-use crate::context::ServerContext;
 use crate::logs::tracking::now_timestamp;
 use crate::message;
+use crate::transport::context::TransportContext;
 use crate::transport::queue::QueuedMessage;
 use crate::transport::queue::store::{Envelope, QueueDb, QueuedRecipient, RecipientState};
 use crate::transport::{Submission, tracking_event};
@@ -96,11 +96,10 @@ impl DsnRecipient {
     /// The recipient's enhanced status code, else a default for the kind.
     fn status(&self, kind: DsnKind) -> String {
         match (self.status, kind) {
-            // RFC 3464 §2.3.3: a failed action carries a permanent (5.x.x) status, even
-            // for Exchange's "550 4.4.7 QUEUE.Expired".
-            (Some(Enhanced(4, subject, detail)), DsnKind::Failed) => {
-                Enhanced(5, subject, detail).to_string()
-            }
+            // Exchange reports the reply's enhanced code unaltered, so an expired
+            // message's NDR says `Action: failed` with `Status: 4.4.7`, as its
+            // Diagnostic-Code `550 4.4.7 QUEUE.Expired` does. RFC 3464 §2.3.3 would pair
+            // `failed` with a 5.x.x status; we follow Exchange (docs/operations.md).
             (Some(e), _) => e.to_string(),
             (None, DsnKind::Failed) => "5.0.0".into(),
             (None, DsnKind::Delayed) => "4.4.7".into(),
@@ -144,19 +143,38 @@ fn explain(status: &str) -> &'static str {
     }
 }
 
+/// The local part of the Microsoft Exchange recipient's address, the same in every
+/// Exchange organisation (`Get-OrganizationConfig` MicrosoftExchangeRecipient…).
+const EXCHANGE_RECIPIENT: &str = "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e";
+
+/// Who a report comes from (reference §3.2): to an internal sender (an address in an
+/// accepted domain) the Microsoft Exchange recipient, shown as Exchange 2013+ shows it
+/// ("Microsoft Outlook"); to an external sender the external postmaster address,
+/// `postmaster@<default domain>`. Returns (display name, address).
+pub fn report_sender(dir: &crate::directory::Directory, to: &str) -> (&'static str, String) {
+    let domain = dir.first_accepted_domain().unwrap_or("localhost");
+    let internal = to
+        .rsplit_once('@')
+        .is_some_and(|(_, d)| dir.is_accepted_domain(d));
+    if internal {
+        (
+            "Microsoft Outlook",
+            format!("{EXCHANGE_RECIPIENT}@{domain}"),
+        )
+    } else {
+        ("Mail Delivery System", format!("postmaster@{domain}"))
+    }
+}
+
 /// Builds the report for `msg` to its envelope sender. Returns (content, Message-ID).
 pub fn build(
-    ctx: &ServerContext,
+    ctx: &TransportContext,
     kind: DsnKind,
     msg: &QueuedMessage,
     recipients: &[DsnRecipient],
 ) -> (Vec<u8>, String) {
     let env = &msg.envelope;
-    let domain = ctx
-        .dir()
-        .first_accepted_domain()
-        .map(str::to_string)
-        .unwrap_or_else(|| ctx.fqdn().to_string());
+    let (from_name, from) = report_sender(&ctx.dir(), &env.return_path);
     let boundary = format!("mailflow-dsn-{}", uuid::Uuid::new_v4().simple());
     let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), ctx.fqdn());
     let subject = if env.subject.is_empty() {
@@ -260,7 +278,7 @@ pub fn build(
         ("text/rfc822-headers", headers)
     };
     let mut out = format!(
-        "From: Mail Delivery System <postmaster@{domain}>\r\nTo: <{to}>\r\nDate: {date}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\nThis is a MIME-encapsulated delivery status notification.\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n{status}\r\n--{boundary}\r\nContent-Type: {ctype}\r\n\r\n",
+        "From: {from_name} <{from}>\r\nTo: <{to}>\r\nDate: {date}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\nThis is a MIME-encapsulated delivery status notification.\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n{status}\r\n--{boundary}\r\nContent-Type: {ctype}\r\n\r\n",
         to = env.return_path,
         date = crate::net::rfc2822_now(),
     )
@@ -318,7 +336,7 @@ fn final_recipient(address: &str) -> String {
 /// Submits reports into this Transport service like any other message.
 #[derive(Clone)]
 pub struct DsnSubmitter {
-    pub ctx: Arc<ServerContext>,
+    pub ctx: Arc<TransportContext>,
     pub db: QueueDb,
     pub submit: mpsc::UnboundedSender<Submission>,
 }
@@ -373,10 +391,7 @@ impl DsnSubmitter {
             network_message_id,
             message_id: message_id.clone(),
             subject: message::subject(&content),
-            sender_header: format!(
-                "postmaster@{}",
-                ctx.dir().first_accepted_domain().unwrap_or("localhost")
-            ),
+            sender_header: report_sender(&ctx.dir(), &msg.envelope.return_path).1,
             received_at: now_timestamp(),
             body: "8BITMIME".into(),
             directionality: "Originating".into(),
@@ -406,12 +421,12 @@ impl DsnSubmitter {
         ev.recipient_address = wanted.iter().map(|r| r.address.clone()).collect();
         ev.recipient_status = wanted.iter().map(|r| r.diagnostic.clone()).collect();
         ev.reference = message_id;
-        ctx.tracking_transport.log(ev);
+        ctx.logs.tracking.log(ev);
         let dsn = QueuedMessage::new(id, envelope, content);
         let mut received = tracking_event(ctx, &dsn, "RECEIVE", "DSN");
         received.recipient_address = vec![rcpt.address.clone()];
         received.reference = msg.envelope.message_id.clone();
-        ctx.tracking_transport.log(received);
+        ctx.logs.tracking.log(received);
         let _ = self.submit.send(Submission {
             message: dsn,
             recipients: vec![rcpt],
@@ -438,6 +453,23 @@ mod tests {
     }
 
     #[test]
+    fn reports_come_from_the_exchange_recipient_inside_and_postmaster_outside() {
+        let text = crate::directory::builtin::builtin_text();
+        let dir = crate::directory::Directory::parse(&text, "builtin", ".".into()).unwrap();
+        let (name, from) = report_sender(&dir, "user1@contoso.test");
+        assert_eq!(name, "Microsoft Outlook");
+        assert_eq!(
+            from,
+            "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test"
+        );
+        let (name, from) = report_sender(&dir, "someone@fabrikam.test");
+        assert_eq!(
+            (name, from.as_str()),
+            ("Mail Delivery System", "postmaster@contoso.test")
+        );
+    }
+
+    #[test]
     fn status_comes_from_the_reply() {
         let r = DsnRecipient {
             address: "a@b".into(),
@@ -453,7 +485,7 @@ mod tests {
             status: Some(Enhanced(4, 4, 7)),
             ..r
         };
-        assert_eq!(expired.status(DsnKind::Failed), "5.4.7");
+        assert_eq!(expired.status(DsnKind::Failed), "4.4.7");
         assert_eq!(expired.status(DsnKind::Delayed), "4.4.7");
     }
 

@@ -24,13 +24,14 @@ use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
 use super::queue::{DeliveryQueue, DeliveryType, Expiry, Item, QueuedMessage, Queues, RetryPolicy};
 use super::supervisor::{self, POISON_THRESHOLD, Stage};
 use super::{Resubmitter, tracking_event};
-use crate::context::ServerContext;
-use crate::context::{INTRA_ORG_SEND_CONNECTOR, connect_intra_org};
 use crate::message::downgrade;
 use crate::message::{self, ORG_HEADER_PREFIX};
 use crate::net::client::{ClientError, RecipientReply, SmtpClient};
 use crate::net::dns::Dns;
-use crate::net::outbound::{self, ConnectFailure, Destination};
+use crate::net::org_connector::INTRA_ORG_SEND_CONNECTOR;
+use crate::net::orgauth;
+use crate::net::outbound::{self, ConnectFailure, Destination, Local};
+use crate::transport::context::TransportContext;
 use crate::transport::routing::RoutingView;
 
 /// MaxConcurrentMailboxDeliveries (reference §5).
@@ -43,7 +44,7 @@ const MAX_MESSAGES_PER_CONNECTION: usize = 20;
 /// What every transmitter of this server needs.
 #[derive(Clone)]
 pub struct Transmitter {
-    pub ctx: Arc<ServerContext>,
+    pub ctx: Arc<TransportContext>,
     pub db: QueueDb,
     pub policy: RetryPolicy,
     pub resubmit: Resubmitter,
@@ -133,7 +134,7 @@ impl Transmitter {
             } else {
                 Destination::Domain(&hop.domain)
             };
-            let local = self.ctx.outbound_local(connector);
+            let local = Local::new(&self.ctx.directory, connector, &self.ctx.logs.send);
             let (host, client) =
                 outbound::connect(&local, &self.dns, connector, destination).await?;
             return Ok(Peer {
@@ -144,7 +145,8 @@ impl Transmitter {
             });
         }
         let cfg = self.ctx.config();
-        let targets = RoutingView::of(&cfg, &self.ctx.active).targets(hop);
+        let active = self.ctx.active_copies();
+        let targets = RoutingView::of(&cfg, &active).targets(hop);
         if targets.is_empty() {
             return Err(ConnectFailure(replies::no_server_for_next_hop(&hop.domain)));
         }
@@ -154,7 +156,12 @@ impl Transmitter {
         // the send connectors' certificate refusals.
         let mut refused = None;
         for (name, fqdn, addr) in targets {
-            match connect_intra_org(&self.ctx, addr).await {
+            match self
+                .ctx
+                .org
+                .connect_intra_org(addr, orgauth::HUB, &self.ctx.logs.send)
+                .await
+            {
                 Ok(client) => {
                     return Ok(Peer {
                         host: fqdn,
@@ -185,7 +192,8 @@ impl Transmitter {
     /// Connects to the Outbound Proxy Frontend of this server or another of its site.
     async fn connect_outbound_proxy(&self) -> Result<(String, SmtpClient), ConnectFailure> {
         let cfg = self.ctx.config();
-        let view = RoutingView::of(&cfg, &self.ctx.active);
+        let active = self.ctx.active_copies();
+        let view = RoutingView::of(&cfg, &active);
         let mut servers: Vec<_> = view.distances().local_site_servers();
         servers.sort_by_key(|s| !s.eq_ignore_ascii_case(self.ctx.name()));
         let mut errors = Vec::new();
@@ -193,7 +201,14 @@ impl Transmitter {
             let Some(s) = cfg.dir.server(&name) else {
                 continue;
             };
-            match connect_intra_org(&self.ctx, SocketAddr::new(s.ip(), s.ports.outbound_proxy))
+            match self
+                .ctx
+                .org
+                .connect_intra_org(
+                    SocketAddr::new(s.ip(), s.ports.outbound_proxy),
+                    orgauth::HUB,
+                    &self.ctx.logs.send,
+                )
                 .await
             {
                 Ok(client) => return Ok((s.fqdn.clone(), client)),
@@ -320,7 +335,8 @@ impl Transmitter {
                 return None;
             }
             let cfg = self.ctx.config();
-            let still_a_target = RoutingView::of(&cfg, &self.ctx.active)
+            let active = self.ctx.active_copies();
+            let still_a_target = RoutingView::of(&cfg, &active)
                 .targets(&queue.next_hop)
                 .iter()
                 .any(|(_, fqdn, _)| *fqdn == peer.host);
@@ -368,7 +384,7 @@ impl Transmitter {
         ev.source_context = format!(
             "SMTP Send panicked (crash {crashes} of PoisonThreshold {POISON_THRESHOLD}); deferred"
         );
-        self.ctx.tracking_transport.log(ev);
+        self.ctx.logs.tracking.log(ev);
         for r in &mut recipients {
             r.last_error = Some(reply.one_line());
         }
@@ -517,7 +533,7 @@ impl Transmitter {
         };
         let mut updates = Vec::new();
         if !delivered.is_empty() {
-            ctx.tracking_transport.log(event("SEND", &delivered));
+            ctx.logs.tracking.log(event("SEND", &delivered));
             updates.extend(
                 delivered
                     .iter()
@@ -526,7 +542,7 @@ impl Transmitter {
         }
         let later: Vec<_> = deferred.iter().chain(&reroute).cloned().collect();
         if !later.is_empty() {
-            ctx.tracking_transport.log(event("DEFER", &later));
+            ctx.logs.tracking.log(event("DEFER", &later));
             updates.extend(later.iter().map(|(r, reply)| {
                 (
                     r.address.clone(),
@@ -615,7 +631,7 @@ impl Transmitter {
         if let Some(host) = remote {
             ev.server_hostname = host.to_string();
         }
-        self.ctx.tracking_transport.log(ev);
+        self.ctx.logs.tracking.log(ev);
         self.db.update_recipients(
             msg.id,
             failed
@@ -699,7 +715,7 @@ impl Transmitter {
                 let mut ev = tracking_event(&self.ctx, &msg, "DEFER", "QUEUE");
                 ev.recipient_address = list.iter().map(|(r, _)| r.address.clone()).collect();
                 ev.recipient_status = vec![last_error.clone()];
-                self.ctx.tracking_transport.log(ev);
+                self.ctx.logs.tracking.log(ev);
                 self.dsn.report(DsnKind::Delayed, &msg, list).await;
             }
         }
