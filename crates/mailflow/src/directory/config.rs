@@ -387,8 +387,8 @@ pub struct Database {
 }
 
 /// A mailbox database's `store`: where its items live (DESIGN §4). Read from the
-/// file's text as it is deserialized; a text that names no backend is [`Unknown`]
-/// (Self::Unknown), which the validator refuses, so a loaded directory has none.
+/// file's text as it is deserialized; a text that names no backend is
+/// [`StoreSpec::Unknown`], which the validator refuses, so a loaded directory has none.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "String")]
 pub enum StoreSpec {

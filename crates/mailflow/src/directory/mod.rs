@@ -2,6 +2,10 @@
 //! Active Directory plays for Exchange (recipient → mailbox → database → server), with
 //! the topology, send connector selection, transport rules' shape, credentials and CA
 //! files. Must not import net, context or a service (scripts/check-arrows).
+//!
+//! This file builds a [`Directory`] from the file's text: deserialized into the raw
+//! shape ([`config`]), checked by [`validate`] (every error at once, by file, line and
+//! key), then indexed. Its lookups and accessors are in `lookup.rs`.
 
 pub mod active_copies;
 pub mod builtin;

@@ -12,7 +12,7 @@ use super::super::rows::Columns;
 use super::error::TxError;
 use super::{OPERATION_TIMEOUT, PostgresStore, StoreError, open_connection};
 
-/// The columns of a [`StoredItem`]; `received` in the form SQLite stores.
+/// The columns of a [`StoredItem`](super::StoredItem); `received` in the form SQLite stores.
 pub(super) const ITEM_COLUMNS: &str = "id, mailbox, folder, network_message_id, internet_message_id, \
     sender, subject, size, \
     to_char(received AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
