@@ -86,36 +86,69 @@ fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() 
         "From: alice@contoso.test\r\nTo: bob@contoso.test\r\nSubject: seven steps\r\n\r\nhi\r\n",
     );
     c.wait_delivered("seven steps", 1);
-    let events: Vec<(String, String, String)> = c
-        .track(None, &["--subject", "seven steps"])
-        .iter()
-        .map(|e| {
-            (
-                e["Source"].as_str().unwrap().to_string(),
-                e["EventId"].as_str().unwrap().to_string(),
-                e["ConnectorId"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    let seq: Vec<String> = events.iter().map(|(s, e, _)| format!("{s} {e}")).collect();
-    // DESIGN §3's seven steps.
-    assert_eq!(
-        seq,
+    // Seed 003's table: per row, the server whose log has it, source, event id,
+    // connector id, client and server hostnames. Exchange writes its own server's
+    // name short and a peer's as its FQDN.
+    let mut rows: Vec<(String, [String; 6])> = Vec::new();
+    for server in ["MBX1", "MBX2"] {
+        for e in c.track(Some(server), &["--subject", "seven steps"]) {
+            let f = |k: &str| e[k].as_str().unwrap().to_string();
+            rows.push((
+                f("Timestamp"),
+                [
+                    server.to_string(),
+                    f("Source"),
+                    f("EventId"),
+                    f("ConnectorId"),
+                    f("ClientHostname"),
+                    f("ServerHostname"),
+                ],
+            ));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let table: Vec<[String; 6]> = rows.into_iter().map(|(_, r)| r).collect();
+    let expected: Vec<[String; 6]> = [
+        ["MBX1", "STOREDRIVER", "RECEIVE", "", "MBX1", "MBX1"],
         [
-            "STOREDRIVER RECEIVE",
-            "STOREDRIVER SUBMIT",
-            "SMTP RECEIVE",
-            "AGENT AGENTINFO",
-            "SMTP SEND",
-            "SMTP RECEIVE",
-            "STOREDRIVER DELIVER"
+            "MBX1",
+            "STOREDRIVER",
+            "SUBMIT",
+            "",
+            "MBX1",
+            "mbx2.contoso.test",
         ],
-        "{events:#?}"
-    );
-    assert_eq!(events[5].2, "MBX2\\Default Mailbox Delivery MBX2");
-    // Seed 003: Mailbox Transport Submission on MBX1 does not prefer its own server's
-    // Transport; the server with the recipient's active copy receives it.
-    assert_eq!(events[2].2, "MBX2\\Default MBX2");
+        [
+            "MBX2",
+            "SMTP",
+            "RECEIVE",
+            "MBX2\\Default MBX2",
+            "mbx1.contoso.test",
+            "MBX2",
+        ],
+        ["MBX2", "AGENT", "AGENTINFO", "", "", "MBX2"],
+        [
+            "MBX2",
+            "SMTP",
+            "SEND",
+            "Intra-Organization SMTP Send Connector",
+            "MBX2",
+            "mbx2.contoso.test",
+        ],
+        [
+            "MBX2",
+            "SMTP",
+            "RECEIVE",
+            "MBX2\\Default Mailbox Delivery MBX2",
+            "mbx2.contoso.test",
+            "MBX2",
+        ],
+        ["MBX2", "STOREDRIVER", "DELIVER", "", "MBX2", "MBX2"],
+    ]
+    .iter()
+    .map(|r| r.map(str::to_string))
+    .collect();
+    assert_eq!(table, expected, "{table:#?}");
 }
 
 #[test]
