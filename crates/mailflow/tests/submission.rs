@@ -7,29 +7,12 @@ use std::time::Duration;
 
 use common::*;
 
-fn put_in_outbox(config: &std::path::Path, address: &str, eml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.eml");
-    std::fs::write(&file, eml).unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["mailbox", "send", address, "--eml", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_message_in_an_outbox_is_delivered_without_bcc_and_moves_to_sent_items() {
     let server = Server::start();
     // A client-written message with bare LF line ends, no Message-ID and no Date.
     let eml = "From: Alice <alice@contoso.test>\nTo: Bob <bob@contoso.test>\nBcc: carol@contoso.test\nSubject: from the outbox\n\nHello Bob\n";
-    put_in_outbox(&server.config(), "alice@contoso.test", eml);
+    server.send_from_outbox("alice@contoso.test", eml);
     server.wait_inbox("bob@contoso.test", 1);
     server.wait_inbox("carol@contoso.test", 1);
     let bob = &server.export("bob@contoso.test")[0];
@@ -80,8 +63,7 @@ fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() 
     };
     let mut c = Cluster::new(&["MBX1", "MBX2"], org);
     c.start_all();
-    put_in_outbox(
-        &c.config(),
+    c.send_from_outbox(
         "alice@contoso.test",
         "From: alice@contoso.test\r\nTo: bob@contoso.test\r\nSubject: seven steps\r\n\r\nhi\r\n",
     );
