@@ -4,6 +4,7 @@
 mod admin_token;
 mod agent;
 mod check_config;
+mod connector;
 mod database;
 mod init;
 mod mailbox;
@@ -67,6 +68,10 @@ pub enum Command {
     /// Mailboxes (Get-Mailbox, New-MailboxExportRequest).
     #[command(subcommand)]
     Mailbox(mailbox::MailboxCommand),
+    /// Receive and send connectors, implicit ones included (Get-ReceiveConnector,
+    /// Get-SendConnector).
+    #[command(subcommand)]
+    Connector(connector::ConnectorCommand),
     /// Transport agents (Get-TransportAgent).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
@@ -95,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mailbox(c) => mailbox::run(&g, c),
         Command::Route(c) => route::run(&g, c),
         Command::Agent(c) => agent::run(&g, c),
+        Command::Connector(c) => connector::run(&g, c),
         Command::Database(c) => database::run(&g, c),
         Command::Reload => reload::run(&g),
         Command::Admin(c) => admin_token::run(&g, c),
