@@ -13,6 +13,7 @@ mod queue;
 mod reload;
 mod route;
 mod serve;
+mod test_mailflow;
 mod track;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub enum Command {
     /// Mailbox databases (Move-ActiveMailboxDatabase).
     #[command(subcommand)]
     Database(database::DatabaseCommand),
+    /// Send a probe and follow it hop by hop in the tracking logs (Test-Mailflow).
+    TestMailflow(test_mailflow::TestMailflowArgs),
     /// Make running servers read the organisation file again (each, or `--server`).
     Reload,
     /// The admin API's operator tokens (`admin token create|list|revoke`).
@@ -102,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(c) => agent::run(&g, c),
         Command::Connector(c) => connector::run(&g, c),
         Command::Database(c) => database::run(&g, c),
+        Command::TestMailflow(a) => test_mailflow::run(&g, a),
         Command::Reload => reload::run(&g),
         Command::Admin(c) => admin_token::run(&g, c),
     }
