@@ -99,43 +99,47 @@ fn builtin_receive(dir: &Directory, server: &Server) -> Vec<ConnectorInfo> {
     let org = ["ExchangeServers"];
     let org_auth = ["Tls", "ExchangeServer"];
     let internal_tls = "STARTTLS (org auth only inside TLS off loopback)";
+    let one = |name: String,
+               role: &str,
+               port: u16,
+               groups: &[&str],
+               auth: &[&str],
+               tls: &str,
+               logging| {
+        ConnectorInfo {
+            identity: format!("{n}\\{name}"),
+            kind: "Receive",
+            transport_role: role.into(),
+            bindings: vec![binding(server, live.as_ref(), &name, port)],
+            remote_ip_ranges: strings(&["0.0.0.0/0", "::/0"]),
+            permission_groups: strings(groups),
+            auth_mechanism: strings(auth),
+            tls: tls.into(),
+            tls_auth_level: None,
+            address_spaces: Vec::new(),
+            smart_hosts: Vec::new(),
+            source_transport_servers: Vec::new(),
+            frontend_proxy_enabled: false,
+            protocol_logging_level: level(logging),
+            implicit: true,
+        }
+    };
     #[rustfmt::skip]
-    let table: [(String, &str, u16, &[&str], &[&str], &str, LoggingLevel); 6] = [
-        (format!("Default Frontend {n}"), "FrontendTransport", p.frontend,
-         &["AnonymousUsers"], &["Tls"], "STARTTLS", fe),
-        (format!("Client Frontend {n}"), "FrontendTransport", p.client_frontend,
-         &["ExchangeUsers"], &["Tls", "BasicAuth", "BasicAuthRequireTLS"],
-         "STARTTLS, required for AUTH", LoggingLevel::None),
-        (format!("Outbound Proxy Frontend {n}"), "FrontendTransport", p.outbound_proxy,
-         &org, &org_auth, internal_tls, fe),
-        (format!("Default {n}"), "HubTransport", p.transport, &org, &org_auth, internal_tls, tp),
-        (format!("Client Proxy {n}"), "HubTransport", p.client_proxy, &org, &org_auth,
-         internal_tls, tp),
-        (format!("Default Mailbox Delivery {n}"), "MailboxDelivery", p.mailbox_delivery,
-         &org, &org_auth, internal_tls, md),
+    let list = vec![
+        one(format!("Default Frontend {n}"), "FrontendTransport", p.frontend,
+            &["AnonymousUsers"], &["Tls"], "STARTTLS", fe),
+        one(format!("Client Frontend {n}"), "FrontendTransport", p.client_frontend,
+            &["ExchangeUsers"], &["Tls", "BasicAuth", "BasicAuthRequireTLS"],
+            "STARTTLS, required for AUTH", LoggingLevel::None),
+        one(format!("Outbound Proxy Frontend {n}"), "FrontendTransport", p.outbound_proxy,
+            &org, &org_auth, internal_tls, fe),
+        one(format!("Default {n}"), "HubTransport", p.transport, &org, &org_auth, internal_tls, tp),
+        one(format!("Client Proxy {n}"), "HubTransport", p.client_proxy, &org, &org_auth,
+            internal_tls, tp),
+        one(format!("Default Mailbox Delivery {n}"), "MailboxDelivery", p.mailbox_delivery,
+            &org, &org_auth, internal_tls, md),
     ];
-    table
-        .into_iter()
-        .map(
-            |(name, role, port, groups, auth, tls, logging)| ConnectorInfo {
-                identity: format!("{n}\\{name}"),
-                kind: "Receive",
-                transport_role: role.into(),
-                bindings: vec![binding(server, live.as_ref(), &name, port)],
-                remote_ip_ranges: strings(&["0.0.0.0/0", "::/0"]),
-                permission_groups: strings(groups),
-                auth_mechanism: strings(auth),
-                tls: tls.into(),
-                tls_auth_level: None,
-                address_spaces: Vec::new(),
-                smart_hosts: Vec::new(),
-                source_transport_servers: Vec::new(),
-                frontend_proxy_enabled: false,
-                protocol_logging_level: level(logging),
-                implicit: true,
-            },
-        )
-        .collect()
+    list
 }
 
 /// A `[[receive_connectors]]` entry; its permissions in Exchange's terms.
