@@ -316,7 +316,12 @@ fn track_all_servers_merges_the_rows_of_two_machines_in_time_order_and_filters_b
         "{r:#}"
     );
     assert_eq!(s(&r["FailedHop"], "Server"), "MBX1", "{r:#}");
-    assert!(s(&r, "Error").contains("waits after it"), "{r:#}");
+    // Where it waits, from MBX1's Get-Message: the delivery queue and its error.
+    assert!(s(&r, "Error").contains("waits after it in MBX1\\"), "{r:#}");
+    assert!(
+        s(&r["FailedHop"], "RecipientStatus").contains("4.4.1"),
+        "{r:#}"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("MBX2: no answer"));
     let out = run(
         &remote,

@@ -240,7 +240,7 @@ fn send(c: &SendConnector) -> ConnectorInfo {
 
 /// The implicit send connectors of `server` (reference §1.7).
 fn implicit_send(dir: &Directory, server: &Server) -> Vec<ConnectorInfo> {
-    let tls = "required (but to this server's own loopback)";
+    let tls = "required, except to its own loopback";
     // With an organisation CA the peer's certificate must verify for its fqdn.
     let auth_level = if dir.org_ca_certificate_path().is_some() {
         "DomainValidation"

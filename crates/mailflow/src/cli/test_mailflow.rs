@@ -188,6 +188,26 @@ fn frontend_addr(
     Ok((server.name.clone(), SocketAddr::new(ip, port)))
 }
 
+/// Where the probe waits on `server` (Get-Message): its queue and last error, if the
+/// server answers and holds it.
+fn waiting_in(dir: &Directory, server: &str, message_id: &str) -> Option<(String, Option<String>)> {
+    let server = dir.server(server)?;
+    let admin = crate::admin::client::AdminClient::new(dir, server).ok()?;
+    let list: Vec<serde_json::Value> = admin
+        .get("/api/messages")
+        .ok()?
+        .body_mut()
+        .read_json()
+        .ok()?;
+    let m = list
+        .iter()
+        .find(|m| m["InternetMessageId"].as_str() == Some(message_id))?;
+    Some((
+        m["Queue"].as_str().unwrap_or_default().to_string(),
+        m["LastError"].as_str().map(str::to_string),
+    ))
+}
+
 pub fn run(g: &Global, a: TestMailflowArgs) -> anyhow::Result<ExitCode> {
     let dir = load_directory(g)?;
     let id = uuid::Uuid::new_v4();
@@ -278,18 +298,29 @@ pub fn run(g: &Global, a: TestMailflowArgs) -> anyhow::Result<ExitCode> {
             break (rows, failed, o);
         }
         if started.elapsed() >= timeout {
-            let last = rows.last().map(|e| hop(e, submitted));
+            let mut last = rows.last().map(|e| hop(e, submitted));
+            let queued = last
+                .as_ref()
+                .and_then(|h| waiting_in(&dir, &h.server, &message_id));
+            if let (Some(h), Some((_, Some(error)))) = (&mut last, &queued)
+                && h.recipient_status.is_empty()
+            {
+                h.recipient_status = error.clone();
+            }
             let why = match &last {
                 Some(h) => format!(
-                    "not delivered within {}s: the last hop is {} {} on {}{}; the message waits after it",
+                    "not delivered within {}s: the last hop is {} {} on {}; the message waits after it{}",
                     a.timeout,
                     h.source,
                     h.event_id,
                     h.server,
-                    if h.recipient_status.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", h.recipient_status)
+                    match &queued {
+                        Some((queue, Some(error))) => format!(" in {queue}: {error}"),
+                        Some((queue, None)) => format!(" in {queue}"),
+                        None if !h.recipient_status.is_empty() => {
+                            format!(" ({})", h.recipient_status)
+                        }
+                        None => String::new(),
                     }
                 ),
                 None => format!(
@@ -352,6 +383,12 @@ pub fn run(g: &Global, a: TestMailflowArgs) -> anyhow::Result<ExitCode> {
         println!();
         println!("TestMailflowResult  {}", result.test_mailflow_result);
         println!("MessageLatencyTime  {}", result.message_latency_time);
+        if let Some(h) = &result.failed_hop {
+            println!(
+                "FailedHop           {} {} {} {}",
+                h.server, h.source, h.event_id, h.connector_id
+            );
+        }
         if let Some(why) = &result.error {
             println!("Error               {why}");
         }
