@@ -5,6 +5,7 @@
 //! (reference §1.2, §1.7). Read from the organisation file, so it works with the
 //! server stopped; a running server's bound ports come from its `listeners.json`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -71,11 +72,11 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 
 /// Where a listener binds: the bound address of a running server (its
-/// `listeners.json`, when the process that wrote it is alive), else the file's.
-fn binding(server: &Server, live: Option<&Listeners>, name: &str, port: u16) -> String {
+/// `listeners.json`, when the process that wrote it is alive), else `configured`.
+fn binding(live: Option<&Listeners>, name: &str, configured: SocketAddr) -> String {
     live.and_then(|l| l.listeners.iter().find(|x| x.name == name))
-        .map(|x| x.address.to_string())
-        .unwrap_or_else(|| std::net::SocketAddr::new(server.listen_ip(), port).to_string())
+        .map_or(configured, |x| x.address)
+        .to_string()
 }
 
 /// The listeners of `server` if it is running (a file left by a stopped server names a
@@ -89,8 +90,11 @@ fn running_listeners(dir: &Directory, server: &Server) -> Option<Listeners> {
 
 /// The built-in receive connectors of `server` (DESIGN §1, reference §1.2) with what
 /// mailflow grants on each.
-fn builtin_receive(dir: &Directory, server: &Server) -> Vec<ConnectorInfo> {
-    let live = running_listeners(dir, server);
+fn builtin_receive(
+    dir: &Directory,
+    server: &Server,
+    live: Option<&Listeners>,
+) -> Vec<ConnectorInfo> {
     let p = &server.ports;
     let n = &server.name;
     let tp = server.transport_protocol_logging;
@@ -110,7 +114,11 @@ fn builtin_receive(dir: &Directory, server: &Server) -> Vec<ConnectorInfo> {
             identity: format!("{n}\\{name}"),
             kind: "Receive",
             transport_role: role.into(),
-            bindings: vec![binding(server, live.as_ref(), &name, port)],
+            bindings: vec![binding(
+                live,
+                &name,
+                SocketAddr::new(server.listen_ip(), port),
+            )],
             remote_ip_ranges: strings(&["0.0.0.0/0", "::/0"]),
             permission_groups: strings(groups),
             auth_mechanism: strings(auth),
@@ -143,8 +151,11 @@ fn builtin_receive(dir: &Directory, server: &Server) -> Vec<ConnectorInfo> {
 }
 
 /// A `[[receive_connectors]]` entry; its permissions in Exchange's terms.
-fn custom_receive(dir: &Directory, server: &Server, rc: &ReceiveConnector) -> ConnectorInfo {
-    let live = running_listeners(dir, server);
+fn custom_receive(
+    server: &Server,
+    live: Option<&Listeners>,
+    rc: &ReceiveConnector,
+) -> ConnectorInfo {
     let groups = rc
         .permissions
         .iter()
@@ -168,12 +179,7 @@ fn custom_receive(dir: &Directory, server: &Server, rc: &ReceiveConnector) -> Co
             ReceiveService::Transport => "HubTransport",
         }
         .into(),
-        bindings: vec![
-            live.as_ref()
-                .and_then(|l| l.listeners.iter().find(|x| x.name == rc.name))
-                .map_or(rc.bind, |x| x.address)
-                .to_string(),
-        ],
+        bindings: vec![binding(live, &rc.name, rc.bind)],
         remote_ip_ranges: rc.remote_ranges.iter().map(|r| r.to_string()).collect(),
         permission_groups: groups,
         auth_mechanism: auth,
@@ -289,10 +295,11 @@ pub fn connectors(dir: &Directory, only: Option<&str>) -> anyhow::Result<Vec<Con
     };
     let mut all = Vec::new();
     for server in &servers {
-        all.extend(builtin_receive(dir, server));
+        let live = running_listeners(dir, server);
+        all.extend(builtin_receive(dir, server, live.as_ref()));
         all.extend(
             dir.receive_connectors_of(&server.name)
-                .map(|rc| custom_receive(dir, server, rc)),
+                .map(|rc| custom_receive(server, live.as_ref(), rc)),
         );
     }
     all.extend(

@@ -255,11 +255,16 @@ pub fn run(g: &Global, a: TestMailflowArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let timeout = Duration::from_secs(a.timeout);
+    // Tracking rows name a mailbox by its primary address, also when --to is an alias.
+    let mut targets = vec![a.to.clone()];
+    if let Some(Recipient::Mailbox(i)) = dir.lookup(&a.to) {
+        targets.push(dir.mailbox(i).address.clone());
+    }
     let for_recipient = |e: &ServerEvent| {
         e.event
             .recipient_address
             .iter()
-            .any(|r| r.eq_ignore_ascii_case(&a.to))
+            .any(|r| targets.iter().any(|t| r.eq_ignore_ascii_case(t)))
     };
     let (rows, failed, outcome) = loop {
         if let Some(r) = refused {

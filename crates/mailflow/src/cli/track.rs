@@ -12,7 +12,7 @@ use crate::admin::TrackingQuery;
 use crate::admin::client::AdminClient;
 use crate::directory::Directory;
 use crate::logs::service_logs::LogPaths;
-use crate::logs::tracking::{TrackingEvent, TrackingFilter, search};
+use crate::logs::tracking::{DEFAULT_RESULT_SIZE, TrackingEvent, TrackingFilter, search};
 
 #[derive(Args)]
 pub struct TrackArgs {
@@ -179,7 +179,7 @@ pub fn search_all_servers(
     rows.sort_by(|a, b| a.event.date_time.cmp(&b.event.date_time));
     match filter.result_size {
         Some(0) => {}
-        size => rows.truncate(size.unwrap_or(1000)),
+        size => rows.truncate(size.unwrap_or(DEFAULT_RESULT_SIZE)),
     }
     (rows, failed)
 }

@@ -19,7 +19,7 @@ pub const SCHEMA_VERSION: &str = "15.02.1544.004";
 pub const FIELDS: &str = "date-time,client-ip,client-hostname,server-ip,server-hostname,source-context,connector-id,source,event-id,internal-message-id,message-id,network-message-id,recipient-address,recipient-status,total-bytes,recipient-count,related-recipient-address,reference,message-subject,sender-address,return-path,message-info,directionality,tenant-id,original-client-ip,original-server-ip,custom-data,transport-traffic-type,log-id,schema-version";
 
 /// Get-MessageTrackingLog's default `-ResultSize` (reference §7.7).
-const DEFAULT_RESULT_SIZE: usize = 1000;
+pub const DEFAULT_RESULT_SIZE: usize = 1000;
 
 /// Which service writes the log; each has its own file prefix (reference §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
