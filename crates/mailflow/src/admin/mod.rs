@@ -502,3 +502,39 @@ async fn tracking(
             })?;
     Ok(Json(events))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_tracking_filter_survives_the_query_string() {
+        let filter = TrackingFilter {
+            sender: Some("alice@contoso.test".into()),
+            recipients: vec!["bob@contoso.test".into(), "carol@contoso.test".into()],
+            subject: Some("a, b & c".into()),
+            event_id: Some("DELIVER".into()),
+            source: Some("STOREDRIVER".into()),
+            message_id: Some("<x@y>".into()),
+            internal_message_id: Some("42".into()),
+            network_message_id: Some("0b1c2d3e-0000-4000-8000-000000000001".into()),
+            reference: Some("<r@y>".into()),
+            start: Some(chrono::Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, 0).unwrap()),
+            end: Some(chrono::Utc.with_ymd_and_hms(2026, 12, 3, 11, 0, 0).unwrap()),
+            result_size: Some(0),
+        };
+        let query = TrackingQuery::from_filter(&filter);
+        assert_eq!(query.pairs().len(), 12);
+        let back = query.into_filter().unwrap();
+        assert_eq!(format!("{back:?}"), format!("{filter:?}"));
+        // Unset filters are left out of the query, and stay unset.
+        let empty = TrackingQuery::from_filter(&TrackingFilter::default());
+        assert!(empty.pairs().is_empty());
+        let bad = TrackingQuery {
+            start: Some("yesterday".into()),
+            ..TrackingQuery::default()
+        };
+        assert!(bad.into_filter().unwrap_err().contains("yesterday"));
+    }
+}
