@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -62,7 +63,7 @@ fn an_internal_senders_ndr_comes_from_the_microsoft_exchange_recipient() {
         "From: alice@contoso.test\r\nSubject: A special offer\r\n\r\nbuy\r\n",
     );
     assert!(r.starts_with("250"), "{r}");
-    let ndr = wait_for("the NDR", std::time::Duration::from_secs(20), || {
+    let ndr = wait_for("the NDR", Duration::from_secs(20), || {
         server
             .export("alice@contoso.test")
             .into_iter()
@@ -100,4 +101,77 @@ fn route_show_lists_each_address_space_of_a_connector_with_its_cost() {
         text.lines().next().unwrap_or("").contains("AddressSpace"),
         "{text}"
     );
+}
+
+/// Get-Message identities name the Unreachable queue (`MBX1\Unreachable\<id>`), and an
+/// empty delivery queue goes away after QueueMaxIdleTime; the next message for its
+/// next hop gets a new queue (issue 15 item 5).
+#[test]
+fn unreachable_messages_are_named_by_their_queue_and_idle_queues_go_away() {
+    let server = Server::start_edited(|org| {
+        org.replace("[transport]\n", "[transport]\nqueue_max_idle_time = \"2s\"\n")
+            .replace(
+                "[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [{ domain = \"*\", cost = 1 }]\nsource_servers = [\"MBX1\"]\n",
+                "",
+            )
+    });
+    server.send_from_outbox(
+        "alice@contoso.test",
+        "From: alice@contoso.test\r\nTo: partner@fabrikam.test\r\nSubject: nowhere to go\r\n\r\nx\r\n",
+    );
+    let listed = wait_for(
+        "the message in Unreachable",
+        Duration::from_secs(20),
+        || {
+            let list = server.cli_json(&["message", "list"]);
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["Subject"] == "nowhere to go")
+                .cloned()
+        },
+    );
+    let identity = listed["Identity"].as_str().unwrap();
+    assert!(identity.starts_with("MBX1\\Unreachable\\"), "{listed:#}");
+    assert_eq!(listed["Queue"], "MBX1\\Unreachable");
+
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.fabrikam.test");
+    let first = |server: &Server| {
+        server
+            .queues()
+            .into_iter()
+            .find(|q| {
+                q["NextHopDomain"]
+                    .as_str()
+                    .is_some_and(|d| d.eq_ignore_ascii_case("db01"))
+            })
+            .map(|q| q["Identity"].as_str().unwrap().to_string())
+    };
+    assert!(
+        c.send(
+            "sender@fabrikam.test",
+            &["carol@contoso.test"],
+            &message("one", "x\r\n")
+        )
+        .starts_with("250")
+    );
+    server.wait_inbox("carol@contoso.test", 1);
+    let before = first(&server).expect("DB01's delivery queue");
+    // Gone after 2 s idle (checked every 0.5 s), not at once.
+    let gone = poll_until(Duration::from_secs(15), || {
+        first(&server).is_none().then_some(())
+    });
+    assert!(gone.is_some(), "{:#?}", server.queues());
+    assert!(
+        c.send(
+            "sender@fabrikam.test",
+            &["carol@contoso.test"],
+            &message("two", "x\r\n")
+        )
+        .starts_with("250")
+    );
+    server.wait_inbox("carol@contoso.test", 2);
+    let after = first(&server).expect("a new queue for DB01");
+    assert_ne!(before, after, "a new queue, with a new number");
 }

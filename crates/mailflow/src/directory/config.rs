@@ -133,6 +133,10 @@ pub struct TransportSettings {
     /// queue before it closes (mailflow's; Postfix's `smtp_connection_cache_time_limit`).
     #[serde(deserialize_with = "de_duration")]
     pub intra_org_connection_cache_time: Duration,
+    /// QueueMaxIdleTime (EdgeTransport.exe.config, 3 min): an empty delivery queue is
+    /// removed after this long without activity.
+    #[serde(deserialize_with = "de_duration")]
+    pub queue_max_idle_time: Duration,
 }
 
 impl Default for TransportSettings {
@@ -158,6 +162,7 @@ impl Default for TransportSettings {
             max_per_domain_outbound_connections: 20,
             max_outbound_connections: 1000,
             intra_org_connection_cache_time: Duration::from_secs(2),
+            queue_max_idle_time: min(3),
         }
     }
 }

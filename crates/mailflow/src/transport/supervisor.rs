@@ -134,11 +134,14 @@ pub fn park_in_poison(
     ev.source_context = why.clone();
     ctx.logs.tracking.log(ev);
     tracing::error!(id = msg.id, "message parked in the poison queue: {why}");
-    queues.queue_for(&NextHop::poison()).push(Item {
-        message: msg,
-        recipients,
-        not_before: None,
-    });
+    queues.enqueue(
+        &NextHop::poison(),
+        Item {
+            message: msg,
+            recipients,
+            not_before: None,
+        },
+    );
 }
 
 /// Where the test hooks can make handling panic.

@@ -233,12 +233,14 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
     // about the active copy, mail must not bounce between them at full speed.
     let not_before = hold.then(|| service.retry.not_before(0, std::time::Instant::now()));
     for (hop, recipients) in result.routed {
-        let queue = service.queues.queue_for(&hop);
-        queue.push(Item {
-            message: msg.clone(),
-            recipients,
-            not_before,
-        });
+        service.queues.enqueue(
+            &hop,
+            Item {
+                message: msg.clone(),
+                recipients,
+                not_before,
+            },
+        );
     }
     if routed == 0 && consumed == 0 && !resubmit {
         // Every recipient failed: nothing to deliver (NDRs arrive with outbound DSNs).

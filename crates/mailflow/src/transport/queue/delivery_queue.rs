@@ -33,6 +33,11 @@ struct QueueState {
     last_error: Option<String>,
     retry_count: u32,
     next_retry: Option<(Instant, SystemTime)>,
+    /// When an item last came or went (QueueMaxIdleTime counts from here).
+    last_active: Option<Instant>,
+    /// Removed after QueueMaxIdleTime: its transmitters end, and a new item for its
+    /// next hop goes to a new queue (`Queues::enqueue`).
+    retired: bool,
 }
 
 impl QueueState {
@@ -185,13 +190,55 @@ impl DeliveryQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, item: Item) {
-        self.lock().items.push_back(item);
+    /// Adds an item; a retired queue gives it back (`Queues::enqueue` then makes a new
+    /// queue for the next hop).
+    #[must_use = "a retired queue gives the item back"]
+    pub fn push(&self, item: Item) -> Result<(), Item> {
+        {
+            let mut s = self.lock();
+            if s.retired {
+                return Err(item);
+            }
+            s.items.push_back(item);
+            s.last_active = Some(Instant::now());
+        }
         if self.cached_waiting.load(Ordering::SeqCst) > 0 {
             self.cached.notify_one();
         } else {
             self.notify.notify_one();
         }
+        Ok(())
+    }
+
+    /// QueueMaxIdleTime (EdgeTransport.exe.config, 3 min): an empty queue with nothing
+    /// in flight and no activity for `max_idle` at `now` is retired, and true is
+    /// returned. Suspended queues stay as the operator left them; Unreachable and
+    /// Poison are never retired (Get-Queue hides them when empty).
+    pub(super) fn retire_if_idle(&self, now: Instant, max_idle: std::time::Duration) -> bool {
+        if matches!(
+            self.next_hop.delivery_type,
+            DeliveryType::Unreachable | DeliveryType::Poison
+        ) {
+            return false;
+        }
+        let mut s = self.lock();
+        let idle = s.items.is_empty()
+            && s.in_flight == 0
+            && !s.suspended
+            && s.last_active
+                .is_none_or(|t| now.saturating_duration_since(t) >= max_idle);
+        if idle {
+            s.retired = true;
+            drop(s);
+            // Every transmitter waiting for work sees the queue is gone.
+            self.notify.notify_waiters();
+            self.cached.notify_waiters();
+        }
+        idle
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.lock().retired
     }
 
     /// Wakes a session without a connection: an item a cached session cannot take.
@@ -249,7 +296,9 @@ impl DeliveryQueue {
             let sleep_until = {
                 let s = self.lock();
                 let now = Instant::now();
-                if s.suspended {
+                if s.retired {
+                    return;
+                } else if s.suspended {
                     None
                 } else if let Some((at, _)) = s.next_retry.filter(|_| s.in_retry(now)) {
                     Some(at)
@@ -320,9 +369,9 @@ impl DeliveryQueue {
             .map(|i| {
                 let m = &i.message;
                 MessageInfo {
-                    identity: format!("{server}\\{}\\{}", self.number, m.id),
+                    identity: format!("{}\\{}", self.identity(server), m.id),
                     internal_id: m.id,
-                    queue: format!("{server}\\{}", self.number),
+                    queue: self.identity(server),
                     from_address: m.envelope.return_path.clone(),
                     status: status.into(),
                     size: m.content.len() as u64,
@@ -362,6 +411,7 @@ impl DeliveryQueue {
     pub fn done(&self) {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
+        s.last_active = Some(Instant::now());
     }
 
     /// The next hop answered: the queue leaves Retry.
@@ -395,6 +445,16 @@ impl DeliveryQueue {
         self.notify.notify_waiters();
     }
 
+    /// Get-Queue's identity: `Server\Unreachable`, `Server\Poison`, or
+    /// `Server\<number>` for a delivery queue; messages add `\<id>` (Get-Message).
+    pub fn identity(&self, server: &str) -> String {
+        match self.next_hop.delivery_type {
+            DeliveryType::Unreachable => format!("{server}\\Unreachable"),
+            DeliveryType::Poison => format!("{server}\\Poison"),
+            _ => format!("{server}\\{}", self.number),
+        }
+    }
+
     pub fn info(&self, server: &str) -> QueueInfo {
         let s = self.lock();
         let now = Instant::now();
@@ -405,13 +465,8 @@ impl DeliveryQueue {
             t if t.is_external() => (format!("{t:?}"), "External"),
             t => (format!("{t:?}"), "Internal"),
         };
-        let identity = match self.next_hop.delivery_type {
-            DeliveryType::Unreachable => format!("{server}\\Unreachable"),
-            DeliveryType::Poison => format!("{server}\\Poison"),
-            _ => format!("{server}\\{}", self.number),
-        };
         QueueInfo {
-            identity,
+            identity: self.identity(server),
             delivery_type,
             status,
             message_count: s.items.len() + s.in_flight,
@@ -454,6 +509,67 @@ mod tests {
                 })
                 .collect(),
             not_before: None,
+        }
+    }
+
+    fn hop(t: DeliveryType) -> NextHop {
+        NextHop {
+            delivery_type: t,
+            domain: "db01".into(),
+            connector: None,
+        }
+    }
+
+    #[test]
+    fn an_idle_queue_retires_after_queue_max_idle_time_and_gives_items_back() {
+        let q = DeliveryQueue::new(3, hop(DeliveryType::SmtpDeliveryToMailbox));
+        let wall = SystemTime::UNIX_EPOCH + secs(1_000_000);
+        assert!(q.push(item(message(1, wall), &["a@x.test"])).is_ok());
+        let t0 = Instant::now();
+        assert!(
+            !q.retire_if_idle(t0 + secs(3600), secs(180)),
+            "it holds an item"
+        );
+        let taken = q.pop().unwrap();
+        assert!(
+            !q.retire_if_idle(t0 + secs(3600), secs(180)),
+            "one in flight"
+        );
+        drop(taken);
+        q.done();
+        let done_at = Instant::now();
+        assert!(!q.retire_if_idle(done_at + secs(179), secs(180)));
+        assert!(q.retire_if_idle(done_at + secs(180), secs(180)));
+        assert!(q.is_retired());
+        assert!(q.push(item(message(2, wall), &["b@x.test"])).is_err());
+        assert_eq!(q.identity("MBX1"), "MBX1\\3");
+    }
+
+    #[test]
+    fn unreachable_poison_and_suspended_queues_are_never_retired() {
+        let later = Instant::now() + secs(3600);
+        for t in [DeliveryType::Unreachable, DeliveryType::Poison] {
+            let q = DeliveryQueue::new(1, hop(t));
+            assert!(!q.retire_if_idle(later, secs(180)), "{t:?}");
+        }
+        let q = DeliveryQueue::new(2, hop(DeliveryType::SmtpDeliveryToMailbox));
+        q.set_suspended(true);
+        assert!(!q.retire_if_idle(later, secs(180)));
+    }
+
+    #[test]
+    fn message_identities_name_unreachable_and_poison_by_name() {
+        let wall = SystemTime::UNIX_EPOCH + secs(1_000_000);
+        for (t, want) in [
+            (DeliveryType::Unreachable, "MBX2\\Unreachable\\7"),
+            (DeliveryType::Poison, "MBX2\\Poison\\7"),
+            (DeliveryType::SmtpDeliveryToMailbox, "MBX2\\4\\7"),
+        ] {
+            let q = DeliveryQueue::new(4, hop(t));
+            assert!(q.push(item(message(7, wall), &["a@x.test"])).is_ok());
+            let m = q.messages("MBX2");
+            assert_eq!(m[0].identity, want);
+            assert_eq!(format!("{}\\7", m[0].queue), want);
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::delivery_queue::{DeliveryQueue, QueueInfo, QueueStatus};
-use super::message::{DeliveryType, NextHop};
+use super::message::{DeliveryType, Item, NextHop};
 use super::store::QueueDb;
 
 /// All delivery queues of the server, created on demand per next hop.
@@ -66,6 +66,41 @@ impl Queues {
             self.transmitters.created(queue.clone());
         }
         queue
+    }
+
+    /// Puts `item` in the queue for `next_hop`. A queue retired for idleness meanwhile
+    /// gives it back and a new queue is made for it (a retired queue is out of the map
+    /// before it refuses items, so the second try finds a live one).
+    pub fn enqueue(&self, next_hop: &NextHop, item: Item) {
+        let mut item = item;
+        loop {
+            match self.queue_for(next_hop).push(item) {
+                Ok(()) => return,
+                Err(back) => item = back,
+            }
+        }
+    }
+
+    /// Retires `queue` if it has been idle for `max_idle` at `now` (QueueMaxIdleTime)
+    /// and takes it out of the set; true when it did. Under the set's lock, so
+    /// `queue_for` never hands out a queue being retired.
+    pub fn retire_if_idle(
+        &self,
+        queue: &Arc<DeliveryQueue>,
+        now: std::time::Instant,
+        max_idle: std::time::Duration,
+    ) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let key = queue.next_hop.key();
+        let current = inner
+            .by_key
+            .get(&key)
+            .is_some_and(|q| Arc::ptr_eq(q, queue));
+        if current && queue.retire_if_idle(now, max_idle) {
+            inner.by_key.remove(&key);
+            return true;
+        }
+        false
     }
 
     pub fn all(&self) -> Vec<Arc<DeliveryQueue>> {

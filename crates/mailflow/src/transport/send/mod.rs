@@ -235,6 +235,10 @@ impl Transmitter {
                 _ = queue.wait_for_work() => {}
                 _ = self.tasks.stopping() => return,
             }
+            // Retired after QueueMaxIdleTime: a new queue serves its next hop.
+            if queue.is_retired() {
+                return;
+            }
             // Take the work before connecting, so idle workers never open a session
             // with nothing to send.
             let Some(first) = queue.pop() else { continue };
@@ -413,14 +417,17 @@ impl Transmitter {
                 })
                 .collect(),
         );
-        queue.push(Item {
-            message: msg,
-            recipients,
-            not_before: Some(
-                self.policy
-                    .not_before(crashes.saturating_sub(1), Instant::now()),
-            ),
-        });
+        self.requeue(
+            queue,
+            Item {
+                message: msg,
+                recipients,
+                not_before: Some(
+                    self.policy
+                        .not_before(crashes.saturating_sub(1), Instant::now()),
+                ),
+            },
+        );
     }
 
     /// Sends one item; per-recipient outcomes are recorded. A broken connection gives
@@ -612,16 +619,29 @@ impl Transmitter {
                 .collect();
             // Per-recipient retry; the queue itself stays up.
             let not_before = Some(self.policy.not_before(0, Instant::now()));
-            queue.push(Item {
-                message: msg.clone(),
-                recipients,
-                not_before,
-            });
+            self.requeue(
+                queue,
+                Item {
+                    message: msg.clone(),
+                    recipients,
+                    not_before,
+                },
+            );
         }
         Ok(())
     }
 
     /// Every recipient of `item` fails with `reply` (size, SMTPUTF8, DNS).
+    /// Puts an item back in `queue` for a later attempt. The queue has it in flight, so
+    /// it cannot have been retired; if it somehow was, the set makes a new one.
+    fn requeue(&self, queue: &DeliveryQueue, item: Item) {
+        if let Err(item) = queue.push(item)
+            && let Some(queues) = self.queues.upgrade()
+        {
+            queues.enqueue(&queue.next_hop, item);
+        }
+    }
+
     /// The columns of a row about a session with `peer`: the connector, this server
     /// (short name, as Exchange writes its own) and the peer (its FQDN).
     fn peer_columns(&self, ev: &mut crate::logs::tracking::TrackingEvent, peer: &Peer) {
@@ -699,11 +719,22 @@ impl Transmitter {
             expiration: settings.message_expiration_timeout,
             delay: settings.delay_notification_timeout,
         };
-        let period = expiry.sweep_period();
+        let max_idle = settings.queue_max_idle_time;
+        // Often enough to retire an idle queue near QueueMaxIdleTime too.
+        let period = expiry
+            .sweep_period()
+            .min(max_idle / 4)
+            .max(std::time::Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = self.tasks.stopping() => return,
+            }
+            if let Some(queues) = self.queues.upgrade()
+                && queues.retire_if_idle(&queue, Instant::now(), max_idle)
+            {
+                tracing::debug!(queue = %queue.next_hop.domain, "idle queue removed (QueueMaxIdleTime)");
+                return;
             }
             let now = SystemTime::now();
             for item in queue.take_expired(&expiry, now) {
