@@ -3,8 +3,10 @@
 //! fields and CSV quoting (reference §7 and §8). Must not import frontend, transport,
 //! mailbox or cli (scripts/check-arrows).
 
+pub mod connectivity;
 pub mod files;
 pub mod protocol;
+pub mod retention;
 pub mod service_logs;
 pub mod tracking;
 
