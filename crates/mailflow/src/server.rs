@@ -25,11 +25,12 @@ use crate::directory::live::LiveDirectory;
 use crate::directory::{ReceiveService, ReceiveTls};
 use crate::frontend::{FrontendContext, FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
-use crate::logs::service_logs::ServerLogs;
+use crate::logs::connectivity::ConnectivityLog;
+use crate::logs::service_logs::{LogRetention, ServerLogs};
 use crate::mailbox::context::MailboxContext;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
 use crate::net::listeners::{LISTENERS_FILE, Listener, Listeners, write_listeners};
-use crate::net::org_connector::OrgConnector;
+use crate::net::org_connector::{OrgConnector, OrgService};
 use crate::net::orgauth::{self, OrgSecret};
 use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector};
 use crate::transport::TransportService;
@@ -97,16 +98,18 @@ impl Server {
             anyhow::anyhow!("cannot create data folder {}: {e}", data_dir.display())
         })?;
         let live = Arc::new(LiveDirectory::new(dir.clone(), &server)?);
-        let logs = ServerLogs::open(&data_dir)?;
+        let logs = ServerLogs::open(&server.log_paths(&data_dir, &|p| dir.path(p)))?;
         // Each service connects to the others with the organisation key and this
         // server's TLS, logging to its own send log.
-        let org_connector =
-            || OrgConnector::new(live.clone(), secret.clone(), Some(server_tls.clone()));
+        let org_connector = |service, connectivity: &ConnectivityLog| {
+            OrgConnector::new(live.clone(), secret.clone(), Some(server_tls.clone()))
+                .logged(service, connectivity.clone())
+        };
         let active = ActiveCopyRecord::open(live.clone());
         let transport_ctx = Arc::new(TransportContext {
             directory: live.clone(),
             logs: logs.transport.clone(),
-            org: org_connector(),
+            org: org_connector(OrgService::Transport, &logs.transport.connectivity),
             active: active.subscribe(),
         });
         let (transport, resume) = {
@@ -120,7 +123,10 @@ impl Server {
             directory: live.clone(),
             logs: logs.mailbox.clone(),
             active: active.clone(),
-            org: org_connector(),
+            org: org_connector(
+                OrgService::MailboxSubmission,
+                &logs.mailbox.submission_connectivity,
+            ),
         });
         let active_manager = crate::mailbox::active_manager::start(active.clone()).await;
         // Transport follows Active Manager's answers (retries its queues on a change).
@@ -219,7 +225,7 @@ impl Server {
         let frontend_ctx = Arc::new(FrontendContext {
             directory: live.clone(),
             logs: logs.frontend.clone(),
-            org: org_connector(),
+            org: org_connector(OrgService::FrontEnd, &logs.frontend.connectivity),
             active: active.subscribe(),
             pool: crate::frontend::proxy::Pool::default(),
             dns,
@@ -264,7 +270,7 @@ impl Server {
             session(internal_size, 5000),
             org_auth(orgauth::MAILBOX_DELIVERY_SERVICES),
             verbose(
-                settings.mailbox_delivery_connector_protocol_logging,
+                server.mailbox_delivery_connector_logging(settings),
                 &logs.mailbox.delivery_receive,
             ),
             Arc::new(move || Box::new(MailboxDeliverySession::new(md_ctx.clone()))),
@@ -499,6 +505,14 @@ impl Server {
             "Mailbox Transport Submission".into(),
             crate::mailbox::submission::start(mailbox.clone(), stopping.clone()),
         )];
+        service_tasks.push((
+            "Log retention".into(),
+            log_retention(
+                logs.retention.clone(),
+                dir.transport().log_retention_interval,
+                stopping.clone(),
+            ),
+        ));
         let watchers = crate::transport::pickup::start(
             transport.clone(),
             pickup_dir.clone(),
@@ -572,6 +586,27 @@ impl Server {
             "queue database closed"
         );
     }
+}
+
+/// Circular logging while the server runs: at start, then every `every`, each log's
+/// files past its MaxAge and MaxDirectorySize go (never the one being written). Ends
+/// when `stopping` turns true.
+fn log_retention(
+    retention: LogRetention,
+    every: Duration,
+    mut stopping: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let pass = retention.clone();
+            let _ = tokio::task::spawn_blocking(move || pass.enforce(std::time::SystemTime::now()))
+                .await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+        }
+    })
 }
 
 /// Awaits each task until `deadline`, logging those that did not stop or failed.

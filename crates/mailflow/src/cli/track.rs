@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{Global, load_directory, print_table};
-use crate::logs::service_logs::LogPaths;
 use crate::logs::tracking::{TrackingFilter, search};
 
 #[derive(Args)]
@@ -61,7 +60,12 @@ pub fn run(g: &Global, a: TrackArgs) -> anyhow::Result<ExitCode> {
     };
     let dirs: Vec<_> = servers
         .iter()
-        .map(|s| LogPaths::new(&dir.data_dir(s)).message_tracking)
+        .map(|s| {
+            // MessageTrackingLogPath of `[servers.transport_service]`, else the default.
+            s.log_paths(&dir.data_dir(s), &|p| dir.path(p))
+                .message_tracking
+                .dir
+        })
         .collect();
     let filter = TrackingFilter {
         sender: a.sender,
