@@ -75,7 +75,7 @@ impl Proxy {
             SocketAddr::new(ctx.ip(), 0),
             target,
         );
-        let log = if ctx.local().frontend_protocol_logging == crate::logs::LoggingLevel::Verbose {
+        let log = if ctx.org.intra_org_logging() == crate::logs::LoggingLevel::Verbose {
             log
         } else {
             ProtocolSession::disabled()
