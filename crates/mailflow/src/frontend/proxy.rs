@@ -97,6 +97,12 @@ impl Proxy {
         })
     }
 
+    /// The proxy session's id in the Front End's send protocol log (empty when the
+    /// implicit connector does not log).
+    pub fn session_id(&self) -> &str {
+        self.client.session_id()
+    }
+
     fn reusable(&self) -> bool {
         self.opened.elapsed() < POOL_LIFETIME
     }

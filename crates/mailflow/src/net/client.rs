@@ -573,6 +573,11 @@ impl SmtpClient {
         }
     }
 
+    /// This session's id in the send protocol log (empty when it is not logged).
+    pub fn session_id(&self) -> &str {
+        self.log.session_id()
+    }
+
     /// Hands this connection its connectivity log session (made by the caller, which
     /// logged the DNS answers and the connection); QUIT or drop ends it.
     pub fn attach_connectivity(&mut self, session: ConnectivitySession) {
