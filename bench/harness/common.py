@@ -66,36 +66,35 @@ class Plan:
     repeats: int  # runs of the target workload (4 KiB, 20 sessions) and of the paced run
 
 
-def full_counts():
+SIZES = [4096, 102400]
+SESSIONS = [1, 20, 200]
+RCPTS = [1, 10]
+
+
+def plan_counts(per_sessions, scaled):
+    """Messages per (size, sessions, rcpts): `per_sessions[sessions]`; when `scaled` (a
+    full run), a quarter of it for 100 KiB messages and half of that for 10 recipients,
+    so each run takes about as long."""
     counts = {}
-    for size in (4096, 102400):
-        for s in (1, 20, 200):
-            for r in (1, 10):
-                n = {1: 1000, 20: 8000, 200: 8000}[s]
-                if size > 4096:
+    for size in SIZES:
+        for s in SESSIONS:
+            for r in RCPTS:
+                n = per_sessions[s]
+                if scaled and size > 4096:
                     n //= 4
-                if r > 1:
+                if scaled and r > 1:
                     n //= 2
                 counts[(size, s, r)] = n
-    return counts
-
-
-def smoke_counts():
-    counts = {}
-    for size in (4096, 102400):
-        for s in (1, 20, 200):
-            for r in (1, 10):
-                counts[(size, s, r)] = {1: 10, 20: 40, 200: 200}[s]
     return counts
 
 
 PLANS = {
     "full": Plan(
         "full",
-        [4096, 102400],
-        [1, 20, 200],
-        [1, 10],
-        full_counts(),
+        SIZES,
+        SESSIONS,
+        RCPTS,
+        plan_counts({1: 1000, 20: 8000, 200: 8000}, scaled=True),
         warmup=500,
         paced_seconds=10,
         backlog=100_000,
@@ -109,10 +108,10 @@ PLANS = {
     ),
     "smoke": Plan(
         "smoke",
-        [4096, 102400],
-        [1, 20, 200],
-        [1, 10],
-        smoke_counts(),
+        SIZES,
+        SESSIONS,
+        RCPTS,
+        plan_counts({1: 10, 20: 40, 200: 200}, scaled=False),
         warmup=20,
         paced_seconds=2,
         backlog=300,

@@ -104,26 +104,26 @@ def wait_quiet(limit_seconds):
     return limit_seconds == 0, time.time() - start
 
 
-def status_kib(pid, key):
+def proc_field(path, key, missing=0):
+    """The number after `key:` in a /proc file of `Key: number [kB]` lines (status,
+    smaps_rollup, meminfo); `missing` when the file or the key is not there (a process
+    that has exited)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return missing
+
+
+def status_kib(pid, key):
+    return proc_field(f"/proc/{pid}/status", key)
 
 
 def pss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return proc_field(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 class MemorySampler(threading.Thread):

@@ -38,7 +38,7 @@ def machine_info():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    mem = status_like("/proc/meminfo", "MemTotal")
+    mem = proc_field("/proc/meminfo", "MemTotal", missing=None)
     fs = subprocess.run(["df", "-T", tempfile.gettempdir()], capture_output=True, text=True).stdout.splitlines()[-1].split()
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "crates"], capture_output=True, text=True).stdout.strip()
@@ -52,14 +52,6 @@ def machine_info():
         "host": socket.gethostname(),
         "loadavg": open("/proc/loadavg").read().split()[:3],
     }
-
-
-def status_like(path, key):
-    with open(path) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return None
 
 
 def ratio(a, b):

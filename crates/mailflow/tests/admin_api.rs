@@ -6,11 +6,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, have, poll_until, wait_for};
+use common::{BIN, Pki, Server, have, poll_until, wait_for};
 
 /// `curl` with extra arguments; returns (HTTP status or 0, body, curl's exit code).
 fn curl(args: &[&str]) -> (u16, String, i32) {
@@ -211,47 +211,18 @@ fn off_loopback_without_an_organisation_ca_serve_refuses_to_start() {
     assert!(err.contains("ca_certificate"), "says what to do: {err}");
 }
 
-/// An organisation CA and a server certificate it signs (for 127.0.0.1 and the fqdn),
-/// written into `dir`: (ca.pem, ca.key, mbx1.pem, mbx1.key).
-fn make_ca(dir: &Path) -> [std::path::PathBuf; 4] {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "contoso organisation CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_key_pem = ca_key.serialize_pem();
-    let issuer = CertifiedIssuer::self_signed(ca, ca_key).unwrap();
-    let mut leaf = CertificateParams::new(vec![
-        "mbx1.contoso.test".to_string(),
-        "127.0.0.1".to_string(),
-    ])
-    .unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "mbx1.contoso.test");
-    leaf.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let leaf_key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    let paths = ["ca.pem", "ca.key", "mbx1.pem", "mbx1.key"].map(|n| dir.join(n));
-    std::fs::write(&paths[0], issuer.pem()).unwrap();
-    std::fs::write(&paths[1], ca_key_pem).unwrap();
-    std::fs::write(&paths[2], cert.pem()).unwrap();
-    std::fs::write(&paths[3], leaf_key.serialize_pem()).unwrap();
-    paths
+/// An organisation CA and a server certificate it signs (for 127.0.0.1 and the fqdn):
+/// (ca.pem, ca.key, mbx1.pem, mbx1.key), and the folder that holds them.
+fn make_ca() -> ([PathBuf; 4], Pki) {
+    let pki = Pki::new("contoso organisation CA");
+    let (cert, key) = pki.signed("mbx1", &["mbx1.contoso.test", "127.0.0.1"]);
+    ([pki.ca_file(), pki.ca_key_file(), cert, key], pki)
 }
 
 #[test]
 fn with_an_organisation_ca_the_api_is_https_and_verified_by_curl_and_the_cli() {
     assert!(have("curl"), "curl is needed");
-    let pki = tempfile::tempdir().unwrap();
-    let [ca, ca_key, cert, key] = make_ca(pki.path());
+    let ([ca, ca_key, cert, key], _pki) = make_ca();
     let (organization, server_lines) = (
         format!(
             "ca_certificate = \"{}\"\nca_key = \"{}\"\n",
@@ -296,8 +267,7 @@ fn with_an_organisation_ca_the_api_is_https_and_verified_by_curl_and_the_cli() {
     let out = cli_with_token(&server, &token, &["queue", "list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Another CA in the organisation file's place: the CLI refuses the server.
-    let other = tempfile::tempdir().unwrap();
-    let [other_ca, ..] = make_ca(other.path());
+    let ([other_ca, ..], _other) = make_ca();
     std::fs::copy(&other_ca, &ca).unwrap();
     let out = server.cli(&["queue", "list"]);
     assert!(

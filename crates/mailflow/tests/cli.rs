@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::BIN;
+use common::{BIN, assert_success};
 
 /// `mailflow init` of organisation fabrikam.test, server EX1, into `dir`.
 fn init_fabrikam(dir: &std::path::Path) -> Command {
@@ -34,11 +34,7 @@ fn init_writes_a_valid_organisation_and_check_config_names_file_line_and_key() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let file = dir.path().join("mailflow.toml");
     assert!(dir.path().join("secret.key").exists());
     assert!(dir.path().join("certs/ex1.pem").exists());
@@ -53,11 +49,7 @@ fn init_writes_a_valid_organisation_and_check_config_names_file_line_and_key() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("OK (1 servers, 1 databases, 2 mailboxes")
     );

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 /// A Python smtplib session description → JSON result, for one matrix cell or a send.
@@ -51,26 +49,17 @@ print(json.dumps(out))
 "#;
 
 fn client(cell: serde_json::Value) -> serde_json::Value {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(CLIENT)
-        .arg(cell.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    python_json(CLIENT, &[&cell.to_string()])
 }
 
 fn start_with_submission() -> (Server, Sink, u16) {
     let sink = Sink::start();
-    let extra = format!(
-        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\n\n[[receive_connectors]]\nname = \"Implicit TLS MBX1\"\nserver = \"MBX1\"\nservice = \"frontend\"\nbind = \"127.0.0.1:0\"\npermissions = [\"users\"]\ntls = \"implicit\"\n",
-        sink.port
+    let extra = smart_host_connector(
+        "Fabrikam",
+        "fabrikam.test",
+        "MBX1",
+        sink.port,
+        "\n[[receive_connectors]]\nname = \"Implicit TLS MBX1\"\nserver = \"MBX1\"\nservice = \"frontend\"\nbind = \"127.0.0.1:0\"\npermissions = [\"users\"]\ntls = \"implicit\"\n",
     );
     let server = Server::start_custom("", &extra);
     let implicit = server.listener_port("Implicit TLS MBX1");
@@ -82,16 +71,12 @@ fn start_with_submission() -> (Server, Sink, u16) {
         "--password",
         "Pa55word!",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     (server, sink, implicit)
 }
 
 fn ports(server: &Server) -> (u16, u16) {
-    (server.ports.client_frontend(), server.ports.client_proxy())
+    (server.ports.client_frontend, server.ports.client_proxy)
 }
 
 #[test]

@@ -78,3 +78,26 @@ fn an_internal_senders_ndr_comes_from_the_microsoft_exchange_recipient() {
         "{rows:#?}"
     );
 }
+
+/// `route show` gives each send connector's address spaces with their costs, as
+/// Exchange's routing table does (issue 15 item 10).
+#[test]
+fn route_show_lists_each_address_space_of_a_connector_with_its_cost() {
+    let connector = "\n[[send_connectors]]\nname = \"Partners\"\naddress_spaces = [{ domain = \"*.fabrikam.test\", cost = 5 }, { domain = \"*\", cost = 10 }]\nsmart_hosts = [\"[127.0.0.1]:9\"]\n";
+    let server = Server::start_custom("", connector);
+    let table = server.cli_json(&["route", "show"]);
+    let spaces: Vec<&str> = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["Destination"] == "Connector Partners")
+        .map(|r| r["AddressSpace"].as_str().unwrap())
+        .collect();
+    assert_eq!(spaces, ["SMTP:*.fabrikam.test;5", "SMTP:*;10"], "{table:#}");
+    let out = server.cli(&["route", "show"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().next().unwrap_or("").contains("AddressSpace"),
+        "{text}"
+    );
+}

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,23 +19,6 @@ fn start_with_frontend_limits(limits: &str) -> Server {
     Server::start_edited(move |org| org.replace(FRONTEND_LIMITS, &line))
 }
 
-/// A connection from a chosen loopback source address; returns the first reply.
-fn connect_from(source: &str, port: u16) -> (BufReader<TcpStream>, TcpStream, String) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&local.into()).unwrap();
-    let remote: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    socket.connect(&remote.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut first = String::new();
-    let _ = reader.read_line(&mut first);
-    (reader, stream, first)
-}
-
 #[test]
 fn connections_past_the_per_source_and_connector_limits_get_421_4_3_2_and_others_are_served() {
     let server = start_with_frontend_limits(
@@ -46,26 +28,25 @@ fn connections_past_the_per_source_and_connector_limits_get_421_4_3_2_and_others
     let port = server.ports.frontend;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let (r, s, greeting) = connect_from("127.0.0.1", port);
+        let (c, greeting) = Smtp::connect_from("127.0.0.1", port);
         assert!(greeting.starts_with("220 "), "greeting: {greeting}");
-        held.push((r, s));
+        held.push(c);
     }
     // The fourth from the same address is told and closed, not left in the backlog.
-    let (mut r, _s, reply) = connect_from("127.0.0.1", port);
+    let (mut c, reply) = Smtp::connect_from("127.0.0.1", port);
     assert_eq!(
         reply,
         "421 4.3.2 The maximum number of concurrent connections has exceeded a limit, closing transmission channel\r\n"
     );
-    let mut rest = Vec::new();
-    assert_eq!(r.read_to_end(&mut rest).unwrap_or(0), 0, "closed after 421");
+    assert!(c.is_closed(), "closed after 421");
 
     // Another address is served meanwhile.
-    let (_r2, _s2, greeting) = connect_from("127.0.0.2", port);
+    let (_c2, greeting) = Smtp::connect_from("127.0.0.2", port);
     assert!(greeting.starts_with("220 "), "other source: {greeting}");
-    let (_r3, _s3, greeting) = connect_from("127.0.0.2", port);
+    let (_c3, greeting) = Smtp::connect_from("127.0.0.2", port);
     assert!(greeting.starts_with("220 "), "other source: {greeting}");
     // Five sessions now: MaxInboundConnection refuses a sixth from anywhere.
-    let (_r4, _s4, reply) = connect_from("127.0.0.3", port);
+    let (_c4, reply) = Smtp::connect_from("127.0.0.3", port);
     assert_eq!(
         reply,
         "421 4.3.2 The maximum number of concurrent server connections has exceeded a limit, closing transmission channel\r\n"
@@ -77,7 +58,7 @@ fn connections_past_the_per_source_and_connector_limits_get_421_4_3_2_and_others
         "a place for 127.0.0.1 again",
         Duration::from_secs(10),
         || {
-            let (_r, _s, first) = connect_from("127.0.0.1", port);
+            let (_c, first) = Smtp::connect_from("127.0.0.1", port);
             first.starts_with("220 ").then_some(first)
         },
     );
@@ -87,9 +68,9 @@ fn connections_past_the_per_source_and_connector_limits_get_421_4_3_2_and_others
 /// `mailflow serve` of the organisation file `config`, started through `sh -c
 /// "<prefix> exec mailflow serve …"`, once it logged "ready" (its output goes to
 /// `log_path`).
-fn spawn_serve(config: &Path, log_path: &Path, prefix: &str) -> std::process::Child {
+fn spawn_serve_in_shell(config: &Path, log_path: &Path, prefix: &str) -> std::process::Child {
     let log = std::fs::File::create(log_path).unwrap();
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg(format!("{prefix} exec \"$0\" serve --config \"$1\""))
         .arg(BIN)
@@ -100,18 +81,8 @@ fn spawn_serve(config: &Path, log_path: &Path, prefix: &str) -> std::process::Ch
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let ready = wait_for("serve to be ready", Duration::from_secs(30), || {
-        if let Ok(Some(_)) = child.try_wait() {
-            return Some(false);
-        }
-        file_text(log_path).contains("ready").then_some(true)
-    });
-    if !ready {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("serve did not start: {}", file_text(log_path));
-    }
-    child
+    wait_ready(child, log_path, 0)
+        .unwrap_or_else(|| panic!("serve did not start: {}", file_text(log_path)))
 }
 
 /// Kills the child on drop, so a failed assertion leaves no server behind.
@@ -136,7 +107,7 @@ fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
     )
     .unwrap();
     // Started with a soft limit of 256, as a shell's default of 1,024 would be.
-    let child = Killed(spawn_serve(
+    let child = Killed(spawn_serve_in_shell(
         &config,
         &dir.path().join("serve.log"),
         "ulimit -S -n 256 &&",
@@ -183,11 +154,7 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
         .arg(&org)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let config = org.join("mailflow.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     // A lone server: every port from the system, read back from listeners.json.
@@ -207,7 +174,7 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
     std::fs::write(&config, text).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let server = Killed(spawn_serve(
+    let server = Killed(spawn_serve_in_shell(
         &config,
         &dir.path().join("serve.log"),
         "umask 022 &&",
@@ -222,14 +189,7 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
     );
     assert!(r.starts_with("250"), "{r}");
     c.cmd("QUIT");
-    let mailbox_list = || {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .args(["mailbox", "list", "--json"])
-            .output()
-            .unwrap()
-    };
+    let mailbox_list = || cli(&config, &["mailbox", "list", "--json"]);
     wait_for("delivery to alice", Duration::from_secs(60), || {
         let out = mailbox_list();
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -247,11 +207,7 @@ fn init_serve_and_set_password_leave_no_file_readable_by_group_or_others() {
             .arg(&config)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
     };
     set_password();
     let mut open = Vec::new();
@@ -286,18 +242,17 @@ fn content_trickled_below_the_minimum_data_rate_gets_421_4_4_2_and_the_session_c
     assert!(c.cmd("RCPT TO:<alice@contoso.test>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
     // 20 bytes every 100 ms: 200 bytes/s, a fifth of the minimum.
-    let mut writer = c.stream.try_clone().unwrap();
+    let mut writer = c.stream().try_clone().unwrap();
     let trickle = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if writer.write_all(b"X-Slow: aaaaaaaaaa\r\n").is_err() {
-                return;
-            }
-            // The attack's own pace (not a wait for a condition).
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // The attack's own pace, until the server closes (or 15 s).
+        poll_every(Duration::from_millis(100), Duration::from_secs(15), || {
+            writer
+                .write_all(b"X-Slow: aaaaaaaaaa\r\n")
+                .is_err()
+                .then_some(())
+        })
     });
-    c.stream
+    c.stream()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let reply = c.read_reply();
@@ -444,12 +399,7 @@ fn helo_with_control_characters_gets_501_5_5_4_and_never_reaches_the_logs() {
     }
     // The protocol log shows the refused command escaped, on one line.
     let log = wait_for("the protocol log", Duration::from_secs(10), || {
-        let text: String = modes_under(&server.data_dir())
-            .iter()
-            .filter(|(p, _)| p.to_string_lossy().contains("ProtocolLog"))
-            .filter(|(p, _)| p.is_file())
-            .map(|(p, _)| file_text(p))
-            .collect();
+        let text = tree_text(&server.data_dir(), "ProtocolLog");
         text.contains("Invalid domain name").then_some(text)
     });
     assert!(!log.contains('\u{1b}') && !log.contains('\0'), "{log:?}");

@@ -142,9 +142,12 @@ fn behind_a_7bit_peer() -> (Postfix, Server) {
     });
     let server = Server::start_custom(
         "",
-        &format!(
-            "\n[[send_connectors]]\nname = \"To Postfix\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\ntls = \"opportunistic\"\n",
-            postfix.port
+        &smart_host_connector(
+            "To Postfix",
+            "fabrikam.test",
+            "MBX1",
+            postfix.port,
+            "tls = \"opportunistic\"\n",
         ),
     );
     (postfix, server)

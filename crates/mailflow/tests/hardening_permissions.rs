@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -84,30 +83,16 @@ for t in threads:
 print(json.dumps(out))
 "#;
 
-fn python(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("python3").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 fn session(cell: serde_json::Value) -> serde_json::Value {
-    python(&["-c", CLIENT, &cell.to_string()])
+    python_json(CLIENT, &[&cell.to_string()])
 }
 
 fn logons(port: u16, attempts: &[(&str, &str, &str)], parallel: bool) -> Vec<String> {
     let list = serde_json::to_string(attempts).unwrap();
-    let r = python(&[
-        "-c",
+    let r = python_json(
         LOGONS,
-        &port.to_string(),
-        &list,
-        if parallel { "1" } else { "0" },
-    ]);
+        &[&port.to_string(), &list, if parallel { "1" } else { "0" }],
+    );
     r.as_array()
         .unwrap()
         .iter()
@@ -118,19 +103,15 @@ fn logons(port: u16, attempts: &[(&str, &str, &str)], parallel: bool) -> Vec<Str
 /// The value of a `key = N` line of the organisation file (ports not in `Ports`).
 fn port_of(server: &Server, key: &str) -> u16 {
     match key {
-        "client_frontend" => server.ports.client_frontend(),
-        "client_proxy" => server.ports.client_proxy(),
+        "client_frontend" => server.ports.client_frontend,
+        "client_proxy" => server.ports.client_proxy,
         _ => panic!("no port {key}"),
     }
 }
 
 fn set_password(server: &Server, address: &str, password: &str) {
     let out = server.cli(&["mailbox", "set-password", address, "--password", password]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 fn mail(from_header: &str, to: &str, subject: &str, extra: &str, body: &str) -> String {

@@ -41,9 +41,7 @@ fn wait_poison(server: &Server, count: u64) -> serde_json::Value {
         Duration::from_secs(90),
         || {
             server
-                .cli_json(&["queue", "list"])
-                .as_array()
-                .unwrap()
+                .queues()
                 .iter()
                 .find(|q| q["Identity"] == "MBX1\\Poison" && q["MessageCount"] == count)
                 .cloned()
@@ -165,20 +163,14 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
     send_via(server.ports.frontend, &["alice@contoso.test"], "warm up");
     server.wait_inbox("alice@contoso.test", 1);
     let queue = server
-        .cli_json(&["queue", "list"])
-        .as_array()
-        .unwrap()
+        .queues()
         .iter()
         .find(|q| q["DeliveryType"] == "SmtpDeliveryToMailbox")
         .cloned()
         .expect("the mailbox delivery queue");
     let identity = queue["Identity"].as_str().unwrap().to_string();
     let out = server.cli(&["queue", "suspend", &identity]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for i in 0..QUEUED {
         send_via(
             server.ports.frontend,
@@ -191,9 +183,7 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
         Duration::from_secs(20),
         || {
             server
-                .cli_json(&["queue", "list"])
-                .as_array()
-                .unwrap()
+                .queues()
                 .iter()
                 .any(|q| q["Identity"] == identity.as_str() && q["MessageCount"] == QUEUED)
                 .then_some(())
@@ -212,7 +202,7 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
     );
     let deferred = events(&server, "DEFER", "queued across a restart");
     assert!(deferred.is_empty(), "{deferred:#?}");
-    for q in server.cli_json(&["queue", "list"]).as_array().unwrap() {
+    for q in server.queues() {
         assert!(q["LastError"].is_null(), "{q:#?}");
     }
     let log = server.log();
@@ -225,8 +215,12 @@ fn after_a_restart_queued_mail_is_delivered_at_once_without_connection_refused()
 #[test]
 fn a_refused_smart_host_behind_the_outbound_proxy_gives_its_status_once() {
     let closed = free_ports(1)[0];
-    let extra = format!(
-        "\n[[send_connectors]]\nname = \"Via Front End\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{closed}\"]\nfront_end_proxy = true\n"
+    let extra = smart_host_connector(
+        "Via Front End",
+        "fabrikam.test",
+        "MBX1",
+        closed,
+        "front_end_proxy = true\n",
     );
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);
@@ -254,10 +248,7 @@ fn a_refused_smart_host_behind_the_outbound_proxy_gives_its_status_once() {
     let recv_dir = server
         .data_dir()
         .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
-    let log: String = std::fs::read_dir(&recv_dir)
-        .unwrap()
-        .map(|e| file_text(&e.unwrap().path()))
-        .collect();
+    let log = dir_text(&recv_dir);
     let reply = log
         .lines()
         .find(|l| l.contains("Outbound Proxy Frontend") && l.contains("Connection failed"))
@@ -293,10 +284,14 @@ fn a_message_larger_than_every_matching_send_connector_gets_ndr_5_3_4_and_is_not
     let sink = Sink::start();
     // The first line is a key of the test organisation's `*` connector (the table
     // just before); the second connector is the fabrikam.test one.
-    let extra = format!(
-        "max_message_size = \"1KB\"\n\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\nmax_message_size = \"1KB\"\n",
-        sink.port
-    );
+    let extra = "max_message_size = \"1KB\"\n".to_string()
+        + &smart_host_connector(
+            "Fabrikam",
+            "fabrikam.test",
+            "MBX1",
+            sink.port,
+            "max_message_size = \"1KB\"\n",
+        );
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.contoso.test");
@@ -389,9 +384,7 @@ fn panicking_receive_sessions_release_their_connection_slots_and_acknowledge_not
     server.wait_inbox("bob@contoso.test", 1);
     assert_eq!(server.inbox_count("alice@contoso.test"), 0);
     let submission = server
-        .cli_json(&["queue", "list"])
-        .as_array()
-        .unwrap()
+        .queues()
         .iter()
         .find(|q| q["Identity"] == "MBX1\\Submission")
         .cloned()

@@ -10,9 +10,13 @@ use common::postfix::{Postfix, PostfixOptions};
 use common::*;
 
 /// A send connector for fabrikam.test through a smart host on `port`.
-fn smart_host_connector(port: u16) -> String {
-    format!(
-        "\n[[send_connectors]]\nname = \"Fabrikam\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\nprotocol_logging = \"verbose\"\n"
+fn fabrikam_smart_host(port: u16) -> String {
+    smart_host_connector(
+        "Fabrikam",
+        "fabrikam.test",
+        "MBX1",
+        port,
+        "protocol_logging = \"verbose\"\n",
     )
 }
 
@@ -59,7 +63,7 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
     let closed = free_ports(1)[0];
     let server = Server::start_custom(
         "delay_notification_timeout = \"2s\"\nmessage_expiration_timeout = \"5s\"",
-        &smart_host_connector(closed),
+        &fabrikam_smart_host(closed),
     );
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.contoso.test");
@@ -87,9 +91,7 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
         Duration::from_secs(20),
         || {
             server
-                .cli_json(&["queue", "list"])
-                .as_array()
-                .unwrap()
+                .queues()
                 .iter()
                 .find(|q| {
                     q["Status"] == "Retry" && q["DeliveryType"] == "SmartHostConnectorDelivery"
@@ -156,7 +158,7 @@ fn peer_down_gives_retry_then_a_delay_notice_then_an_ndr_after_expiration() {
 #[test]
 fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     let closed = free_ports(1)[0];
-    let server = Server::start_custom("", &smart_host_connector(closed));
+    let server = Server::start_custom("", &fabrikam_smart_host(closed));
     let mut c = Smtp::connect(server.ports.frontend);
     c.cmd("EHLO client.contoso.test");
     for i in 0..2 {
@@ -169,9 +171,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     }
     let queue = wait_for("the fabrikam queue", Duration::from_secs(20), || {
         server
-            .cli_json(&["queue", "list"])
-            .as_array()
-            .unwrap()
+            .queues()
             .iter()
             .find(|q| q["DeliveryType"] == "SmartHostConnectorDelivery" && q["MessageCount"] == 2)
             .cloned()
@@ -179,15 +179,9 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     let identity = queue["Identity"].as_str().unwrap().to_string();
     // Suspend: the status says so; resume: back to Retry or Ready.
     let out = server.cli(&["queue", "suspend", &identity]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let q = server
-        .cli_json(&["queue", "list"])
-        .as_array()
-        .unwrap()
+        .queues()
         .iter()
         .find(|q| q["Identity"] == identity.as_str())
         .cloned()
@@ -196,9 +190,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     assert!(server.cli(&["queue", "resume", &identity]).status.success());
     assert!(server.cli(&["queue", "retry", &identity]).status.success());
     let q = server
-        .cli_json(&["queue", "list"])
-        .as_array()
-        .unwrap()
+        .queues()
         .iter()
         .find(|q| q["Identity"] == identity.as_str())
         .cloned()
@@ -214,11 +206,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     let out_dir = tempfile::tempdir().unwrap();
     let file = out_dir.path().join("m.eml");
     let out = server.cli(&["message", "export", &first, "--out", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let exported = std::fs::read(&file).unwrap();
     assert!(
         String::from_utf8_lossy(&exported).contains("Subject: managed"),
@@ -244,9 +232,7 @@ fn suspend_resume_retry_list_export_and_remove_from_the_cli() {
     removed(&second, true);
     wait_for("the queue to empty", Duration::from_secs(10), || {
         server
-            .cli_json(&["queue", "list"])
-            .as_array()
-            .unwrap()
+            .queues()
             .iter()
             .all(|q| q["MessageCount"] == 0)
             .then_some(())
@@ -318,9 +304,12 @@ fn address_space_specificity_and_cost_choose_the_connector() {
 #[test]
 fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
     let sink = Sink::start();
-    let extra = format!(
-        "\n[[send_connectors]]\nname = \"Via Front End\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{}\"]\nfront_end_proxy = true\n",
-        sink.port
+    let extra = smart_host_connector(
+        "Via Front End",
+        "fabrikam.test",
+        "MBX1",
+        sink.port,
+        "front_end_proxy = true\n",
     );
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);
@@ -341,10 +330,7 @@ fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
     let recv_dir = server
         .data_dir()
         .join("Logs/FrontEnd/ProtocolLog/SmtpReceive");
-    let log: String = std::fs::read_dir(&recv_dir)
-        .unwrap()
-        .map(|e| file_text(&e.unwrap().path()))
-        .collect();
+    let log = dir_text(&recv_dir);
     assert!(
         log.contains("MBX1\\Outbound Proxy Frontend MBX1")
             && log.contains("RCPT TO:<ext@fabrikam.test>"),
@@ -360,7 +346,7 @@ fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
     ]);
     assert_eq!(send[0]["ConnectorId"], "Via Front End");
     // A stranger cannot use :717 to relay.
-    let mut c = Smtp::connect(server.ports.others_outbound_proxy());
+    let mut c = Smtp::connect(server.ports.outbound_proxy);
     c.cmd("EHLO stranger.example");
     assert!(
         c.cmd("MAIL FROM:<evil@example.org>")
@@ -369,21 +355,13 @@ fn front_end_proxy_sends_through_the_outbound_proxy_frontend() {
 }
 
 fn postfix_connector(port: u16, tls: &str) -> String {
-    format!(
-        "\n[[send_connectors]]\nname = \"To Postfix\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\ntls = \"{tls}\"\nprotocol_logging = \"verbose\"\n"
+    smart_host_connector(
+        "To Postfix",
+        "fabrikam.test",
+        "MBX1",
+        port,
+        &format!("tls = \"{tls}\"\nprotocol_logging = \"verbose\"\n"),
     )
-}
-
-fn outbox_send(server: &Server, from: &str, eml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.eml");
-    std::fs::write(&file, eml).unwrap();
-    let out = server.cli(&["mailbox", "send", from, "--eml", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -394,9 +372,7 @@ fn mail_from_a_mailbox_reaches_postfix_intact_over_required_tls() {
     });
     let server = Server::start_custom("", &postfix_connector(postfix.port, "required"));
     let body = "Line one\r\n.starts with a dot\r\nCaf\u{e9} 8-bit text\r\n";
-    outbox_send(
-        &server,
-        "alice@contoso.test",
+    server.send_from_outbox("alice@contoso.test",
         &format!(
             "From: Alice <alice@contoso.test>\r\nTo: partner@fabrikam.test\r\nSubject: to postfix\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}"
         ),
@@ -449,9 +425,7 @@ fn postfix_rejecting_one_recipient_gives_an_ndr_for_it_alone() {
         ..Default::default()
     });
     let server = Server::start_custom("", &postfix_connector(postfix.port, "opportunistic"));
-    outbox_send(
-        &server,
-        "alice@contoso.test",
+    server.send_from_outbox("alice@contoso.test",
         "From: alice@contoso.test\r\nTo: partner@fabrikam.test, nobody@fabrikam.test\r\nSubject: one bad recipient\r\n\r\nhello\r\n",
     );
     let got = postfix.wait_messages(1);
@@ -502,16 +476,12 @@ fn postfix_down_then_back_the_queue_retries_and_delivers() {
     let mut postfix = common::postfix::Postfix::start(common::postfix::PostfixOptions::default());
     let server = Server::start_custom("", &postfix_connector(postfix.port, "opportunistic"));
     postfix.stop();
-    outbox_send(
-        &server,
-        "alice@contoso.test",
+    server.send_from_outbox("alice@contoso.test",
         "From: alice@contoso.test\r\nTo: partner@fabrikam.test\r\nSubject: while down\r\n\r\nlater\r\n",
     );
     let q = wait_for("Retry", Duration::from_secs(20), || {
         server
-            .cli_json(&["queue", "list"])
-            .as_array()
-            .unwrap()
+            .queues()
             .iter()
             .find(|q| q["Status"] == "Retry")
             .cloned()
@@ -529,7 +499,7 @@ fn mail_flow_rules_add_the_disclaimer_to_outside_mail_and_reject_what_they_forbi
     let sink = Sink::start();
     let extra = format!(
         "{}\n[[transport_rules]]\nname = \"Disclaimer\"\npriority = 0\nmode = \"enforce\"\nif = {{ sender_domain_is = [\"contoso.test\"], sent_to_scope = \"not_in_organization\" }}\nthen = {{ append_disclaimer = \"Sent from Contoso\" }}\n\n[[transport_rules]]\nname = \"No offers\"\npriority = 1\nif = {{ subject_contains_words = [\"special offer\"] }}\nthen = {{ reject_message = \"Offers are not allowed\" }}\n",
-        smart_host_connector(sink.port)
+        fabrikam_smart_host(sink.port)
     );
     let server = Server::start_custom("", &extra);
     let mut c = Smtp::connect(server.ports.frontend);
@@ -591,29 +561,6 @@ fn mail_flow_rules_add_the_disclaimer_to_outside_mail_and_reject_what_they_forbi
             .contains("Offers are not allowed")
     );
     assert_eq!(server.export("carol@contoso.test").len(), 0);
-}
-
-/// The lines of one send connector's sessions in the Transport's SEND protocol log.
-fn send_log(server: &Server, connector: &str) -> Vec<String> {
-    send_log_of(server, "Hub", connector)
-}
-
-/// The SMTP Send protocol log lines of `connector` written by `service` (`Hub` for
-/// Transport, `FrontEnd` for the Outbound Proxy: reference §8.1).
-fn send_log_of(server: &Server, service: &str, connector: &str) -> Vec<String> {
-    let dir = server
-        .data_dir()
-        .join(format!("Logs/{service}/ProtocolLog/SmtpSend"));
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| file_text(f).lines().map(str::to_string).collect::<Vec<_>>())
-        .filter(|l| l.contains(&format!(",{connector},")))
-        .collect()
 }
 
 /// `partners@contoso.test` has one member, outside: mail to it leaves through the
@@ -723,7 +670,7 @@ Content-Type: text/plain; charset=us-ascii\r\n\
     assert_eq!(parsed.body_html(0).as_deref(), Some(html));
 
     // Postfix did not offer 8BITMIME, and mailflow did not claim it.
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     let ehlo = log
         .iter()
         .find(|l| l.contains(",<,250") && l.contains("PIPELINING"))
@@ -754,7 +701,7 @@ fn eight_bit_mail_to_a_peer_with_8bitmime_goes_unchanged_with_body_8bitmime() {
     send_to_partners(&server, " BODY=8BITMIME", &content);
     let got = postfix.wait_messages(1);
     assert_eq!(body_of(&got[0]), body.as_bytes());
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     assert!(
         log.iter()
             .any(|l| l.contains(",>,MAIL FROM:<sender@fabrikam.test>")
@@ -791,7 +738,7 @@ fn a_peer_offering_chunking_gets_the_content_by_bdat_in_chunks_without_dot_stuff
     assert_eq!(body_of(find("bdat small")), small.as_bytes());
     assert_eq!(body_of(find("bdat large")), large.as_bytes());
 
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     let sent: Vec<&str> = log.iter().filter_map(|l| l.split(",>,").nth(1)).collect();
     assert!(
         !sent.iter().any(|l| l.starts_with("DATA")),
@@ -824,7 +771,7 @@ fn a_peer_without_chunking_gets_data() {
     );
     let got = postfix.wait_messages(1);
     assert_eq!(body_of(&got[0]), body.as_bytes());
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     assert!(log.iter().any(|l| l.contains(",>,DATA,")), "{log:#?}");
     assert!(!log.iter().any(|l| l.contains(",>,BDAT")), "{log:#?}");
 }
@@ -858,7 +805,7 @@ fn under_bdat_a_peer_refusing_every_recipient_gets_no_content_accepted_and_a_res
             .starts_with("550 5.1.1"),
         "{fail:#?}"
     );
-    let log = send_log(&server, "To Postfix");
+    let log = server.send_log("To Postfix");
     let sent: Vec<&str> = log.iter().filter_map(|l| l.split(",>,").nth(1)).collect();
     // The pipelined chunk was refused with the recipients, then the transaction reset.
     let bdat = sent
@@ -927,9 +874,9 @@ fn through_the_outbound_proxy_a_peer_without_8bitmime_also_gets_7bit_mime() {
     assert_eq!(parsed.body_text(0).as_deref(), Some(body));
     // The Front End made the session to Postfix and logged it in its own send log
     // (FrontEnd\ProtocolLog\SmtpSend, reference §8.1), with no BODY=.
-    let log = send_log_of(&server, "FrontEnd", "To Postfix");
+    let log = server.send_log_of("FrontEnd", "To Postfix");
     assert!(
-        send_log(&server, "To Postfix").is_empty(),
+        server.send_log("To Postfix").is_empty(),
         "Transport's send log has the Front End's session"
     );
     let mail = log

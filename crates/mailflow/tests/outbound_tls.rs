@@ -12,70 +12,9 @@ use std::time::Duration;
 
 use common::postfix::{Postfix, PostfixOptions};
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// The name the smart host's certificate must carry (`tls_domain`).
 const RELAY: &str = "relay.fabrikam.test";
-
-/// A test CA and certificates, as PEM files in a folder every process can read.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::Builder::new().prefix("pki-").tempdir().unwrap();
-        // Postfix reads the files as its own user.
-        set_mode(dir.path(), 0o755);
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Fabrikam Test CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let pki = Pki { dir, ca };
-        pki.write("ca.pem", &pki.ca.pem());
-        pki
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        set_mode(&p, 0o644);
-        p
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A certificate for `name` signed by the CA: (cert, key) files.
-    fn signed(&self, file: &str, name: &str) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (
-            self.write(&format!("{file}.pem"), &cert.pem()),
-            self.write(&format!("{file}.key"), &key.serialize_pem()),
-        )
-    }
-
-    /// A self-signed certificate for `name`: (cert, key) files.
-    fn self_signed(&self, file: &str, name: &str) -> (PathBuf, PathBuf) {
-        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-        (
-            self.write(&format!("{file}.pem"), &c.cert.pem()),
-            self.write(&format!("{file}.key"), &c.signing_key.serialize_pem()),
-        )
-    }
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
 
 /// A smart host that offers STARTTLS with the given certificate and AUTH, accepts
 /// everything, and writes every line it receives to a transcript (`TLS ` before the
@@ -183,9 +122,15 @@ impl Drop for PythonPeer {
 /// The connector under test: smart host on `port`, TLS required with
 /// domain_validation for [`RELAY`] against the test CA, and credentials.
 fn validating_connector(port: u16, ca: &Path) -> String {
-    format!(
-        "\n[[send_connectors]]\nname = \"Validated\"\naddress_spaces = [{{ domain = \"fabrikam.test\", cost = 1 }}]\nsource_servers = [\"MBX1\"]\nsmart_hosts = [\"[127.0.0.1]:{port}\"]\ntls = \"required\"\ntls_auth_level = \"domain_validation\"\ntls_domain = \"{RELAY}\"\ntls_ca_file = \"{}\"\nsmart_host_auth = {{ username = \"mailflow\", password = \"s3cret-pass\" }}\nprotocol_logging = \"verbose\"\n",
-        ca.display()
+    smart_host_connector(
+        "Validated",
+        "fabrikam.test",
+        "MBX1",
+        port,
+        &format!(
+            "tls = \"required\"\ntls_auth_level = \"domain_validation\"\ntls_domain = \"{RELAY}\"\ntls_ca_file = \"{}\"\nsmart_host_auth = {{ username = \"mailflow\", password = \"s3cret-pass\" }}\nprotocol_logging = \"verbose\"\n",
+            ca.display()
+        ),
     )
 }
 
@@ -195,19 +140,6 @@ fn alice_sends(server: &Server, subject: &str) {
         "alice@contoso.test",
         &format!("From: Alice <alice@contoso.test>\r\nTo: partner@fabrikam.test\r\nSubject: {subject}\r\n\r\nhello\r\n"),
     );
-}
-
-/// The lines of the "Validated" connector's sessions in the SmtpSend protocol log.
-fn send_log(server: &Server) -> String {
-    let dir = server.data_dir().join("Logs/Hub/ProtocolLog/SmtpSend");
-    let mut out = String::new();
-    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        out.push_str(&file_text(&e.path()));
-    }
-    out.lines()
-        .filter(|l| l.contains(",Validated,"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The message waits with the 4.4.317 LastError, then NDRs to Alice at expiry; the
@@ -237,7 +169,7 @@ fn assert_waits_then_ndrs(server: &Server, subject: &str) {
         ),
         "{m:#}"
     );
-    let log = send_log(server);
+    let log = server.send_log("Validated").join("\n");
     assert!(log.contains("Remote certificate"), "{log}");
     assert!(log.contains("Remote certificate refused"), "{log}");
     assert!(!log.contains(",>,AUTH"), "{log}");
@@ -264,7 +196,7 @@ const EXPIRES_SOON: &str = "message_expiration_timeout = \"6s\"";
 
 #[test]
 fn a_smart_host_with_a_self_signed_certificate_for_another_name_gets_no_auth_and_no_mail() {
-    let pki = Pki::new();
+    let pki = Pki::new("Fabrikam Test CA");
     let peer = PythonPeer::start(&pki, pki.self_signed("wrong", "wrong.example.test"));
     let server = Server::start_custom(
         EXPIRES_SOON,
@@ -286,8 +218,8 @@ fn a_smart_host_with_a_self_signed_certificate_for_another_name_gets_no_auth_and
 
 #[test]
 fn a_smart_host_whose_certificate_chains_to_the_connector_ca_gets_auth_inside_tls_and_the_mail() {
-    let pki = Pki::new();
-    let peer = PythonPeer::start(&pki, pki.signed("relay", RELAY));
+    let pki = Pki::new("Fabrikam Test CA");
+    let peer = PythonPeer::start(&pki, pki.signed("relay", &[RELAY]));
     let server = Server::start_custom("", &validating_connector(peer.port, &pki.ca_file()));
     alice_sends(&server, "to the relay");
     let t = wait_for("the relay has the content", Duration::from_secs(20), || {
@@ -302,7 +234,7 @@ fn a_smart_host_whose_certificate_chains_to_the_connector_ca_gets_auth_inside_tl
             "sent in clear: {line}\n{t}"
         );
     }
-    let log = send_log(&server);
+    let log = server.send_log("Validated").join("\n");
     assert!(log.contains("CN=relay.fabrikam.test"), "{log}");
     assert!(log.contains("Fabrikam Test CA"), "{log}");
 }
@@ -332,15 +264,15 @@ fn validating_connector_no_auth(port: u16, ca: &Path) -> String {
 
 #[test]
 fn postfix_with_a_ca_signed_certificate_for_another_name_gets_no_mail_under_domain_validation() {
-    let pki = Pki::new();
-    let postfix = postfix_with(pki.signed("other", "other.fabrikam.test"));
+    let pki = Pki::new("Fabrikam Test CA");
+    let postfix = postfix_with(pki.signed("other", &["other.fabrikam.test"]));
     let server = Server::start_custom(
         EXPIRES_SOON,
         &validating_connector_no_auth(postfix.port, &pki.ca_file()),
     );
     alice_sends(&server, "to the wrong postfix");
     assert_waits_then_ndrs(&server, "to the wrong postfix");
-    let log = send_log(&server);
+    let log = server.send_log("Validated").join("\n");
     assert!(log.contains("not valid for"), "{log}");
     assert!(postfix.messages().is_empty());
     let plog = postfix.log();
@@ -349,8 +281,8 @@ fn postfix_with_a_ca_signed_certificate_for_another_name_gets_no_mail_under_doma
 
 #[test]
 fn postfix_with_a_certificate_for_the_name_from_the_connector_ca_gets_the_mail() {
-    let pki = Pki::new();
-    let postfix = postfix_with(pki.signed("relay", RELAY));
+    let pki = Pki::new("Fabrikam Test CA");
+    let postfix = postfix_with(pki.signed("relay", &[RELAY]));
     let server = Server::start_custom(
         "",
         &validating_connector_no_auth(postfix.port, &pki.ca_file()),
@@ -367,7 +299,7 @@ fn postfix_with_a_certificate_for_the_name_from_the_connector_ca_gets_the_mail()
         "{}",
         postfix.log()
     );
-    let log = send_log(&server);
+    let log = server.send_log("Validated").join("\n");
     assert!(log.contains("CN=relay.fabrikam.test"), "{log}");
 }
 
@@ -391,11 +323,7 @@ fn credentials_with_encryption_only_are_refused_at_load() {
     // A file written before tls_auth_level existed keeps loading: credentials imply
     // certificate_validation.
     let out = check(connector(""));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let out = check(connector("tls_auth_level = \"encryption_only\"\n"));
     let err =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);

@@ -3,30 +3,25 @@
 mod common;
 
 use common::postfix::{Postfix, PostfixOptions};
-use std::process::{Command, Output};
+use common::{assert_success, output_text, swaks};
+use std::process::Output;
 
-fn swaks(port: u16, to: &str, subject: &str, extra: &[&str]) -> Output {
-    Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--helo",
-            "client.contoso.test",
-            "--from",
-            "sender@contoso.test",
-        ])
-        .args(["--to", to, "--header", &format!("Subject: {subject}")])
-        .args(["--body", "hello from the fixture test\n"])
-        .args(extra)
-        .output()
-        .expect("run swaks (apt-get install swaks)")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn send(port: u16, to: &str, subject: &str, extra: &[&str]) -> Output {
+    let subject = format!("Subject: {subject}");
+    let mut args = vec![
+        "--helo",
+        "client.contoso.test",
+        "--from",
+        "sender@contoso.test",
+        "--to",
+        to,
+        "--header",
+        &subject,
+        "--body",
+        "hello from the fixture test\n",
+    ];
+    args.extend_from_slice(extra);
+    swaks(port, &args)
 }
 
 #[test]
@@ -35,8 +30,8 @@ fn postfix_delivers_to_maildir_over_starttls() {
         tls: true,
         ..Default::default()
     });
-    let out = swaks(pf.port, "ext@fabrikam.test", "fixture tls", &["--tls"]);
-    assert!(out.status.success(), "swaks: {}", text(&out));
+    let out = send(pf.port, "ext@fabrikam.test", "fixture tls", &["--tls"]);
+    assert_success(&out);
 
     let msgs = pf.wait_messages(1);
     assert_eq!(msgs.len(), 1);
@@ -61,18 +56,26 @@ fn postfix_rejects_listed_recipients_and_relay() {
         reject: vec!["nobody@fabrikam.test".into()],
         ..Default::default()
     });
-    let out = swaks(pf.port, "nobody@fabrikam.test", "fixture reject", &[]);
-    assert!(!out.status.success(), "accepted: {}", text(&out));
-    assert!(text(&out).contains("550 5.1.1"), "{}", text(&out));
+    let out = send(pf.port, "nobody@fabrikam.test", "fixture reject", &[]);
+    assert!(!out.status.success(), "accepted: {}", output_text(&out));
+    assert!(
+        output_text(&out).contains("550 5.1.1"),
+        "{}",
+        output_text(&out)
+    );
     // Not its domain: a destination MX, not a relay.
-    let out = swaks(pf.port, "someone@elsewhere.test", "fixture relay", &[]);
-    assert!(text(&out).contains("Relay access denied"), "{}", text(&out));
+    let out = send(pf.port, "someone@elsewhere.test", "fixture relay", &[]);
+    assert!(
+        output_text(&out).contains("Relay access denied"),
+        "{}",
+        output_text(&out)
+    );
     // No STARTTLS without `tls`.
-    let out = swaks(pf.port, "ok@fabrikam.test", "fixture no tls", &["--tls"]);
-    assert!(!out.status.success(), "{}", text(&out));
+    let out = send(pf.port, "ok@fabrikam.test", "fixture no tls", &["--tls"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
 
-    let out = swaks(pf.port, "ok@fabrikam.test", "fixture ok", &[]);
-    assert!(out.status.success(), "swaks: {}", text(&out));
+    let out = send(pf.port, "ok@fabrikam.test", "fixture ok", &[]);
+    assert_success(&out);
     let msgs = pf.wait_messages(1);
     assert_eq!(msgs.len(), 1);
     assert!(
@@ -90,7 +93,7 @@ fn postfix_stops_and_restarts_on_the_same_port() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     pf.restart();
     assert_eq!(pf.port, port);
-    let out = swaks(port, "back@fabrikam.test", "fixture restart", &[]);
-    assert!(out.status.success(), "swaks: {}", text(&out));
+    let out = send(port, "back@fabrikam.test", "fixture restart", &[]);
+    assert_success(&out);
     pf.wait_messages(1);
 }

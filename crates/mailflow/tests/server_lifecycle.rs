@@ -59,11 +59,7 @@ fn sigterm_closes_every_listener_exits_0_and_accepted_mail_survives_the_restart(
     server.wait_inbox("carol@contoso.test", 1);
     // Hold the mailbox queue so the message is certainly still queued at the signal.
     let out = server.cli(&["queue", "suspend", "DB01"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let r = c.send(
         "sender@fabrikam.test",
         &["alice@contoso.test"],
@@ -93,11 +89,7 @@ fn sigterm_closes_every_listener_exits_0_and_accepted_mail_survives_the_restart(
 
     server.spawn();
     let out = server.cli(&["queue", "resume", "DB01"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     server.wait_inbox("alice@contoso.test", 1);
     let delivered = server.export("alice@contoso.test");
     assert_eq!(delivered.len(), 1);

@@ -7,29 +7,12 @@ use std::time::Duration;
 
 use common::*;
 
-fn put_in_outbox(config: &std::path::Path, address: &str, eml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.eml");
-    std::fs::write(&file, eml).unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["mailbox", "send", address, "--eml", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_message_in_an_outbox_is_delivered_without_bcc_and_moves_to_sent_items() {
     let server = Server::start();
     // A client-written message with bare LF line ends, no Message-ID and no Date.
     let eml = "From: Alice <alice@contoso.test>\nTo: Bob <bob@contoso.test>\nBcc: carol@contoso.test\nSubject: from the outbox\n\nHello Bob\n";
-    put_in_outbox(&server.config(), "alice@contoso.test", eml);
+    server.send_from_outbox("alice@contoso.test", eml);
     server.wait_inbox("bob@contoso.test", 1);
     server.wait_inbox("carol@contoso.test", 1);
     let bob = &server.export("bob@contoso.test")[0];
@@ -80,42 +63,74 @@ fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() 
     };
     let mut c = Cluster::new(&["MBX1", "MBX2"], org);
     c.start_all();
-    put_in_outbox(
-        &c.config(),
+    c.send_from_outbox(
         "alice@contoso.test",
         "From: alice@contoso.test\r\nTo: bob@contoso.test\r\nSubject: seven steps\r\n\r\nhi\r\n",
     );
     c.wait_delivered("seven steps", 1);
-    let events: Vec<(String, String, String)> = c
-        .track(None, &["--subject", "seven steps"])
-        .iter()
-        .map(|e| {
-            (
-                e["Source"].as_str().unwrap().to_string(),
-                e["EventId"].as_str().unwrap().to_string(),
-                e["ConnectorId"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    let seq: Vec<String> = events.iter().map(|(s, e, _)| format!("{s} {e}")).collect();
-    // DESIGN §3's seven steps.
-    assert_eq!(
-        seq,
+    // Seed 003's table: per row, the server whose log has it, source, event id,
+    // connector id, client and server hostnames. Exchange writes its own server's
+    // name short and a peer's as its FQDN.
+    let mut rows: Vec<(String, [String; 6])> = Vec::new();
+    for server in ["MBX1", "MBX2"] {
+        for e in c.track(Some(server), &["--subject", "seven steps"]) {
+            let f = |k: &str| e[k].as_str().unwrap().to_string();
+            rows.push((
+                f("Timestamp"),
+                [
+                    server.to_string(),
+                    f("Source"),
+                    f("EventId"),
+                    f("ConnectorId"),
+                    f("ClientHostname"),
+                    f("ServerHostname"),
+                ],
+            ));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let table: Vec<[String; 6]> = rows.into_iter().map(|(_, r)| r).collect();
+    let expected: Vec<[String; 6]> = [
+        ["MBX1", "STOREDRIVER", "RECEIVE", "", "MBX1", "MBX1"],
         [
-            "STOREDRIVER RECEIVE",
-            "STOREDRIVER SUBMIT",
-            "SMTP RECEIVE",
-            "AGENT AGENTINFO",
-            "SMTP SEND",
-            "SMTP RECEIVE",
-            "STOREDRIVER DELIVER"
+            "MBX1",
+            "STOREDRIVER",
+            "SUBMIT",
+            "",
+            "MBX1",
+            "mbx2.contoso.test",
         ],
-        "{events:#?}"
-    );
-    assert_eq!(events[5].2, "MBX2\\Default Mailbox Delivery MBX2");
-    // Seed 003: Mailbox Transport Submission on MBX1 does not prefer its own server's
-    // Transport; the server with the recipient's active copy receives it.
-    assert_eq!(events[2].2, "MBX2\\Default MBX2");
+        [
+            "MBX2",
+            "SMTP",
+            "RECEIVE",
+            "MBX2\\Default MBX2",
+            "mbx1.contoso.test",
+            "MBX2",
+        ],
+        ["MBX2", "AGENT", "AGENTINFO", "", "", "MBX2"],
+        [
+            "MBX2",
+            "SMTP",
+            "SEND",
+            "Intra-Organization SMTP Send Connector",
+            "MBX2",
+            "mbx2.contoso.test",
+        ],
+        [
+            "MBX2",
+            "SMTP",
+            "RECEIVE",
+            "MBX2\\Default Mailbox Delivery MBX2",
+            "mbx2.contoso.test",
+            "MBX2",
+        ],
+        ["MBX2", "STOREDRIVER", "DELIVER", "", "MBX2", "MBX2"],
+    ]
+    .iter()
+    .map(|r| r.map(str::to_string))
+    .collect();
+    assert_eq!(table, expected, "{table:#?}");
 }
 
 #[test]

@@ -7,75 +7,34 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
 
-/// The ports of one server (all of them: the internal listeners are tested one by one).
-#[derive(Clone, Copy)]
-struct P {
-    frontend: u16,
-    client_frontend: u16,
-    client_proxy: u16,
-    outbound_proxy: u16,
-    transport: u16,
-    mailbox_delivery: u16,
-    admin: u16,
-}
-
-impl P {
-    fn new() -> P {
-        let p = free_ports(7);
-        P {
-            frontend: p[0],
-            client_frontend: p[1],
-            client_proxy: p[2],
-            outbound_proxy: p[3],
-            transport: p[4],
-            mailbox_delivery: p[5],
-            admin: p[6],
-        }
-    }
-
-    fn toml(&self) -> String {
-        format!(
-            "[servers.ports]\nfrontend = {}\nclient_frontend = {}\nclient_proxy = {}\noutbound_proxy = {}\ntransport = {}\nmailbox_delivery = {}\nadmin = {}\n",
-            self.frontend,
-            self.client_frontend,
-            self.client_proxy,
-            self.outbound_proxy,
-            self.transport,
-            self.mailbox_delivery,
-            self.admin
-        )
-    }
-
-    /// Default <server> :2525, Client Proxy :465, Mailbox Delivery :475, Outbound
-    /// Proxy Frontend :717.
-    fn internal(&self) -> [(&'static str, u16); 4] {
-        [
-            ("transport", self.transport),
-            ("client_proxy", self.client_proxy),
-            ("mailbox_delivery", self.mailbox_delivery),
-            ("outbound_proxy", self.outbound_proxy),
-        ]
-    }
+/// The internal listeners of a server: Default <server> :2525, Client Proxy :465,
+/// Mailbox Delivery :475, Outbound Proxy Frontend :717.
+fn internal(p: &Ports) -> [(&'static str, u16); 4] {
+    [
+        ("transport", p.transport),
+        ("client_proxy", p.client_proxy),
+        ("mailbox_delivery", p.mailbox_delivery),
+        ("outbound_proxy", p.outbound_proxy),
+    ]
 }
 
 /// MBX1 (site A, 127.0.0.1, alice) and MBX2 (site B, 127.0.0.2, bob); groups with no
 /// mailbox of their own make the Front End use its own site's Transport, so the hop
 /// between the servers is Transport's. `ca` adds the [organization] CA keys.
-fn org_text(p1: &P, p2: &P, ca: bool) -> String {
+fn org_text(p1: &Ports, p2: &Ports, ca: bool) -> String {
     let ca = if ca {
         "ca_certificate = \"ca/org-ca.pem\"\nca_key = \"ca/org-ca.key\"\n"
     } else {
         ""
     };
-    let server = |name: &str, site: &str, ip: &str, p: &P| {
+    let server = |name: &str, site: &str, ip: &str, p: &Ports| {
         format!(
             "\n# server {name}\n[[servers]]\nname = \"{name}\"\nsite = \"{site}\"\nfqdn = \"{}.contoso.test\"\naddress = \"{ip}\"\ndata_dir = \"data/{name}\"\ntransport_protocol_logging = \"verbose\"\n{}",
             name.to_lowercase(),
@@ -137,17 +96,9 @@ fn mailflow(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", text(&o));
-    text(&o)
+    assert_success(&o);
+    output_text(&o)
 }
 
 fn init(dir: &Path, domain: &str, server: &str) -> PathBuf {
@@ -169,81 +120,31 @@ fn check_config(file: &Path) -> Output {
 
 /// One message through the Front End at `ip:port` to `to`.
 fn send(ip: &str, port: u16, to: &str, subject: &str) {
-    let stream = TcpStream::connect((ip, port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
-    let mut reply = || {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return all;
-            }
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    };
-    assert!(reply().starts_with("220"));
-    let content = message(subject, "trust\r\n");
-    for (line, expect) in [
-        ("EHLO client.fabrikam.test".to_string(), "250"),
-        ("MAIL FROM:<sender@fabrikam.test>".to_string(), "250"),
-        (format!("RCPT TO:<{to}>"), "250"),
-        ("DATA".to_string(), "354"),
-        (format!("{content}\r\n."), "250"),
-        ("QUIT".to_string(), "221"),
-    ] {
-        w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        let r = reply();
-        assert!(r.starts_with(expect), "{subject}: {line:.40}: {r}");
-    }
+    let mut c = Smtp::connect_to(ip, port);
+    let r = c.cmd("EHLO client.fabrikam.test");
+    assert!(r.starts_with("250"), "{subject}: EHLO: {r}");
+    let r = c.send(
+        "sender@fabrikam.test",
+        &[to],
+        &message(subject, "trust\r\n"),
+    );
+    assert!(r.starts_with("250"), "{subject}: end of data: {r}");
+    let r = c.cmd("QUIT");
+    assert!(r.starts_with("221"), "{subject}: QUIT: {r}");
 }
 
 /// Every protocol log line of `server` (all its SmtpSend / SmtpReceive folders).
 fn protocol_logs(root: &Path, server: &str) -> String {
-    fn walk(p: &Path, out: &mut String) {
-        let Ok(entries) = std::fs::read_dir(p) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.to_string_lossy().contains("ProtocolLog") {
-                out.push_str(&file_text(&path));
-            }
-        }
-    }
-    let mut out = String::new();
-    walk(&root.join("data").join(server).join("Logs"), &mut out);
-    out
+    tree_text(&root.join("data").join(server).join("Logs"), "ProtocolLog")
 }
 
-/// The messages in `address`'s Inbox on `server`.
+/// The messages in `address`'s Inbox on `server` (none while the export fails).
 fn inbox(cluster: &Cluster, server: &str, address: &str) -> Vec<String> {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = cluster.cli(&[
-        "--server",
-        server,
-        "mailbox",
-        "export",
-        address,
-        "--folder",
-        "Inbox",
-        "--out",
-        out_dir.path().to_str().unwrap(),
-    ]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    std::fs::read_dir(out_dir.path())
-        .unwrap()
-        .map(|e| String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned())
+    cluster
+        .export(Some(server), address, Some("Inbox"))
+        .unwrap_or_default()
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
         .collect()
 }
 
@@ -269,8 +170,8 @@ fn received_by(message: &str, by: &str) -> Vec<String> {
 
 /// A two-server CA organisation as an operator makes it: `mailflow init` (the CA),
 /// the organisation file naming it, `--add-server` for each server.
-fn ca_cluster() -> (Cluster, P, P) {
-    let (p1, p2) = (P::new(), P::new());
+fn ca_cluster() -> (Cluster, Ports, Ports) {
+    let (p1, p2) = (Ports::new(), Ports::new());
     let org = org_text(&p1, &p2, true);
     let cluster = Cluster::new(&["MBX1", "MBX2"], |_| org.clone());
     let boot = tempfile::tempdir().unwrap();
@@ -342,26 +243,14 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
     // internal hops need.
     let ca = dir.path().join("ca/org-ca.pem");
     let cert = dir.path().join("certs/ex1.pem");
-    let verify = Command::new("openssl")
-        .args(["verify", "-purpose", "sslserver", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
-    let verify = Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
+    openssl_verify(&ca, &cert, Some("sslserver"));
+    openssl_verify(&ca, &cert, Some("sslclient"));
     let shown = Command::new("openssl")
         .args(["x509", "-noout", "-text", "-in"])
         .arg(&cert)
         .output()
         .unwrap();
-    let shown = text(&shown);
+    let shown = output_text(&shown);
     assert!(
         shown.contains("DNS:ex1.fabrikam.test")
             && shown.contains("DNS:ex1")
@@ -373,11 +262,15 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
         .arg(&ca)
         .output()
         .unwrap();
-    assert!(text(&ca_shown).contains("CA:TRUE"));
+    assert!(output_text(&ca_shown).contains("CA:TRUE"));
 
     let out = check_config(&file);
     assert!(out.status.success());
-    assert!(!text(&out).contains("warning"), "{}", text(&out));
+    assert!(
+        !output_text(&out).contains("warning"),
+        "{}",
+        output_text(&out)
+    );
 
     // A certificate from another organisation's CA: serve refuses to start, naming the
     // file and the command that issues a good one (before binding anything).
@@ -392,7 +285,7 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
     }
     let out = mailflow(&["serve", "--config", file.to_str().unwrap()]);
     assert!(!out.status.success());
-    let err = text(&out);
+    let err = output_text(&out);
     assert!(
         err.contains(&format!("{}", cert.display()))
             && err.contains("not signed by the organisation CA")
@@ -411,13 +304,7 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
         file.to_str().unwrap(),
     ]));
     assert!(dir.path().join("certs/ex1.pem.old").exists());
-    let verify = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
+    openssl_verify(&ca, &cert, None);
     // An unknown server is a precise error.
     let out = mailflow(&[
         "init",
@@ -428,9 +315,9 @@ fn init_makes_a_private_ca_and_a_server_certificate_it_signed() {
     ]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("no [[servers]] entry named EX9"),
+        output_text(&out).contains("no [[servers]] entry named EX9"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -552,7 +439,11 @@ except (ssl.SSLError, OSError) as e:
                 .args(["-c", SCRIPT, &port.to_string(), &c, &k])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "python on {name}: {}", text(&out));
+            assert!(
+                out.status.success(),
+                "python on {name}: {}",
+                output_text(&out)
+            );
             (
                 name.to_string(),
                 String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -577,7 +468,7 @@ fn internal_listeners_refuse_client_certificates_the_ca_did_not_sign() {
         cluster.dir.path().join("certs/mbx1.pem"),
         cluster.dir.path().join("certs/mbx1.key"),
     );
-    let ports = p2.internal();
+    let ports = internal(&p2);
     for (port, verdict) in python_starttls(&ports, Some((&foreign_pair.0, &foreign_pair.1))) {
         assert!(
             verdict.starts_with("refused"),
@@ -706,14 +597,18 @@ fn a_server_with_another_cas_certificate_gets_nothing_and_the_queue_names_it() {
 
 #[test]
 fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
-    let (p1, p2) = (P::new(), P::new());
+    let (p1, p2) = (Ports::new(), Ports::new());
     let org = org_text(&p1, &p2, false);
     let mut cluster = Cluster::new(&["MBX1", "MBX2"], |_| org.clone());
     let file = cluster.config();
     let out = check_config(&file);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let command = format!("mailflow init --add-ca --config {}", file.display());
-    assert!(text(&out).contains(&command), "{}", text(&out));
+    assert!(
+        output_text(&out).contains(&command),
+        "{}",
+        output_text(&out)
+    );
 
     cluster.start_all();
     assert!(cluster.logs().contains(&command), "{}", cluster.logs());
@@ -760,7 +655,11 @@ fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
     assert_ne!(before, after);
     let out = check_config(&file);
     assert!(out.status.success());
-    assert!(!text(&out).contains("warning"), "{}", text(&out));
+    assert!(
+        !output_text(&out).contains("warning"),
+        "{}",
+        output_text(&out)
+    );
     // Again: nothing to do.
     let again = ok(mailflow(&[
         "init",
@@ -807,7 +706,7 @@ fn a_legacy_file_keeps_delivering_is_warned_about_and_add_ca_upgrades_it() {
 fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = init(dir.path(), "contoso.test", "MBX1");
-    with_free_ports(&file, "");
+    with_system_ports(&file, "");
     for f in ["certs/mbx1.pem", "certs/mbx1.key"] {
         std::fs::remove_file(dir.path().join(f)).unwrap();
     }
@@ -819,18 +718,17 @@ fn a_lone_server_issues_its_missing_certificate_at_start_when_it_can_read_the_ca
         "{}",
         file_text(&log_path)
     );
-    let verify = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(dir.path().join("ca/org-ca.pem"))
-        .arg(dir.path().join("certs/mbx1.pem"))
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", text(&verify));
+    openssl_verify(
+        dir.path().join("ca/org-ca.pem"),
+        dir.path().join("certs/mbx1.pem"),
+        None,
+    );
 }
 
-/// Gives the file `mailflow init` wrote free ports, and `extra` keys for its server.
-fn with_free_ports(file: &Path, extra: &str) -> P {
-    let p = P::new();
+/// Gives the file `mailflow init` wrote port 0 for every listener (the server reports
+/// what it bound, [`Ports::bound`]), and `extra` keys for its server.
+fn with_system_ports(file: &Path, extra: &str) {
+    let p = Ports::system();
     let original = file_text(file);
     let ports_at = original.find("[servers.ports]").unwrap();
     let ports_end = original[ports_at..].find("\n\n").unwrap() + ports_at + 1;
@@ -841,28 +739,31 @@ fn with_free_ports(file: &Path, extra: &str) -> P {
         &original[ports_end..]
     );
     std::fs::write(file, edited).unwrap();
-    p
 }
 
 /// `mailflow serve` of a one-server file, once it says it is ready (the log's path).
 fn serve_lone(file: &Path) -> (std::process::Child, PathBuf) {
     let log_path = file.with_file_name("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", file.to_str().unwrap()])
-        .env("MAILFLOW_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let started = wait_for("serve to be ready or exit", Duration::from_secs(30), || {
-        if let Ok(Some(_)) = child.try_wait() {
-            return Some(false);
-        }
-        file_text(&log_path).contains("ready").then_some(true)
-    });
-    assert!(started, "{}", file_text(&log_path));
+    let child = spawn_serve(file, None, &log_path, &[])
+        .unwrap_or_else(|| panic!("serve did not start:\n{}", file_text(&log_path)));
     (child, log_path)
+}
+
+/// `openssl verify` (for `purpose`, e.g. `sslserver`, when given): `cert` chains to
+/// `ca`; the test fails otherwise.
+fn openssl_verify(ca: impl AsRef<Path>, cert: impl AsRef<Path>, purpose: Option<&str>) {
+    let mut c = Command::new("openssl");
+    c.arg("verify");
+    if let Some(purpose) = purpose {
+        c.args(["-purpose", purpose]);
+    }
+    let out = c
+        .arg("-CAfile")
+        .arg(ca.as_ref())
+        .arg(cert.as_ref())
+        .output()
+        .unwrap();
+    assert_success(&out);
 }
 
 /// The SHA-256 fingerprint of a PEM certificate file, or of the certificate a STARTTLS
@@ -909,7 +810,7 @@ fn the_front_end_presents_its_public_certificate_and_internal_listeners_the_orga
         public.path().join("certs/mail.pem"),
         public.path().join("certs/mail.key"),
     );
-    let p = with_free_ports(
+    with_system_ports(
         &file,
         &format!(
             "frontend_tls_certificate = {:?}\nfrontend_tls_key = {:?}\n",
@@ -917,7 +818,9 @@ fn the_front_end_presents_its_public_certificate_and_internal_listeners_the_orga
         ),
     );
     ok(check_config(&file));
-    let (mut child, _log) = serve_lone(&file);
+    let (mut child, log) = serve_lone(&file);
+    let p = Ports::bound(&dir.path().join("data/MBX1"))
+        .unwrap_or_else(|| panic!("no listeners.json:\n{}", file_text(&log)));
     let (own_cert, own_key) = (
         dir.path().join("certs/mbx1.pem"),
         dir.path().join("certs/mbx1.key"),

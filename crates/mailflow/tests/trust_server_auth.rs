@@ -8,10 +8,7 @@ mod common;
 #[path = "common/server_auth.rs"]
 mod server_auth;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use server_auth::{auth_line, b64, challenge, response};
@@ -81,9 +78,7 @@ fn a_recorded_exchange_does_not_authenticate_a_second_session() {
     second.cmd("QUIT");
 
     // The refusal says why in the protocol log (the client only sees 535).
-    wait_log(
-        &server,
-        HUB_LOG,
+    server.wait_log(HUB_LOG,
         "MBX1 HubTransport,organisation server authentication refused: the response does not verify",
     );
 }
@@ -124,8 +119,8 @@ fn each_internal_listener_accepts_only_its_services() {
     let secret = server_auth::secret(server.dir.path());
     let transport = server.ports.transport;
     let delivery = server.ports.mailbox_delivery;
-    let client_proxy = server.ports.client_proxy();
-    let outbound_proxy = server.ports.others_outbound_proxy();
+    let client_proxy = server.ports.client_proxy;
+    let outbound_proxy = server.ports.outbound_proxy;
     let cases = [
         (transport, FRONTEND, true),
         (transport, HUB, true),
@@ -162,19 +157,13 @@ fn each_internal_listener_accepts_only_its_services() {
     c.cmd("EHLO mbx9.contoso.test");
     let r = server_auth::authenticate_plain(&mut c, &secret, HUB, "MBX9", MBX1);
     assert!(r.starts_with("535 5.7.8"), "{r}");
-    wait_log(
-        &server,
-        "Logs/Mailbox/ProtocolLog/SmtpReceive/Delivery",
+    server.wait_log("Logs/Mailbox/ProtocolLog/SmtpReceive/Delivery",
         "MBX1 FrontendTransport,organisation server authentication refused: service not allowed on this connector (allowed: HubTransport)",
     );
-    wait_log(
-        &server,
-        "Logs/FrontEnd/ProtocolLog/SmtpReceive",
+    server.wait_log("Logs/FrontEnd/ProtocolLog/SmtpReceive",
         "MBX1 FrontendTransport,organisation server authentication refused: service not allowed on this connector (allowed: HubTransport)",
     );
-    wait_log(
-        &server,
-        HUB_LOG,
+    server.wait_log(HUB_LOG,
         "MBX9 HubTransport,organisation server authentication refused: no such server in the organisation",
     );
 }
@@ -184,13 +173,13 @@ fn the_response_is_bound_to_the_tls_session() {
     let server = Server::start();
     let secret = server_auth::secret(server.dir.path());
     let port = server.ports.transport;
-    let mut a = TlsSmtp::starttls(port, None);
-    let b = TlsSmtp::starttls(port, None);
+    let (mut a, a_exporter) = starttls(port, None);
+    let (_b, b_exporter) = starttls(port, None);
     assert_ne!(
-        a.exporter, b.exporter,
+        a_exporter, b_exporter,
         "each TLS session has its own exporter"
     );
-    let auth = |c: &mut TlsSmtp, exporter: Option<&[u8]>| {
+    let auth = |c: &mut Smtp<TlsStream>, exporter: Option<&[u8]>| {
         let ch = challenge(&c.cmd(&auth_line(HUB, "MBX1")));
         c.cmd(&b64(&response(&secret, &ch, "MBX1", HUB, MBX1, exporter)))
     };
@@ -199,7 +188,7 @@ fn the_response_is_bound_to_the_tls_session() {
     assert!(r.starts_with("535 5.7.8"), "{r}");
     not_authenticated(&a.cmd("MAIL FROM:<>"));
     // Computed with another session's exporter (a relay between two sessions).
-    let other = b.exporter.to_vec();
+    let other = b_exporter.to_vec();
     let r = auth(&mut a, Some(&other));
     assert!(r.starts_with("535 5.7.8"), "{r}");
     not_authenticated(&a.cmd("MAIL FROM:<>"));
@@ -208,7 +197,7 @@ fn the_response_is_bound_to_the_tls_session() {
     let r = auth(&mut a, Some(&wrong_label));
     assert!(r.starts_with("535 5.7.8"), "{r}");
     // This session's exporter: accepted.
-    let mine = a.exporter.to_vec();
+    let mine = a_exporter.to_vec();
     let r = auth(&mut a, Some(&mine));
     assert!(r.starts_with("235 2.7.0"), "{r}");
     assert!(a.cmd("MAIL FROM:<>").starts_with("250"));
@@ -218,141 +207,46 @@ fn the_response_is_bound_to_the_tls_session() {
 #[test]
 fn tls_1_2_is_refused_for_server_authentication() {
     let server = Server::start();
-    let mut c = TlsSmtp::starttls(server.ports.transport, Some(&rustls::version::TLS12));
+    let (mut c, _) = starttls(server.ports.transport, Some(&rustls::version::TLS12));
     // Refused at AUTH: a TLS 1.2 exporter is not trusted as a channel binding.
     let r = c.cmd(&auth_line(HUB, "MBX1"));
     assert!(r.starts_with("535 5.7.8"), "{r}");
     not_authenticated(&c.cmd("MAIL FROM:<>"));
     c.cmd("QUIT");
-    wait_log(&server, HUB_LOG, "TLS 1.3 is required");
-}
-
-fn file_texts(dir: &std::path::Path) -> String {
-    std::fs::read_dir(dir)
-        .map(|d| d.map(|e| file_text(&e.unwrap().path())).collect())
-        .unwrap_or_default()
+    server.wait_log(HUB_LOG, "TLS 1.3 is required");
 }
 
 /// The receive protocol log of `Default MBX1` and `Client Proxy MBX1`.
 const HUB_LOG: &str = "Logs/Hub/ProtocolLog/SmtpReceive";
 
-/// Waits for `needle` in the protocol logs under `dir` (written in batches).
-fn wait_log(server: &Server, dir: &str, needle: &str) {
-    let dir = server.data_dir().join(dir);
-    let found = poll_until(Duration::from_secs(10), || {
-        file_texts(&dir).contains(needle).then_some(())
-    });
+/// A session on `port` after STARTTLS with rustls (any certificate: the test is about
+/// the binding, not about certificates), with its exporter under the mechanism's
+/// label; `version` limits the TLS versions offered.
+fn starttls(
+    port: u16,
+    version: Option<&'static rustls::SupportedProtocolVersion>,
+) -> (Smtp<TlsStream>, [u8; 32]) {
+    let mut c = Smtp::connect(port);
+    let ehlo = c.cmd("EHLO mbx1.contoso.test");
+    assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = match version {
+        Some(v) => vec![v],
+        None => rustls::DEFAULT_VERSIONS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+    let mut c = c.starttls(Arc::new(config), "mbx1.contoso.test");
+    let exporter = c.export(server_auth::EXPORTER_LABEL);
     assert!(
-        found.is_some(),
-        "no {needle:?} in the protocol log:\n{}",
-        file_texts(&dir)
+        c.cmd("EHLO mbx1.contoso.test")
+            .contains("AUTH X-MAILFLOW-SERVER")
     );
-}
-
-/// An SMTP client that runs STARTTLS with rustls (any certificate: the test is
-/// about the binding, not about certificates) and keeps the session's exporter.
-struct TlsSmtp {
-    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    /// The exporter under the mechanism's label.
-    exporter: [u8; 32],
-}
-
-impl TlsSmtp {
-    fn starttls(port: u16, version: Option<&'static rustls::SupportedProtocolVersion>) -> TlsSmtp {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut reader = BufReader::new(tcp.try_clone().unwrap());
-        let mut w = tcp.try_clone().unwrap();
-        let mut plain = |line: Option<&str>| {
-            if let Some(line) = line {
-                w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-            }
-            read_reply(&mut reader)
-        };
-        assert!(plain(None).starts_with("220 "));
-        let ehlo = plain(Some("EHLO mbx1.contoso.test"));
-        assert!(ehlo.contains("STARTTLS"), "{ehlo}");
-        assert!(plain(Some("STARTTLS")).starts_with("220 "));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let versions: Vec<&'static rustls::SupportedProtocolVersion> = match version {
-            Some(v) => vec![v],
-            None => rustls::DEFAULT_VERSIONS.to_vec(),
-        };
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&versions)
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("mbx1.contoso.test").unwrap();
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-        let mut tcp = tcp;
-        while conn.is_handshaking() {
-            conn.complete_io(&mut tcp).unwrap();
-        }
-        let exporter = conn
-            .export_keying_material([0u8; 32], server_auth::EXPORTER_LABEL, None)
-            .unwrap();
-        let mut c = TlsSmtp {
-            tls: rustls::StreamOwned::new(conn, tcp),
-            exporter,
-        };
-        assert!(
-            c.cmd("EHLO mbx1.contoso.test")
-                .contains("AUTH X-MAILFLOW-SERVER")
-        );
-        c
-    }
-
-    fn export(&self, label: &[u8]) -> Vec<u8> {
-        self.tls
-            .conn
-            .export_keying_material(vec![0u8; 32], label, None)
-            .unwrap()
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.send_raw(format!("{line}\r\n").as_bytes());
-        self.read_reply()
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.tls.write_all(bytes).unwrap();
-        self.tls.flush().unwrap();
-    }
-
-    fn read_reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = Vec::new();
-            let mut byte = [0u8; 1];
-            while self.tls.read(&mut byte).unwrap_or(0) == 1 {
-                line.push(byte[0]);
-                if byte[0] == b'\n' {
-                    break;
-                }
-            }
-            let line = String::from_utf8(line).unwrap();
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    }
-}
-
-fn read_reply(reader: &mut impl BufRead) -> String {
-    let mut all = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return all;
-        }
-        all.push_str(&line);
-        if line.len() < 4 || line.as_bytes()[3] != b'-' {
-            return all;
-        }
-    }
+    (c, exporter)
 }
 
 #[derive(Debug)]

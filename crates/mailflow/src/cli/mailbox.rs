@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::{Global, load_directory, print_table};
-use crate::directory::Directory;
+use crate::directory::{Directory, StoreSpec};
 use crate::mailbox::store::{Folder, MailboxStore, open_store};
 
 #[derive(Subcommand)]
@@ -64,7 +64,7 @@ fn open_database(
         .database(database)
         .ok_or_else(|| anyhow::anyhow!("unknown database {database:?}"))?;
     let path = active_copy_path(dir, db);
-    if db.store == "sqlite" && !path.exists() {
+    if db.store == StoreSpec::Sqlite && !path.exists() {
         return Ok(None);
     }
     Ok(Some(open_store(&db.store, &db.name, &path).map_err(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::{Global, print_table};
+use super::{Global, print_json_table};
 use crate::admin::client::escape;
 
 #[derive(Subcommand)]
@@ -45,34 +45,7 @@ pub fn run(g: &Global, cmd: MessageCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let s = |v: &Value| match v {
-                Value::Null => String::new(),
-                Value::String(s) => s.clone(),
-                Value::Array(a) => a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(";"),
-                other => other.to_string(),
-            };
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|m| {
-                    [
-                        "Identity",
-                        "FromAddress",
-                        "Status",
-                        "Size",
-                        "Subject",
-                        "Recipients",
-                        "LastError",
-                    ]
-                    .iter()
-                    .map(|k| s(&m[*k]))
-                    .collect()
-                })
-                .collect();
-            print_table(
+            print_json_table(
                 &[
                     "Identity",
                     "FromAddress",
@@ -82,7 +55,7 @@ pub fn run(g: &Global, cmd: MessageCommand) -> anyhow::Result<ExitCode> {
                     "Recipients",
                     "LastError",
                 ],
-                &table,
+                &rows,
             );
         }
         MessageCommand::Remove {

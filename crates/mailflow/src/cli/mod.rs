@@ -122,6 +122,31 @@ pub fn load_directory(g: &Global) -> anyhow::Result<Directory> {
     }
 }
 
+/// Prints objects from the admin API as a table of `columns`, each a key of the
+/// object (see [`json_cells`]).
+pub fn print_json_table(columns: &[&str], rows: &[serde_json::Value]) {
+    print_table(columns, &json_cells(columns, rows));
+}
+
+/// The cells of `columns` of each object: text as it is, a list of texts joined with
+/// `;`, null as nothing, anything else as JSON.
+fn json_cells(columns: &[&str], rows: &[serde_json::Value]) -> Vec<Vec<String>> {
+    use serde_json::Value;
+    let cell = |v: &Value| match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(";"),
+        other => other.to_string(),
+    };
+    rows.iter()
+        .map(|row| columns.iter().map(|k| cell(&row[*k])).collect())
+        .collect()
+}
+
 /// Prints rows as an aligned table with a header.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -147,5 +172,34 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     line(widths.iter().map(|w| "-".repeat(*w)).collect());
     for row in rows {
         line(row.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_cells_show_text_lists_and_nulls_as_operators_read_them() {
+        let rows = vec![serde_json::json!({
+            "Identity": "MBX1\\3",
+            "Size": 120,
+            "Recipients": ["a@contoso.test", "b@contoso.test"],
+            "LastError": null,
+        })];
+        let cells = json_cells(
+            &["Identity", "Size", "Recipients", "LastError", "Missing"],
+            &rows,
+        );
+        assert_eq!(
+            cells,
+            vec![vec![
+                "MBX1\\3".to_string(),
+                "120".into(),
+                "a@contoso.test;b@contoso.test".into(),
+                String::new(),
+                String::new(),
+            ]]
+        );
     }
 }

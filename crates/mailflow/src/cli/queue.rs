@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::{Global, print_table};
+use super::{Global, print_json_table};
 use crate::admin::client::escape;
 
 #[derive(Subcommand)]
@@ -48,29 +48,7 @@ pub fn run(g: &Global, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let s = |v: &Value, k: &str| match &v[k] {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|q| {
-            [
-                "Identity",
-                "DeliveryType",
-                "Status",
-                "MessageCount",
-                "NextHopDomain",
-                "NextRetryTime",
-                "LastError",
-            ]
-            .iter()
-            .map(|k| s(q, k))
-            .collect()
-        })
-        .collect();
-    print_table(
+    print_json_table(
         &[
             "Identity",
             "DeliveryType",
@@ -80,7 +58,7 @@ pub fn run(g: &Global, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             "NextRetryTime",
             "LastError",
         ],
-        &table,
+        &rows,
     );
     Ok(ExitCode::SUCCESS)
 }

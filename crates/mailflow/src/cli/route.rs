@@ -59,12 +59,20 @@ pub fn run(g: &Global, RouteCommand::Show { live }: RouteCommand) -> anyhow::Res
                 text(&r["DeliveryGroup"]),
                 text(&r["NextHop"]),
                 text(&r["Cost"]),
+                text(&r["AddressSpace"]),
                 path.join(" > "),
             ]
         })
         .collect();
     print_table(
-        &["Destination", "DeliveryGroup", "NextHop", "Cost", "Path"],
+        &[
+            "Destination",
+            "DeliveryGroup",
+            "NextHop",
+            "Cost",
+            "AddressSpace",
+            "Path",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)

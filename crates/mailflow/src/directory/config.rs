@@ -6,6 +6,7 @@
 use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -200,10 +201,10 @@ pub struct Server {
     pub site: Option<String>,
     pub fqdn: String,
     /// Where other servers reach this one.
-    pub address: String,
+    pub address: Parsed<IpAddr>,
     /// Where this server's listeners bind; defaults to `address`.
     #[serde(default)]
-    pub bind: Option<String>,
+    pub bind: Option<Parsed<IpAddr>>,
     pub data_dir: String,
     #[serde(default)]
     pub ports: Ports,
@@ -422,13 +423,14 @@ impl Server {
     /// did not come through [`super::Directory::parse`].
     pub fn ip(&self) -> IpAddr {
         self.address
-            .parse()
+            .value()
+            .copied()
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 
     /// `bind` as an IP, when the file sets it (validated at load like `address`).
     pub fn bind_ip(&self) -> Option<IpAddr> {
-        self.bind.as_deref().and_then(|b| b.parse().ok())
+        self.bind.as_ref().and_then(|b| b.value().copied())
     }
 
     /// Where the server's listeners bind: `bind`, else `address`.
@@ -560,12 +562,87 @@ pub struct Database {
     pub name: String,
     /// Activation preference; the first is active at start.
     pub copies: Vec<String>,
-    #[serde(default = "sqlite")]
-    pub store: String,
+    #[serde(default)]
+    pub store: StoreSpec,
 }
 
-fn sqlite() -> String {
-    "sqlite".into()
+/// A mailbox database's `store`: where its items live (DESIGN §4). Read from the
+/// file's text as it is deserialized; a text that names no backend is
+/// [`StoreSpec::Unknown`], which the validator refuses, so a loaded directory has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum StoreSpec {
+    /// `"sqlite"`: the embedded SQLite file, one per copy on its server.
+    #[default]
+    Sqlite,
+    /// A `postgres://` or `postgresql://` URL: one PostgreSQL database every copy's
+    /// server reaches.
+    Postgres(String),
+    /// Anything else, as written.
+    Unknown(String),
+}
+
+impl From<String> for StoreSpec {
+    fn from(text: String) -> Self {
+        if text == "sqlite" {
+            StoreSpec::Sqlite
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            StoreSpec::Postgres(text)
+        } else {
+            StoreSpec::Unknown(text)
+        }
+    }
+}
+
+impl From<&str> for StoreSpec {
+    fn from(text: &str) -> Self {
+        StoreSpec::from(text.to_owned())
+    }
+}
+
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSpec::Sqlite => f.write_str("sqlite"),
+            StoreSpec::Postgres(text) | StoreSpec::Unknown(text) => f.write_str(text),
+        }
+    }
+}
+
+/// A value the file writes as text (an IP address), parsed once as it is read: the
+/// text stays for messages, the value is what the rest of the crate uses. A text that
+/// does not parse has no value; the validator refuses it, so in a loaded directory
+/// every value is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<T> {
+    text: String,
+    value: Option<T>,
+}
+
+impl<T: FromStr> Parsed<T> {
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let value = text.parse().ok();
+        Parsed { text, value }
+    }
+}
+
+impl<T> Parsed<T> {
+    /// As written in the file.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed value; None only before validation, for a text that does not parse.
+    pub fn value(&self) -> Option<&T> {
+        self.value.as_ref()
+    }
+}
+
+impl<'de, T: FromStr> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Parsed::new)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

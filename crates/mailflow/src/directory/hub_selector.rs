@@ -15,17 +15,6 @@ use super::Recipient;
 use super::active_copies::ActiveCopies;
 use super::live::OrgConfig;
 
-pub fn choose(
-    cfg: &OrgConfig,
-    active: &ActiveCopies,
-    recipients: &[(Address, RcptParams)],
-) -> Vec<SocketAddr> {
-    choose_servers(cfg, active, recipients)
-        .into_iter()
-        .map(|(_, addr)| addr)
-        .collect()
-}
-
 /// The chosen servers in order: (name, Transport endpoint `Default <server>`).
 ///
 /// DESIGN §1: the delivery group is chosen from the first 20 mailbox recipients,

@@ -299,7 +299,7 @@ impl Distances<'_> {
                 Some((
                     s.name.clone(),
                     s.fqdn.clone(),
-                    SocketAddr::new(s.address.parse().ok()?, s.ports.transport),
+                    SocketAddr::new(*s.address.value()?, s.ports.transport),
                 ))
             })
             .collect()

@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 
 use crate::admin::client::AdminClient;
 use crate::directory::active_copies::ActiveCopyRecord;
-use crate::directory::{Database, Directory, Server};
+use crate::directory::{Database, Directory, Server, StoreSpec};
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A database Active Manager may fail over: several copies, shared data.
 fn fails_over(db: &Database) -> bool {
-    db.copies.len() > 1 && db.store.starts_with("postgres")
+    db.copies.len() > 1 && matches!(db.store, StoreSpec::Postgres(_))
 }
 
 /// Learns the active copies from the other servers (before this server accepts mail),

@@ -179,11 +179,19 @@ impl MailboxDeliverySession {
             .as_ref()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "<>".into());
+        // Exchange names its own server short and a peer by its FQDN (seed 003).
         let base = TrackingEvent {
             client_ip: info.remote.ip().to_string(),
             client_hostname: info.helo.clone().unwrap_or_default(),
             server_ip: info.local.ip().to_string(),
-            server_hostname: ctx.fqdn().to_string(),
+            server_hostname: ctx.name().to_string(),
+            // What the sending Transport knew of the message (message::DIRECTIONALITY_HEADER).
+            internal_message_id: message::get(&content, message::INTERNAL_MESSAGE_ID_HEADER)
+                .unwrap_or_default(),
+            message_info: message::get(&content, message::ORIGINAL_ARRIVAL_HEADER)
+                .unwrap_or_default(),
+            directionality: message::get(&content, message::DIRECTIONALITY_HEADER)
+                .unwrap_or_default(),
             message_id: message_id.clone(),
             network_message_id: network_message_id.clone(),
             total_bytes: content.len() as u64,
@@ -232,6 +240,9 @@ impl MailboxDeliverySession {
                         ctx.logs.delivery_tracking.log(TrackingEvent {
                             event_id: event.into(),
                             source: "STOREDRIVER".into(),
+                            // The store driver is this server on both ends (seed 003).
+                            client_ip: info.local.ip().to_string(),
+                            client_hostname: ctx.name().to_string(),
                             source_context: format!("MDB:{db}, Folder:Inbox"),
                             recipient_address: vec![mailbox],
                             recipient_status: vec![status.into()],

@@ -76,9 +76,14 @@ fn event(
     content: &[u8],
     message_id: &str,
 ) -> TrackingEvent {
+    // Exchange names its own server short and a peer by its FQDN (seed 003): the
+    // Outbox is read here, so both columns are this server until SUBMIT names the
+    // Transport server it submitted to.
     TrackingEvent {
+        client_ip: ctx.ip().to_string(),
+        client_hostname: ctx.name().to_string(),
         server_ip: ctx.ip().to_string(),
-        server_hostname: ctx.fqdn().to_string(),
+        server_hostname: ctx.name().to_string(),
         source: "STOREDRIVER".into(),
         event_id: event_id.into(),
         source_context: format!(
@@ -158,12 +163,13 @@ async fn submit(
         .filter_map(|r| Address::parse(r, true).ok())
         .map(|a| (a, RcptParams::default()))
         .collect();
-    let targets = hub_selector::choose(&ctx.config(), &ctx.active.current(), &addresses);
+    let cfg = ctx.config();
+    let targets = hub_selector::choose_servers(&cfg, &ctx.active.current(), &addresses);
     // SUBMIT is stamped when submission starts: Exchange's sequence has it before the
     // Transport service's RECEIVE (reference §7.6).
     let submitted_at = crate::logs::tracking::now_timestamp();
     let mut last_error = "no Transport server".to_string();
-    for target in targets {
+    for (server, target) in targets {
         let mut client = match ctx
             .org
             .connect_intra_org(target, orgauth::SUBMISSION, &ctx.logs.submission_send)
@@ -195,7 +201,12 @@ async fn submit(
                 ctx.logs.submission_tracking.log(TrackingEvent {
                     date_time: submitted_at.clone(),
                     recipient_address: recipients.clone(),
-                    server_hostname: target.to_string(),
+                    server_ip: target.ip().to_string(),
+                    server_hostname: cfg
+                        .dir
+                        .server(&server)
+                        .map(|s| s.fqdn.clone())
+                        .unwrap_or(server),
                     reference: reply.one_line(),
                     ..event(ctx, item, database, "SUBMIT", &content, &message_id)
                 });

@@ -15,6 +15,45 @@ use mail_parser::{HeaderName, MessageParser};
 pub const ORG_HEADER_PREFIX: &str = "X-MS-Exchange-Organization-";
 pub const NETWORK_MESSAGE_ID_HEADER: &str = "X-MS-Exchange-Organization-Network-Message-Id";
 
+/// What Transport knows of a message and tells the next organisation service with it,
+/// so every service's tracking rows agree (MSGTRKMD's `directionality`,
+/// `message-info` and `internal-message-id`, reference §7.3). Exchange's own header
+/// names where it has one; the values are the tracking log's own (an ISO time for
+/// the arrival). Stamped by SMTP Send inside the organisation, replaced at each hop,
+/// and stripped like every organisation header when mail leaves.
+pub const DIRECTIONALITY_HEADER: &str = "X-MS-Exchange-Organization-MessageDirectionality";
+/// See [`DIRECTIONALITY_HEADER`]: when the organisation first received the message.
+pub const ORIGINAL_ARRIVAL_HEADER: &str = "X-MS-Exchange-Organization-OriginalArrivalTime";
+/// See [`DIRECTIONALITY_HEADER`]: the sending Transport's internal message id.
+pub const INTERNAL_MESSAGE_ID_HEADER: &str = "X-MS-Exchange-Organization-InternalMessageId";
+
+/// `content` with the [`DIRECTIONALITY_HEADER`] family set to these values (any
+/// earlier hop's removed first).
+pub fn with_transport_facts(
+    content: &[u8],
+    internal_id: i64,
+    original_arrival: &str,
+    directionality: &str,
+) -> Vec<u8> {
+    let names = [
+        DIRECTIONALITY_HEADER,
+        ORIGINAL_ARRIVAL_HEADER,
+        INTERNAL_MESSAGE_ID_HEADER,
+    ];
+    let stripped = strip_fields(content, |n| names.iter().any(|h| h.eq_ignore_ascii_case(n)));
+    let rest = stripped.as_deref().unwrap_or(content);
+    // Values are single tokens or timestamps the server wrote: no CR/LF can enter.
+    let clean = |v: &str| v.replace(['\r', '\n'], " ");
+    let mut out = format!(
+        "{DIRECTIONALITY_HEADER}: {}\r\n{ORIGINAL_ARRIVAL_HEADER}: {}\r\n{INTERNAL_MESSAGE_ID_HEADER}: {internal_id}\r\n",
+        clean(directionality),
+        clean(original_arrival)
+    )
+    .into_bytes();
+    out.extend_from_slice(rest);
+    out
+}
+
 /// `X-MS-Exchange-Organization-AuthAs`: how the organisation first received the
 /// message, stamped by the Transport service that took it in and carried between
 /// organisation servers (the header firewall strips it from anything entering from
@@ -271,6 +310,27 @@ mod tests {
     use super::*;
 
     const MSG: &[u8] = b"Received: from a\r\n by b; date\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nX-MS-Exchange-Organization-Network-Message-Id: forged\r\nFrom: Alice <alice@x.test>\r\n\r\nbody\r\nX-Not-A-Header: no\r\n";
+
+    #[test]
+    fn transport_facts_replace_an_earlier_hops() {
+        let m = b"X-MS-Exchange-Organization-MessageDirectionality: Incoming\r\nSubject: s\r\n\r\nbody\r\n";
+        let once = with_transport_facts(m, 7, "2026-12-03T15:00:00.000Z", "Originating");
+        let twice = with_transport_facts(&once, 9, "2026-12-03T15:00:00.000Z", "Originating");
+        assert_eq!(count(&twice, DIRECTIONALITY_HEADER), 1);
+        assert_eq!(
+            get(&twice, DIRECTIONALITY_HEADER).as_deref(),
+            Some("Originating")
+        );
+        assert_eq!(
+            get(&twice, INTERNAL_MESSAGE_ID_HEADER).as_deref(),
+            Some("9")
+        );
+        assert_eq!(
+            get(&twice, ORIGINAL_ARRIVAL_HEADER).as_deref(),
+            Some("2026-12-03T15:00:00.000Z")
+        );
+        assert!(twice.ends_with(b"Subject: s\r\n\r\nbody\r\n"));
+    }
 
     #[test]
     fn reads_and_edits_headers() {

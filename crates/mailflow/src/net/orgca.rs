@@ -219,14 +219,7 @@ pub fn server_cert_paths(dir: &Directory, server: &Server) -> (PathBuf, PathBuf)
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
+    crate::directory::ca_file::read_pem_certificates(path, "certificate")
 }
 
 /// The verifier of server certificates against the CA (chain, expiry, name, EKU).
@@ -348,7 +341,10 @@ impl ServerTls {
         let client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(OrgServerVerifier { inner }))
+            .with_custom_certificate_verifier(Arc::new(super::tls::Verifier::new(
+                OrgServerVerifier { inner },
+                provider(),
+            )))
             .with_client_auth_cert(chain, read_key(key)?)
             .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
         Ok(ServerTls {
@@ -395,7 +391,7 @@ struct OrgServerVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for OrgServerVerifier {
+impl super::tls::CertificateCheck for OrgServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -404,6 +400,7 @@ impl rustls::client::danger::ServerCertVerifier for OrgServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .map_err(|e| {
@@ -417,32 +414,6 @@ impl rustls::client::danger::ServerCertVerifier for OrgServerVerifier {
                     rustls::OtherError(Arc::new(OrgRefusal(text))),
                 ))
             })
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        false
     }
 }
 

@@ -58,7 +58,10 @@ pub fn client_config() -> Arc<rustls::ClientConfig> {
                 .with_safe_default_protocol_versions()
                 .expect("ring supports the default TLS versions")
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(Verifier::new(
+                    AcceptAnyCertificate,
+                    provider,
+                )))
                 .with_no_client_auth();
             Arc::new(config)
         })
@@ -67,9 +70,9 @@ pub fn client_config() -> Arc<rustls::ClientConfig> {
 
 /// Opportunistic TLS: encrypt, do not authenticate the peer.
 #[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+struct AcceptAnyCertificate;
 
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+impl CertificateCheck for AcceptAnyCertificate {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -79,6 +82,50 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+}
+
+/// What our server-certificate verifiers differ in: how the certificate is judged.
+/// [`Verifier`] adds what they share, the handshake signatures.
+pub(crate) trait CertificateCheck: std::fmt::Debug + Send + Sync {
+    /// As [`rustls::client::danger::ServerCertVerifier::verify_server_cert`].
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error>;
+}
+
+/// A [`CertificateCheck`] as a rustls verifier: the handshake signatures are checked
+/// against the certificate with the provider's algorithms (what webpki's verifier does
+/// too), whatever the check decided of the certificate, so the session is always with
+/// its key holder.
+#[derive(Debug)]
+pub(crate) struct Verifier<C> {
+    check: C,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl<C: CertificateCheck> Verifier<C> {
+    pub(crate) fn new(check: C, provider: Arc<rustls::crypto::CryptoProvider>) -> Verifier<C> {
+        Verifier { check, provider }
+    }
+}
+
+impl<C: CertificateCheck> rustls::client::danger::ServerCertVerifier for Verifier<C> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.check
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -91,7 +138,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -105,12 +152,14 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -161,11 +210,11 @@ pub fn validating_client(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Validating::new(ca_file, check_name, provider.clone())?;
     let seen = verifier.seen.clone();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_custom_certificate_verifier(Arc::new(Verifier::new(verifier, provider)))
         .with_no_client_auth();
     Ok(ValidatingClient {
         config: Arc::new(config),
@@ -235,7 +284,7 @@ impl Validating {
     }
 }
 
-impl rustls::client::danger::ServerCertVerifier for Validating {
+impl CertificateCheck for Validating {
     /// Records the verdict and lets the handshake finish: the SMTP client reads the
     /// verdict right after it ([`crate::net::client::SmtpClient::starttls_validated`])
     /// and, on refusal, ends the session with QUIT before anything else is sent, as
@@ -268,28 +317,6 @@ impl rustls::client::danger::ServerCertVerifier for Validating {
         seen.description = Some(describe_certificate(end_entity));
         seen.verdict = Some(verdict);
         Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

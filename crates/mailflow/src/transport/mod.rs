@@ -384,7 +384,8 @@ pub fn tracking_event(
     let e = &msg.envelope;
     TrackingEvent {
         server_ip: ctx.ip().to_string(),
-        server_hostname: ctx.fqdn().to_string(),
+        // Exchange writes its own server's name short, a peer's as its FQDN (seed 003).
+        server_hostname: ctx.name().to_string(),
         source: source.into(),
         event_id: event_id.into(),
         internal_message_id: msg.id.to_string(),

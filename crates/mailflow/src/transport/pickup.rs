@@ -227,7 +227,7 @@ fn badmail(
     let _ = std::fs::rename(claimed, &bad);
     tracing::warn!("{kind:?} file {} is badmail: {reason}", bad.display());
     ctx.logs.tracking.log(TrackingEvent {
-        server_hostname: ctx.fqdn().to_string(),
+        server_hostname: ctx.name().to_string(),
         source: if kind == Kind::Pickup {
             "PICKUP"
         } else {

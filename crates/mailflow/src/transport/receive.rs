@@ -250,7 +250,11 @@ impl TransportReceive {
             crash_count: 0,
             // A Front End passes an authenticated user as AUTH= (Client Proxy).
             directionality: match info.org_server.as_ref().map(|(_, s)| s.as_str()) {
-                Some(orgauth::HUB) | Some(orgauth::SUBMISSION) => "Originating".into(),
+                // Another Transport of the organisation says what it decided.
+                Some(orgauth::HUB) => message::get(&full, message::DIRECTIONALITY_HEADER)
+                    .filter(|d| d == "Originating" || d == "Incoming")
+                    .unwrap_or_else(|| "Originating".into()),
+                Some(orgauth::SUBMISSION) => "Originating".into(),
                 Some(orgauth::FRONTEND)
                     if self.params.auth.as_deref().is_some_and(|a| a != "<>") =>
                 {

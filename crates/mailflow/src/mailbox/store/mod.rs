@@ -9,6 +9,7 @@
 #[cfg(test)]
 mod contract_tests;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use postgres::PostgresStore;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+use crate::directory::StoreSpec;
 
 /// A well-known mailbox folder, named as Outlook and Exchange show it.
 ///
@@ -202,26 +205,24 @@ pub trait MailboxStore: Send + Sync {
 
 /// Opens the mailbox database `name` as a server's configuration describes it.
 ///
-/// `spec` is the backend: `"sqlite"` opens or creates the SQLite file at `path`; a
-/// `postgres://` or `postgresql://` URL selects PostgreSQL, where `name` keys the
+/// `spec` is the backend: [`StoreSpec::Sqlite`] opens or creates the SQLite file at
+/// `path`; a [`StoreSpec::Postgres`] URL selects PostgreSQL, where `name` keys the
 /// database's rows (several mailbox databases may share one PostgreSQL database) and
 /// `path` is not used. Opening SQLite does file I/O and schema checks, so call this at
 /// startup (or from `spawn_blocking`), not on a hot path. Opening PostgreSQL only
 /// parses the URL: it connects (and creates its tables if missing) on first use, from
 /// whatever tokio runtime that use runs on.
 pub fn open_store(
-    spec: &str,
+    spec: &StoreSpec,
     name: &str,
     path: &Path,
 ) -> Result<Arc<dyn MailboxStore>, StoreError> {
-    if spec == "sqlite" {
-        Ok(Arc::new(SqliteStore::open(path)?))
-    } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::new(spec, name)?))
-    } else {
-        Err(StoreError::Unsupported(format!(
+    match spec {
+        StoreSpec::Sqlite => Ok(Arc::new(SqliteStore::open(path)?)),
+        StoreSpec::Postgres(url) => Ok(Arc::new(PostgresStore::new(url, name)?)),
+        StoreSpec::Unknown(spec) => Err(StoreError::Unsupported(format!(
             "unknown mailbox database backend {spec:?}: expected \"sqlite\" or a postgres:// URL"
-        )))
+        ))),
     }
 }
 
@@ -263,12 +264,12 @@ mod tests {
             "postgres://mailflow@127.0.0.1:1/mailboxes",
             "postgresql://db.contoso.test/mailboxes?application_name=ex01",
         ] {
-            if let Err(e) = open_store(url, "DB01", path) {
+            if let Err(e) = open_store(&url.into(), "DB01", path) {
                 panic!("{url}: {e}");
             }
         }
         match open_store(
-            "postgres://db.contoso.test:notaport/mailboxes",
+            &"postgres://db.contoso.test:notaport/mailboxes".into(),
             "DB01",
             path,
         ) {
@@ -277,11 +278,15 @@ mod tests {
             Ok(_) => panic!("a malformed URL must be refused"),
         }
         assert!(matches!(
-            open_store("postgres://db.contoso.test/m?sslmode=require", "DB01", path),
+            open_store(
+                &"postgres://db.contoso.test/m?sslmode=require".into(),
+                "DB01",
+                path
+            ),
             Err(StoreError::Unsupported(_))
         ));
         assert!(matches!(
-            open_store("mysql", "DB01", path),
+            open_store(&"mysql".into(), "DB01", path),
             Err(StoreError::Unsupported(_))
         ));
     }

@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::rows::{self, Columns, Done, Job, Op};
 use super::{Committed, Folder, FolderCount, MailboxStore, NewItem, StoreError, StoredItem};
 
 /// Bumped whenever the schema changes; `open` refuses files from a newer mailflow
@@ -105,16 +105,6 @@ struct Shared {
     fail_commits: std::sync::atomic::AtomicBool,
 }
 
-struct Job {
-    op: Op,
-    reply: oneshot::Sender<Result<Done, StoreError>>,
-}
-
-enum Op {
-    Commit(Vec<NewItem>),
-    Move { id: i64, to: Folder },
-}
-
 impl Op {
     /// Bytes of content the write adds: once per message (see `insert_items`).
     fn content_bytes(&self) -> usize {
@@ -131,11 +121,6 @@ impl Op {
             Op::Move { .. } => 0,
         }
     }
-}
-
-enum Done {
-    Committed(Vec<Committed>),
-    Moved,
 }
 
 impl SqliteStore {
@@ -222,10 +207,7 @@ impl MailboxStore for SqliteStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        match self.write(Op::Commit(items)).await? {
-            Done::Committed(committed) => Ok(committed),
-            Done::Moved => Err(mismatched_answer()),
-        }
+        self.write(Op::Commit(items)).await?.committed()
     }
 
     async fn list(&self, mailbox: &str, folder: Folder) -> Result<Vec<StoredItem>, StoreError> {
@@ -259,15 +241,10 @@ impl MailboxStore for SqliteStore {
                 "SELECT mailbox, folder, COUNT(*), SUM(size) FROM items \
                  GROUP BY mailbox, folder ORDER BY mailbox, folder",
             )?;
-            let counts = stmt.query_map([], |row| {
-                Ok(FolderCount {
-                    mailbox: row.get(0)?,
-                    folder: folder_at(row, 1)?,
-                    items: row.get(2)?,
-                    bytes: row.get(3)?,
-                })
-            })?;
-            Ok(counts.collect::<Result<_, _>>()?)
+            let counts = stmt.query_map([], |row| Ok(rows::folder_count(row)))?;
+            counts
+                .map(|count| count?)
+                .collect::<Result<Vec<FolderCount>, _>>()
         })
         .await
     }
@@ -285,15 +262,8 @@ impl MailboxStore for SqliteStore {
     }
 
     async fn move_item(&self, id: i64, to: Folder) -> Result<(), StoreError> {
-        match self.write(Op::Move { id, to }).await? {
-            Done::Moved => Ok(()),
-            Done::Committed(_) => Err(mismatched_answer()),
-        }
+        self.write(Op::Move { id, to }).await?.moved()
     }
-}
-
-fn mismatched_answer() -> StoreError {
-    StoreError::Database("the writer answered a different kind of write".to_owned())
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -540,30 +510,20 @@ fn select_items(
          subject, size, received FROM items WHERE {filter}"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let items = stmt.query_map(params, stored_item)?;
-    Ok(items.collect::<Result<_, _>>()?)
+    let items = stmt.query_map(params, |row| Ok(rows::stored_item(row)))?;
+    items.map(|item| item?).collect()
 }
 
-fn stored_item(row: &Row<'_>) -> rusqlite::Result<StoredItem> {
-    Ok(StoredItem {
-        id: row.get(0)?,
-        mailbox: row.get(1)?,
-        folder: folder_at(row, 2)?,
-        network_message_id: row.get(3)?,
-        internet_message_id: row.get(4)?,
-        sender: row.get(5)?,
-        subject: row.get(6)?,
-        size: row.get(7)?,
-        received: row.get(8)?,
-    })
-}
+impl Columns for Row<'_> {
+    const TABLE: &'static str = "items";
 
-/// A folder column: text written by us, but read defensively since the file is
-/// outside our control.
-fn folder_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Folder> {
-    let name: String = row.get(idx)?;
-    name.parse()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
+    fn text(&self, idx: usize) -> Result<String, StoreError> {
+        Ok(self.get(idx)?)
+    }
+
+    fn integer(&self, idx: usize) -> Result<i64, StoreError> {
+        Ok(self.get(idx)?)
+    }
 }
 
 #[cfg(test)]

@@ -232,7 +232,9 @@ async fn apply_rules(
         &msg.content,
     );
     let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
-    ev.connector_id = "Transport Rule Agent".into();
+    // Exchange leaves connector-id empty on AGENTINFO and names the agent in
+    // source-context (seed 003).
+    ev.source_context = "Transport Rule Agent".into();
     ev.recipient_address = recipients.clone();
     let mut custom = vec![format!(
         "S:TRA=ETRP|ETR={}|EM={}|ETMS={}",

@@ -151,6 +151,7 @@ pub struct Item {
     pub not_before: Option<Instant>,
 }
 
+#[derive(Default)]
 struct QueueState {
     items: VecDeque<Item>,
     /// Messages being transmitted right now.
@@ -373,14 +374,7 @@ impl DeliveryQueue {
         DeliveryQueue {
             number,
             next_hop,
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                in_flight: 0,
-                suspended: false,
-                last_error: None,
-                retry_count: 0,
-                next_retry: None,
-            }),
+            state: Mutex::new(QueueState::default()),
             notify: Notify::new(),
             cached: Notify::new(),
             cached_waiting: AtomicUsize::new(0),
@@ -791,17 +785,6 @@ mod tests {
         }
     }
 
-    fn state() -> QueueState {
-        QueueState {
-            items: VecDeque::new(),
-            in_flight: 0,
-            suspended: false,
-            last_error: None,
-            retry_count: 0,
-            next_retry: None,
-        }
-    }
-
     fn message(id: i64, arrival: SystemTime) -> Arc<QueuedMessage> {
         Arc::new(QueuedMessage {
             id,
@@ -836,7 +819,7 @@ mod tests {
     fn connection_failures_climb_the_ladder_on_a_simulated_clock() {
         let p = reference_policy();
         let (t0, wall0) = (Instant::now(), SystemTime::UNIX_EPOCH + secs(1_000_000));
-        let mut s = state();
+        let mut s = QueueState::default();
         s.items.push_back(item(message(1, wall0), &["a@x.test"]));
         // (seconds after t0 a connection fails, retry count after it, next retry at
         // seconds after t0): a failure while the queue waits for its retry is the same
@@ -874,7 +857,7 @@ mod tests {
     fn due_items_respect_not_before_suspension_and_in_flight() {
         let t0 = Instant::now();
         let wall = SystemTime::now();
-        let mut s = state();
+        let mut s = QueueState::default();
         let mut later = item(message(1, wall), &["a@x.test"]);
         later.not_before = Some(reference_policy().not_before(0, t0));
         s.items.push_back(later);
@@ -945,7 +928,7 @@ mod tests {
             delay: secs(10),
         };
         let t0 = SystemTime::UNIX_EPOCH + secs(1_000_000);
-        let mut s = state();
+        let mut s = QueueState::default();
         s.items
             .push_back(item(message(1, t0), &["old@x.test", "old2@x.test"]));
         s.items

@@ -43,6 +43,10 @@ pub struct Route {
     pub next_hop_text: String,
     pub cost: u64,
     pub path: Vec<String>,
+    /// For a send connector: the address space this row routes, as Exchange shows
+    /// AddressSpaces (`SMTP:*.fabrikam.com;1`: domain and its cost, which decides
+    /// between connectors before the path cost does, reference §4.4). Empty otherwise.
+    pub address_space: String,
 }
 
 /// A delivery group (reference §4.2): its label and member servers.
@@ -156,6 +160,7 @@ impl RoutingView<'_> {
             next_hop,
             cost,
             path,
+            address_space: String::new(),
         }
     }
 
@@ -171,6 +176,7 @@ impl RoutingView<'_> {
                 next_hop: NextHop::unreachable(),
                 cost: 0,
                 path: Vec::new(),
+                address_space: String::new(),
             },
         }
     }
@@ -312,13 +318,13 @@ impl RoutingView<'_> {
             .databases()
             .map(|d| self.route_database(&d.name))
             .collect();
+        // One row per address space of each connector, with its cost.
         for c in self.dir.send_connectors() {
-            let domain = c
-                .address_spaces
-                .first()
-                .map(|a| a.domain.as_str())
-                .unwrap_or("*");
-            rows.push(self.route_connector(c, domain));
+            for space in &c.address_spaces {
+                let mut route = self.route_connector(c, &space.domain);
+                route.address_space = format!("SMTP:{};{}", space.domain, space.cost);
+                rows.push(route);
+            }
         }
         let mut servers: Vec<&str> = self
             .dir

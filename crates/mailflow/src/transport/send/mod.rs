@@ -435,11 +435,24 @@ impl Transmitter {
         } else {
             None
         };
-        let content: &[u8] = stripped.as_deref().unwrap_or(&msg.content);
+        // Inside it: what this Transport knows travels on for the next service's tracking
+        // rows (message::DIRECTIONALITY_HEADER).
+        let stamped = (!external).then(|| {
+            message::with_transport_facts(
+                &msg.content,
+                msg.id,
+                &env.received_at,
+                &env.directionality,
+            )
+        });
+        let content: &[u8] = stripped
+            .as_deref()
+            .or(stamped.as_deref())
+            .unwrap_or(&msg.content);
         // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
         if env.smtputf8 && !peer.client.has_extension("SMTPUTF8") {
             let reply = replies::smtputf8_not_supported(&peer.host);
-            self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
+            self.fail_all(&item, reply, Some(peer), "SMTP").await;
             return Ok(());
         }
         // RFC 6152 §3: 8-bit content goes only to a server that offers 8BITMIME; any
@@ -456,7 +469,7 @@ impl Transmitter {
             && content.len() as u64 > limit
         {
             let reply = replies::size_exceeds_host_limit(&peer.host, limit);
-            self.fail_all(&item, reply, Some(&peer.host), "SMTP").await;
+            self.fail_all(&item, reply, Some(peer), "SMTP").await;
             return Ok(());
         }
         // DSN parameters travel on when the next hop speaks DSN (RFC 3461 §6).
@@ -517,18 +530,10 @@ impl Transmitter {
                 DeliveryOutcome::Retry => deferred.push((r, reply)),
             }
         }
-        let connector_id = peer
-            .connector
-            .clone()
-            .unwrap_or_else(|| INTRA_ORG_SEND_CONNECTOR.into());
         let event = |event: &str, list: &[(QueuedRecipient, Reply)]| {
             let mut ev = tracking_event(ctx, &msg, event, "SMTP");
             ev.date_time = sent_at.clone();
-            ev.connector_id = connector_id.clone();
-            ev.server_ip = peer.client.remote.ip().to_string();
-            ev.server_hostname = peer.host.clone();
-            ev.client_ip = peer.client.local.ip().to_string();
-            ev.client_hostname = ctx.fqdn().to_string();
+            self.peer_columns(&mut ev, peer);
             ev.recipient_address = list.iter().map(|(r, _)| r.address.clone()).collect();
             ev.recipient_status = list.iter().map(|(_, reply)| reply.one_line()).collect();
             if event == "SEND" && external {
@@ -563,7 +568,7 @@ impl Transmitter {
             self.db.delete(msg.id);
         }
         if !failed.is_empty() {
-            self.fail(&msg, failed, external.then_some(peer.host.as_str()), "SMTP")
+            self.fail(&msg, failed, external.then_some(&*peer), "SMTP")
                 .await;
         }
         // Success notices: delivered into a mailbox here, or relayed to a server that
@@ -610,13 +615,26 @@ impl Transmitter {
     }
 
     /// Every recipient of `item` fails with `reply` (size, SMTPUTF8, DNS).
-    async fn fail_all(&self, item: &Item, reply: Reply, remote: Option<&str>, source: &str) {
+    /// The columns of a row about a session with `peer`: the connector, this server
+    /// (short name, as Exchange writes its own) and the peer (its FQDN).
+    fn peer_columns(&self, ev: &mut crate::logs::tracking::TrackingEvent, peer: &Peer) {
+        ev.connector_id = peer
+            .connector
+            .clone()
+            .unwrap_or_else(|| INTRA_ORG_SEND_CONNECTOR.into());
+        ev.server_ip = peer.client.remote.ip().to_string();
+        ev.server_hostname = peer.host.clone();
+        ev.client_ip = peer.client.local.ip().to_string();
+        ev.client_hostname = self.ctx.name().to_string();
+    }
+
+    async fn fail_all(&self, item: &Item, reply: Reply, peer: Option<&Peer>, source: &str) {
         let failed = item
             .recipients
             .iter()
             .map(|r| (r.clone(), reply.clone()))
             .collect();
-        self.fail(&item.message, failed, remote, source).await;
+        self.fail(&item.message, failed, peer, source).await;
     }
 
     /// Recipients that will never be delivered: FAIL, state, and the NDR.
@@ -624,7 +642,7 @@ impl Transmitter {
         &self,
         msg: &Arc<QueuedMessage>,
         failed: Vec<(QueuedRecipient, Reply)>,
-        remote: Option<&str>,
+        peer: Option<&Peer>,
         source: &str,
     ) {
         if failed.is_empty() {
@@ -633,8 +651,8 @@ impl Transmitter {
         let mut ev = tracking_event(&self.ctx, msg, "FAIL", source);
         ev.recipient_address = failed.iter().map(|(r, _)| r.address.clone()).collect();
         ev.recipient_status = failed.iter().map(|(_, reply)| reply.one_line()).collect();
-        if let Some(host) = remote {
-            ev.server_hostname = host.to_string();
+        if let Some(peer) = peer {
+            self.peer_columns(&mut ev, peer);
         }
         self.ctx.logs.tracking.log(ev);
         self.db.update_recipients(
@@ -652,7 +670,12 @@ impl Transmitter {
         );
         let list = failed
             .iter()
-            .map(|(r, reply)| (r.clone(), DsnRecipient::from_reply(r, reply, remote)))
+            .map(|(r, reply)| {
+                (
+                    r.clone(),
+                    DsnRecipient::from_reply(r, reply, peer.map(|p| p.host.as_str())),
+                )
+            })
             .collect();
         self.dsn.report(DsnKind::Failed, msg, list).await;
         if msg.finish(failed.len()) {

@@ -24,7 +24,7 @@
 //! This file holds the store and what its parts share (connections, names, text);
 //! `schema` the tables, `read` the read connection, `write` the writer task, `error`
 //! why an operation failed, `faults` what the tests inject. The backend imports only
-//! [`super`] (the store's types) and tokio-postgres: nothing else of mailflow.
+//! [`super`] (the store's types and the rows shared with SQLite) and tokio-postgres: nothing else of mailflow.
 
 use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;
@@ -36,6 +36,7 @@ use tokio::sync::{Mutex, OnceCell, mpsc, oneshot};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
 
+use super::rows::{Done, Job, Op, folder_count, stored_item};
 use super::{Committed, Folder, FolderCount, MailboxStore, NewItem, StoreError, StoredItem};
 
 mod error;
@@ -47,9 +48,9 @@ mod tests;
 mod write;
 
 use error::describe;
-use read::{ReadConn, folder_at, stored_item, unsigned_at};
+use read::ReadConn;
 use schema::ensure_schema;
-use write::{Done, Job, Op, run_writer};
+use write::run_writer;
 
 /// Writes waiting for the writer; bounded so that a stalled database pushes back on
 /// deliveries instead of queueing without limit.
@@ -165,10 +166,7 @@ impl MailboxStore for PostgresStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        match self.write(Op::Commit(items)).await? {
-            Done::Committed(committed) => Ok(committed),
-            Done::Moved => Err(mismatched_answer()),
-        }
+        self.write(Op::Commit(items)).await?.committed()
     }
 
     async fn list(&self, mailbox: &str, folder: Folder) -> Result<Vec<StoredItem>, StoreError> {
@@ -202,16 +200,7 @@ impl MailboxStore for PostgresStore {
         let rows = self
             .read(|conn| async move { conn.client.query(&conn.counts, &[database]).await })
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(FolderCount {
-                    mailbox: row.try_get(0)?,
-                    folder: folder_at(row, 1)?,
-                    items: unsigned_at(row, 2)?,
-                    bytes: unsigned_at(row, 3)?,
-                })
-            })
-            .collect()
+        rows.iter().map(folder_count).collect()
     }
 
     async fn take_outbox(&self, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
@@ -228,15 +217,8 @@ impl MailboxStore for PostgresStore {
     }
 
     async fn move_item(&self, id: i64, to: Folder) -> Result<(), StoreError> {
-        match self.write(Op::Move { id, to }).await? {
-            Done::Moved => Ok(()),
-            Done::Committed(_) => Err(mismatched_answer()),
-        }
+        self.write(Op::Move { id, to }).await?.moved()
     }
-}
-
-fn mismatched_answer() -> StoreError {
-    StoreError::Database("the writer answered a different kind of write".to_owned())
 }
 
 /// A 64-bit FNV-1a hash as an advisory lock key: stable across versions and

@@ -1,16 +1,18 @@
 //! The read side of the PostgreSQL backend: one shared connection (tokio-postgres
-//! pipelines concurrent queries), its prepared statements, and rows turned into
-//! [`StoredItem`]s. Imports only its parent and [`super::error`].
+//! pipelines concurrent queries), its prepared statements, and its rows' columns as
+//! [`super::super::rows`] reads them. Imports only its parent, [`super::error`] and
+//! the shared rows.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio_postgres::{Client, Row, Statement};
 
+use super::super::rows::Columns;
 use super::error::TxError;
-use super::{Folder, OPERATION_TIMEOUT, PostgresStore, StoreError, StoredItem, open_connection};
+use super::{OPERATION_TIMEOUT, PostgresStore, StoreError, open_connection};
 
-/// The columns of a [`StoredItem`]; `received` in the form SQLite stores.
+/// The columns of a [`StoredItem`](super::StoredItem); `received` in the form SQLite stores.
 pub(super) const ITEM_COLUMNS: &str = "id, mailbox, folder, network_message_id, internet_message_id, \
     sender, subject, size, \
     to_char(received AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
@@ -100,30 +102,14 @@ impl ReadConn {
     }
 }
 
-pub(super) fn stored_item(row: &Row) -> Result<StoredItem, StoreError> {
-    Ok(StoredItem {
-        id: row.try_get(0)?,
-        mailbox: row.try_get(1)?,
-        folder: folder_at(row, 2)?,
-        network_message_id: row.try_get(3)?,
-        internet_message_id: row.try_get(4)?,
-        sender: row.try_get(5)?,
-        subject: row.try_get(6)?,
-        size: unsigned_at(row, 7)?,
-        received: row.try_get(8)?,
-    })
-}
+impl Columns for Row {
+    const TABLE: &'static str = "mailbox_items";
 
-/// A folder column: text written by us, but read defensively since the database is
-/// shared with whoever else has access.
-pub(super) fn folder_at(row: &Row, idx: usize) -> Result<Folder, StoreError> {
-    let name: String = row.try_get(idx)?;
-    name.parse()
-        .map_err(|e| StoreError::Database(format!("mailbox_items: {e}")))
-}
+    fn text(&self, idx: usize) -> Result<String, StoreError> {
+        Ok(self.try_get(idx)?)
+    }
 
-pub(super) fn unsigned_at(row: &Row, idx: usize) -> Result<u64, StoreError> {
-    let value: i64 = row.try_get(idx)?;
-    u64::try_from(value)
-        .map_err(|_| StoreError::Database(format!("mailbox_items: negative size {value}")))
+    fn integer(&self, idx: usize) -> Result<i64, StoreError> {
+        Ok(self.try_get(idx)?)
+    }
 }

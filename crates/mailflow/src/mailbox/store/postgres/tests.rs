@@ -85,7 +85,8 @@ async fn admin(url: &str) -> Result<Client, tokio_postgres::Error> {
 #[tokio::test]
 async fn open_store_connects_on_first_use() -> TestResult {
     let Some(url) = server() else { return Ok(()) };
-    let store = super::super::open_store(&url, &unique("DB"), std::path::Path::new("unused"))?;
+    let store =
+        super::super::open_store(&url.into(), &unique("DB"), std::path::Path::new("unused"))?;
     assert!(store.counts().await?.is_empty());
     let committed = store.commit(vec![inbox("nm-1", b"x")]).await?;
     assert!(

@@ -1,19 +1,18 @@
 //! The write side of the PostgreSQL backend: the writer task that group-commits
 //! queued writes in one transaction under the mailbox database's advisory lock, and
 //! tries a transaction again after a broken connection or a deadlock. Imports only
-//! its parent, [`super::error`] and [`super::faults`].
+//! its parent, [`super::error`], [`super::faults`] and the shared write types of
+//! [`super::super::rows`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, Statement};
 
+use super::super::rows::{Done, Job, Op, mismatched_answer};
 use super::error::TxError;
-use super::{
-    Committed, Folder, Inner, NewItem, OPERATION_TIMEOUT, StoreError, clean, mismatched_answer,
-    open_connection,
-};
+use super::{Committed, Inner, NewItem, OPERATION_TIMEOUT, StoreError, clean, open_connection};
 
 pub(super) const INSERT_ITEM: &str = "\
     INSERT INTO mailbox_items (mailbox_database, mailbox, folder, network_message_id, \
@@ -59,21 +58,6 @@ pub(super) const MAX_TRIES: u32 = 3;
 /// a transaction (a hung or partitioned server) and so frees the advisory lock for
 /// the other servers. Our transactions are never idle between statements.
 pub(super) const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
-
-pub(super) struct Job {
-    pub(super) op: Op,
-    pub(super) reply: oneshot::Sender<Result<Done, StoreError>>,
-}
-
-pub(super) enum Op {
-    Commit(Vec<NewItem>),
-    Move { id: i64, to: Folder },
-}
-
-pub(super) enum Done {
-    Committed(Vec<Committed>),
-    Moved,
-}
 
 /// The write connection and its prepared statements.
 pub(super) struct WriteConn {
