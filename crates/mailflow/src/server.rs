@@ -131,6 +131,11 @@ impl Server {
         let active_manager = crate::mailbox::active_manager::start(active.clone()).await;
         // Transport follows Active Manager's answers (retries its queues on a change).
         let follow_active = tokio::spawn(transport.clone().follow_active_copies());
+        let service_routing_logs = service_routing_logs(
+            transport_ctx.clone(),
+            [logs.frontend.routing.clone(), logs.mailbox.routing.clone()],
+            active.subscribe(),
+        );
         let pickup_dir = server
             .pickup_directory
             .as_deref()
@@ -554,6 +559,10 @@ impl Server {
                     "Transport following Active Manager".to_string(),
                     follow_active,
                 ),
+                (
+                    "Front End and Mailbox routing table logs".to_string(),
+                    service_routing_logs,
+                ),
             ],
         })
     }
@@ -586,6 +595,28 @@ impl Server {
             "queue database closed"
         );
     }
+}
+
+/// The Front End's and Mailbox Transport's routing table logs (Exchange writes one per
+/// service, reference §13): the table this server routes by, at start and after each
+/// change of the active copies, in each service's RoutingTableLogPath. Transport writes
+/// its own (`transport::routing::log_routing_table`), after reloads too.
+fn service_routing_logs(
+    ctx: Arc<TransportContext>,
+    dirs: [PathBuf; 2],
+    mut active: watch::Receiver<Arc<crate::directory::active_copies::ActiveCopies>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let table = crate::transport::routing::routing_table(&ctx);
+            for dir in &dirs {
+                crate::transport::routing::write_routing_log(dir, ctx.name(), &table);
+            }
+            if active.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// Circular logging while the server runs: at start, then every `every`, each log's

@@ -39,10 +39,12 @@ frontend_transport_service.intra_org_connector_protocol_logging_level = "verbose
 frontend_transport_service.receive_protocol_log.path = "logs/fe/recv"
 frontend_transport_service.send_protocol_log.path = "logs/fe/send"
 frontend_transport_service.connectivity_log.path = "logs/fe/connect"
+frontend_transport_service.routing_table_log.path = "logs/fe/routing"
 mailbox_transport_service.mailbox_delivery_connector_protocol_logging_level = "verbose"
 mailbox_transport_service.receive_protocol_log.path = "logs/mbx/recv"
 mailbox_transport_service.send_protocol_log.path = "logs/mbx/send"
 mailbox_transport_service.connectivity_log.path = "logs/mbx/connect"
+mailbox_transport_service.routing_table_log.path = "logs/mbx/routing"
 "#,
         1,
     )
@@ -253,7 +255,14 @@ fn seed_004_chain_writes_every_log_at_its_configured_path() {
     });
     assert!(tracking.contains(",SMTP,RECEIVE,"));
     assert!(!files(&logs.join("tracking"), "MSGTRKMD").is_empty());
-    assert!(!files(&logs.join("hub/routing"), "RoutingTable").is_empty());
+    // A routing table log per service (Hub, FrontEnd, Mailbox).
+    for service in ["hub", "fe", "mbx"] {
+        let tables = files(&logs.join(service).join("routing"), "RoutingTable");
+        let [(_, table), ..] = &tables[..] else {
+            panic!("no routing table log for {service}");
+        };
+        assert!(table.contains("\"Server\": \"MBX1\""), "{table}");
+    }
     // `mailflow track` reads the configured folder.
     let delivered = server.track(&["--event-id", "DELIVER", "--subject", "Seed 004"]);
     assert_eq!(delivered.len(), 1, "{delivered:?}");
@@ -268,6 +277,8 @@ fn seed_004_chain_writes_every_log_at_its_configured_path() {
         "Hub/Connectivity",
         "FrontEnd/Connectivity",
         "Hub/Routing",
+        "FrontEnd/Routing",
+        "Mailbox/Routing",
     ] {
         assert!(
             !defaults.join(moved).exists(),

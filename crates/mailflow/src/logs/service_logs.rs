@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::agent::AgentLog;
 use super::connectivity::ConnectivityLog;
 use super::protocol::{Direction, ProtocolLog};
 use super::retention::{Retention, RetentionTarget};
@@ -86,6 +87,8 @@ pub struct FrontendLogs {
     pub receive: ProtocolLog,
     pub send: ProtocolLog,
     pub connectivity: ConnectivityLog,
+    /// Where the Front End's routing table logs go (RoutingTableLogPath).
+    pub routing: PathBuf,
 }
 
 /// The Transport service's logs: message tracking (source SMTP, ROUTING, AGENT, …),
@@ -97,6 +100,8 @@ pub struct TransportLogs {
     pub send: ProtocolLog,
     pub connectivity: ConnectivityLog,
     pub routing: PathBuf,
+    /// `Logs/Hub/AgentLog`: one line per agent invocation.
+    pub agent: AgentLog,
 }
 
 /// Mailbox Transport's logs: Delivery's and Submission's message tracking, Delivery's
@@ -110,6 +115,8 @@ pub struct MailboxLogs {
     pub delivery_receive: ProtocolLog,
     pub submission_send: ProtocolLog,
     pub submission_connectivity: ConnectivityLog,
+    /// Where Mailbox Transport's routing table logs go (RoutingTableLogPath).
+    pub routing: PathBuf,
 }
 
 /// Every log of one server, opened together at start.
@@ -165,6 +172,7 @@ impl ServerLogs {
                 receive: proto(&fe.receive_protocol, None, Direction::Receive)?,
                 send: proto(&fe.send_protocol, None, Direction::Send)?,
                 connectivity: connectivity(&fe.connectivity, None)?,
+                routing: fe.routing_table.dir.clone(),
             },
             transport: TransportLogs {
                 tracking: tracking(TrackingService::Transport)?,
@@ -172,6 +180,7 @@ impl ServerLogs {
                 send: proto(&hub.send_protocol, None, Direction::Send)?,
                 connectivity: connectivity(&hub.connectivity, None)?,
                 routing: hub.routing_table.dir.clone(),
+                agent: AgentLog::open(&hub.agent.dir, hub.agent.retention.max_file_size)?,
             },
             mailbox: MailboxLogs {
                 delivery_tracking: tracking(TrackingService::MailboxDelivery)?,
@@ -183,6 +192,7 @@ impl ServerLogs {
                 )?,
                 submission_send: proto(&mbx.send_protocol, Some("Submission"), Direction::Send)?,
                 submission_connectivity: connectivity(&mbx.connectivity, Some("Submission"))?,
+                routing: mbx.routing_table.dir.clone(),
             },
             retention: LogRetention(retention_targets(paths)),
         };
@@ -211,6 +221,7 @@ impl ServerLogs {
         ] {
             l.flush();
         }
+        self.transport.agent.flush();
     }
 }
 
