@@ -771,3 +771,43 @@ fn a_lone_server_on_port_0_reports_every_listener_it_bound() {
         server.wait_inbox("bob@contoso.test", i as u64 + 1);
     }
 }
+
+/// A rule's blind copies are resolved and routed with the message's own recipients in
+/// one categorizer pass (issue 14): an alias of a recipient the message already has
+/// gets no second copy, another mailbox gets one, an unknown address is dropped
+/// without an NDR, and the tracking rows are those of any message (no RESOLVE or FAIL
+/// for what the rule added).
+#[test]
+fn a_rules_blind_copies_are_resolved_and_routed_with_the_message_once() {
+    let server = Server::start_with(
+        "\n[[transport_rules]]\nname = \"Copy\"\nif = { subject_contains_words = [\"copy me\"] }\nthen = { blind_copy_to = [\"a.smith@contoso.test\", \"bob@contoso.test\", \"nobody@contoso.test\"] }\n",
+    );
+    let mut c = Smtp::connect(server.ports.frontend);
+    c.cmd("EHLO client.contoso.test");
+    let r = c.send(
+        "carol@contoso.test",
+        &["alice@contoso.test"],
+        "From: carol@contoso.test\r\nSubject: please copy me\r\n\r\nhello\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    server.wait_inbox("bob@contoso.test", 1);
+    server.wait_inbox("alice@contoso.test", 1);
+    // One delivery queue, one transaction: by now a second copy would be there too.
+    assert_eq!(server.export("alice@contoso.test").len(), 1);
+    assert_eq!(server.export("bob@contoso.test").len(), 1);
+    let events = events_of(&server, "please copy me");
+    let ids: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(&ids[..3], ["RECEIVE", "AGENTINFO", "SEND"], "{events:?}");
+    assert!(
+        !ids.iter().any(|e| ["RESOLVE", "FAIL", "DSN"].contains(e)),
+        "{events:?}"
+    );
+    let agentinfo = server.track(&["--event-id", "AGENTINFO", "--subject", "please copy me"]);
+    assert!(
+        agentinfo[0]["CustomData"]
+            .as_str()
+            .unwrap()
+            .contains("rule=Copy"),
+        "{agentinfo:#?}"
+    );
+}

@@ -134,6 +134,23 @@ impl AdminClient {
         )
     }
 
+    /// GET with a query string (`pairs` are escaped by the HTTP client).
+    pub fn get_query(
+        &self,
+        path: &str,
+        pairs: &[(&str, String)],
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token()));
+        for (k, v) in pairs {
+            request = request.query(*k, v);
+        }
+        self.check(request.call())
+    }
+
     pub fn post(&self, path: &str) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{path}", self.base);
         self.check(

@@ -22,6 +22,7 @@ use axum::{Json, Router};
 
 use crate::directory::active_copies::ActiveCopyRecord;
 use crate::directory::live::LiveDirectory;
+use crate::logs::tracking::{TrackingEvent, TrackingFilter};
 use crate::transport::TransportService;
 use crate::transport::queue::{MessageInfo, QueueInfo};
 use crate::transport::routing::Route;
@@ -96,6 +97,7 @@ pub async fn start(
         .route("/api/messages/{id}/remove", post(remove_message))
         .route("/api/messages/{id}/export", get(export_message))
         .route("/api/databases", get(databases))
+        .route("/api/tracking", get(tracking))
         .route(
             "/api/databases/{database}/activate/{server}",
             post(activate),
@@ -364,4 +366,179 @@ async fn export_message(
                 format!("message {id} is not waiting in a delivery queue"),
             )
         })
+}
+
+/// Get-MessageTrackingLog's parameters as the query string of `GET /api/tracking`: the
+/// CLI's `track` filters, times in RFC 3339, recipients separated by commas. The CLI
+/// builds it ([`TrackingQuery::pairs`]) and the server reads it back into a
+/// [`TrackingFilter`], so both ends agree on one shape.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct TrackingQuery {
+    pub sender: Option<String>,
+    pub recipients: Option<String>,
+    pub subject: Option<String>,
+    pub event_id: Option<String>,
+    pub source: Option<String>,
+    pub message_id: Option<String>,
+    pub internal_message_id: Option<String>,
+    pub network_message_id: Option<String>,
+    pub reference: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub result_size: Option<usize>,
+}
+
+impl TrackingQuery {
+    /// The query of `filter`.
+    pub fn from_filter(f: &TrackingFilter) -> TrackingQuery {
+        let time = |t: &Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        TrackingQuery {
+            sender: f.sender.clone(),
+            recipients: (!f.recipients.is_empty()).then(|| f.recipients.join(",")),
+            subject: f.subject.clone(),
+            event_id: f.event_id.clone(),
+            source: f.source.clone(),
+            message_id: f.message_id.clone(),
+            internal_message_id: f.internal_message_id.clone(),
+            network_message_id: f.network_message_id.clone(),
+            reference: f.reference.clone(),
+            start: time(&f.start),
+            end: time(&f.end),
+            result_size: f.result_size,
+        }
+    }
+
+    /// The `(name, value)` pairs of the query string (unset filters left out).
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let text = [
+            ("sender", &self.sender),
+            ("recipients", &self.recipients),
+            ("subject", &self.subject),
+            ("event_id", &self.event_id),
+            ("source", &self.source),
+            ("message_id", &self.message_id),
+            ("internal_message_id", &self.internal_message_id),
+            ("network_message_id", &self.network_message_id),
+            ("reference", &self.reference),
+            ("start", &self.start),
+            ("end", &self.end),
+        ];
+        let mut pairs: Vec<(&'static str, String)> = text
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.clone()?)))
+            .collect();
+        if let Some(n) = self.result_size {
+            pairs.push(("result_size", n.to_string()));
+        }
+        pairs
+    }
+
+    /// The filter it asks for; an unreadable time is the caller's error.
+    pub fn into_filter(self) -> Result<TrackingFilter, String> {
+        let time = |t: Option<String>| {
+            t.map(|t| {
+                chrono::DateTime::parse_from_rfc3339(&t)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| format!("cannot read the time {t:?} (RFC 3339 expected): {e}"))
+            })
+            .transpose()
+        };
+        Ok(TrackingFilter {
+            sender: self.sender,
+            recipients: self
+                .recipients
+                .map(|r| {
+                    r.split(',')
+                        .map(str::trim)
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            subject: self.subject,
+            event_id: self.event_id,
+            source: self.source,
+            message_id: self.message_id,
+            internal_message_id: self.internal_message_id,
+            network_message_id: self.network_message_id,
+            reference: self.reference,
+            start: time(self.start)?,
+            end: time(self.end)?,
+            result_size: self.result_size,
+        })
+    }
+}
+
+/// Get-MessageTrackingLog on this server: its own message tracking folder searched
+/// with the query's filters (`Get-TransportService | Get-MessageTrackingLog` asks each
+/// server this way, so servers on other machines answer one `track --all-servers`).
+async fn tracking(
+    State(t): State<Arc<AdminState>>,
+    Query(q): Query<TrackingQuery>,
+) -> Result<Json<Vec<TrackingEvent>>, (StatusCode, String)> {
+    let filter = q.into_filter().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let dir = t.directory.dir();
+    let server = dir
+        .server(t.directory.name())
+        .ok_or_else(|| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{} is not in the organisation file", t.directory.name()),
+            )
+        })?
+        .clone();
+    // MessageTrackingLogPath of `[servers.transport_service]`, else the default.
+    let folder = server
+        .log_paths(&dir.data_dir(&server), &|p| dir.path(p))
+        .message_tracking
+        .dir;
+    let events =
+        tokio::task::spawn_blocking(move || crate::logs::tracking::search(&[folder], &filter))
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot read the message tracking log: {e}"),
+                )
+            })?;
+    Ok(Json(events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_tracking_filter_survives_the_query_string() {
+        let filter = TrackingFilter {
+            sender: Some("alice@contoso.test".into()),
+            recipients: vec!["bob@contoso.test".into(), "carol@contoso.test".into()],
+            subject: Some("a, b & c".into()),
+            event_id: Some("DELIVER".into()),
+            source: Some("STOREDRIVER".into()),
+            message_id: Some("<x@y>".into()),
+            internal_message_id: Some("42".into()),
+            network_message_id: Some("0b1c2d3e-0000-4000-8000-000000000001".into()),
+            reference: Some("<r@y>".into()),
+            start: Some(chrono::Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, 0).unwrap()),
+            end: Some(chrono::Utc.with_ymd_and_hms(2026, 12, 3, 11, 0, 0).unwrap()),
+            result_size: Some(0),
+        };
+        let query = TrackingQuery::from_filter(&filter);
+        assert_eq!(query.pairs().len(), 12);
+        let back = query.into_filter().unwrap();
+        assert_eq!(format!("{back:?}"), format!("{filter:?}"));
+        // Unset filters are left out of the query, and stay unset.
+        let empty = TrackingQuery::from_filter(&TrackingFilter::default());
+        assert!(empty.pairs().is_empty());
+        let bad = TrackingQuery {
+            start: Some("yesterday".into()),
+            ..TrackingQuery::default()
+        };
+        assert!(bad.into_filter().unwrap_err().contains("yesterday"));
+    }
 }

@@ -188,6 +188,29 @@ async fn send(dir: &Directory, address: &str, eml: &std::path::Path) -> anyhow::
             eml.display()
         );
     }
+    put_in_outbox(dir, i, content).await?;
+    println!(
+        "Placed in the Outbox of {}; Mailbox Transport Submission sends it.",
+        mailbox.address
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the Outbox of mailbox `i` can be written from this machine: its database
+/// is in PostgreSQL, or the SQLite file of its active copy is here.
+pub(super) fn outbox_reachable(dir: &Directory, i: usize) -> bool {
+    dir.database(&dir.mailbox(i).database)
+        .is_some_and(|db| db.store != "sqlite" || active_copy_path(dir, db).exists())
+}
+
+/// Commits `content` to the Outbox of the mailbox `i` (its database's active copy, as
+/// recorded), where Mailbox Transport Submission picks it up, as from a client.
+pub(super) async fn put_in_outbox(
+    dir: &Directory,
+    i: usize,
+    content: Vec<u8>,
+) -> anyhow::Result<()> {
+    let mailbox = dir.mailbox(i);
     let db = dir
         .database(&mailbox.database)
         .ok_or_else(|| anyhow::anyhow!("unknown database"))?;
@@ -210,11 +233,7 @@ async fn send(dir: &Directory, address: &str, eml: &std::path::Path) -> anyhow::
         .commit(vec![item])
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!(
-        "Placed in the Outbox of {}; Mailbox Transport Submission sends it.",
-        mailbox.address
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn export(

@@ -4,6 +4,7 @@
 mod admin_token;
 mod agent;
 mod check_config;
+mod connector;
 mod database;
 mod init;
 mod mailbox;
@@ -12,6 +13,7 @@ mod queue;
 mod reload;
 mod route;
 mod serve;
+mod test_mailflow;
 mod track;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +69,10 @@ pub enum Command {
     /// Mailboxes (Get-Mailbox, New-MailboxExportRequest).
     #[command(subcommand)]
     Mailbox(mailbox::MailboxCommand),
+    /// Receive and send connectors, implicit ones included (Get-ReceiveConnector,
+    /// Get-SendConnector).
+    #[command(subcommand)]
+    Connector(connector::ConnectorCommand),
     /// Transport agents (Get-TransportAgent).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
@@ -76,6 +82,8 @@ pub enum Command {
     /// Mailbox databases (Move-ActiveMailboxDatabase).
     #[command(subcommand)]
     Database(database::DatabaseCommand),
+    /// Send a probe and follow it hop by hop in the tracking logs (Test-Mailflow).
+    TestMailflow(test_mailflow::TestMailflowArgs),
     /// Make running servers read the organisation file again (each, or `--server`).
     Reload,
     /// The admin API's operator tokens (`admin token create|list|revoke`).
@@ -95,7 +103,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mailbox(c) => mailbox::run(&g, c),
         Command::Route(c) => route::run(&g, c),
         Command::Agent(c) => agent::run(&g, c),
+        Command::Connector(c) => connector::run(&g, c),
         Command::Database(c) => database::run(&g, c),
+        Command::TestMailflow(a) => test_mailflow::run(&g, a),
         Command::Reload => reload::run(&g),
         Command::Admin(c) => admin_token::run(&g, c),
     }

@@ -19,7 +19,7 @@ pub const SCHEMA_VERSION: &str = "15.02.1544.004";
 pub const FIELDS: &str = "date-time,client-ip,client-hostname,server-ip,server-hostname,source-context,connector-id,source,event-id,internal-message-id,message-id,network-message-id,recipient-address,recipient-status,total-bytes,recipient-count,related-recipient-address,reference,message-subject,sender-address,return-path,message-info,directionality,tenant-id,original-client-ip,original-server-ip,custom-data,transport-traffic-type,log-id,schema-version";
 
 /// Get-MessageTrackingLog's default `-ResultSize` (reference §7.7).
-const DEFAULT_RESULT_SIZE: usize = 1000;
+pub const DEFAULT_RESULT_SIZE: usize = 1000;
 
 /// Which service writes the log; each has its own file prefix (reference §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,7 +245,14 @@ pub struct TrackingFilter {
     pub event_id: Option<String>,
     pub source: Option<String>,
     pub message_id: Option<String>,
+    /// `-InternalMessageId`: the server's own number for the message (the same number
+    /// on another server is another message, so search it with `-Server`).
+    pub internal_message_id: Option<String>,
+    /// `-NetworkMessageId`: the GUID that follows the message across servers.
     pub network_message_id: Option<String>,
+    /// `-Reference`: the `reference` field (the original message's id on DSN rows,
+    /// the hub's id on HAREDIRECT…); any of its `;`-separated values matches.
+    pub reference: Option<String>,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
     pub result_size: Option<usize>,
@@ -287,7 +294,12 @@ impl TrackingFilter {
             && is(&self.event_id, &ev.event_id)
             && is(&self.source, &ev.source)
             && id(&self.message_id, &ev.message_id)
+            && is(&self.internal_message_id, &ev.internal_message_id)
             && id(&self.network_message_id, &ev.network_message_id)
+            && self
+                .reference
+                .as_deref()
+                .is_none_or(|w| ev.reference.split(';').any(|r| same_id(w, r.trim())))
             && in_range()
     }
 }
@@ -575,6 +587,46 @@ mod tests {
         );
         assert_eq!(found(d, &|f| f.start = at(10)), all);
         assert_eq!(found(d, &|f| f.result_size = Some(2)), all[..2]);
+    }
+
+    #[test]
+    fn filters_by_internal_and_network_message_id_and_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), TrackingService::Transport);
+        let mut first = ev("10:00:00", "RECEIVE", "a@x", &["b@x"], "one");
+        first.internal_message_id = "12".into();
+        first.network_message_id = "0b1c2d3e-0000-4000-8000-000000000001".into();
+        first.message_id = "<one@x>".into();
+        let mut second = ev("10:00:01", "RECEIVE", "a@x", &["b@x"], "two");
+        second.internal_message_id = "123".into();
+        second.network_message_id = "0b1c2d3e-0000-4000-8000-000000000002".into();
+        let mut dsn = ev("10:00:02", "DSN", "", &["a@x"], "Undeliverable: one");
+        dsn.internal_message_id = "13".into();
+        dsn.reference = "<one@x>;<other@x>".into();
+        for e in [first, second, dsn] {
+            log.log(e);
+        }
+        log.flush();
+        let d = dir.path();
+        // Exact, not a prefix: 12 does not find 123.
+        assert_eq!(
+            found(d, &|f| f.internal_message_id = Some("12".into())),
+            ["10:00:00 RECEIVE"]
+        );
+        assert_eq!(
+            found(d, &|f| f.network_message_id =
+                Some("0B1C2D3E-0000-4000-8000-000000000002".into())),
+            ["10:00:01 RECEIVE"]
+        );
+        assert_eq!(
+            found(d, &|f| f.reference = Some("one@x".into())),
+            ["10:00:02 DSN"]
+        );
+        assert_eq!(
+            found(d, &|f| f.reference = Some("<other@x>".into())),
+            ["10:00:02 DSN"]
+        );
+        assert!(found(d, &|f| f.reference = Some("two@x".into())).is_empty());
     }
 
     #[test]

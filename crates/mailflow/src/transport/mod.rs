@@ -84,14 +84,63 @@ pub struct Resume(Vec<Loaded>);
 pub struct Submission {
     pub message: Arc<QueuedMessage>,
     pub recipients: Vec<QueuedRecipient>,
-    /// Recipients coming back from a delivery queue (a reroute): they are already
-    /// counted in the message's pending recipients and keep their other recipients.
-    pub resubmit: bool,
-    /// Resubmitted recipients wait a glitch-retry interval before their next attempt
-    /// (a reroute reply); a reload's resubmission goes at once.
-    pub hold: bool,
-    /// Counted in the Submission queue's message count (messages from SMTP Receive).
-    pub counted: bool,
+    pub origin: Origin,
+}
+
+/// How an entry came to the Submission queue; it decides whether the entry is in the
+/// queue's message count, whether its recipients are new to the message, and when
+/// they may be tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A new message from SMTP Receive or Pickup (or resumed at start): counted in the
+    /// Submission queue's message count.
+    Received,
+    /// A DSN this server generated: a new message, not counted.
+    Report,
+    /// Recipients coming back from a delivery queue (a reroute reply): already counted
+    /// in the message's pending recipients, they keep the message's other recipients
+    /// and wait a glitch-retry interval before their next attempt.
+    Rerouted,
+    /// Recipients sent back through the categorizer by a reload: like a reroute, but
+    /// tried at once.
+    Resubmitted,
+    /// Deferred after the categorizer panicked on it, back after a glitch-retry
+    /// interval: counted while it waits, and otherwise as it came the first time.
+    Deferred(Box<Origin>),
+}
+
+impl Origin {
+    /// Counted in the Submission queue's message count while it waits there.
+    pub fn counted(&self) -> bool {
+        matches!(self, Origin::Received | Origin::Deferred(_))
+    }
+
+    /// Its recipients are already counted in the message's pending recipients (and
+    /// the message has others): they were through the agents before.
+    pub fn rerouted(&self) -> bool {
+        match self {
+            Origin::Rerouted | Origin::Resubmitted => true,
+            Origin::Received | Origin::Report => false,
+            Origin::Deferred(first) => first.rerouted(),
+        }
+    }
+
+    /// Its recipients wait a glitch-retry interval before their next attempt.
+    pub fn held(&self) -> bool {
+        match self {
+            Origin::Rerouted => true,
+            Origin::Received | Origin::Report | Origin::Resubmitted => false,
+            Origin::Deferred(first) => first.held(),
+        }
+    }
+
+    /// The same entry deferred after a categorizer panic.
+    pub fn deferred(self) -> Origin {
+        match self {
+            Origin::Deferred(first) => Origin::Deferred(first),
+            first => Origin::Deferred(Box::new(first)),
+        }
+    }
 }
 
 /// Puts recipients back through the categorizer (reroute after a switchover).
@@ -103,9 +152,7 @@ impl Resubmitter {
         let _ = self.0.send(Submission {
             message,
             recipients,
-            resubmit: true,
-            hold: true,
-            counted: false,
+            origin: Origin::Rerouted,
         });
     }
 }
@@ -143,7 +190,7 @@ impl TransportService {
                 runtime: tokio::runtime::Handle::current(),
                 queues: queues.clone(),
             };
-            Queues::new(db, ctx.name(), Box::new(move |q| transmitter.start(q)))
+            Queues::new(db, ctx.name(), Box::new(transmitter))
         });
         let service = Arc::new(TransportService {
             ctx: ctx.clone(),
@@ -253,9 +300,7 @@ impl TransportService {
                     let _ = self.submit_tx.send(Submission {
                         message: item.message,
                         recipients: item.recipients,
-                        resubmit: true,
-                        hold: false,
-                        counted: false,
+                        origin: Origin::Resubmitted,
                     });
                 }
             }
@@ -355,9 +400,7 @@ impl TransportService {
         let _ = self.submit_tx.send(Submission {
             message: msg,
             recipients,
-            resubmit: false,
-            hold: false,
-            counted: true,
+            origin: Origin::Received,
         });
     }
 }
@@ -403,5 +446,36 @@ pub fn tracking_event(
         directionality: e.directionality.clone(),
         transport_traffic_type: "Email".into(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Origin;
+
+    #[test]
+    fn each_origin_says_how_it_is_counted_and_held() {
+        // (origin, counted, rerouted, held)
+        let cases = [
+            (Origin::Received, true, false, false),
+            (Origin::Report, false, false, false),
+            (Origin::Rerouted, false, true, true),
+            (Origin::Resubmitted, false, true, false),
+            (Origin::Received.deferred(), true, false, false),
+            (Origin::Report.deferred(), true, false, false),
+            (Origin::Rerouted.deferred(), true, true, true),
+            (Origin::Resubmitted.deferred(), true, true, false),
+        ];
+        for (origin, counted, rerouted, held) in cases {
+            assert_eq!(origin.counted(), counted, "{origin:?}");
+            assert_eq!(origin.rerouted(), rerouted, "{origin:?}");
+            assert_eq!(origin.held(), held, "{origin:?}");
+        }
+    }
+
+    #[test]
+    fn a_second_deferral_keeps_the_first_origin() {
+        let twice = Origin::Rerouted.deferred().deferred();
+        assert_eq!(twice, Origin::Deferred(Box::new(Origin::Rerouted)));
     }
 }

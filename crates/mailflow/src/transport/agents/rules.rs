@@ -6,11 +6,64 @@
 //! logs what would happen; `stop_rule_processing` ends the list. Actions apply to the
 //! whole message (Exchange bifurcates per recipient for recipient conditions; this
 //! release does not). The rules' shape and its validation are the directory's
-//! (directory/transport_rules.rs).
+//! (directory/transport_rules.rs). It must not import the queue, send/ or the logs:
+//! it answers the pipeline with a verdict.
 
+use super::{Agent, Edits, Event, Handled, MailItem, Org, Verdict};
 use crate::directory::Directory;
 use crate::directory::transport_rules::{Conditions, Rule};
 use crate::message::{self, AuthAs};
+
+/// The Transport Rule agent (Get-TransportAgent: priority 1, OnResolvedMessage).
+pub struct TransportRuleAgent;
+
+impl Agent for TransportRuleAgent {
+    fn identity(&self) -> &'static str {
+        "Transport Rule Agent"
+    }
+
+    fn priority(&self) -> u32 {
+        1
+    }
+
+    fn events(&self) -> &'static [Event] {
+        &[Event::ResolvedMessage]
+    }
+
+    /// At OnResolvedMessage, runs the mail flow rules over the message. It runs for
+    /// every message, rules or not, and says so: its AGENTINFO custom data counts the
+    /// rules evaluated and matched and the time taken, and names each rule that matched.
+    fn on_message(&self, event: Event, org: &Org, item: &MailItem) -> Handled {
+        if event != Event::ResolvedMessage {
+            return Handled::pass();
+        }
+        let started = std::time::Instant::now();
+        let outcome = apply(
+            org.rules,
+            org.dir,
+            item.auth,
+            item.sender,
+            item.recipients,
+            item.content,
+        );
+        let mut custom = vec![format!(
+            "S:TRA=ETRP|ETR={}|EM={}|ETMS={}",
+            outcome.evaluated,
+            outcome.matched.len(),
+            started.elapsed().as_millis()
+        )];
+        custom.extend(
+            outcome
+                .matched
+                .iter()
+                .map(|(name, mode)| format!("S:TRA=ETRI|rule={name}|mode={mode}")),
+        );
+        Handled {
+            verdict: outcome.verdict(),
+            info: Some(custom.join(";")),
+        }
+    }
+}
 
 /// What the rules decided for one message.
 #[derive(Debug, Default)]
@@ -24,6 +77,24 @@ pub struct Outcome {
     /// Names of the rules that matched, with their mode.
     pub matched: Vec<(String, String)>,
     pub evaluated: usize,
+}
+
+impl Outcome {
+    /// What the pipeline does with the message.
+    fn verdict(self) -> Verdict {
+        if self.delete {
+            Verdict::Delete
+        } else if let Some(reason) = self.reject {
+            Verdict::Reject(mailflow_smtp::replies::rejected_by_rule(reason))
+        } else if self.content.is_some() || !self.add_recipients.is_empty() {
+            Verdict::Edit(Edits {
+                content: self.content,
+                add_recipients: self.add_recipients,
+            })
+        } else {
+            Verdict::Continue
+        }
+    }
 }
 
 /// A recipient is in the organisation when its address is in an accepted domain (the
@@ -302,5 +373,56 @@ mod tests {
             partner.matched.is_empty(),
             "Internal is inside whatever the address"
         );
+    }
+
+    #[test]
+    fn the_agent_turns_each_rule_action_into_its_verdict_and_reports_agentinfo() {
+        let dir = dir_with(
+            "[[transport_rules]]\nname = \"Copy\"\npriority = 0\nif = { subject_contains_words = [\"copy\"] }\nthen = { blind_copy_to = [\"audit@contoso.test\"] }\n\n[[transport_rules]]\nname = \"No offers\"\npriority = 1\nif = { subject_contains_words = [\"offer\"] }\nthen = { reject_message = \"Offers are not allowed\" }\n\n[[transport_rules]]\nname = \"Drop\"\npriority = 2\nif = { subject_contains_words = [\"drop\"] }\nthen = { delete_message = true }\n",
+        );
+        let rules = load(&dir).unwrap();
+        let org = Org {
+            dir: &dir,
+            rules: &rules,
+        };
+        let handle = |subject: &str, event: Event| {
+            let content = format!("From: a@contoso.test\r\nSubject: {subject}\r\n\r\nbody\r\n");
+            let item = MailItem {
+                auth: AuthAs::Internal,
+                sender: "a@contoso.test",
+                recipients: &["b@contoso.test".into()],
+                content: content.as_bytes(),
+            };
+            TransportRuleAgent.on_message(event, &org, &item)
+        };
+        let plain = handle("hello", Event::ResolvedMessage);
+        assert_eq!(plain.verdict, Verdict::Continue);
+        let info = plain.info.unwrap();
+        assert!(info.starts_with("S:TRA=ETRP|ETR=3|EM=0|ETMS="), "{info}");
+        let copy = handle("please copy", Event::ResolvedMessage);
+        assert_eq!(
+            copy.verdict,
+            Verdict::Edit(Edits {
+                content: None,
+                add_recipients: vec!["audit@contoso.test".into()],
+            })
+        );
+        assert!(
+            copy.info
+                .unwrap()
+                .ends_with(";S:TRA=ETRI|rule=Copy|mode=enforce")
+        );
+        let Verdict::Reject(reply) = handle("an offer", Event::ResolvedMessage).verdict else {
+            panic!("a reject_message rule rejects");
+        };
+        assert_eq!(reply.one_line(), "550 5.7.1 Offers are not allowed");
+        assert_eq!(
+            handle("drop it", Event::ResolvedMessage).verdict,
+            Verdict::Delete
+        );
+        // Other events pass without a report.
+        let other = handle("drop it", Event::RoutedMessage);
+        assert_eq!(other.verdict, Verdict::Continue);
+        assert!(other.info.is_none());
     }
 }

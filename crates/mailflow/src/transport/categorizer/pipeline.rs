@@ -1,6 +1,6 @@
 //! The categorizer's loop: takes one message at a time from the Submission queue,
-//! categorizes it (`super::categorize`), runs the OnResolvedMessage agents, and hands
-//! the message to its delivery queues (reference §3.1). It reaches the queues and
+//! runs the stages of `super` over it (resolve, the OnResolvedMessage agents, route,
+//! bifurcate), logs their tracking rows and hands the message to its delivery queues (reference §3.1). It reaches the queues and
 //! DSNs through the `TransportService`; it must not import SMTP Receive, Pickup or a
 //! mailbox store.
 
@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use crate::transport::queue::store::{QueuedRecipient, RecipientState};
 use crate::transport::queue::{Item, QueuedMessage};
 use crate::transport::supervisor::{self, POISON_THRESHOLD, Stage};
-use crate::transport::{Submission, TransportService, agents, categorizer, send, tracking_event};
+use crate::transport::{
+    Submission, TransportService, agents, categorizer, routing, send, tracking_event,
+};
 
 /// Takes one message at a time from the Submission queue (reference §3.1). A panic
 /// while handling one is caught here (DESIGN §7): the loop goes on with the next.
@@ -22,15 +24,14 @@ pub(crate) async fn categorizer_loop(
     mut rx: mpsc::UnboundedReceiver<Submission>,
 ) {
     while let Some(submission) = rx.recv().await {
-        if submission.counted {
+        if submission.origin.counted() {
             service.queues.submission.fetch_sub(1, Ordering::Relaxed);
         }
         // What is needed to defer the message if its handling panics.
         let salvage = Submission {
             message: submission.message.clone(),
             recipients: submission.recipients.clone(),
-            counted: false,
-            ..submission
+            origin: submission.origin.clone(),
         };
         let handled = std::panic::AssertUnwindSafe(categorize_one(&service, submission))
             .catch_unwind()
@@ -56,7 +57,7 @@ impl TransportService {
             "the categorizer panicked on a message ({panic}); the categorizer goes on"
         );
         if crashes >= POISON_THRESHOLD {
-            if !submission.resubmit {
+            if !submission.origin.rerouted() {
                 // Rerouted recipients are counted already; new ones enter the queue.
                 msg.add_pending(submission.recipients.len());
             }
@@ -83,23 +84,23 @@ impl TransportService {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = submit.send(Submission {
-                counted: true,
+                origin: submission.origin.deferred(),
                 ..submission
             });
         });
     }
 }
 
-/// Categorizes one message of the Submission queue and hands it to its delivery queues.
+/// Categorizes one message of the Submission queue and hands it to its delivery queues:
+/// resolution, the OnResolvedMessage agents, routing, bifurcation (reference §3.1).
 async fn categorize_one(service: &Arc<TransportService>, submission: Submission) {
     let ctx = &service.ctx;
     let Submission {
         message: msg,
         recipients,
-        resubmit,
-        hold,
-        counted: _,
+        origin,
     } = submission;
+    let (resubmit, hold) = (origin.rerouted(), origin.held());
     let consumed = if resubmit { recipients.len() } else { 0 };
     service.poison_marker.set(msg.id);
     // Fault injection for the poison-queue test: a message that kills the server.
@@ -110,33 +111,73 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
     }
     supervisor::test_panic_hook(Stage::Categorizing, &msg.envelope.subject);
     let auth = crate::message::AuthAs::of(&msg.content);
-    let mut result = categorizer::categorize(ctx, recipients, msg.content.len() as u64, auth);
+    // Size limits are checked against the message as it arrived (reference §3.2).
+    let size = msg.content.len() as u64;
+    let cfg = ctx.config();
+    let active = ctx.active_copies();
+    let view = routing::RoutingView::of(&cfg, &active);
+    let mut resolver = categorizer::Resolver::new(&view);
+    resolver.resolve(recipients, auth);
     service.poison_marker.set(0);
-    for (resolved, original) in &result.resolved {
+    for (resolved, original) in &resolver.resolved {
         let mut ev = tracking_event(ctx, &msg, "RESOLVE", "ROUTING");
         ev.recipient_address = vec![resolved.clone()];
         ev.related_recipient_address = original.clone();
         ctx.logs.tracking.log(ev);
     }
-    for (group, members) in &result.expanded {
+    for (group, members) in &resolver.expanded {
         let mut ev = tracking_event(ctx, &msg, "EXPAND", "ROUTING");
         ev.recipient_address = members.clone();
         ev.related_recipient_address = group.clone();
         ctx.logs.tracking.log(ev);
     }
-    // OnResolvedMessage: the Transport Rule agent (reference §9.3, §10). Rerouted
+    // Recipients from here on were added by agents: they are resolved and routed with
+    // the others, but their failures are not reported (no FAIL row, no NDR), and their
+    // RESOLVE and EXPAND rows are not written, as before agents had a trait.
+    let added_from = resolver.recipients.len();
+    // OnResolvedMessage (reference §9.3): the Transport Rule agent. Rerouted
     // recipients were through it already; reports (null sender) are not subject to
     // rules, so a rule can never bounce its own NDR.
     let mut msg = msg;
     if !resubmit && !msg.envelope.return_path.is_empty() {
-        match apply_rules(service, &msg, auth, &mut result).await {
-            RulesVerdict::Continue(Some(content)) => {
-                msg = msg.with_content(content.into());
+        let org = agents::Org {
+            dir: &cfg.dir,
+            rules: &cfg.rules,
+        };
+        let deliverable: Vec<QueuedRecipient> = resolver.deliverable().cloned().collect();
+        match on_resolved_message(service, &org, &msg, auth, deliverable).await {
+            AgentsVerdict::Continue(edits) => {
+                if let Some(content) = edits.content {
+                    msg = msg.with_content(content.into());
+                }
+                let added: Vec<QueuedRecipient> = edits
+                    .add_recipients
+                    .into_iter()
+                    .map(|address| QueuedRecipient {
+                        address,
+                        orcpt: None,
+                        notify: vec!["NEVER".into()],
+                        next_hop: None,
+                        state: RecipientState::Submitted,
+                        last_error: None,
+                        delay_notified: false,
+                    })
+                    .collect();
+                // Recipients an administrator's rule adds are the organisation's own
+                // choice.
+                resolver.resolve(added, crate::message::AuthAs::Internal);
             }
-            RulesVerdict::Continue(None) => {}
-            RulesVerdict::Done => return,
+            AgentsVerdict::Done => return,
         }
     }
+    // One routing pass for every recipient, then one delivery queue per next hop.
+    let routed = categorizer::route(&view, size, std::mem::take(&mut resolver.recipients))
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (_, hop))| *i < added_from || hop.is_ok())
+        .map(|(_, routed)| routed)
+        .collect();
+    let result = categorizer::bifurcate(routed);
     let mut all: Vec<QueuedRecipient> = Vec::new();
     for (r, reply) in &result.failed {
         let mut ev = tracking_event(ctx, &msg, "FAIL", "ROUTING");
@@ -193,125 +234,89 @@ async fn categorize_one(service: &Arc<TransportService>, submission: Submission)
     }
 }
 
-enum RulesVerdict {
-    /// Go on, with new content if the rules edited it.
-    Continue(Option<Vec<u8>>),
-    /// The rules rejected or deleted the message; it is finished.
+/// What the OnResolvedMessage agents decided.
+enum AgentsVerdict {
+    /// Go on, with the agents' edits (new content, recipients to add).
+    Continue(agents::Edits),
+    /// An agent rejected or deleted the message; it is finished.
     Done,
 }
 
-/// Runs the mail flow rules over a resolved message; logs AGENTINFO (and DROP or FAIL
-/// for delete and reject actions).
-async fn apply_rules(
+/// Runs the OnResolvedMessage agents, in priority order, over a resolved message; logs
+/// each agent's AGENTINFO (and DROP or FAIL for delete and reject verdicts).
+async fn on_resolved_message(
     service: &TransportService,
+    org: &agents::Org<'_>,
     msg: &Arc<QueuedMessage>,
     auth: crate::message::AuthAs,
-    result: &mut categorizer::Categorized,
-) -> RulesVerdict {
+    deliverable: Vec<QueuedRecipient>,
+) -> AgentsVerdict {
     let ctx = &service.ctx;
-    // The agent runs for every message, rules or not, and says so (AGENTINFO).
-    let recipients: Vec<String> = result
-        .routed
-        .iter()
-        .flat_map(|(_, rs)| rs.iter().map(|r| r.address.clone()))
-        .collect();
+    let recipients: Vec<String> = deliverable.iter().map(|r| r.address.clone()).collect();
     // SenderAddressLocation defaults to Header: the From/Sender address.
     let sender = if msg.envelope.sender_header.is_empty() {
         &msg.envelope.return_path
     } else {
         &msg.envelope.sender_header
     };
-    let started = std::time::Instant::now();
-    let cfg = ctx.config();
-    let outcome = agents::rules::apply(
-        &cfg.rules,
-        &cfg.dir,
-        auth,
-        sender,
-        &recipients,
-        &msg.content,
-    );
-    let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
-    // Exchange leaves connector-id empty on AGENTINFO and names the agent in
-    // source-context (seed 003).
-    ev.source_context = "Transport Rule Agent".into();
-    ev.recipient_address = recipients.clone();
-    let mut custom = vec![format!(
-        "S:TRA=ETRP|ETR={}|EM={}|ETMS={}",
-        outcome.evaluated,
-        outcome.matched.len(),
-        started.elapsed().as_millis()
-    )];
-    custom.extend(
-        outcome
-            .matched
-            .iter()
-            .map(|(name, mode)| format!("S:TRA=ETRI|rule={name}|mode={mode}")),
-    );
-    ev.custom_data = custom.join(";");
-    ctx.logs.tracking.log(ev);
-    let every: Vec<QueuedRecipient> = result
-        .routed
-        .iter()
-        .flat_map(|(_, rs)| rs.iter().cloned())
-        .collect();
-    if outcome.delete {
-        let mut ev = tracking_event(ctx, msg, "DROP", "AGENT");
-        ev.recipient_address = recipients;
-        ctx.logs.tracking.log(ev);
-        service.queues.db.delete(msg.id);
-        return RulesVerdict::Done;
-    }
-    if let Some(reason) = outcome.reject {
-        let reply = mailflow_smtp::replies::rejected_by_rule(reason);
-        let mut ev = tracking_event(ctx, msg, "FAIL", "AGENT");
-        ev.recipient_address = recipients;
-        ev.recipient_status = vec![reply.one_line()];
-        ctx.logs.tracking.log(ev);
-        let list = every
-            .iter()
-            .map(|r| {
-                (
-                    r.clone(),
-                    send::dsn::DsnRecipient::from_reply(r, &reply, None),
-                )
-            })
-            .collect();
-        service
-            .dsn
-            .report(send::dsn::DsnKind::Failed, msg, list)
-            .await;
-        service.queues.db.delete(msg.id);
-        return RulesVerdict::Done;
-    }
-    if !outcome.add_recipients.is_empty() {
-        let added = outcome
-            .add_recipients
-            .iter()
-            .filter(|a| !recipients.iter().any(|r| r.eq_ignore_ascii_case(a)))
-            .map(|a| QueuedRecipient {
-                address: a.clone(),
-                orcpt: None,
-                notify: vec!["NEVER".into()],
-                next_hop: None,
-                state: RecipientState::Submitted,
-                last_error: None,
-                delay_notified: false,
-            })
-            .collect();
-        // Recipients an administrator's rule adds are the organisation's own choice.
-        let more = categorizer::categorize(
-            ctx,
-            added,
-            msg.content.len() as u64,
-            crate::message::AuthAs::Internal,
-        );
-        for (hop, rs) in more.routed {
-            match result.routed.iter_mut().find(|(h, _)| *h == hop) {
-                Some((_, existing)) => existing.extend(rs),
-                None => result.routed.push((hop, rs)),
+    let mut edits = agents::Edits::default();
+    for agent in agents::installed() {
+        if !agent.events().contains(&agents::Event::ResolvedMessage) {
+            continue;
+        }
+        let item = agents::MailItem {
+            auth,
+            sender,
+            recipients: &recipients,
+            content: edits.content.as_deref().unwrap_or(&msg.content),
+        };
+        let handled = agent.on_message(agents::Event::ResolvedMessage, org, &item);
+        if let Some(info) = handled.info {
+            let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
+            // Exchange leaves connector-id empty on AGENTINFO and names the agent in
+            // source-context (seed 003).
+            ev.source_context = agent.identity().into();
+            ev.recipient_address = recipients.clone();
+            ev.custom_data = info;
+            ctx.logs.tracking.log(ev);
+        }
+        match handled.verdict {
+            agents::Verdict::Continue => {}
+            agents::Verdict::Edit(e) => {
+                if e.content.is_some() {
+                    edits.content = e.content;
+                }
+                edits.add_recipients.extend(e.add_recipients);
+            }
+            agents::Verdict::Delete => {
+                let mut ev = tracking_event(ctx, msg, "DROP", "AGENT");
+                ev.recipient_address = recipients;
+                ctx.logs.tracking.log(ev);
+                service.queues.db.delete(msg.id);
+                return AgentsVerdict::Done;
+            }
+            agents::Verdict::Reject(reply) => {
+                let mut ev = tracking_event(ctx, msg, "FAIL", "AGENT");
+                ev.recipient_address = recipients;
+                ev.recipient_status = vec![reply.one_line()];
+                ctx.logs.tracking.log(ev);
+                let list = deliverable
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.clone(),
+                            send::dsn::DsnRecipient::from_reply(r, &reply, None),
+                        )
+                    })
+                    .collect();
+                service
+                    .dsn
+                    .report(send::dsn::DsnKind::Failed, msg, list)
+                    .await;
+                service.queues.db.delete(msg.id);
+                return AgentsVerdict::Done;
             }
         }
     }
-    RulesVerdict::Continue(outcome.content)
+    AgentsVerdict::Continue(edits)
 }

@@ -14,7 +14,7 @@ use crate::message;
 use crate::transport::context::TransportContext;
 use crate::transport::queue::QueuedMessage;
 use crate::transport::queue::store::{Envelope, QueueDb, QueuedRecipient, RecipientState};
-use crate::transport::{Submission, tracking_event};
+use crate::transport::{Origin, Submission, tracking_event};
 
 /// The kind of report, as RFC 3464's `Action:` field names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,9 +430,7 @@ impl DsnSubmitter {
         let _ = self.submit.send(Submission {
             message: dsn,
             recipients: vec![rcpt],
-            resubmit: false,
-            hold: false,
-            counted: false,
+            origin: Origin::Report,
         });
     }
 }

@@ -21,7 +21,9 @@ use tokio::sync::Semaphore;
 use self::dsn::{DsnKind, DsnRecipient, DsnSubmitter};
 use self::outcome::DeliveryOutcome;
 use super::queue::store::{QueueDb, QueuedRecipient, RecipientState};
-use super::queue::{DeliveryQueue, DeliveryType, Expiry, Item, QueuedMessage, Queues, RetryPolicy};
+use super::queue::{
+    DeliveryQueue, DeliveryType, Expiry, Item, NewQueues, QueuedMessage, Queues, RetryPolicy,
+};
 use super::supervisor::{self, POISON_THRESHOLD, Stage};
 use super::{Resubmitter, tracking_event};
 use crate::message::downgrade;
@@ -747,5 +749,12 @@ impl Transmitter {
                 self.dsn.report(DsnKind::Delayed, &msg, list).await;
             }
         }
+    }
+}
+
+impl NewQueues for Transmitter {
+    /// A new delivery queue: its transmitter and sweeper start.
+    fn created(&self, queue: Arc<DeliveryQueue>) {
+        self.start(queue);
     }
 }
