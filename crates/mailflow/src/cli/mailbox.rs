@@ -200,7 +200,7 @@ async fn send(dir: &Directory, address: &str, eml: &std::path::Path) -> anyhow::
 /// is in PostgreSQL, or the SQLite file of its active copy is here.
 pub(super) fn outbox_reachable(dir: &Directory, i: usize) -> bool {
     dir.database(&dir.mailbox(i).database)
-        .is_some_and(|db| db.store != "sqlite" || active_copy_path(dir, db).exists())
+        .is_some_and(|db| db.store != StoreSpec::Sqlite || active_copy_path(dir, db).exists())
 }
 
 /// Commits `content` to the Outbox of the mailbox `i` (its database's active copy, as
