@@ -365,18 +365,18 @@ fn connector_list_shows_the_implicit_connectors_with_their_ports_and_a_custom_on
         (
             "MBX1\\Client Frontend MBX1",
             "FrontendTransport",
-            bound.client_frontend(),
+            bound.client_frontend,
         ),
         (
             "MBX1\\Outbound Proxy Frontend MBX1",
             "FrontendTransport",
-            bound.others_outbound_proxy(),
+            bound.outbound_proxy,
         ),
         ("MBX1\\Default MBX1", "HubTransport", bound.transport),
         (
             "MBX1\\Client Proxy MBX1",
             "HubTransport",
-            bound.client_proxy(),
+            bound.client_proxy,
         ),
         (
             "MBX1\\Default Mailbox Delivery MBX1",
