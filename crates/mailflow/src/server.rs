@@ -569,9 +569,11 @@ impl Server {
 
     /// Stops this server: first every listener stops accepting (its accept loop is
     /// aborted and awaited, so its port refuses connections), then Submission and
-    /// Pickup/Replay stop between polls and Active Manager's watcher is aborted; every
-    /// task is awaited within SHUTDOWN_TIMEOUT in all (those that did not stop are
-    /// logged), then the logs are flushed and the queue database closed. Sessions
+    /// Pickup/Replay stop between polls and Active Manager's watcher is aborted, then
+    /// Transport's categorizer, transmitters and sweepers stop between messages
+    /// (`TransportService::stop`); every task is awaited within SHUTDOWN_TIMEOUT in all
+    /// (those that did not stop are logged), then the logs are flushed and the queue
+    /// database closed. Sessions
     /// already running are not waited for: what they accepted is durable, and what they
     /// had not yet acknowledged the client sends again, as after kill -9.
     pub async fn shutdown(self) {
@@ -588,6 +590,17 @@ impl Server {
         let mut services = self.service_tasks;
         services.extend(self.aborted_at_stop);
         await_all(deadline, services).await;
+        // Transport's own tasks (categorizer, transmitters, sweepers) end between
+        // messages; what they had not finished is in the queue database.
+        self.transport.stop();
+        if tokio::time::timeout_at(deadline, self.transport.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Transport's tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
+        } else {
+            tracing::info!("Transport's categorizer, transmitters and sweepers stopped");
+        }
         self.logs.flush();
         self.transport.queues.db.barrier().await;
         tracing::info!(

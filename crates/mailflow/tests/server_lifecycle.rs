@@ -80,10 +80,15 @@ fn sigterm_closes_every_listener_exits_0_and_accepted_mail_survives_the_restart(
         );
     }
     let log = server.log();
-    // Listeners close before the services stop and the queue database closes.
+    // Listeners close before the services stop, Transport's own tasks (categorizer,
+    // transmitters, sweepers) end before the queue database closes.
     let closed = log.find("every listener closed");
+    let transport = log.find("Transport's categorizer, transmitters and sweepers stopped");
     let db = log.find("queue database closed");
-    assert!(closed.is_some() && db.is_some() && closed < db, "{log}");
+    assert!(
+        closed.is_some() && closed < transport && transport < db,
+        "{log}"
+    );
     assert!(!log.contains("did not stop"), "{log}");
     drop(idle);
 

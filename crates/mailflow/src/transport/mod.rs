@@ -74,6 +74,8 @@ pub struct TransportService {
     dsn: send::dsn::DsnSubmitter,
     poison_marker: PoisonMarker,
     retry: RetryPolicy,
+    /// Every task this service spawns, and their stop signal (`stop`, `stopped`).
+    tasks: supervisor::Tasks,
 }
 
 /// Messages read from the queue database at start, waiting for
@@ -177,6 +179,7 @@ impl TransportService {
         let outbound = Arc::new(tokio::sync::Semaphore::new(
             ctx.dir().transport().max_outbound_connections.max(1),
         ));
+        let tasks = supervisor::Tasks::default();
         // The transmitters park poison messages in a queue of the set they serve.
         let queues = Arc::new_cyclic(|queues| {
             let transmitter = send::Transmitter {
@@ -189,6 +192,7 @@ impl TransportService {
                 outbound,
                 runtime: tokio::runtime::Handle::current(),
                 queues: queues.clone(),
+                tasks: tasks.clone(),
             };
             Queues::new(db, ctx.name(), Box::new(transmitter))
         });
@@ -199,16 +203,42 @@ impl TransportService {
             dsn,
             poison_marker: PoisonMarker::open(ctx.data_dir().join("Queue").join("categorizing")),
             retry: retry_policy(&ctx),
+            tasks,
         });
-        // Not yet owned by server.rs (issue 14): the categorizer, like the delivery
-        // queues' tasks (supervisor.rs), runs until the runtime is dropped after
-        // Server::shutdown has closed the queue database, as before; stopping it
-        // mid-message would count a crash against the message (poison marker).
-        tokio::spawn(categorizer::pipeline::categorizer_loop(
+        // It stops between messages (stopping mid-message would count a crash against
+        // the message: the poison marker).
+        service.spawn(categorizer::pipeline::categorizer_loop(
             service.clone(),
             submit_rx,
         ));
         Ok((service, Resume(loaded)))
+    }
+
+    /// Spawns `task` on the current runtime, owned by this service (stopped by
+    /// [`Self::stop`], awaited by [`Self::stopped`]).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .spawn_on(&tokio::runtime::Handle::current(), task);
+    }
+
+    /// Resolves once the service is stopping (for its tasks' waits).
+    pub async fn stopping(&self) {
+        self.tasks.stopping().await
+    }
+
+    /// Tells every task of the service to stop at its next waiting point: the
+    /// categorizer between messages, each transmitter between messages, the sweepers
+    /// between sweeps. Called by `server.rs` once the listeners are closed.
+    pub fn stop(&self) {
+        self.tasks.stop();
+    }
+
+    /// Resolves when every task of the service has ended (after [`Self::stop`]).
+    pub async fn stopped(&self) {
+        self.tasks.stopped().await
     }
 
     /// Resumes the queues with what the queue database held at start: uncategorized
@@ -252,7 +282,7 @@ impl TransportService {
                 // or a second crash would forget the first.
                 let (service, db) = (self.clone(), queues.db.clone());
                 // One-shot, bounded by one queue database barrier.
-                tokio::spawn(async move {
+                self.spawn(async move {
                     db.barrier().await;
                     service.submit(msg, pending);
                 });

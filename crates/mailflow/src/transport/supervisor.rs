@@ -32,24 +32,75 @@ pub fn panic_text(panic: &(dyn Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
+/// The owner of every task the Transport service spawns — the categorizer, each
+/// delivery queue's transmitters and sweeper, one-shot resubmissions — and their stop
+/// signal. `TransportService::stop` cancels it; the tasks end at their next waiting
+/// point (never in the middle of a message), and `server.rs` awaits them before it
+/// closes the queue database.
+#[derive(Clone, Default)]
+pub struct Tasks {
+    tracker: tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Tasks {
+    /// Spawns `task` on `runtime`, owned here.
+    pub fn spawn_on<F>(&self, runtime: &tokio::runtime::Handle, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn_on(task, runtime);
+    }
+
+    /// Resolves once the service is stopping: every task's waits select on it.
+    pub async fn stopping(&self) {
+        self.stop.cancelled().await
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Tells every task to stop at its next waiting point; no new task is counted as
+    /// running after this for [`Tasks::stopped`].
+    pub fn stop(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+    }
+
+    /// Resolves when every task spawned here has ended.
+    pub async fn stopped(&self) {
+        self.tracker.wait().await
+    }
+}
+
 /// Runs the task `make` builds on `runtime`, and builds and runs a new one each time a
-/// task panics (logged as an error). Returns when a task ends normally.
-pub fn spawn_supervised<F, Fut>(runtime: &tokio::runtime::Handle, what: String, make: F)
-where
+/// task panics (logged as an error). Returns when a task ends normally, or when
+/// `tasks` stops. Owned by `tasks`.
+pub fn spawn_supervised<F, Fut>(
+    tasks: &Tasks,
+    runtime: &tokio::runtime::Handle,
+    what: String,
+    make: F,
+) where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let rt = runtime.clone();
-    runtime.spawn(async move {
+    let owner = tasks.clone();
+    tasks.spawn_on(runtime, async move {
         loop {
             match rt.spawn(make()).await {
-                Err(e) if e.is_panic() => {
+                Err(e) if e.is_panic() && !owner.is_stopping() => {
                     let panic = e.into_panic();
                     tracing::error!(
                         "{what} panicked ({}); replacing it",
                         panic_text(panic.as_ref())
                     );
-                    tokio::time::sleep(REPLACE_AFTER).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(REPLACE_AFTER) => {}
+                        _ = owner.stopping() => return,
+                    }
                 }
                 _ => return,
             }

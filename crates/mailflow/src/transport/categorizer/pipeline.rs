@@ -23,7 +23,17 @@ pub(crate) async fn categorizer_loop(
     service: Arc<TransportService>,
     mut rx: mpsc::UnboundedReceiver<Submission>,
 ) {
-    while let Some(submission) = rx.recv().await {
+    loop {
+        // Stops between messages when the service stops; what waits in the channel is
+        // in the queue database and is resumed at the next start.
+        let submission = tokio::select! {
+            biased;
+            _ = service.stopping() => return,
+            next = rx.recv() => match next {
+                Some(s) => s,
+                None => return,
+            },
+        };
         if submission.origin.counted() {
             service.queues.submission.fetch_sub(1, Ordering::Relaxed);
         }
@@ -80,9 +90,13 @@ impl TransportService {
         let delay = self.retry.interval(crashes - 1);
         let submit = self.submit_tx.clone();
         // One-shot, bounded by the retry interval; the message stays in the queue
-        // database, so a shutdown meanwhile loses nothing.
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+        // database, so a shutdown meanwhile loses nothing (it is resumed at start).
+        let service = self.clone();
+        self.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = service.stopping() => return,
+            }
             let _ = submit.send(Submission {
                 origin: submission.origin.deferred(),
                 ..submission

@@ -58,6 +58,9 @@ pub struct Transmitter {
     pub runtime: tokio::runtime::Handle,
     /// The queues these transmitters serve: a poison message is parked in one of them.
     pub queues: Weak<Queues>,
+    /// The Transport service's task owner: transmitters and sweepers run under it and
+    /// stop between messages when it stops.
+    pub tasks: supervisor::Tasks,
 }
 
 /// The server a connection reached.
@@ -80,7 +83,7 @@ impl Transmitter {
         // Supervised: a task that panics is replaced (DESIGN §7).
         let what = |task: &str| format!("{task} of queue {}", queue.next_hop.domain);
         let (this, q) = (self.clone(), queue.clone());
-        supervisor::spawn_supervised(&self.runtime, what("the sweeper"), move || {
+        supervisor::spawn_supervised(&self.tasks, &self.runtime, what("the sweeper"), move || {
             this.clone().sweeper(q.clone())
         });
         let workers = match queue.next_hop.delivery_type {
@@ -100,9 +103,12 @@ impl Transmitter {
         };
         for _ in 0..workers {
             let (this, q) = (self.clone(), queue.clone());
-            supervisor::spawn_supervised(&self.runtime, what("a transmitter"), move || {
-                this.clone().worker(q.clone())
-            });
+            supervisor::spawn_supervised(
+                &self.tasks,
+                &self.runtime,
+                what("a transmitter"),
+                move || this.clone().worker(q.clone()),
+            );
         }
     }
 
@@ -229,7 +235,11 @@ impl Transmitter {
 
     async fn worker(self, queue: Arc<DeliveryQueue>) {
         loop {
-            queue.wait_for_work().await;
+            // Stops here, between messages, when the service stops.
+            tokio::select! {
+                _ = queue.wait_for_work() => {}
+                _ = self.tasks.stopping() => return,
+            }
             // Take the work before connecting, so idle workers never open a session
             // with nothing to send.
             let Some(first) = queue.pop() else { continue };
@@ -696,7 +706,10 @@ impl Transmitter {
         };
         let period = expiry.sweep_period();
         loop {
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.tasks.stopping() => return,
+            }
             let now = SystemTime::now();
             for item in queue.take_expired(&expiry, now) {
                 let reply = replies::message_expired();
