@@ -244,7 +244,8 @@ fn test_context(dir: &std::path::Path) -> Arc<TransportContext> {
         crate::net::orgauth::OrgSecret::load(&dir.join("secret.key"), true).expect("secret");
     let active = ActiveCopies::from_directory(&directory);
     let live = Arc::new(LiveDirectory::new(Arc::new(directory), &server).expect("directory"));
-    let logs = ServerLogs::open(live.data_dir()).expect("logs");
+    let logs =
+        ServerLogs::open(&crate::logs::service_logs::LogPaths::new(live.data_dir())).expect("logs");
     Arc::new(TransportContext {
         org: OrgConnector::new(live.clone(), secret, None),
         directory: live,

@@ -25,11 +25,12 @@ use crate::directory::live::LiveDirectory;
 use crate::directory::{ReceiveService, ReceiveTls};
 use crate::frontend::{FrontendContext, FrontendMode, FrontendSession};
 use crate::logs::LoggingLevel;
-use crate::logs::service_logs::ServerLogs;
+use crate::logs::connectivity::ConnectivityLog;
+use crate::logs::service_logs::{LogRetention, ServerLogs};
 use crate::mailbox::context::MailboxContext;
 use crate::mailbox::delivery::{MailboxDeliverySession, Stores};
 use crate::net::listeners::{LISTENERS_FILE, Listener, Listeners, write_listeners};
-use crate::net::org_connector::OrgConnector;
+use crate::net::org_connector::{OrgConnector, OrgService};
 use crate::net::orgauth::{self, OrgSecret};
 use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector};
 use crate::transport::TransportService;
@@ -97,16 +98,18 @@ impl Server {
             anyhow::anyhow!("cannot create data folder {}: {e}", data_dir.display())
         })?;
         let live = Arc::new(LiveDirectory::new(dir.clone(), &server)?);
-        let logs = ServerLogs::open(&data_dir)?;
+        let logs = ServerLogs::open(&server.log_paths(&data_dir, &|p| dir.path(p)))?;
         // Each service connects to the others with the organisation key and this
         // server's TLS, logging to its own send log.
-        let org_connector =
-            || OrgConnector::new(live.clone(), secret.clone(), Some(server_tls.clone()));
+        let org_connector = |service, connectivity: &ConnectivityLog| {
+            OrgConnector::new(live.clone(), secret.clone(), Some(server_tls.clone()))
+                .logged(service, connectivity.clone())
+        };
         let active = ActiveCopyRecord::open(live.clone());
         let transport_ctx = Arc::new(TransportContext {
             directory: live.clone(),
             logs: logs.transport.clone(),
-            org: org_connector(),
+            org: org_connector(OrgService::Transport, &logs.transport.connectivity),
             active: active.subscribe(),
         });
         let (transport, resume) = {
@@ -120,11 +123,19 @@ impl Server {
             directory: live.clone(),
             logs: logs.mailbox.clone(),
             active: active.clone(),
-            org: org_connector(),
+            org: org_connector(
+                OrgService::MailboxSubmission,
+                &logs.mailbox.submission_connectivity,
+            ),
         });
         let active_manager = crate::mailbox::active_manager::start(active.clone()).await;
         // Transport follows Active Manager's answers (retries its queues on a change).
         let follow_active = tokio::spawn(transport.clone().follow_active_copies());
+        let service_routing_logs = service_routing_logs(
+            transport_ctx.clone(),
+            [logs.frontend.routing.clone(), logs.mailbox.routing.clone()],
+            active.subscribe(),
+        );
         let pickup_dir = server
             .pickup_directory
             .as_deref()
@@ -219,7 +230,7 @@ impl Server {
         let frontend_ctx = Arc::new(FrontendContext {
             directory: live.clone(),
             logs: logs.frontend.clone(),
-            org: org_connector(),
+            org: org_connector(OrgService::FrontEnd, &logs.frontend.connectivity),
             active: active.subscribe(),
             pool: crate::frontend::proxy::Pool::default(),
             dns,
@@ -264,7 +275,7 @@ impl Server {
             session(internal_size, 5000),
             org_auth(orgauth::MAILBOX_DELIVERY_SERVICES),
             verbose(
-                settings.mailbox_delivery_connector_protocol_logging,
+                server.mailbox_delivery_connector_logging(settings),
                 &logs.mailbox.delivery_receive,
             ),
             Arc::new(move || Box::new(MailboxDeliverySession::new(md_ctx.clone()))),
@@ -499,6 +510,14 @@ impl Server {
             "Mailbox Transport Submission".into(),
             crate::mailbox::submission::start(mailbox.clone(), stopping.clone()),
         )];
+        service_tasks.push((
+            "Log retention".into(),
+            log_retention(
+                logs.retention.clone(),
+                dir.transport().log_retention_interval,
+                stopping.clone(),
+            ),
+        ));
         let watchers = crate::transport::pickup::start(
             transport.clone(),
             pickup_dir.clone(),
@@ -539,6 +558,10 @@ impl Server {
                 (
                     "Transport following Active Manager".to_string(),
                     follow_active,
+                ),
+                (
+                    "Front End and Mailbox routing table logs".to_string(),
+                    service_routing_logs,
                 ),
             ],
         })
@@ -585,6 +608,49 @@ impl Server {
             "queue database closed"
         );
     }
+}
+
+/// The Front End's and Mailbox Transport's routing table logs (Exchange writes one per
+/// service, reference §13): the table this server routes by, at start and after each
+/// change of the active copies, in each service's RoutingTableLogPath. Transport writes
+/// its own (`transport::routing::log_routing_table`), after reloads too.
+fn service_routing_logs(
+    ctx: Arc<TransportContext>,
+    dirs: [PathBuf; 2],
+    mut active: watch::Receiver<Arc<crate::directory::active_copies::ActiveCopies>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let table = crate::transport::routing::routing_table(&ctx);
+            for dir in &dirs {
+                crate::transport::routing::write_routing_log(dir, ctx.name(), &table);
+            }
+            if active.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Circular logging while the server runs: at start, then every `every`, each log's
+/// files past its MaxAge and MaxDirectorySize go (never the one being written). Ends
+/// when `stopping` turns true.
+fn log_retention(
+    retention: LogRetention,
+    every: Duration,
+    mut stopping: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let pass = retention.clone();
+            let _ = tokio::task::spawn_blocking(move || pass.enforce(std::time::SystemTime::now()))
+                .await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+        }
+    })
 }
 
 /// Awaits each task until `deadline`, logging those that did not stop or failed.

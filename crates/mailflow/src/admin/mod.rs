@@ -489,7 +489,11 @@ async fn tracking(
             )
         })?
         .clone();
-    let folder = crate::logs::service_logs::LogPaths::new(&dir.data_dir(&server)).message_tracking;
+    // MessageTrackingLogPath of `[servers.transport_service]`, else the default.
+    let folder = server
+        .log_paths(&dir.data_dir(&server), &|p| dir.path(p))
+        .message_tracking
+        .dir;
     let events =
         tokio::task::spawn_blocking(move || crate::logs::tracking::search(&[folder], &filter))
             .await

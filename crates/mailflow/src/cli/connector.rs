@@ -99,7 +99,8 @@ fn builtin_receive(
     let n = &server.name;
     let tp = server.transport_protocol_logging;
     let fe = server.frontend_protocol_logging;
-    let md = dir.transport().mailbox_delivery_connector_protocol_logging;
+    // MailboxDeliveryConnectorProtocolLoggingLevel of this server, else [transport]'s.
+    let md = server.mailbox_delivery_connector_logging(dir.transport());
     let org = ["ExchangeServers"];
     let org_auth = ["Tls", "ExchangeServer"];
     let internal_tls = "STARTTLS (org auth only inside TLS off loopback)";
@@ -275,13 +276,13 @@ fn implicit_send(dir: &Directory, server: &Server) -> Vec<ConnectorInfo> {
             INTRA_ORG_SEND_CONNECTOR,
             "HubTransport, MailboxSubmission",
             strings(&["any server:2525", "any server:475"]),
-            dir.transport().intra_org_connector_protocol_logging,
+            server.transport_intra_org_logging(dir.transport()),
         ),
         one(
             INBOUND_PROXY_SEND_CONNECTOR,
             "FrontendTransport",
             strings(&["any server:2525", "any server:465"]),
-            server.frontend_protocol_logging,
+            server.frontend_intra_org_logging(),
         ),
     ]
 }

@@ -11,7 +11,6 @@ use super::{Global, load_directory, print_table};
 use crate::admin::TrackingQuery;
 use crate::admin::client::AdminClient;
 use crate::directory::Directory;
-use crate::logs::service_logs::LogPaths;
 use crate::logs::tracking::{DEFAULT_RESULT_SIZE, TrackingEvent, TrackingFilter, search};
 
 #[derive(Args)]
@@ -108,7 +107,12 @@ pub fn run(g: &Global, a: TrackArgs) -> anyhow::Result<ExitCode> {
     };
     let dirs: Vec<_> = servers
         .iter()
-        .map(|s| LogPaths::new(&dir.data_dir(s)).message_tracking)
+        .map(|s| {
+            // MessageTrackingLogPath of `[servers.transport_service]`, else the default.
+            s.log_paths(&dir.data_dir(s), &|p| dir.path(p))
+                .message_tracking
+                .dir
+        })
         .collect();
     let events: Vec<ServerEvent> = search(&dirs, &filter)?
         .into_iter()

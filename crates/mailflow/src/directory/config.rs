@@ -5,11 +5,14 @@
 
 use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 use toml::Spanned;
 
 use crate::logs::LoggingLevel;
+use crate::logs::retention::Retention;
+use crate::logs::service_logs::{LogFolder, LogPaths, ServiceLogPaths};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,10 +119,16 @@ pub struct TransportSettings {
     /// Receive connectors' ConnectionTimeout (absolute, 10 min).
     #[serde(deserialize_with = "de_duration")]
     pub connection_timeout: Duration,
-    /// IntraOrgConnectorProtocolLoggingLevel (Set-TransportService).
+    /// IntraOrgConnectorProtocolLoggingLevel (Set-TransportService) of every server
+    /// whose `[servers.transport_service]` does not set its own.
     pub intra_org_connector_protocol_logging: LoggingLevel,
-    /// MailboxDeliveryConnectorProtocolLoggingLevel (Set-MailboxTransportService).
+    /// MailboxDeliveryConnectorProtocolLoggingLevel (Set-MailboxTransportService) of
+    /// every server whose `[servers.mailbox_transport_service]` does not set its own.
     pub mailbox_delivery_connector_protocol_logging: LoggingLevel,
+    /// How often each server deletes log files past their MaxAge and
+    /// MaxDirectorySize (mailflow's; Exchange does not say). Also once at start.
+    #[serde(deserialize_with = "de_duration")]
+    pub log_retention_interval: Duration,
     /// How often the Pickup and Replay directories are read (Exchange: fixed 5 s).
     #[serde(deserialize_with = "de_duration")]
     pub pickup_directory_poll_interval: Duration,
@@ -157,6 +166,7 @@ impl Default for TransportSettings {
             connection_timeout: min(10),
             intra_org_connector_protocol_logging: LoggingLevel::None,
             mailbox_delivery_connector_protocol_logging: LoggingLevel::None,
+            log_retention_interval: min(5),
             pickup_directory_poll_interval: Duration::from_secs(5),
             external_dns_servers: Vec::new(),
             max_per_domain_outbound_connections: 20,
@@ -240,6 +250,176 @@ pub struct Server {
     /// `[servers.ports]`).
     #[serde(default)]
     pub connector_limits: BuiltinConnectorLimits,
+    /// Set-TransportService's log settings for this server.
+    #[serde(default)]
+    pub transport_service: TransportServiceLogs,
+    /// Set-FrontendTransportService's log settings for this server.
+    #[serde(default)]
+    pub frontend_transport_service: FrontendTransportServiceLogs,
+    /// Set-MailboxTransportService's log settings for this server.
+    #[serde(default)]
+    pub mailbox_transport_service: MailboxTransportServiceLogs,
+}
+
+/// One log kind's `…LogPath`, `…LogMaxAge`, `…LogMaxDirectorySize` and
+/// `…LogMaxFileSize` (e.g. `[servers.transport_service.connectivity_log]` is
+/// Set-TransportService's `ConnectivityLogPath`, `ConnectivityLogMaxAge`, …). Unset
+/// keys keep Exchange's defaults (reference §7.1, §8.1, §8.3, §8.4); a relative path is
+/// read from the organisation file's folder.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub path: Option<String>,
+    /// `"0s"` keeps files whatever their age (Exchange's `00:00:00`).
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub max_age: Option<Duration>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_directory_size: Option<u64>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_file_size: Option<u64>,
+}
+
+impl LogSettings {
+    /// `default` with what this table sets.
+    fn apply(&self, default: &LogFolder, resolve: &dyn Fn(&str) -> PathBuf) -> LogFolder {
+        let r = default.retention;
+        LogFolder {
+            dir: self
+                .path
+                .as_deref()
+                .map_or_else(|| default.dir.clone(), resolve),
+            retention: Retention {
+                max_age: self.max_age.unwrap_or(r.max_age),
+                max_directory_size: self.max_directory_size.unwrap_or(r.max_directory_size),
+                max_file_size: self.max_file_size.unwrap_or(r.max_file_size),
+            },
+        }
+    }
+}
+
+/// `[servers.transport_service]`: Set-TransportService's logging for this server's
+/// Transport service (`Logs/Hub`, and `Logs/MessageTracking`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportServiceLogs {
+    /// IntraOrgConnectorProtocolLoggingLevel: the `Intra-Organization SMTP Send
+    /// Connector`'s sessions in this server's Hub send log. Unset: `[transport]`'s
+    /// `intra_org_connector_protocol_logging`.
+    pub intra_org_connector_protocol_logging_level: Option<LoggingLevel>,
+    pub message_tracking_log: LogSettings,
+    pub receive_protocol_log: LogSettings,
+    pub send_protocol_log: LogSettings,
+    pub connectivity_log: LogSettings,
+    pub routing_table_log: LogSettings,
+    pub agent_log: LogSettings,
+}
+
+/// `[servers.frontend_transport_service]`: Set-FrontendTransportService's logging
+/// (`Logs/FrontEnd`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontendTransportServiceLogs {
+    /// IntraOrgConnectorProtocolLoggingLevel: the Front End's sessions to Transport
+    /// (`Inbound Proxy Internal Send Connector`) in its send log. Unset: the server's
+    /// `frontend_protocol_logging` (Verbose, as Exchange logs the Front End's implicit
+    /// send connector by default).
+    pub intra_org_connector_protocol_logging_level: Option<LoggingLevel>,
+    pub receive_protocol_log: LogSettings,
+    pub send_protocol_log: LogSettings,
+    pub connectivity_log: LogSettings,
+    pub routing_table_log: LogSettings,
+    pub agent_log: LogSettings,
+}
+
+/// `[servers.mailbox_transport_service]`: Set-MailboxTransportService's logging
+/// (`Logs/Mailbox`; Delivery and Submission write in subfolders of each path).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailboxTransportServiceLogs {
+    /// MailboxDeliveryConnectorProtocolLoggingLevel: `Default Mailbox Delivery
+    /// <server>`'s receive log. Unset: `[transport]`'s
+    /// `mailbox_delivery_connector_protocol_logging`.
+    pub mailbox_delivery_connector_protocol_logging_level: Option<LoggingLevel>,
+    pub receive_protocol_log: LogSettings,
+    pub send_protocol_log: LogSettings,
+    pub connectivity_log: LogSettings,
+    pub routing_table_log: LogSettings,
+    pub agent_log: LogSettings,
+}
+
+impl Server {
+    /// Where this server's logs go: Exchange's layout under `data_dir/Logs` with what
+    /// the `[servers.*_service]` tables set; `resolve` reads a path of the file.
+    pub fn log_paths(&self, data_dir: &Path, resolve: &dyn Fn(&str) -> PathBuf) -> LogPaths {
+        let d = LogPaths::new(data_dir);
+        let (t, f, m) = (
+            &self.transport_service,
+            &self.frontend_transport_service,
+            &self.mailbox_transport_service,
+        );
+        let service = |d: &ServiceLogPaths, s: [&LogSettings; 5]| ServiceLogPaths {
+            receive_protocol: s[0].apply(&d.receive_protocol, resolve),
+            send_protocol: s[1].apply(&d.send_protocol, resolve),
+            connectivity: s[2].apply(&d.connectivity, resolve),
+            routing_table: s[3].apply(&d.routing_table, resolve),
+            agent: s[4].apply(&d.agent, resolve),
+        };
+        LogPaths {
+            message_tracking: t.message_tracking_log.apply(&d.message_tracking, resolve),
+            transport: service(
+                &d.transport,
+                [
+                    &t.receive_protocol_log,
+                    &t.send_protocol_log,
+                    &t.connectivity_log,
+                    &t.routing_table_log,
+                    &t.agent_log,
+                ],
+            ),
+            frontend: service(
+                &d.frontend,
+                [
+                    &f.receive_protocol_log,
+                    &f.send_protocol_log,
+                    &f.connectivity_log,
+                    &f.routing_table_log,
+                    &f.agent_log,
+                ],
+            ),
+            mailbox: service(
+                &d.mailbox,
+                [
+                    &m.receive_protocol_log,
+                    &m.send_protocol_log,
+                    &m.connectivity_log,
+                    &m.routing_table_log,
+                    &m.agent_log,
+                ],
+            ),
+        }
+    }
+
+    /// Transport's IntraOrgConnectorProtocolLoggingLevel (also used by Mailbox
+    /// Transport Submission's sends through the same implicit connector).
+    pub fn transport_intra_org_logging(&self, org: &TransportSettings) -> LoggingLevel {
+        self.transport_service
+            .intra_org_connector_protocol_logging_level
+            .unwrap_or(org.intra_org_connector_protocol_logging)
+    }
+
+    /// The Front End's IntraOrgConnectorProtocolLoggingLevel.
+    pub fn frontend_intra_org_logging(&self) -> LoggingLevel {
+        self.frontend_transport_service
+            .intra_org_connector_protocol_logging_level
+            .unwrap_or(self.frontend_protocol_logging)
+    }
+
+    /// MailboxDeliveryConnectorProtocolLoggingLevel.
+    pub fn mailbox_delivery_connector_logging(&self, org: &TransportSettings) -> LoggingLevel {
+        self.mailbox_transport_service
+            .mailbox_delivery_connector_protocol_logging_level
+            .unwrap_or(org.mailbox_delivery_connector_protocol_logging)
+    }
 }
 
 impl Server {

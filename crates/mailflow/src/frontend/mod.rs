@@ -51,6 +51,8 @@ pub struct FrontendSession {
     relay_failed: bool,
     /// The receive connector's `success_dsn_for_anonymous`.
     success_dsn_for_anonymous: bool,
+    /// `*` lines for the receive protocol log: the proxy session of each message.
+    log_info: Vec<(String, String)>,
 }
 
 impl FrontendSession {
@@ -65,6 +67,7 @@ impl FrontendSession {
             relaying: None,
             relay_failed: false,
             success_dsn_for_anonymous: true,
+            log_info: Vec::new(),
         }
     }
 
@@ -89,6 +92,10 @@ impl Drop for FrontendSession {
 
 #[async_trait]
 impl SmtpHandler for FrontendSession {
+    fn take_log_info(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.log_info)
+    }
+
     async fn mail(
         &mut self,
         info: &SessionInfo,
@@ -200,13 +207,17 @@ impl SmtpHandler for FrontendSession {
         };
         candidates.reverse();
         let mut last_error = String::new();
+        let mut fresh = false;
         loop {
             if self.proxy.is_none() {
                 let Some(target) = candidates.pop() else {
                     return replies::transport_unavailable(&last_error);
                 };
                 match Proxy::connect(&self.ctx, target).await {
-                    Ok(p) => self.proxy = Some(p),
+                    Ok(p) => {
+                        self.proxy = Some(p);
+                        fresh = true;
+                    }
                     Err(e) => {
                         last_error = e.to_string();
                         continue;
@@ -227,7 +238,20 @@ impl SmtpHandler for FrontendSession {
                 )
                 .await
             {
-                Ok(()) => break,
+                Ok(()) => {
+                    // Ties this session to the proxy session in the Front End's send
+                    // log (docs/logs.md, "`*` lines").
+                    self.log_info.push((
+                        format!("{};{}", proxy.session_id(), proxy.target),
+                        if fresh {
+                            "Proxy session established"
+                        } else {
+                            "Proxy session reused"
+                        }
+                        .into(),
+                    ));
+                    break;
+                }
                 Err(BeginError::Refused(reply)) => {
                     // The proxy session's state is unknown after a refusal: start afresh.
                     self.proxy = None;

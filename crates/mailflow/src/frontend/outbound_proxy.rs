@@ -70,7 +70,12 @@ impl OutboundProxySession {
             Destination::SmartHosts
         };
         // Exchange logs the Outbound Proxy's sends with the Front End's (reference §8.1).
-        let local = Local::new(&self.ctx.directory, connector, &self.ctx.logs.send);
+        let local = Local::new(
+            &self.ctx.directory,
+            connector,
+            &self.ctx.logs.send,
+            &self.ctx.logs.connectivity,
+        );
         // The failure is already the reply to give, status included.
         let (_, mut client) = outbound::connect(&local, &self.ctx.dns, connector, destination)
             .await

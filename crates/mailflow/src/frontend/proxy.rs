@@ -75,7 +75,7 @@ impl Proxy {
             SocketAddr::new(ctx.ip(), 0),
             target,
         );
-        let log = if ctx.local().frontend_protocol_logging == crate::logs::LoggingLevel::Verbose {
+        let log = if ctx.org.intra_org_logging() == crate::logs::LoggingLevel::Verbose {
             log
         } else {
             ProtocolSession::disabled()
@@ -95,6 +95,12 @@ impl Proxy {
             client,
             opened: Instant::now(),
         })
+    }
+
+    /// The proxy session's id in the Front End's send protocol log (empty when the
+    /// implicit connector does not log).
+    pub fn session_id(&self) -> &str {
+        self.client.session_id()
     }
 
     fn reusable(&self) -> bool {

@@ -25,6 +25,9 @@ use super::format_timestamp;
 /// file's creation time and is added when the file is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogHeader {
+    /// How the log-type line is spelled: `#Log-type` in the tracking and protocol logs
+    /// (observed), `#Log-Type` in the connectivity log (reference §8.3).
+    pub log_type_key: &'static str,
     pub software: String,
     pub version: String,
     pub log_type: String,
@@ -34,9 +37,10 @@ pub struct LogHeader {
 impl LogHeader {
     fn render(&self, created: DateTime<Utc>) -> String {
         format!(
-            "#Software: {}\r\n#Version: {}\r\n#Log-type: {}\r\n#Date: {}\r\n#Fields: {}\r\n",
+            "#Software: {}\r\n#Version: {}\r\n{}: {}\r\n#Date: {}\r\n#Fields: {}\r\n",
             self.software,
             self.version,
+            self.log_type_key,
             self.log_type,
             format_timestamp(created),
             self.fields
@@ -50,6 +54,40 @@ const MAX_BATCH: usize = 4096;
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 type Clock = Box<dyn Fn() -> DateTime<Utc> + Send>;
+
+/// How often a log starts a new file, and how its files are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// `<PREFIX><yyyymmddhh>-<n>.LOG`, as real servers name tracking and protocol logs
+    /// (observed, reference §7.1, §8.1).
+    Hourly,
+    /// `<PREFIX><yyyymmdd>-<n>.log`, as the connectivity and agent logs are documented
+    /// (reference §8.3).
+    Daily,
+}
+
+impl Period {
+    fn seconds(self) -> i64 {
+        match self {
+            Period::Hourly => 3600,
+            Period::Daily => 86_400,
+        }
+    }
+
+    fn stamp(self, t: DateTime<Utc>) -> String {
+        match self {
+            Period::Hourly => t.format("%Y%m%d%H").to_string(),
+            Period::Daily => t.format("%Y%m%d").to_string(),
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Period::Hourly => ".LOG",
+            Period::Daily => ".log",
+        }
+    }
+}
 
 enum Msg {
     Line(String),
@@ -84,12 +122,38 @@ impl RollingLog {
         header: LogHeader,
         max_file_size: u64,
     ) -> io::Result<RollingLog> {
-        Self::open_with_clock(dir, prefix, header, max_file_size, Box::new(Utc::now))
+        Self::open_with_clock(
+            dir,
+            prefix,
+            Period::Hourly,
+            header,
+            max_file_size,
+            Box::new(Utc::now),
+        )
+    }
+
+    /// Like [`RollingLog::open`] with a file per `period`.
+    pub fn open_per(
+        dir: &Path,
+        prefix: &str,
+        period: Period,
+        header: LogHeader,
+        max_file_size: u64,
+    ) -> io::Result<RollingLog> {
+        Self::open_with_clock(
+            dir,
+            prefix,
+            period,
+            header,
+            max_file_size,
+            Box::new(Utc::now),
+        )
     }
 
     fn open_with_clock(
         dir: &Path,
         prefix: &str,
+        period: Period,
         header: LogHeader,
         max_file_size: u64,
         clock: Clock,
@@ -98,6 +162,7 @@ impl RollingLog {
         let writer = Writer {
             dir: dir.to_path_buf(),
             prefix: prefix.to_string(),
+            period,
             header,
             max: max_file_size,
             clock,
@@ -134,6 +199,7 @@ impl RollingLog {
 struct Writer {
     dir: PathBuf,
     prefix: String,
+    period: Period,
     header: LogHeader,
     max: u64,
     clock: Clock,
@@ -141,7 +207,8 @@ struct Writer {
 }
 
 struct OpenFile {
-    /// Hours since the epoch (UTC): the file's hour, compared per line.
+    /// Periods (hours or days) since the epoch (UTC): the file's period, compared per
+    /// line.
     hour: i64,
     size: u64,
     out: BufWriter<File>,
@@ -186,7 +253,7 @@ impl Writer {
 
     fn write_line(&mut self, line: &str) -> io::Result<()> {
         let now = (self.clock)();
-        let hour = now.timestamp().div_euclid(3600);
+        let hour = now.timestamp().div_euclid(self.period.seconds());
         let len = line.len() as u64 + 2;
         let fits = self
             .file
@@ -196,7 +263,7 @@ impl Writer {
             if let Some(mut old) = self.file.take() {
                 old.out.flush()?;
             }
-            self.file = Some(self.open_file(&now.format("%Y%m%d%H").to_string(), now, len)?);
+            self.file = Some(self.open_file(&self.period.stamp(now), now, len)?);
         }
         let Some(f) = &mut self.file else {
             return Ok(());
@@ -234,14 +301,15 @@ impl Writer {
             size = header.len() as u64;
         }
         Ok(OpenFile {
-            hour: now.timestamp().div_euclid(3600),
+            hour: now.timestamp().div_euclid(self.period.seconds()),
             size,
             out,
         })
     }
 
     fn path(&self, hour: &str, n: u32) -> PathBuf {
-        self.dir.join(format!("{}{hour}-{n}.LOG", self.prefix))
+        let ext = self.period.extension();
+        self.dir.join(format!("{}{hour}-{n}{ext}", self.prefix))
     }
 
     /// Highest `n` among `<PREFIX><hour>-<n>.LOG`, 0 if none.
@@ -253,7 +321,7 @@ impl Writer {
             let n = name
                 .to_str()
                 .and_then(|s| s.strip_prefix(&stem))
-                .and_then(|s| s.strip_suffix(".LOG"))
+                .and_then(|s| s.strip_suffix(self.period.extension()))
                 .and_then(|s| s.parse::<u32>().ok());
             highest = highest.max(n.unwrap_or(0));
         }
@@ -280,6 +348,7 @@ mod tests {
 
     fn header() -> LogHeader {
         LogHeader {
+            log_type_key: "#Log-type",
             software: "Microsoft Exchange Server".into(),
             version: "15.0.0.0".into(),
             log_type: "Test Log".into(),
@@ -295,7 +364,7 @@ mod tests {
                 .single()
                 .unwrap_or_default()
         });
-        RollingLog::open_with_clock(dir, "TEST", header(), max, clock).unwrap()
+        RollingLog::open_with_clock(dir, "TEST", Period::Hourly, header(), max, clock).unwrap()
     }
 
     fn t(h: u32, m: u32, s: u32) -> i64 {

@@ -3,8 +3,11 @@
 //! fields and CSV quoting (reference §7 and §8). Must not import frontend, transport,
 //! mailbox or cli (scripts/check-arrows).
 
+pub mod agent;
+pub mod connectivity;
 pub mod files;
 pub mod protocol;
+pub mod retention;
 pub mod service_logs;
 pub mod tracking;
 

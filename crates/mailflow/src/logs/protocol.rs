@@ -34,6 +34,7 @@ impl ProtocolLog {
             Direction::Send => ("SEND", "SMTP Send Protocol Log"),
         };
         let header = LogHeader {
+            log_type_key: "#Log-type",
             software: "Microsoft Exchange Server".into(),
             version: VERSION.into(),
             log_type: log_type.into(),
@@ -101,6 +102,14 @@ impl ProtocolSession {
     #[cfg(test)]
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// The local endpoint once the connection is made (a send session starts before
+    /// its socket has a port).
+    pub fn set_local(&mut self, local: SocketAddr) {
+        if let Some(a) = self.inner.as_deref_mut() {
+            a.local = local.to_string();
+        }
     }
 
     /// Empty for a disabled session.

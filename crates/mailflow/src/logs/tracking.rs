@@ -192,6 +192,7 @@ pub struct TrackingLog {
 impl TrackingLog {
     pub fn open(dir: &Path, service: TrackingService, max_file_size: u64) -> io::Result<Self> {
         let header = LogHeader {
+            log_type_key: "#Log-type",
             software: "Microsoft Exchange Server".into(),
             version: SCHEMA_VERSION.into(),
             log_type: "Message Tracking Log".into(),

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::stream::Stream;
+use crate::logs::connectivity::ConnectivitySession;
 use crate::logs::protocol::ProtocolSession;
 
 /// With BDAT, content beyond this goes in a second chunk sent only once the first was
@@ -106,6 +107,12 @@ pub struct SmtpClient {
     pub server_name: String,
     pub greeting: Reply,
     log: ProtocolSession,
+    /// The connection's connectivity log session (reference §8.3), given by the caller
+    /// that made the connection; its `-` line is written at QUIT or when dropped.
+    connectivity: ConnectivitySession,
+    /// Recipients accepted and content bytes written in the open transaction, for the
+    /// connectivity log's count of messages sent.
+    transaction: (usize, u64),
     timeout: Duration,
     /// Send content with BDAT when the server offers CHUNKING (see [`SmtpClient::use_chunking`]).
     chunking: bool,
@@ -125,6 +132,9 @@ impl SmtpClient {
             .map_err(|e| ClientError::Connect(addr, e))?;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
+        // The protocol log shows the real local endpoint, known only now.
+        let mut log = log;
+        log.set_local(local);
         let mut c = SmtpClient {
             stream: Stream::Plain(tcp),
             buf: Vec::with_capacity(4096),
@@ -134,6 +144,8 @@ impl SmtpClient {
             server_name: String::new(),
             greeting: Reply::plain(220, ""),
             log,
+            connectivity: ConnectivitySession::disabled(),
+            transaction: (0, 0),
             timeout,
             chunking: false,
         };
@@ -503,6 +515,7 @@ impl SmtpClient {
             } else {
                 None
             };
+            self.transaction = (rcpt_replies.iter().filter(|r| r.is_positive()).count(), 0);
             return Ok((mail_reply, rcpt_replies, data));
         }
         let mut out = String::new();
@@ -522,6 +535,7 @@ impl SmtpClient {
         } else {
             None
         };
+        self.transaction = (rcpt_replies.iter().filter(|r| r.is_positive()).count(), 0);
         Ok((mail_reply, rcpt_replies, data))
     }
 
@@ -534,6 +548,7 @@ impl SmtpClient {
     ) -> Result<(), ClientError> {
         let mut out = Vec::with_capacity(content.len() + 64);
         stuffer.stuff(content, &mut out);
+        self.transaction.1 += content.len() as u64;
         self.write(&out).await
     }
 
@@ -543,7 +558,30 @@ impl SmtpClient {
         stuffer.finish(&mut out);
         self.write(&out).await?;
         self.log.sent("<message content>");
-        self.read_reply().await
+        let end = self.read_reply().await?;
+        self.message_done(&end);
+        Ok(end)
+    }
+
+    /// Counts a message the server took (its end-of-data reply positive) in the
+    /// connectivity log.
+    fn message_done(&mut self, end: &Reply) {
+        let (recipients, bytes) = std::mem::take(&mut self.transaction);
+        if end.is_positive() {
+            self.connectivity
+                .message_sent(&end.one_line(), bytes, recipients);
+        }
+    }
+
+    /// This session's id in the send protocol log (empty when it is not logged).
+    pub fn session_id(&self) -> &str {
+        self.log.session_id()
+    }
+
+    /// Hands this connection its connectivity log session (made by the caller, which
+    /// logged the DNS answers and the connection); QUIT or drop ends it.
+    pub fn attach_connectivity(&mut self, session: ConnectivitySession) {
+        self.connectivity = session;
     }
 
     /// One whole transaction with the content in memory. Returns the transaction's
@@ -648,6 +686,11 @@ impl SmtpClient {
             // force, so the transaction is ended explicitly.
             self.reset().await?;
         }
+        self.transaction = (
+            rcpt_replies.iter().filter(|r| r.is_positive()).count(),
+            content.len() as u64,
+        );
+        self.message_done(&end);
         let finals = RecipientReply::finals(rcpt_replies, &end);
         Ok((end, finals))
     }
@@ -691,6 +734,7 @@ impl SmtpClient {
     pub async fn quit(mut self) {
         let _ = self.command("QUIT").await;
         self.log.disconnect("Local");
+        self.connectivity.close();
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {

@@ -14,12 +14,28 @@ use super::orgauth::OrgSecret;
 use super::orgca::ServerTls;
 use crate::directory::live::LiveDirectory;
 use crate::logs::LoggingLevel;
+use crate::logs::connectivity::{ConnectivityLog, ConnectivitySession};
 use crate::logs::protocol::{ProtocolLog, ProtocolSession};
 
 /// The implicit send connector's name in tracking and protocol logs (reference §1.7).
 pub const INTRA_ORG_SEND_CONNECTOR: &str = "Intra-Organization SMTP Send Connector";
 const INTRA_ORG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const INTRA_ORG_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The service an [`OrgConnector`] connects for: it decides the implicit connector's
+/// logging level and how the connectivity log names the destination (reference §8.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgService {
+    /// The Transport service: IntraOrgConnectorProtocolLoggingLevel of
+    /// `[servers.transport_service]`; destination the peer server's fqdn.
+    Transport,
+    /// Front End Transport: its own IntraOrgConnectorProtocolLoggingLevel;
+    /// destination `internalproxy`.
+    FrontEnd,
+    /// Mailbox Transport Submission: Transport's level (the same implicit connector);
+    /// destination `mailboxtransportsubmissioninternalproxy`.
+    MailboxSubmission,
+}
 
 /// What this server brings to a session with another service of the organisation.
 pub struct OrgConnector {
@@ -28,6 +44,9 @@ pub struct OrgConnector {
     /// This server's TLS (certificate, organisation CA), built once at start; `None`
     /// only where no TLS hop can happen (the fuzz harness).
     tls: Option<Arc<ServerTls>>,
+    service: OrgService,
+    /// The calling service's connectivity log; `None` logs no connection (fuzz).
+    connectivity: Option<ConnectivityLog>,
 }
 
 impl OrgConnector {
@@ -40,7 +59,46 @@ impl OrgConnector {
             directory,
             secret,
             tls,
+            service: OrgService::Transport,
+            connectivity: None,
         }
+    }
+
+    /// The same, connecting for `service` and logging its connections to
+    /// `connectivity`.
+    pub fn logged(mut self, service: OrgService, connectivity: ConnectivityLog) -> OrgConnector {
+        self.service = service;
+        self.connectivity = Some(connectivity);
+        self
+    }
+
+    /// The implicit intra-organisation send connector's ProtocolLoggingLevel for this
+    /// service, as the organisation file says now.
+    pub fn intra_org_logging(&self) -> LoggingLevel {
+        let local = self.directory.local();
+        match self.service {
+            OrgService::FrontEnd => local.frontend_intra_org_logging(),
+            OrgService::Transport | OrgService::MailboxSubmission => {
+                local.transport_intra_org_logging(self.directory.dir().transport())
+            }
+        }
+    }
+
+    /// A connectivity log session for a connection to `target`, with its `+` line.
+    fn connectivity_session(&self, target: SocketAddr, service: &str) -> ConnectivitySession {
+        let Some(log) = &self.connectivity else {
+            return ConnectivitySession::disabled();
+        };
+        let peer = self.directory.peer_name(target);
+        let destination = match self.service {
+            OrgService::Transport => peer.as_str(),
+            OrgService::FrontEnd => "internalproxy",
+            OrgService::MailboxSubmission => "mailboxtransportsubmissioninternalproxy",
+        };
+        log.session(
+            destination,
+            &format!("{INTRA_ORG_SEND_CONNECTOR} to {peer} [{target}] as {service}"),
+        )
     }
 
     /// An SMTP session to another service of the organisation, authenticated as this
@@ -59,8 +117,44 @@ impl OrgConnector {
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<SmtpClient, ClientError> {
+        let mut connectivity = self.connectivity_session(target, service);
+        match self
+            .connect_logged(
+                target,
+                service,
+                log,
+                connect_timeout,
+                command_timeout,
+                &mut connectivity,
+            )
+            .await
+        {
+            Ok(mut client) => {
+                client.attach_connectivity(connectivity);
+                Ok(client)
+            }
+            Err(e) => {
+                connectivity.failed(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect_logged(
+        &self,
+        target: SocketAddr,
+        service: &str,
+        log: ProtocolSession,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+        connectivity: &mut ConnectivitySession,
+    ) -> Result<SmtpClient, ClientError> {
         let local = &self.directory;
         let mut client = SmtpClient::connect(target, local.fqdn(), connect_timeout, log).await?;
+        connectivity.info(&format!(
+            "Established connection to {target} from {}",
+            client.local
+        ));
         client.timeout_for_commands(command_timeout);
         let own_loopback = target.ip().is_loopback() && target.ip() == local.ip();
         if !own_loopback {
@@ -83,6 +177,14 @@ impl OrgConnector {
             client
                 .starttls_org(local.fqdn(), &name, config, verified)
                 .await?;
+            connectivity.info(&format!(
+                "TLS negotiated with {name} (certificate {})",
+                if verified {
+                    "verified against the organisation CA"
+                } else {
+                    "not verified"
+                }
+            ));
         }
         client
             .auth_org_server(&self.secret, service, local.name())
@@ -91,21 +193,17 @@ impl OrgConnector {
     }
 
     /// A session through the implicit intra-organisation send connector (to Mailbox
-    /// Delivery or Transport) as `service`, logged to `send_log` when the organisation's
-    /// `intra_org_connector_protocol_logging` is verbose; off loopback, inside TLS.
+    /// Delivery or Transport) as `service`, logged to `send_log` when this service's
+    /// IntraOrgConnectorProtocolLoggingLevel is verbose ([`OrgConnector::intra_org_logging`]);
+    /// off loopback, inside TLS.
     pub async fn connect_intra_org(
         &self,
         target: SocketAddr,
         service: &str,
         send_log: &ProtocolLog,
     ) -> Result<SmtpClient, ClientError> {
-        let verbose = self
-            .directory
-            .dir()
-            .transport()
-            .intra_org_connector_protocol_logging
-            == LoggingLevel::Verbose;
-        let log = if verbose {
+        let log = if self.intra_org_logging() == LoggingLevel::Verbose {
+            // The local port is filled in once connected.
             send_log.session(
                 INTRA_ORG_SEND_CONNECTOR,
                 SocketAddr::new(self.directory.ip(), 0),

@@ -16,6 +16,7 @@ use mailflow_smtp::{Enhanced, Reply, replies};
 use super::dns::{Dns, DnsFailure};
 use crate::directory::{SendConnector, TlsAuthLevel};
 use crate::logs::LoggingLevel;
+use crate::logs::connectivity::{ConnectivityLog, ConnectivitySession};
 use crate::logs::protocol::{ProtocolLog, ProtocolSession};
 use crate::net::client::{ClientError, SmtpClient};
 
@@ -61,6 +62,8 @@ pub struct Local<'a> {
     /// The sending service's send protocol log (written when the connector logs
     /// verbosely): Transport's, or the Front End's for the Outbound Proxy.
     pub log: &'a ProtocolLog,
+    /// The sending service's connectivity log (every connection, reference §8.3).
+    pub connectivity: &'a ConnectivityLog,
     /// The connector's `tls_ca_file`, resolved against the organisation file's folder.
     pub ca_file: Option<PathBuf>,
 }
@@ -72,11 +75,13 @@ impl<'a> Local<'a> {
         local: &'a crate::directory::live::LiveDirectory,
         connector: &crate::directory::SendConnector,
         log: &'a ProtocolLog,
+        connectivity: &'a ConnectivityLog,
     ) -> Local<'a> {
         Local {
             fqdn: local.fqdn(),
             ip: local.ip(),
             log,
+            connectivity,
             ca_file: connector
                 .tls_ca_file
                 .as_deref()
@@ -106,12 +111,40 @@ fn parse_smart_host(s: &str, default_port: u16) -> (String, u16) {
     }
 }
 
-/// Connects to the first host of the next hop that accepts a session.
+/// Connects to the first host of the next hop that accepts a session. The attempt is
+/// one session of the connectivity log: the DNS answers, each host tried, the
+/// connection and TLS, then (carried by the client) the messages and the end.
 pub async fn connect(
     local: &Local<'_>,
     dns: &Dns,
     connector: &SendConnector,
     destination: Destination<'_>,
+) -> Result<(String, SmtpClient), ConnectFailure> {
+    let name = match destination {
+        Destination::SmartHosts => connector.smart_hosts.join(";"),
+        Destination::Domain(domain) => domain.to_string(),
+    };
+    let mut connectivity = local
+        .connectivity
+        .session(&name, &format!("Send connector {}", connector.name));
+    match connect_logged(local, dns, connector, destination, &mut connectivity).await {
+        Ok((host, mut client)) => {
+            client.attach_connectivity(connectivity);
+            Ok((host, client))
+        }
+        Err(e) => {
+            connectivity.failed(&e.0.one_line());
+            Err(e)
+        }
+    }
+}
+
+async fn connect_logged(
+    local: &Local<'_>,
+    dns: &Dns,
+    connector: &SendConnector,
+    destination: Destination<'_>,
+    connectivity: &mut ConnectivitySession,
 ) -> Result<(String, SmtpClient), ConnectFailure> {
     let hosts: Vec<(String, u16)> = match destination {
         Destination::SmartHosts => connector
@@ -120,9 +153,16 @@ pub async fn connect(
             .map(|h| parse_smart_host(h, connector.port))
             .collect(),
         Destination::Domain(domain) => match dns.mail_hosts(domain).await {
-            Ok(hosts) => hosts.into_iter().map(|h| (h, connector.port)).collect(),
-            Err(DnsFailure::Permanent(e)) => return Err(ConnectFailure::permanent(e)),
+            Ok(hosts) => {
+                connectivity.info(&format!("DNS: MX {domain}: {}", hosts.join(" ")));
+                hosts.into_iter().map(|h| (h, connector.port)).collect()
+            }
+            Err(DnsFailure::Permanent(e)) => {
+                connectivity.info(&format!("DNS: MX {domain}: {e}"));
+                return Err(ConnectFailure::permanent(e));
+            }
             Err(DnsFailure::Transient(e)) => {
+                connectivity.info(&format!("DNS: MX {domain}: {e}"));
                 return Err(ConnectFailure::transient(Enhanced(4, 4, 0), e));
             }
         },
@@ -135,19 +175,35 @@ pub async fn connect(
         let addrs = match dns.addresses(&host).await {
             Ok(a) => a,
             Err(DnsFailure::Permanent(e) | DnsFailure::Transient(e)) => {
+                connectivity.info(&format!("DNS: A/AAAA {host}: {e}"));
                 errors.push(e);
                 continue;
             }
         };
+        let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+        connectivity.info(&format!("DNS: A/AAAA {host}: {}", list.join(" ")));
         for ip in addrs {
             let addr = SocketAddr::new(ip, port);
             match session(local, connector, &host, addr).await {
-                Ok(client) => return Ok((host, client)),
+                Ok(client) => {
+                    connectivity.info(&format!(
+                        "Established connection to {host} [{addr}] from {}",
+                        client.local
+                    ));
+                    if client.is_tls() {
+                        connectivity.info(&format!("TLS negotiated with {host}"));
+                    }
+                    return Ok((host, client));
+                }
                 Err(SessionFailure::Certificate(reason)) => {
+                    connectivity.info(&format!("Failed connection to {host} [{addr}]: {reason}"));
                     errors.push(format!("{host} [{addr}]: {reason}"));
                     refused.get_or_insert_with(|| format!("{host}: {reason}"));
                 }
-                Err(SessionFailure::Other(e)) => errors.push(format!("{host} [{addr}]: {e}")),
+                Err(SessionFailure::Other(e)) => {
+                    connectivity.info(&format!("Failed connection to {host} [{addr}]: {e}"));
+                    errors.push(format!("{host} [{addr}]: {e}"));
+                }
             }
         }
     }

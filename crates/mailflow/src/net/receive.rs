@@ -56,6 +56,30 @@ pub trait SmtpHandler: Send {
     async fn data_end(&mut self, info: &SessionInfo) -> Reply;
     /// The transaction ended without delivery (RSET, error, disconnect).
     async fn reset(&mut self);
+    /// `*` lines (data, context) for the session's protocol log that the handler has
+    /// gathered since last asked; written after the commands just read and before the
+    /// replies to them. The Front End names the proxy session carrying a message here.
+    fn take_log_info(&mut self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// Exchange's `Set Session Permissions` line (reference §8.2): the receive rights the
+/// session holds, spelled as Exchange prints them (reference §1.5's groups).
+mod permissions {
+    /// AnonymousUsers.
+    pub const ANONYMOUS: &str =
+        "SMTPSubmit SMTPAcceptAnySender SMTPAcceptAuthoritativeDomainSender AcceptRoutingHeaders";
+    /// ExchangeUsers, once a mailbox user authenticated.
+    pub const USERS: &str = "SMTPSubmit SMTPAcceptAnyRecipient BypassAntiSpam AcceptRoutingHeaders";
+    /// ExchangeServers, once an organisation server authenticated.
+    pub const SERVERS: &str = "SMTPSubmit SMTPAcceptAnyRecipient SMTPAcceptAnySender \
+         SMTPAcceptAuthenticationFlag SMTPAcceptAuthoritativeDomainSender BypassAntiSpam \
+         BypassMessageSizeLimit SMTPAcceptEXCH50 AcceptRoutingHeaders AcceptForestHeaders \
+         AcceptOrgHeaders";
+    /// No group grants anything before logon (internal and client listeners).
+    pub const NONE: &str = "None";
+    pub const CONTEXT: &str = "Set Session Permissions";
 }
 
 /// Creates a handler for each accepted connection.
@@ -431,6 +455,13 @@ impl ReceiveConnector {
             info.session_id = crate::logs::protocol::new_session_id();
         }
         log.connect();
+        log.info(
+            match self.auth {
+                AuthPolicy::None => permissions::ANONYMOUS,
+                AuthPolicy::OrgServers { .. } | AuthPolicy::Mailboxes { .. } => permissions::NONE,
+            },
+            permissions::CONTEXT,
+        );
         let mut config = self.session.clone();
         config.starttls = self.tls.is_some();
         // Exchange's greeting ends with the time (`… ready at Thu, 3 Dec 2026 15:00:00
@@ -498,6 +529,10 @@ impl ReceiveConnector {
         let mut pace = DataPace::default();
         // The X-MAILFLOW-SERVER exchange between its challenge and the response.
         let mut server_auth: Option<ServerAuth> = None;
+        // `*` lines to write after the commands of this round and before its replies.
+        let mut infos: Vec<(String, String)> = Vec::new();
+        // Messages begun in this session, for `receiving message`.
+        let mut messages = 0u32;
         // Small while the session only exchanges commands (an idle session holds it,
         // and thousands may be idle); it grows to READ_BUFFER once a read fills it,
         // which is content arriving.
@@ -525,6 +560,17 @@ impl ReceiveConnector {
                                 _ => handler.mail(&info, from, params).await,
                             };
                             in_transaction = reply.is_positive();
+                            if in_transaction {
+                                messages += 1;
+                                infos.push((
+                                    format!(
+                                        "{};{};{messages}",
+                                        info.session_id,
+                                        crate::logs::tracking::now_timestamp()
+                                    ),
+                                    "receiving message".into(),
+                                ));
+                            }
                             session.respond(reply);
                         }
                         Event::Rcpt { mut to, params } => {
@@ -559,6 +605,10 @@ impl ReceiveConnector {
                             let reply = self
                                 .authenticate(&mut info, &username, &password, &mut log)
                                 .await;
+                            if reply.is_positive() {
+                                infos
+                                    .push((permissions::USERS.into(), permissions::CONTEXT.into()));
+                            }
                             session.respond(reply);
                         }
                         Event::AuthStart { mechanism, initial } => {
@@ -582,6 +632,12 @@ impl ReceiveConnector {
                                 &response,
                                 &mut log,
                             );
+                            if reply.is_positive() {
+                                infos.push((
+                                    permissions::SERVERS.into(),
+                                    permissions::CONTEXT.into(),
+                                ));
+                            }
                             session.respond(reply);
                         }
                         Event::Close => {}
@@ -590,6 +646,10 @@ impl ReceiveConnector {
                 let (received, sent) = session.take_log();
                 for line in received {
                     log.received(&line);
+                }
+                infos.extend(handler.take_log_info());
+                for (data, context) in infos.drain(..) {
+                    log.info(&data, &context);
                 }
                 for line in sent {
                     log.sent(&line);

@@ -142,7 +142,12 @@ impl Transmitter {
             } else {
                 Destination::Domain(&hop.domain)
             };
-            let local = Local::new(&self.ctx.directory, connector, &self.ctx.logs.send);
+            let local = Local::new(
+                &self.ctx.directory,
+                connector,
+                &self.ctx.logs.send,
+                &self.ctx.logs.connectivity,
+            );
             let (host, client) =
                 outbound::connect(&local, &self.dns, connector, destination).await?;
             return Ok(Peer {
