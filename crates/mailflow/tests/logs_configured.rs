@@ -35,6 +35,7 @@ transport_service.receive_protocol_log.path = "logs/hub/recv"
 transport_service.send_protocol_log.path = "logs/hub/send"
 transport_service.connectivity_log.path = "logs/hub/connect"
 transport_service.routing_table_log.path = "logs/hub/routing"
+transport_service.agent_log.path = "logs/hub/agent"
 frontend_transport_service.intra_org_connector_protocol_logging_level = "verbose"
 frontend_transport_service.receive_protocol_log.path = "logs/fe/recv"
 frontend_transport_service.send_protocol_log.path = "logs/fe/send"
@@ -263,6 +264,11 @@ fn seed_004_chain_writes_every_log_at_its_configured_path() {
         };
         assert!(table.contains("\"Server\": \"MBX1\""), "{table}");
     }
+    // The agent log (reference §8.4): the Transport Rule agent at OnResolvedMessage.
+    let agent = wait_text(&logs.join("hub/agent"), "AGENTLOG", "the agent log", |t| {
+        t.contains("Transport Rule Agent,OnResolvedMessage,AcceptMessage")
+    });
+    assert!(agent.contains("#Log-type: Agent Log"), "{agent}");
     // `mailflow track` reads the configured folder.
     let delivered = server.track(&["--event-id", "DELIVER", "--subject", "Seed 004"]);
     assert_eq!(delivered.len(), 1, "{delivered:?}");
@@ -277,6 +283,7 @@ fn seed_004_chain_writes_every_log_at_its_configured_path() {
         "Hub/Connectivity",
         "FrontEnd/Connectivity",
         "Hub/Routing",
+        "Hub/AgentLog",
         "FrontEnd/Routing",
         "Mailbox/Routing",
     ] {

@@ -60,10 +60,8 @@ impl AgentLog {
         })
     }
 
-    /// Writes one invocation, timestamped now.
-    // The one call site (the Transport Rule agent at OnResolvedMessage) comes with the
-    // Agent trait of transport/agents, merged separately.
-    #[allow(dead_code)]
+    /// Writes one invocation, timestamped now (the categorizer, for each agent at
+    /// OnResolvedMessage).
     pub fn log(&self, e: &AgentLogEntry) {
         let line = csv_line(&[
             &now_timestamp(),
