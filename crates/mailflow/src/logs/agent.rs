@@ -119,13 +119,7 @@ mod tests {
             ..AgentLogEntry::default()
         });
         log.flush();
-        let files: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        let [path] = &files[..] else {
-            panic!("one file: {files:?}")
-        };
+        let path = &crate::logs::only_file(dir.path());
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(
             name.starts_with("AGENTLOG20") && name.ends_with("-1.log"),

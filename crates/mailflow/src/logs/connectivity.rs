@@ -167,13 +167,7 @@ mod tests {
             let _dropped = log.session("x.test", "y");
         }
         log.flush();
-        let files: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        let [path] = &files[..] else {
-            panic!("one file: {files:?}")
-        };
+        let path = &crate::logs::only_file(dir.path());
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(
             name.starts_with("CONNECTLOG20") && name.ends_with("-1.log") && name.len() == 24,

@@ -138,6 +138,19 @@ pub fn clean_cell(value: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The one file a log writer test expects in `dir`.
+#[cfg(test)]
+pub(crate) fn only_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let [path] = &files[..] else {
+        panic!("expected one file: {files:?}")
+    };
+    path.clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,13 +192,7 @@ mod tests {
         s.disconnect("Local");
         log.flush();
 
-        let files: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        let [path] = &files[..] else {
-            panic!("expected one file: {files:?}")
-        };
+        let path = &crate::logs::only_file(dir.path());
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(name.starts_with("RECV20") && name.ends_with("-1.LOG") && name.len() == 20);
         let text = fs::read_to_string(path).unwrap();
