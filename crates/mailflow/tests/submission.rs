@@ -131,6 +131,23 @@ fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() 
     .map(|r| r.map(str::to_string))
     .collect();
     assert_eq!(table, expected, "{table:#?}");
+    // MSGTRKMD rows carry what MBX2's Transport knew (issue 15 item 7): its internal
+    // message id, the arrival time (message-info) and the directionality.
+    let on_mbx2 = c.track(Some("MBX2"), &["--subject", "seven steps"]);
+    let row = |source: &str, event: &str| {
+        on_mbx2
+            .iter()
+            .find(|e| e["Source"] == source && e["EventId"] == event)
+            .unwrap_or_else(|| panic!("no {source} {event}: {on_mbx2:#?}"))
+    };
+    let (received, delivered) = (row("SMTP", "SEND"), row("STOREDRIVER", "DELIVER"));
+    assert_eq!(
+        delivered["InternalMessageId"],
+        received["InternalMessageId"]
+    );
+    assert_ne!(delivered["InternalMessageId"], "");
+    assert_eq!(delivered["MessageInfo"], received["MessageInfo"]);
+    assert_eq!(delivered["Directionality"], "Originating");
 }
 
 #[test]
