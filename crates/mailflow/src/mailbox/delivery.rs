@@ -169,9 +169,26 @@ impl MailboxDeliverySession {
         content.extend_from_slice(received.as_bytes());
         content.extend_from_slice(&self.content);
         let content: Arc<[u8]> = content.into();
-        let network_message_id = message::get(&content, NETWORK_MESSAGE_ID_HEADER)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let message_id = message::get(&content, "Message-ID").unwrap_or_default();
+        // What the sending Transport knew of the message (message::DIRECTIONALITY_HEADER).
+        let [
+            network_message_id,
+            message_id,
+            internal_message_id,
+            message_info,
+            directionality,
+        ] = message::get_each(
+            &content,
+            [
+                NETWORK_MESSAGE_ID_HEADER,
+                "Message-ID",
+                message::INTERNAL_MESSAGE_ID_HEADER,
+                message::ORIGINAL_ARRIVAL_HEADER,
+                message::DIRECTIONALITY_HEADER,
+            ],
+        );
+        let network_message_id =
+            network_message_id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let message_id = message_id.unwrap_or_default();
         let subject = message::subject(&content);
         let sender = message::sender_address(&content);
         let return_path = self
@@ -185,13 +202,9 @@ impl MailboxDeliverySession {
             client_hostname: info.helo.clone().unwrap_or_default(),
             server_ip: info.local.ip().to_string(),
             server_hostname: ctx.name().to_string(),
-            // What the sending Transport knew of the message (message::DIRECTIONALITY_HEADER).
-            internal_message_id: message::get(&content, message::INTERNAL_MESSAGE_ID_HEADER)
-                .unwrap_or_default(),
-            message_info: message::get(&content, message::ORIGINAL_ARRIVAL_HEADER)
-                .unwrap_or_default(),
-            directionality: message::get(&content, message::DIRECTIONALITY_HEADER)
-                .unwrap_or_default(),
+            internal_message_id: internal_message_id.unwrap_or_default(),
+            message_info: message_info.unwrap_or_default(),
+            directionality: directionality.unwrap_or_default(),
             message_id: message_id.clone(),
             network_message_id: network_message_id.clone(),
             total_bytes: content.len() as u64,

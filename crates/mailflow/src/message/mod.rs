@@ -193,16 +193,26 @@ fn push_field<'a>(out: &mut Vec<(&'a str, &'a [u8])>, raw: &'a [u8]) {
 
 /// The unfolded value of the first field called `name`.
 pub fn get(content: &[u8], name: &str) -> Option<String> {
-    fields(content)
-        .into_iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, raw)| {
-            let colon = raw.iter().position(|&b| b == b':').unwrap_or(0);
-            String::from_utf8_lossy(&raw[colon + 1..])
-                .replace("\r\n", "")
-                .trim()
-                .to_string()
-        })
+    let [value] = get_each(content, [name]);
+    value
+}
+
+/// The first value of each of `names`, the header read once (a hot path reads
+/// several fields of every message).
+pub fn get_each<const N: usize>(content: &[u8], names: [&str; N]) -> [Option<String>; N] {
+    let fields = fields(content);
+    names.map(|name| {
+        fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, raw)| {
+                let colon = raw.iter().position(|&b| b == b':').unwrap_or(0);
+                String::from_utf8_lossy(&raw[colon + 1..])
+                    .replace("\r\n", "")
+                    .trim()
+                    .to_string()
+            })
+    })
 }
 
 /// How many fields are called `name` (hop counting uses `Received`).

@@ -260,7 +260,7 @@ mod tests {
     }
 
     /// The client and the receive connector together, over a real socket: the path
-    /// `connect_org` takes between two addresses (STARTTLS, then the exporter).
+    /// `OrgConnector::connect` takes between two addresses (STARTTLS, then the exporter).
     mod over_sockets {
         use super::super::*;
         use crate::net::client::{ClientError, SmtpClient};
