@@ -568,8 +568,7 @@ impl SmtpClient {
     fn message_done(&mut self, end: &Reply) {
         let (recipients, bytes) = std::mem::take(&mut self.transaction);
         if end.is_positive() {
-            self.connectivity
-                .message_sent(&end.one_line(), bytes, recipients);
+            self.connectivity.message_sent(bytes, recipients);
         }
     }
 

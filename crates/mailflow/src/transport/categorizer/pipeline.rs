@@ -287,27 +287,32 @@ async fn on_resolved_message(
             content: edits.content.as_deref().unwrap_or(&msg.content),
         };
         let handled = agent.on_message(agents::Event::ResolvedMessage, org, &item);
-        // The agent log (reference §8.4): one line per invocation, with its action.
-        let (action, response) = match &handled.verdict {
-            agents::Verdict::Continue | agents::Verdict::Edit(_) => {
-                ("AcceptMessage", String::new())
-            }
-            agents::Verdict::Delete => ("DeleteMessage", String::new()),
-            agents::Verdict::Reject(reply) => ("RejectMessage", reply.one_line()),
-        };
-        ctx.logs.agent.log(&crate::logs::agent::AgentLogEntry {
-            message_id: msg.envelope.message_id.clone(),
-            p1_from: msg.envelope.return_path.clone(),
-            p2_from: vec![msg.envelope.sender_header.clone()],
-            recipients: recipients.clone(),
-            agent: agent.identity().into(),
-            event: agents::Event::ResolvedMessage.name(),
-            action: action.into(),
-            smtp_response: response,
-            network_message_id: msg.envelope.network_message_id.clone(),
-            directionality: msg.envelope.directionality.clone(),
-            ..Default::default()
-        });
+        // The agent log (reference §8.4): a line when the agent acted on the message.
+        // Exchange lets only its anti-spam agents and the Edge Rules agent write there;
+        // the Transport Rule agent writes as the Edge Rules agent does, when its verdict
+        // changed the message's course, so a message no rule touched costs no line.
+        if !matches!(handled.verdict, agents::Verdict::Continue) {
+            let (action, response) = match &handled.verdict {
+                agents::Verdict::Continue | agents::Verdict::Edit(_) => {
+                    ("AcceptMessage", String::new())
+                }
+                agents::Verdict::Delete => ("DeleteMessage", String::new()),
+                agents::Verdict::Reject(reply) => ("RejectMessage", reply.one_line()),
+            };
+            ctx.logs.agent.log(&crate::logs::agent::AgentLogEntry {
+                message_id: msg.envelope.message_id.clone(),
+                p1_from: msg.envelope.return_path.clone(),
+                p2_from: vec![msg.envelope.sender_header.clone()],
+                recipients: recipients.clone(),
+                agent: agent.identity().into(),
+                event: agents::Event::ResolvedMessage.name(),
+                action: action.into(),
+                smtp_response: response,
+                network_message_id: msg.envelope.network_message_id.clone(),
+                directionality: msg.envelope.directionality.clone(),
+                ..Default::default()
+            });
+        }
         if let Some(info) = handled.info {
             let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
             // Exchange leaves connector-id empty on AGENTINFO and names the agent in
