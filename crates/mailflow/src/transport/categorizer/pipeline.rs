@@ -275,7 +275,18 @@ async fn on_resolved_message(
     } else {
         &msg.envelope.sender_header
     };
+    // Pipeline tracing (reference §8.4): the traced sender's message before the
+    // agents, then after each one that ran.
+    let trace = ctx
+        .logs
+        .pipeline_tracing
+        .as_ref()
+        .and_then(|t| t.message(&msg.envelope.return_path, &msg.envelope.network_message_id));
+    if let Some(t) = &trace {
+        t.original(&msg.content);
+    }
     let mut edits = agents::Edits::default();
+    let mut ran = 0;
     for agent in agents::installed() {
         if !agent.events().contains(&agents::Event::ResolvedMessage) {
             continue;
@@ -287,6 +298,16 @@ async fn on_resolved_message(
             content: edits.content.as_deref().unwrap_or(&msg.content),
         };
         let handled = agent.on_message(agents::Event::ResolvedMessage, org, &item);
+        ran += 1;
+        if let Some(t) = &trace {
+            let after = match &handled.verdict {
+                agents::Verdict::Edit(agents::Edits {
+                    content: Some(c), ..
+                }) => c.as_slice(),
+                _ => item.content,
+            };
+            t.after_agent(&agents::Event::ResolvedMessage.name(), ran, after);
+        }
         // The agent log (reference §8.4): one line per invocation, with its action.
         let (action, response) = match &handled.verdict {
             agents::Verdict::Continue | agents::Verdict::Edit(_) => {
@@ -295,19 +316,21 @@ async fn on_resolved_message(
             agents::Verdict::Delete => ("DeleteMessage", String::new()),
             agents::Verdict::Reject(reply) => ("RejectMessage", reply.one_line()),
         };
-        ctx.logs.agent.log(&crate::logs::agent::AgentLogEntry {
-            message_id: msg.envelope.message_id.clone(),
-            p1_from: msg.envelope.return_path.clone(),
-            p2_from: vec![msg.envelope.sender_header.clone()],
-            recipients: recipients.clone(),
-            agent: agent.identity().into(),
-            event: agents::Event::ResolvedMessage.name(),
-            action: action.into(),
-            smtp_response: response,
-            network_message_id: msg.envelope.network_message_id.clone(),
-            directionality: msg.envelope.directionality.clone(),
-            ..Default::default()
-        });
+        if ctx.logs.agent.enabled() {
+            ctx.logs.agent.log(&crate::logs::agent::AgentLogEntry {
+                message_id: msg.envelope.message_id.clone(),
+                p1_from: msg.envelope.return_path.clone(),
+                p2_from: vec![msg.envelope.sender_header.clone()],
+                recipients: recipients.clone(),
+                agent: agent.identity().into(),
+                event: agents::Event::ResolvedMessage.name(),
+                action: action.into(),
+                smtp_response: response,
+                network_message_id: msg.envelope.network_message_id.clone(),
+                directionality: msg.envelope.directionality.clone(),
+                ..Default::default()
+            });
+        }
         if let Some(info) = handled.info {
             let mut ev = tracking_event(ctx, msg, "AGENTINFO", "AGENT");
             // Exchange leaves connector-id empty on AGENTINFO and names the agent in
