@@ -1011,7 +1011,54 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Server, parse_size};
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    fn server(tables: &str) -> Server {
+        toml::from_str(&format!(
+            "name = \"S\"\nfqdn = \"s.c.test\"\naddress = \"127.0.0.1\"\ndata_dir = \"d\"\n{tables}"
+        ))
+        .unwrap()
+    }
+
+    /// The queue log, pipeline tracing and the switches: Exchange's defaults, and
+    /// what the `[servers.transport_service]` tables set.
+    #[test]
+    fn queue_log_pipeline_tracing_and_switches() {
+        let resolve = |p: &str| Path::new("/org").join(p);
+        let d = server("").log_paths(Path::new("/data"), &resolve);
+        assert_eq!(d.queue.dir, PathBuf::from("/data/Logs/Hub/QueueViewer"));
+        assert_eq!(d.queue.retention.max_age, Duration::from_secs(7 * 86_400));
+        assert!(d.queue.enabled && d.message_tracking.enabled && d.message_tracking_subjects);
+        assert!(d.transport.connectivity.enabled && d.frontend.agent.enabled);
+        assert!(!d.pipeline_tracing.enabled);
+        assert_eq!(
+            d.pipeline_tracing.dir,
+            PathBuf::from("/data/Logs/Hub/PipelineTracing")
+        );
+        let set = server(
+            "[transport_service]\n\
+             message_tracking_log = { enabled = false, subject_logging_enabled = false }\n\
+             connectivity_log = { enabled = false, max_age = \"1d\" }\n\
+             queue_log = { path = \"q\", max_directory_size = \"1MB\" }\n\
+             pipeline_tracing = { enabled = true, sender_address = \"t@c.test\" }\n\
+             [mailbox_transport_service]\nconnectivity_log.enabled = false\n",
+        )
+        .log_paths(Path::new("/data"), &resolve);
+        assert!(!set.message_tracking.enabled && !set.message_tracking_subjects);
+        assert!(!set.transport.connectivity.enabled && !set.mailbox.connectivity.enabled);
+        assert!(set.frontend.connectivity.enabled && set.transport.agent.enabled);
+        assert_eq!(
+            set.transport.connectivity.retention.max_age,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(set.queue.dir, PathBuf::from("/org/q"));
+        assert_eq!(set.queue.retention.max_directory_size, 1 << 20);
+        assert!(set.queue.enabled);
+        assert!(set.pipeline_tracing.enabled);
+        assert_eq!(set.pipeline_tracing.sender_address, "t@c.test");
+    }
 
     #[test]
     fn sizes_are_binary() {

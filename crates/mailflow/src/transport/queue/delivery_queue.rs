@@ -600,6 +600,39 @@ mod tests {
         assert!(!q.retire_if_idle(later, secs(180)));
     }
 
+    /// Suspend-Queue, Resume-Queue and Retry-Queue each write one line of the queue
+    /// log with the queue's state after it; suspending a suspended queue writes none.
+    #[test]
+    fn suspend_resume_and_retry_are_in_the_queue_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = QueueLog::open(dir.path(), 10 << 20).unwrap();
+        let q = DeliveryQueue::new(4, hop(DeliveryType::SmtpDeliveryToMailbox))
+            .logged(Some((log.clone(), "MBX2".into())));
+        let wall = SystemTime::UNIX_EPOCH + secs(1_000_000);
+        assert!(q.push(item(message(7, wall), &["a@x.test"])).is_ok());
+        q.set_suspended(true);
+        q.set_suspended(true);
+        q.set_suspended(false);
+        q.retry_now();
+        // Unlogged queues write nothing (and need no log).
+        DeliveryQueue::new(5, hop(DeliveryType::SmtpDeliveryToMailbox)).set_suspended(true);
+        log.flush();
+        let text = std::fs::read_to_string(crate::logs::only_file(dir.path())).unwrap();
+        let rows: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split_once(',').unwrap().1.to_string())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "Suspended,MBX2\\4,SmtpDeliveryToMailbox,Suspended,1,db01,Internal,,",
+                "Resumed,MBX2\\4,SmtpDeliveryToMailbox,Ready,1,db01,Internal,,",
+                "Retried,MBX2\\4,SmtpDeliveryToMailbox,Ready,1,db01,Internal,,",
+            ]
+        );
+    }
+
     #[test]
     fn message_identities_name_unreachable_and_poison_by_name() {
         let wall = SystemTime::UNIX_EPOCH + secs(1_000_000);
