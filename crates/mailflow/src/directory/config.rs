@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use crate::logs::LoggingLevel;
 use crate::logs::retention::Retention;
-use crate::logs::service_logs::{LogFolder, LogPaths, ServiceLogPaths};
+use crate::logs::service_logs::{LogFolder, LogPaths, PipelineTracingPaths, ServiceLogPaths};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +129,10 @@ pub struct TransportSettings {
     /// MaxDirectorySize (mailflow's; Exchange does not say). Also once at start.
     #[serde(deserialize_with = "de_duration")]
     pub log_retention_interval: Duration,
+    /// How often Transport writes a snapshot of its queues in the queue log when
+    /// something changed (mailflow's; Exchange does not say). 1 minute.
+    #[serde(deserialize_with = "de_duration")]
+    pub queue_log_interval: Duration,
     /// How often the Pickup and Replay directories are read (Exchange: fixed 5 s).
     #[serde(deserialize_with = "de_duration")]
     pub pickup_directory_poll_interval: Duration,
@@ -167,6 +171,7 @@ impl Default for TransportSettings {
             intra_org_connector_protocol_logging: LoggingLevel::None,
             mailbox_delivery_connector_protocol_logging: LoggingLevel::None,
             log_retention_interval: min(5),
+            queue_log_interval: min(1),
             pickup_directory_poll_interval: Duration::from_secs(5),
             external_dns_servers: Vec::new(),
             max_per_domain_outbound_connections: 20,
@@ -284,6 +289,7 @@ impl LogSettings {
     fn apply(&self, default: &LogFolder, resolve: &dyn Fn(&str) -> PathBuf) -> LogFolder {
         let r = default.retention;
         LogFolder {
+            enabled: default.enabled,
             dir: self
                 .path
                 .as_deref()
@@ -297,6 +303,79 @@ impl LogSettings {
     }
 }
 
+/// A log kind Exchange can turn off (`ConnectivityLogEnabled`, `AgentLogEnabled`):
+/// [`LogSettings`]' keys and `enabled` (on when unset). mailflow also takes `enabled`
+/// for the queue log, which Exchange turns off with `QueueLogPath $null`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwitchedLogSettings {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub max_age: Option<Duration>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_directory_size: Option<u64>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_file_size: Option<u64>,
+}
+
+impl SwitchedLogSettings {
+    fn apply(&self, default: &LogFolder, resolve: &dyn Fn(&str) -> PathBuf) -> LogFolder {
+        let settings = LogSettings {
+            path: self.path.clone(),
+            max_age: self.max_age,
+            max_directory_size: self.max_directory_size,
+            max_file_size: self.max_file_size,
+        };
+        LogFolder {
+            enabled: self.enabled.unwrap_or(default.enabled),
+            ..settings.apply(default, resolve)
+        }
+    }
+}
+
+/// `[servers.transport_service.message_tracking_log]`: MessageTrackingLogPath,
+/// …MaxAge, …MaxDirectorySize, …MaxFileSize, MessageTrackingLogEnabled (`enabled`) and
+/// MessageTrackingLogSubjectLoggingEnabled (`subject_logging_enabled`), both on when
+/// unset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessageTrackingLogSettings {
+    pub enabled: Option<bool>,
+    pub subject_logging_enabled: Option<bool>,
+    pub path: Option<String>,
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub max_age: Option<Duration>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_directory_size: Option<u64>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_file_size: Option<u64>,
+}
+
+impl MessageTrackingLogSettings {
+    fn switched(&self) -> SwitchedLogSettings {
+        SwitchedLogSettings {
+            enabled: self.enabled,
+            path: self.path.clone(),
+            max_age: self.max_age,
+            max_directory_size: self.max_directory_size,
+            max_file_size: self.max_file_size,
+        }
+    }
+}
+
+/// `[servers.transport_service.pipeline_tracing]`: PipelineTracingEnabled (`enabled`,
+/// off), PipelineTracingPath (`path`, `Logs/Hub/PipelineTracing`) and
+/// PipelineTracingSenderAddress (`sender_address`: only this envelope sender's
+/// messages are traced; none, nothing is).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineTracingSettings {
+    pub enabled: bool,
+    pub path: Option<String>,
+    pub sender_address: Option<String>,
+}
+
 /// `[servers.transport_service]`: Set-TransportService's logging for this server's
 /// Transport service (`Logs/Hub`, and `Logs/MessageTracking`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -306,12 +385,15 @@ pub struct TransportServiceLogs {
     /// Connector`'s sessions in this server's Hub send log. Unset: `[transport]`'s
     /// `intra_org_connector_protocol_logging`.
     pub intra_org_connector_protocol_logging_level: Option<LoggingLevel>,
-    pub message_tracking_log: LogSettings,
+    pub message_tracking_log: MessageTrackingLogSettings,
     pub receive_protocol_log: LogSettings,
     pub send_protocol_log: LogSettings,
-    pub connectivity_log: LogSettings,
+    pub connectivity_log: SwitchedLogSettings,
     pub routing_table_log: LogSettings,
-    pub agent_log: LogSettings,
+    pub agent_log: SwitchedLogSettings,
+    /// QueueLogPath, QueueLogMaxAge, QueueLogMaxDirectorySize, QueueLogMaxFileSize.
+    pub queue_log: SwitchedLogSettings,
+    pub pipeline_tracing: PipelineTracingSettings,
 }
 
 /// `[servers.frontend_transport_service]`: Set-FrontendTransportService's logging
@@ -326,9 +408,9 @@ pub struct FrontendTransportServiceLogs {
     pub intra_org_connector_protocol_logging_level: Option<LoggingLevel>,
     pub receive_protocol_log: LogSettings,
     pub send_protocol_log: LogSettings,
-    pub connectivity_log: LogSettings,
+    pub connectivity_log: SwitchedLogSettings,
     pub routing_table_log: LogSettings,
-    pub agent_log: LogSettings,
+    pub agent_log: SwitchedLogSettings,
 }
 
 /// `[servers.mailbox_transport_service]`: Set-MailboxTransportService's logging
@@ -342,9 +424,9 @@ pub struct MailboxTransportServiceLogs {
     pub mailbox_delivery_connector_protocol_logging_level: Option<LoggingLevel>,
     pub receive_protocol_log: LogSettings,
     pub send_protocol_log: LogSettings,
-    pub connectivity_log: LogSettings,
+    pub connectivity_log: SwitchedLogSettings,
     pub routing_table_log: LogSettings,
-    pub agent_log: LogSettings,
+    pub agent_log: SwitchedLogSettings,
 }
 
 impl Server {
@@ -357,44 +439,62 @@ impl Server {
             &self.frontend_transport_service,
             &self.mailbox_transport_service,
         );
-        let service = |d: &ServiceLogPaths, s: [&LogSettings; 5]| ServiceLogPaths {
-            receive_protocol: s[0].apply(&d.receive_protocol, resolve),
-            send_protocol: s[1].apply(&d.send_protocol, resolve),
-            connectivity: s[2].apply(&d.connectivity, resolve),
-            routing_table: s[3].apply(&d.routing_table, resolve),
-            agent: s[4].apply(&d.agent, resolve),
+        let service = |d: &ServiceLogPaths,
+                       [receive, send, routing]: [&LogSettings; 3],
+                       [connectivity, agent]: [&SwitchedLogSettings; 2]| {
+            ServiceLogPaths {
+                receive_protocol: receive.apply(&d.receive_protocol, resolve),
+                send_protocol: send.apply(&d.send_protocol, resolve),
+                connectivity: connectivity.apply(&d.connectivity, resolve),
+                routing_table: routing.apply(&d.routing_table, resolve),
+                agent: agent.apply(&d.agent, resolve),
+            }
         };
+        let pt = &t.pipeline_tracing;
         LogPaths {
-            message_tracking: t.message_tracking_log.apply(&d.message_tracking, resolve),
+            message_tracking: t
+                .message_tracking_log
+                .switched()
+                .apply(&d.message_tracking, resolve),
+            message_tracking_subjects: t
+                .message_tracking_log
+                .subject_logging_enabled
+                .unwrap_or(d.message_tracking_subjects),
+            queue: t.queue_log.apply(&d.queue, resolve),
+            pipeline_tracing: PipelineTracingPaths {
+                enabled: pt.enabled,
+                dir: pt
+                    .path
+                    .as_deref()
+                    .map_or_else(|| d.pipeline_tracing.dir.clone(), resolve),
+                sender_address: pt.sender_address.clone().unwrap_or_default(),
+            },
             transport: service(
                 &d.transport,
                 [
                     &t.receive_protocol_log,
                     &t.send_protocol_log,
-                    &t.connectivity_log,
                     &t.routing_table_log,
-                    &t.agent_log,
                 ],
+                [&t.connectivity_log, &t.agent_log],
             ),
             frontend: service(
                 &d.frontend,
                 [
                     &f.receive_protocol_log,
                     &f.send_protocol_log,
-                    &f.connectivity_log,
                     &f.routing_table_log,
-                    &f.agent_log,
                 ],
+                [&f.connectivity_log, &f.agent_log],
             ),
             mailbox: service(
                 &d.mailbox,
                 [
                     &m.receive_protocol_log,
                     &m.send_protocol_log,
-                    &m.connectivity_log,
                     &m.routing_table_log,
-                    &m.agent_log,
                 ],
+                [&m.connectivity_log, &m.agent_log],
             ),
         }
     }
@@ -911,7 +1011,54 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Server, parse_size};
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    fn server(tables: &str) -> Server {
+        toml::from_str(&format!(
+            "name = \"S\"\nfqdn = \"s.c.test\"\naddress = \"127.0.0.1\"\ndata_dir = \"d\"\n{tables}"
+        ))
+        .unwrap()
+    }
+
+    /// The queue log, pipeline tracing and the switches: Exchange's defaults, and
+    /// what the `[servers.transport_service]` tables set.
+    #[test]
+    fn queue_log_pipeline_tracing_and_switches() {
+        let resolve = |p: &str| Path::new("/org").join(p);
+        let d = server("").log_paths(Path::new("/data"), &resolve);
+        assert_eq!(d.queue.dir, PathBuf::from("/data/Logs/Hub/QueueViewer"));
+        assert_eq!(d.queue.retention.max_age, Duration::from_secs(7 * 86_400));
+        assert!(d.queue.enabled && d.message_tracking.enabled && d.message_tracking_subjects);
+        assert!(d.transport.connectivity.enabled && d.frontend.agent.enabled);
+        assert!(!d.pipeline_tracing.enabled);
+        assert_eq!(
+            d.pipeline_tracing.dir,
+            PathBuf::from("/data/Logs/Hub/PipelineTracing")
+        );
+        let set = server(
+            "[transport_service]\n\
+             message_tracking_log = { enabled = false, subject_logging_enabled = false }\n\
+             connectivity_log = { enabled = false, max_age = \"1d\" }\n\
+             queue_log = { path = \"q\", max_directory_size = \"1MB\" }\n\
+             pipeline_tracing = { enabled = true, sender_address = \"t@c.test\" }\n\
+             [mailbox_transport_service]\nconnectivity_log.enabled = false\n",
+        )
+        .log_paths(Path::new("/data"), &resolve);
+        assert!(!set.message_tracking.enabled && !set.message_tracking_subjects);
+        assert!(!set.transport.connectivity.enabled && !set.mailbox.connectivity.enabled);
+        assert!(set.frontend.connectivity.enabled && set.transport.agent.enabled);
+        assert_eq!(
+            set.transport.connectivity.retention.max_age,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(set.queue.dir, PathBuf::from("/org/q"));
+        assert_eq!(set.queue.retention.max_directory_size, 1 << 20);
+        assert!(set.queue.enabled);
+        assert!(set.pipeline_tracing.enabled);
+        assert_eq!(set.pipeline_tracing.sender_address, "t@c.test");
+    }
 
     #[test]
     fn sizes_are_binary() {

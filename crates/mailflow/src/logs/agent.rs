@@ -43,7 +43,8 @@ pub struct AgentLogEntry {
 /// Handle on one service's agent log; clone it freely.
 #[derive(Clone)]
 pub struct AgentLog {
-    log: RollingLog,
+    /// None when the log is off (AgentLogEnabled `$false`): no file, no lines.
+    log: Option<RollingLog>,
 }
 
 impl AgentLog {
@@ -56,13 +57,32 @@ impl AgentLog {
             fields: FIELDS.into(),
         };
         Ok(AgentLog {
-            log: RollingLog::open_per(dir, "AGENTLOG", Period::Daily, header, max_file_size)?,
+            log: Some(RollingLog::open_per(
+                dir,
+                "AGENTLOG",
+                Period::Daily,
+                header,
+                max_file_size,
+            )?),
         })
+    }
+
+    /// An agent log that is off (AgentLogEnabled `$false`).
+    pub fn disabled() -> AgentLog {
+        AgentLog { log: None }
+    }
+
+    /// False when the log is off, so callers need not build entries.
+    pub fn enabled(&self) -> bool {
+        self.log.is_some()
     }
 
     /// Writes one invocation, timestamped now (the categorizer, for each agent at
     /// OnResolvedMessage).
     pub fn log(&self, e: &AgentLogEntry) {
+        let Some(log) = &self.log else {
+            return;
+        };
         let line = csv_line(&[
             &now_timestamp(),
             &e.session_id,
@@ -83,12 +103,14 @@ impl AgentLog {
             "",
             &e.directionality,
         ]);
-        self.log.append(line);
+        log.append(line);
     }
 
     /// Blocks until every line logged before is written to the OS.
     pub fn flush(&self) {
-        self.log.flush();
+        if let Some(log) = &self.log {
+            log.flush();
+        }
     }
 }
 

@@ -19,7 +19,8 @@ pub const FIELDS: &str = "date-time,session,source,destination,direction,descrip
 /// Handle on one service's connectivity log; clone it freely.
 #[derive(Clone)]
 pub struct ConnectivityLog {
-    log: RollingLog,
+    /// None when the log is off (ConnectivityLogEnabled `$false`): no file, no lines.
+    log: Option<RollingLog>,
 }
 
 impl ConnectivityLog {
@@ -33,17 +34,32 @@ impl ConnectivityLog {
             fields: FIELDS.into(),
         };
         Ok(ConnectivityLog {
-            log: RollingLog::open_per(dir, "CONNECTLOG", Period::Daily, header, max_file_size)?,
+            log: Some(RollingLog::open_per(
+                dir,
+                "CONNECTLOG",
+                Period::Daily,
+                header,
+                max_file_size,
+            )?),
         })
+    }
+
+    /// A connectivity log that is off (ConnectivityLogEnabled `$false`): its sessions
+    /// write nothing and no folder or file is made.
+    pub fn disabled() -> ConnectivityLog {
+        ConnectivityLog { log: None }
     }
 
     /// Starts logging one outbound connection attempt of `source` (`SMTP`) to
     /// `destination` (the next hop's domain or host, or Exchange's `internalproxy`,
     /// `client proxy`, `mailboxtransportsubmissioninternalproxy` …), with a `+` line.
     pub fn session(&self, destination: &str, description: &str) -> ConnectivitySession {
+        let Some(log) = &self.log else {
+            return ConnectivitySession::disabled();
+        };
         let mut s = ConnectivitySession {
             inner: Some(Box::new(Active {
-                log: self.log.clone(),
+                log: log.clone(),
                 session_id: new_session_id(),
                 destination: destination.to_string(),
                 messages: 0,
@@ -57,7 +73,9 @@ impl ConnectivityLog {
 
     /// Blocks until every line logged before is written to the OS.
     pub fn flush(&self) {
-        self.log.flush();
+        if let Some(log) = &self.log {
+            log.flush();
+        }
     }
 }
 
@@ -199,5 +217,15 @@ mod tests {
         // One session id per connection.
         assert_eq!(rows[0][1], rows[3][1]);
         assert_ne!(rows[0][1], rows[4][1]);
+    }
+
+    #[test]
+    fn a_disabled_log_writes_nothing() {
+        let log = ConnectivityLog::disabled();
+        let mut s = log.session("contoso.test", "Send connector Internet");
+        s.info("MX contoso.test: mx1.contoso.test");
+        s.failed("Connection refused");
+        assert!(s.inner.is_none());
+        log.flush();
     }
 }

@@ -6,7 +6,9 @@
 pub mod agent;
 pub mod connectivity;
 pub mod files;
+pub mod pipeline_tracing;
 pub mod protocol;
+pub mod queue;
 pub mod retention;
 pub mod service_logs;
 pub mod tracking;

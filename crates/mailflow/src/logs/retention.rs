@@ -39,6 +39,8 @@ impl Retention {
     /// RoutingTableLog… (reference §8.4): 50 MB for the folder, 7 days; one file per
     /// table, so the file size is only a ceiling.
     pub const ROUTING_TABLE: Retention = Retention::new(7, 50, 10);
+    /// QueueLog… (reference §8.4): 10 MB, 200 MB, 7 days.
+    pub const QUEUE: Retention = Retention::new(7, 200, 10);
 
     const fn new(days: u64, directory_mb: u64, file_mb: u64) -> Retention {
         Retention {
@@ -223,5 +225,10 @@ mod tests {
         assert_eq!(Retention::AGENT.max_age, 7 * DAY);
         assert_eq!(Retention::CONNECTIVITY.max_directory_size, 1000 * MB);
         assert_eq!(Retention::ROUTING_TABLE.max_directory_size, 50 * MB);
+        let q = Retention::QUEUE;
+        assert_eq!(
+            (q.max_age, q.max_directory_size, q.max_file_size),
+            (7 * DAY, 200 * MB, 10 * MB)
+        );
     }
 }

@@ -2,8 +2,9 @@
 //! them (Set-TransportService, Set-FrontendTransportService,
 //! Set-MailboxTransportService: reference §7.1, §8, §13), by default in Exchange's
 //! folder layout under `<data_dir>/Logs`, and handed out by `server.rs`: the Front End
-//! gets its protocol and connectivity logs, Transport its tracking, protocol and
-//! connectivity logs, the Mailbox services theirs. No service holds another's writer,
+//! gets its protocol and connectivity logs, Transport its tracking, protocol,
+//! connectivity, agent and queue logs and its pipeline tracing, the Mailbox services
+//! theirs. No service holds another's writer,
 //! so none can write another's log.
 
 use std::io;
@@ -12,7 +13,9 @@ use std::time::SystemTime;
 
 use super::agent::AgentLog;
 use super::connectivity::ConnectivityLog;
+use super::pipeline_tracing::PipelineTracing;
 use super::protocol::{Direction, ProtocolLog};
+use super::queue::QueueLog;
 use super::retention::{Retention, RetentionTarget};
 use super::tracking::{TrackingLog, TrackingService};
 
@@ -21,6 +24,19 @@ use super::tracking::{TrackingLog, TrackingService};
 pub struct LogFolder {
     pub dir: PathBuf,
     pub retention: Retention,
+    /// The log kind's `…LogEnabled` (message tracking, connectivity, agent and queue
+    /// logs); always true for the kinds Exchange cannot turn off this way.
+    pub enabled: bool,
+}
+
+impl LogFolder {
+    fn new(dir: PathBuf, retention: Retention) -> LogFolder {
+        LogFolder {
+            dir,
+            retention,
+            enabled: true,
+        }
+    }
 }
 
 /// The log folders of one service, as its Set-…Service cmdlet names them
@@ -38,10 +54,7 @@ pub struct ServiceLogPaths {
 impl ServiceLogPaths {
     /// Exchange's layout under `Logs/<service>` (`Hub`, `FrontEnd`, `Mailbox`).
     fn under(service: &Path) -> ServiceLogPaths {
-        let folder = |sub: &str, retention| LogFolder {
-            dir: service.join(sub),
-            retention,
-        };
+        let folder = |sub: &str, retention| LogFolder::new(service.join(sub), retention);
         ServiceLogPaths {
             receive_protocol: folder("ProtocolLog/SmtpReceive", Retention::PROTOCOL),
             send_protocol: folder("ProtocolLog/SmtpSend", Retention::PROTOCOL),
@@ -60,6 +73,13 @@ pub struct LogPaths {
     /// MessageTrackingLogPath (Set-TransportService): `MSGTRK`, and the Mailbox
     /// services' `MSGTRKMD` and `MSGTRKMS`, each kept on its own.
     pub message_tracking: LogFolder,
+    /// MessageTrackingLogSubjectLoggingEnabled (on): when off, `message-subject` is
+    /// written empty in `MSGTRK`, `MSGTRKMD` and `MSGTRKMS`.
+    pub message_tracking_subjects: bool,
+    /// QueueLogPath … (Set-TransportService): `Logs/Hub/QueueViewer`.
+    pub queue: LogFolder,
+    /// PipelineTracingEnabled, PipelineTracingPath, PipelineTracingSenderAddress.
+    pub pipeline_tracing: PipelineTracingPaths,
     pub transport: ServiceLogPaths,
     pub frontend: ServiceLogPaths,
     pub mailbox: ServiceLogPaths,
@@ -70,15 +90,31 @@ impl LogPaths {
     pub fn new(data_dir: &Path) -> LogPaths {
         let logs = data_dir.join("Logs");
         LogPaths {
-            message_tracking: LogFolder {
-                dir: logs.join("MessageTracking"),
-                retention: Retention::MESSAGE_TRACKING,
+            message_tracking: LogFolder::new(
+                logs.join("MessageTracking"),
+                Retention::MESSAGE_TRACKING,
+            ),
+            message_tracking_subjects: true,
+            queue: LogFolder::new(logs.join("Hub").join("QueueViewer"), Retention::QUEUE),
+            pipeline_tracing: PipelineTracingPaths {
+                enabled: false,
+                dir: logs.join("Hub").join("PipelineTracing"),
+                sender_address: String::new(),
             },
             transport: ServiceLogPaths::under(&logs.join("Hub")),
             frontend: ServiceLogPaths::under(&logs.join("FrontEnd")),
             mailbox: ServiceLogPaths::under(&logs.join("Mailbox")),
         }
     }
+}
+
+/// Where pipeline tracing writes, and for whom (off by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineTracingPaths {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    /// PipelineTracingSenderAddress: the envelope sender traced.
+    pub sender_address: String,
 }
 
 /// Front End Transport's logs (`Logs/FrontEnd`).
@@ -102,6 +138,10 @@ pub struct TransportLogs {
     pub routing: PathBuf,
     /// `Logs/Hub/AgentLog`: one line per agent invocation.
     pub agent: AgentLog,
+    /// `Logs/Hub/QueueViewer`: the delivery queues over time (None when off).
+    pub queue: Option<QueueLog>,
+    /// Snapshots of the traced sender's messages (None when off, the default).
+    pub pipeline_tracing: Option<PipelineTracing>,
 }
 
 /// Mailbox Transport's logs: Delivery's and Submission's message tracking, Delivery's
@@ -161,11 +201,28 @@ impl ServerLogs {
             ProtocolLog::open(&dir, d, f.retention.max_file_size)
         };
         let connectivity = |f: &LogFolder, sub: Option<&str>| {
+            if !f.enabled {
+                return Ok(ConnectivityLog::disabled());
+            }
             let dir = sub.map_or_else(|| f.dir.clone(), |s| f.dir.join(s));
             ConnectivityLog::open(&dir, f.retention.max_file_size)
         };
         let mt = &paths.message_tracking;
-        let tracking = |s| TrackingLog::open(&mt.dir, s, mt.retention.max_file_size);
+        let tracking = |s| -> io::Result<TrackingLog> {
+            if !mt.enabled {
+                return Ok(TrackingLog::disabled());
+            }
+            Ok(TrackingLog::open(&mt.dir, s, mt.retention.max_file_size)?
+                .with_subject_logging(paths.message_tracking_subjects))
+        };
+        let agent = |f: &LogFolder| {
+            if !f.enabled {
+                return Ok(AgentLog::disabled());
+            }
+            AgentLog::open(&f.dir, f.retention.max_file_size)
+        };
+        let queue = &paths.queue;
+        let pt = &paths.pipeline_tracing;
         let (fe, hub, mbx) = (&paths.frontend, &paths.transport, &paths.mailbox);
         let logs = ServerLogs {
             frontend: FrontendLogs {
@@ -180,7 +237,17 @@ impl ServerLogs {
                 send: proto(&hub.send_protocol, None, Direction::Send)?,
                 connectivity: connectivity(&hub.connectivity, None)?,
                 routing: hub.routing_table.dir.clone(),
-                agent: AgentLog::open(&hub.agent.dir, hub.agent.retention.max_file_size)?,
+                agent: agent(&hub.agent)?,
+                queue: if queue.enabled {
+                    Some(QueueLog::open(&queue.dir, queue.retention.max_file_size)?)
+                } else {
+                    None
+                },
+                pipeline_tracing: if pt.enabled {
+                    PipelineTracing::new(&pt.dir, &pt.sender_address)
+                } else {
+                    None
+                },
             },
             mailbox: MailboxLogs {
                 delivery_tracking: tracking(TrackingService::MailboxDelivery)?,
@@ -222,6 +289,9 @@ impl ServerLogs {
             l.flush();
         }
         self.transport.agent.flush();
+        if let Some(q) = &self.transport.queue {
+            q.flush();
+        }
     }
 }
 
@@ -251,5 +321,6 @@ fn retention_targets(paths: &LogPaths) -> Vec<RetentionTarget> {
         v.push(target(&service.routing_table, None, "RoutingTable"));
         v.push(target(&service.agent, None, "AGENTLOG"));
     }
+    v.push(target(&paths.queue, None, "QUEUELOG"));
     v
 }

@@ -186,7 +186,11 @@ fn split_status(s: &str, recipients: usize) -> Vec<String> {
 /// Handle on one service's tracking log; clone it freely.
 #[derive(Clone)]
 pub struct TrackingLog {
-    log: RollingLog,
+    /// None when message tracking is off (MessageTrackingLogEnabled `$false`).
+    log: Option<RollingLog>,
+    /// MessageTrackingLogSubjectLoggingEnabled: when false, `message-subject` is
+    /// written empty.
+    subjects: bool,
 }
 
 impl TrackingLog {
@@ -199,14 +203,41 @@ impl TrackingLog {
             fields: FIELDS.into(),
         };
         Ok(TrackingLog {
-            log: RollingLog::open(dir, service.prefix(), header, max_file_size)?,
+            log: Some(RollingLog::open(
+                dir,
+                service.prefix(),
+                header,
+                max_file_size,
+            )?),
+            subjects: true,
         })
+    }
+
+    /// Message tracking turned off (MessageTrackingLogEnabled `$false`): no folder, no
+    /// file, no row.
+    pub fn disabled() -> TrackingLog {
+        TrackingLog {
+            log: None,
+            subjects: true,
+        }
+    }
+
+    /// This log with MessageTrackingLogSubjectLoggingEnabled set to `subjects`.
+    pub fn with_subject_logging(mut self, subjects: bool) -> TrackingLog {
+        self.subjects = subjects;
+        self
     }
 
     /// Writes one row, filling what the caller left empty: `date-time` (now), `log-id`
     /// (unique), `schema-version` and `recipient-count` (number of recipients).
     pub fn log(&self, mut ev: TrackingEvent) {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let Some(log) = &self.log else {
+            return;
+        };
+        if !self.subjects {
+            ev.message_subject.clear();
+        }
         if ev.date_time.is_empty() {
             ev.date_time = now_timestamp();
         }
@@ -220,12 +251,14 @@ impl TrackingLog {
         if ev.recipient_count == 0 {
             ev.recipient_count = u32::try_from(ev.recipient_address.len()).unwrap_or(u32::MAX);
         }
-        self.log.append(ev.to_line());
+        log.append(ev.to_line());
     }
 
     /// Blocks until every row logged before is written to the OS.
     pub fn flush(&self) {
-        self.log.flush();
+        if let Some(log) = &self.log {
+            log.flush();
+        }
     }
 }
 
@@ -482,6 +515,34 @@ mod tests {
         );
         assert_eq!((f[28].len(), f[29]), (24, SCHEMA_VERSION));
         assert_eq!(lines[6..], [""]);
+    }
+
+    #[test]
+    fn subject_logging_off_writes_an_empty_subject_and_disabled_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), TrackingService::Transport).with_subject_logging(false);
+        log.log(ev(
+            "10:00:00",
+            "RECEIVE",
+            "a@x.com",
+            &["b@x.com"],
+            "Secret plans",
+        ));
+        log.flush();
+        let [path] = &files(dir.path())[..] else {
+            panic!("expected one file")
+        };
+        let text = fs::read_to_string(path).unwrap();
+        assert!(!text.contains("Secret plans"), "{text}");
+        let events = search(&[dir.path().to_path_buf()], &TrackingFilter::default()).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].message_subject, "");
+        assert_eq!(events[0].sender_address, "a@x.com");
+
+        let none = TrackingLog::disabled();
+        none.log(ev("10:00:00", "RECEIVE", "a@x.com", &["b@x.com"], "Hi"));
+        none.flush();
+        assert!(none.log.is_none());
     }
 
     #[test]

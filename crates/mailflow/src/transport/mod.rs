@@ -66,6 +66,19 @@ impl PoisonMarker {
     }
 }
 
+/// Writes a snapshot of the queues in the queue log every `queue_log_interval` (read
+/// at each pass, so a reload applies), until the service stops.
+async fn queue_log_snapshots(service: Arc<TransportService>) {
+    loop {
+        let every = service.ctx.dir().transport().queue_log_interval;
+        tokio::select! {
+            _ = tokio::time::sleep(every.max(std::time::Duration::from_millis(100))) => {}
+            _ = service.stopping() => return,
+        }
+        service.queues.log_snapshot(chrono::Utc::now());
+    }
+}
+
 /// A running Transport service.
 pub struct TransportService {
     pub ctx: Arc<TransportContext>,
@@ -194,7 +207,7 @@ impl TransportService {
                 queues: queues.clone(),
                 tasks: tasks.clone(),
             };
-            Queues::new(db, ctx.name(), Box::new(transmitter))
+            Queues::new(db, ctx.name(), Box::new(transmitter)).logged(ctx.logs.queue.clone())
         });
         let service = Arc::new(TransportService {
             ctx: ctx.clone(),
@@ -211,6 +224,9 @@ impl TransportService {
             service.clone(),
             submit_rx,
         ));
+        if service.queues.is_logged() {
+            service.spawn(queue_log_snapshots(service.clone()));
+        }
         Ok((service, Resume(loaded)))
     }
 

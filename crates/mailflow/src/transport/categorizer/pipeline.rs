@@ -275,7 +275,18 @@ async fn on_resolved_message(
     } else {
         &msg.envelope.sender_header
     };
+    // Pipeline tracing (reference §8.4): the traced sender's message before the
+    // agents, then after each one that ran.
+    let trace = ctx
+        .logs
+        .pipeline_tracing
+        .as_ref()
+        .and_then(|t| t.message(&msg.envelope.return_path, &msg.envelope.network_message_id));
+    if let Some(t) = &trace {
+        t.original(&msg.content);
+    }
     let mut edits = agents::Edits::default();
+    let mut ran = 0;
     for agent in agents::installed() {
         if !agent.events().contains(&agents::Event::ResolvedMessage) {
             continue;
@@ -287,11 +298,22 @@ async fn on_resolved_message(
             content: edits.content.as_deref().unwrap_or(&msg.content),
         };
         let handled = agent.on_message(agents::Event::ResolvedMessage, org, &item);
+        ran += 1;
+        if let Some(t) = &trace {
+            let after = match &handled.verdict {
+                agents::Verdict::Edit(agents::Edits {
+                    content: Some(c), ..
+                }) => c.as_slice(),
+                _ => item.content,
+            };
+            t.after_agent(&agents::Event::ResolvedMessage.name(), ran, after);
+        }
         // The agent log (reference §8.4): a line when the agent acted on the message.
         // Exchange lets only its anti-spam agents and the Edge Rules agent write there;
         // the Transport Rule agent writes as the Edge Rules agent does, when its verdict
         // changed the message's course, so a message no rule touched costs no line.
-        if !matches!(handled.verdict, agents::Verdict::Continue) {
+        let acted = !matches!(handled.verdict, agents::Verdict::Continue);
+        if acted && ctx.logs.agent.enabled() {
             let (action, response) = match &handled.verdict {
                 agents::Verdict::Continue | agents::Verdict::Edit(_) => {
                     ("AcceptMessage", String::new())

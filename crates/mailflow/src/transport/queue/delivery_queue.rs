@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use super::message::{DeliveryType, Item, NextHop, QueuedMessage};
 use super::retry::{Expiry, RetryPolicy};
 use super::store::QueuedRecipient;
+use crate::logs::queue::{QueueEvent, QueueLog, QueueRow};
 
 /// Queue status (reference §3.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -141,6 +142,9 @@ pub struct DeliveryQueue {
     /// sessions get new items before sessions that would have to connect.
     cached: Notify,
     cached_waiting: AtomicUsize,
+    /// The queue log and this server's name, for the lines of Suspend-Queue,
+    /// Resume-Queue and Retry-Queue (None when the queue log is off).
+    log: Option<(QueueLog, String)>,
 }
 
 /// What `queue list` shows (Get-Queue properties, reference §3.5).
@@ -155,6 +159,22 @@ pub struct QueueInfo {
     pub next_hop_category: String,
     pub last_error: Option<String>,
     pub next_retry_time: Option<String>,
+}
+
+impl QueueInfo {
+    /// This queue as the queue log writes it.
+    pub fn row(&self) -> QueueRow {
+        QueueRow {
+            identity: self.identity.clone(),
+            delivery_type: self.delivery_type.clone(),
+            status: format!("{:?}", self.status),
+            message_count: self.message_count,
+            next_hop_domain: self.next_hop_domain.clone(),
+            next_hop_category: self.next_hop_category.clone(),
+            last_error: self.last_error.clone().unwrap_or_default(),
+            next_retry_time: self.next_retry_time.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// What `message list` shows (Get-Message properties, reference §3.5).
@@ -183,6 +203,20 @@ impl DeliveryQueue {
             notify: Notify::new(),
             cached: Notify::new(),
             cached_waiting: AtomicUsize::new(0),
+            log: None,
+        }
+    }
+
+    /// This queue, writing its events in `log` (Transport's queue log) as `server`'s.
+    pub(super) fn logged(mut self, log: Option<(QueueLog, String)>) -> DeliveryQueue {
+        self.log = log;
+        self
+    }
+
+    /// Writes one line of the queue log for this queue (its state now), if it is on.
+    pub(super) fn log_event(&self, event: QueueEvent) {
+        if let Some((log, server)) = &self.log {
+            log.event(chrono::Utc::now(), event, &self.info(server).row());
         }
     }
 
@@ -434,15 +468,24 @@ impl DeliveryQueue {
         self.lock().last_error = Some(error.to_string());
     }
 
+    /// Suspend-Queue and Resume-Queue; a change is written in the queue log.
     pub fn set_suspended(&self, suspended: bool) {
-        self.lock().suspended = suspended;
+        let changed = std::mem::replace(&mut self.lock().suspended, suspended) != suspended;
         self.notify.notify_waiters();
+        if changed {
+            self.log_event(if suspended {
+                QueueEvent::Suspended
+            } else {
+                QueueEvent::Resumed
+            });
+        }
     }
 
-    /// Retry-Queue: retry now (only meaningful in Retry).
+    /// Retry-Queue: retry now (only meaningful in Retry). Written in the queue log.
     pub fn retry_now(&self) {
         self.lock().next_retry = None;
         self.notify.notify_waiters();
+        self.log_event(QueueEvent::Retried);
     }
 
     /// Get-Queue's identity: `Server\Unreachable`, `Server\Poison`, or
@@ -555,6 +598,39 @@ mod tests {
         let q = DeliveryQueue::new(2, hop(DeliveryType::SmtpDeliveryToMailbox));
         q.set_suspended(true);
         assert!(!q.retire_if_idle(later, secs(180)));
+    }
+
+    /// Suspend-Queue, Resume-Queue and Retry-Queue each write one line of the queue
+    /// log with the queue's state after it; suspending a suspended queue writes none.
+    #[test]
+    fn suspend_resume_and_retry_are_in_the_queue_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = QueueLog::open(dir.path(), 10 << 20).unwrap();
+        let q = DeliveryQueue::new(4, hop(DeliveryType::SmtpDeliveryToMailbox))
+            .logged(Some((log.clone(), "MBX2".into())));
+        let wall = SystemTime::UNIX_EPOCH + secs(1_000_000);
+        assert!(q.push(item(message(7, wall), &["a@x.test"])).is_ok());
+        q.set_suspended(true);
+        q.set_suspended(true);
+        q.set_suspended(false);
+        q.retry_now();
+        // Unlogged queues write nothing (and need no log).
+        DeliveryQueue::new(5, hop(DeliveryType::SmtpDeliveryToMailbox)).set_suspended(true);
+        log.flush();
+        let text = std::fs::read_to_string(crate::logs::only_file(dir.path())).unwrap();
+        let rows: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split_once(',').unwrap().1.to_string())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "Suspended,MBX2\\4,SmtpDeliveryToMailbox,Suspended,1,db01,Internal,,",
+                "Resumed,MBX2\\4,SmtpDeliveryToMailbox,Ready,1,db01,Internal,,",
+                "Retried,MBX2\\4,SmtpDeliveryToMailbox,Ready,1,db01,Internal,,",
+            ]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::delivery_queue::{DeliveryQueue, QueueInfo, QueueStatus};
 use super::message::{DeliveryType, Item, NextHop};
 use super::store::QueueDb;
+use crate::logs::queue::{QueueEvent, QueueLog};
 
 /// All delivery queues of the server, created on demand per next hop.
 pub struct Queues {
@@ -19,6 +20,9 @@ pub struct Queues {
     pub submission: AtomicUsize,
     /// Starts a transmitter for a new queue (send/'s, given by the Transport service).
     transmitters: Box<dyn NewQueues>,
+    /// The queue log (QueueLogPath): queues created and retired, snapshots; None when
+    /// it is off.
+    log: Option<QueueLog>,
 }
 
 /// What is told of each delivery queue [`Queues`] creates: send/'s transmitter, which
@@ -44,7 +48,29 @@ impl Queues {
             }),
             submission: AtomicUsize::new(0),
             transmitters,
+            log: None,
         }
+    }
+
+    /// These queues, writing their events and snapshots in `log` (Transport's queue
+    /// log, None when it is off).
+    pub fn logged(mut self, log: Option<QueueLog>) -> Queues {
+        self.log = log;
+        self
+    }
+
+    /// Writes a snapshot of every queue (Get-Queue's view) in the queue log at `now`,
+    /// unless nothing changed since the last one. True when a snapshot was written.
+    pub fn log_snapshot(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let Some(log) = &self.log else {
+            return false;
+        };
+        log.snapshot(now, self.list().iter().map(QueueInfo::row).collect())
+    }
+
+    /// Whether the queue log is on (its snapshots need a timer).
+    pub fn is_logged(&self) -> bool {
+        self.log.is_some()
     }
 
     /// The queue for a next hop, created (and its transmitter started) if new.
@@ -57,12 +83,14 @@ impl Queues {
             } else {
                 let number = inner.next_number;
                 inner.next_number += 1;
-                let q = Arc::new(DeliveryQueue::new(number, next_hop.clone()));
+                let log = self.log.clone().map(|l| (l, self.server.clone()));
+                let q = Arc::new(DeliveryQueue::new(number, next_hop.clone()).logged(log));
                 inner.by_key.insert(key, q.clone());
                 (q, true)
             }
         };
         if created {
+            queue.log_event(QueueEvent::Created);
             self.transmitters.created(queue.clone());
         }
         queue
@@ -90,17 +118,23 @@ impl Queues {
         now: std::time::Instant,
         max_idle: std::time::Duration,
     ) -> bool {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let key = queue.next_hop.key();
-        let current = inner
-            .by_key
-            .get(&key)
-            .is_some_and(|q| Arc::ptr_eq(q, queue));
-        if current && queue.retire_if_idle(now, max_idle) {
-            inner.by_key.remove(&key);
-            return true;
+        let retired = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let key = queue.next_hop.key();
+            let current = inner
+                .by_key
+                .get(&key)
+                .is_some_and(|q| Arc::ptr_eq(q, queue));
+            let retired = current && queue.retire_if_idle(now, max_idle);
+            if retired {
+                inner.by_key.remove(&key);
+            }
+            retired
+        };
+        if retired {
+            queue.log_event(QueueEvent::Retired);
         }
-        false
+        retired
     }
 
     pub fn all(&self) -> Vec<Arc<DeliveryQueue>> {
