@@ -189,8 +189,7 @@ impl MailboxDeliverySession {
         let network_message_id =
             network_message_id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let message_id = message_id.unwrap_or_default();
-        let subject = message::subject(&content);
-        let sender = message::sender_address(&content);
+        let (subject, sender) = message::subject_and_sender(&content);
         let return_path = self
             .from
             .as_ref()

@@ -144,9 +144,7 @@ pub fn header_len(content: &[u8]) -> usize {
     if content.starts_with(b"\r\n") {
         return 2;
     }
-    content
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
+    memchr::memmem::find(content, b"\r\n\r\n")
         .map(|p| p + 4)
         .unwrap_or(content.len())
 }
@@ -159,9 +157,7 @@ pub fn fields(content: &[u8]) -> Vec<(&str, &[u8])> {
     let mut start = 0;
     let mut pos = 0;
     while pos < head.len() {
-        let end = head[pos..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
+        let end = memchr::memmem::find(&head[pos..], b"\r\n")
             .map(|p| pos + p + 2)
             .unwrap_or(head.len());
         let line = &head[pos..end];
@@ -283,36 +279,51 @@ pub fn header_recipients(content: &[u8]) -> Vec<String> {
 
 /// The decoded Subject (RFC 2047) for tracking logs and the store.
 pub fn subject(content: &[u8]) -> String {
-    // Only Subject is decoded: a parser with no header named decodes every header,
-    // Received lines included, and this runs for every message at every hop.
-    static PARSER: LazyLock<MessageParser> =
-        LazyLock::new(|| MessageParser::new().header_text(HeaderName::Subject));
-    let head = &content[..header_len(content)];
-    PARSER
-        .parse_headers(head)
-        .and_then(|m| m.subject().map(str::to_string))
-        .unwrap_or_default()
+    subject_and_sender(content).0
 }
 
 /// The address of `Sender:` or else `From:` (tracking's sender-address, reference §7.3).
 pub fn sender_address(content: &[u8]) -> String {
+    subject_and_sender(content).1
+}
+
+/// The decoded Subject and the address of `Sender:` or else `From:`, for the tracking
+/// log and the envelope of every message at every hop. The header is split once into
+/// fields; only those three go through the MIME parser (decoding every header field,
+/// Received lines included, was most of a message's cost here).
+pub fn subject_and_sender(content: &[u8]) -> (String, String) {
     static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
         MessageParser::new()
+            .header_text(HeaderName::Subject)
             .header_address(HeaderName::Sender)
             .header_address(HeaderName::From)
     });
-    let head = &content[..header_len(content)];
-    let Some(m) = PARSER.parse_headers(head) else {
-        return String::new();
+    let mut wanted = Vec::new();
+    for (name, raw) in fields(content) {
+        if ["Subject", "Sender", "From"]
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(name))
+        {
+            wanted.extend_from_slice(raw);
+        }
+    }
+    if wanted.is_empty() {
+        return (String::new(), String::new());
+    }
+    wanted.extend_from_slice(b"\r\n");
+    let Some(m) = PARSER.parse_headers(&wanted) else {
+        return (String::new(), String::new());
     };
     let first = |a: Option<&mail_parser::Address>| {
         a.and_then(|a| a.first())
             .and_then(|a| a.address())
             .map(str::to_string)
     };
-    first(m.sender())
+    let subject = m.subject().map(str::to_string).unwrap_or_default();
+    let sender = first(m.sender())
         .or_else(|| first(m.from()))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (subject, sender)
 }
 
 #[cfg(test)]
@@ -320,6 +331,47 @@ mod tests {
     use super::*;
 
     const MSG: &[u8] = b"Received: from a\r\n by b; date\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nX-MS-Exchange-Organization-Network-Message-Id: forged\r\nFrom: Alice <alice@x.test>\r\n\r\nbody\r\nX-Not-A-Header: no\r\n";
+
+    /// Parsing only Subject, Sender and From gives what parsing the whole header gave:
+    /// folded and encoded values, repeated fields, a header without them.
+    #[test]
+    fn subject_and_sender_agree_with_a_whole_header_parse() {
+        let whole = |c: &[u8]| {
+            let m = MessageParser::new()
+                .header_text(HeaderName::Subject)
+                .header_address(HeaderName::Sender)
+                .header_address(HeaderName::From)
+                .parse_headers(&c[..header_len(c)])
+                .unwrap();
+            let first = |a: Option<&mail_parser::Address>| {
+                a.and_then(|a| a.first())
+                    .and_then(|a| a.address())
+                    .map(str::to_string)
+            };
+            (
+                m.subject().map(str::to_string).unwrap_or_default(),
+                first(m.sender())
+                    .or_else(|| first(m.from()))
+                    .unwrap_or_default(),
+            )
+        };
+        let cases: &[&[u8]] = &[
+            MSG,
+            b"Subject: one\r\n two\r\nFrom: \"A, B\" <a@x.test>\r\n\r\nbody",
+            b"From: a@x.test\r\nSender: s@x.test\r\nSubject: first\r\nSubject: second\r\n\r\n",
+            b"Received: from x\r\n\tby y\r\nTo: b@y.test\r\n\r\nno subject",
+            b"SUBJECT: =?iso-8859-1?q?r=E9sum=E9?=\r\nfrom: <c@z.test>\r\n\r\n",
+            b"no header at all",
+        ];
+        for c in cases {
+            assert_eq!(
+                subject_and_sender(c),
+                whole(c),
+                "{}",
+                String::from_utf8_lossy(c)
+            );
+        }
+    }
 
     #[test]
     fn transport_facts_replace_an_earlier_hops() {

@@ -229,12 +229,13 @@ impl TransportReceive {
         full.extend_from_slice(prefix.as_bytes());
         full.extend_from_slice(&content);
         let full: Arc<[u8]> = full.into();
+        let (subject, sender_header) = message::subject_and_sender(&full);
         let envelope = Envelope {
             return_path: envelope_from,
             network_message_id,
             message_id: message_id.clone(),
-            subject: message::subject(&full),
-            sender_header: message::sender_address(&full),
+            subject,
+            sender_header,
             received_at: now_timestamp(),
             client_ip: info.remote.ip().to_string(),
             client_hostname: info.helo.clone().unwrap_or_default(),

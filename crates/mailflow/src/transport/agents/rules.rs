@@ -171,6 +171,10 @@ pub fn apply(
         evaluated: rules.len(),
         ..Default::default()
     };
+    if rules.is_empty() {
+        // Most organisations have few rules or none: no header parse for nothing.
+        return out;
+    }
     let subject = message::subject(content);
     let facts = Facts {
         dir,
