@@ -36,41 +36,61 @@ pub fn panic_text(panic: &(dyn Any + Send)) -> &str {
 /// delivery queue's transmitters and sweeper, one-shot resubmissions — and their stop
 /// signal. `TransportService::stop` cancels it; the tasks end at their next waiting
 /// point (never in the middle of a message), and `server.rs` awaits them before it
-/// closes the queue database.
+/// closes the queue database. Clones share one run: after [`Tasks::restart`]
+/// (Start-Service MSExchangeTransport) every clone spawns into, and stops, the new one.
 #[derive(Clone, Default)]
 pub struct Tasks {
+    run: Arc<std::sync::Mutex<Run>>,
+}
+
+/// One run of the service, from its start to its stop.
+#[derive(Clone, Default)]
+struct Run {
     tracker: tokio_util::task::TaskTracker,
     stop: tokio_util::sync::CancellationToken,
 }
 
 impl Tasks {
+    fn current(&self) -> Run {
+        self.run.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Spawns `task` on `runtime`, owned here.
     pub fn spawn_on<F>(&self, runtime: &tokio::runtime::Handle, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn_on(task, runtime);
+        self.current().tracker.spawn_on(task, runtime);
     }
 
     /// Resolves once the service is stopping: every task's waits select on it.
     pub async fn stopping(&self) {
-        self.stop.cancelled().await
+        let stop = self.current().stop;
+        stop.cancelled().await
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stop.is_cancelled()
+        self.current().stop.is_cancelled()
     }
 
     /// Tells every task to stop at its next waiting point; no new task is counted as
     /// running after this for [`Tasks::stopped`].
     pub fn stop(&self) {
-        self.stop.cancel();
-        self.tracker.close();
+        let run = self.current();
+        run.stop.cancel();
+        run.tracker.close();
     }
 
     /// Resolves when every task spawned here has ended.
     pub async fn stopped(&self) {
-        self.tracker.wait().await
+        let tracker = self.current().tracker;
+        tracker.wait().await
+    }
+
+    /// A new run after [`Tasks::stop`]: tasks spawned from now on are owned by it and
+    /// run until the next stop. The caller makes sure the old run's tasks have ended.
+    pub fn restart(&self) {
+        *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Run::default();
     }
 }
 

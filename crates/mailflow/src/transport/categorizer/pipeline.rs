@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
 
 use crate::transport::queue::store::{QueuedRecipient, RecipientState};
 use crate::transport::queue::{Item, QueuedMessage};
@@ -19,10 +18,10 @@ use crate::transport::{
 
 /// Takes one message at a time from the Submission queue (reference §3.1). A panic
 /// while handling one is caught here (DESIGN §7): the loop goes on with the next.
-pub(crate) async fn categorizer_loop(
-    service: Arc<TransportService>,
-    mut rx: mpsc::UnboundedReceiver<Submission>,
-) {
+pub(crate) async fn categorizer_loop(service: Arc<TransportService>) {
+    // Held while this run lasts; a restart's categorizer waits for it.
+    let submissions = service.submissions.clone();
+    let mut rx = submissions.lock().await;
     loop {
         // Stops between messages when the service stops; what waits in the channel is
         // in the queue database and is resumed at the next start.
