@@ -334,3 +334,59 @@ fn only_transport_stops_alone_and_unknown_services_are_named() {
         "{text}"
     );
 }
+
+#[test]
+fn mbx1s_front_end_relays_to_mbx2s_transport_while_mbx1s_is_stopped() {
+    let c = started();
+    let fe = c.frontend("MBX1");
+    // One message first, so the Front End keeps an idle proxy session to MBX1's
+    // Transport (its pool), opened before the stop.
+    send_via(fe, &["carol@contoso.test"], "before the stop");
+    c.wait_delivered("before the stop", 1);
+    stop_mbx1_transport(&c);
+    // carol's database is active on MBX1, so MBX1's Transport is the Front End's first
+    // choice; it refuses (the pooled session is told 421, new ones are refused) and
+    // MBX2's Transport takes the message at once.
+    let mut smtp = Smtp::connect(fe);
+    smtp.cmd("EHLO client.example");
+    let started = std::time::Instant::now();
+    let reply = smtp.send(
+        "sender@example.net",
+        &["carol@contoso.test"],
+        &message("while stopped", "through MBX2"),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the next Transport must be tried promptly: {:?}",
+        started.elapsed()
+    );
+    c.wait_delivered("while stopped", 1);
+    let received = c.track(
+        Some("MBX2"),
+        &[
+            "--event-id",
+            "RECEIVE",
+            "--source",
+            "SMTP",
+            "--subject",
+            "while stopped",
+        ],
+    );
+    assert_eq!(
+        received[0]["ConnectorId"], "MBX2\\Default MBX2",
+        "{received:#?}"
+    );
+    let delivered = c.track(
+        Some("MBX1"),
+        &["--event-id", "DELIVER", "--subject", "while stopped"],
+    );
+    assert_eq!(delivered.len(), 1, "{delivered:#?}");
+    let on_mbx1 = c.track(Some("MBX1"), &["--subject", "while stopped"]);
+    assert!(
+        !on_mbx1
+            .iter()
+            .any(|e| e["ConnectorId"] == "MBX1\\Default MBX1"),
+        "MBX1's stopped Transport received it: {on_mbx1:#?}"
+    );
+}
