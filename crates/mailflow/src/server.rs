@@ -648,11 +648,14 @@ struct TransportRun {
     /// The receive connectors' accept loops.
     listeners: Vec<(String, JoinHandle<()>)>,
     /// The Pickup/Replay watchers and their stop signal.
-    pickup: Option<(watch::Sender<bool>, Vec<(String, JoinHandle<()>)>)>,
+    pickup: Option<Watchers>,
 }
 
+/// Tasks that stop between polls when their signal turns true.
+type Watchers = (watch::Sender<bool>, Vec<(String, JoinHandle<()>)>);
+
 impl TransportRole {
-    fn start_pickup(&self) -> (watch::Sender<bool>, Vec<(String, JoinHandle<()>)>) {
+    fn start_pickup(&self) -> Watchers {
         let (stop, stopping) = watch::channel(false);
         let watchers = crate::transport::pickup::start(
             self.transport.clone(),
