@@ -390,3 +390,80 @@ fn mbx1s_front_end_relays_to_mbx2s_transport_while_mbx1s_is_stopped() {
         "MBX1's stopped Transport received it: {on_mbx1:#?}"
     );
 }
+
+/// MBX1's queue for DB2 (MBX2's database) as `queue list` shows it.
+fn db2_queue(c: &Cluster) -> Option<serde_json::Value> {
+    c.queues("MBX1")
+        .into_iter()
+        .find(|q| q["NextHopDomain"] == "DB2")
+}
+
+/// With MBX2 down, a message for bob waits in MBX1's queue for DB2; then MBX2 comes
+/// back and MBX1's Transport is stopped.
+fn queued_on_mbx1_then_stopped(c: &mut Cluster, subject: &str) {
+    c.kill9("MBX2");
+    // bob's database is on MBX2, whose Transport is down: MBX1's takes the message.
+    send_via(c.frontend("MBX1"), &["bob@contoso.test"], subject);
+    wait_for(
+        "the message in MBX1's queue for DB2",
+        Duration::from_secs(20),
+        || db2_queue(c).filter(|q| q["MessageCount"] == 1 && q["Status"] == "Retry"),
+    );
+    stop_mbx1_transport(c);
+    c.start("MBX2");
+}
+
+#[test]
+fn queued_mail_waits_while_transport_is_stopped_and_moves_after_the_start() {
+    let mut c = started();
+    queued_on_mbx1_then_stopped(&mut c, "queued across the stop");
+    // Retry-Queue reaches no transmitter while Transport is stopped: the message stays.
+    assert_success(&c.cli(&["--server", "MBX1", "queue", "retry", "DB2"]));
+    assert_for(
+        "the queued message staying on stopped MBX1",
+        Duration::from_secs(2),
+        || {
+            let q = db2_queue(&c).ok_or("MBX1's queue for DB2 is gone")?;
+            if q["MessageCount"] != 1 {
+                return Err(format!("the queue changed: {q}"));
+            }
+            let delivered = c.track(
+                Some("MBX2"),
+                &[
+                    "--event-id",
+                    "DELIVER",
+                    "--subject",
+                    "queued across the stop",
+                ],
+            );
+            delivered
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| format!("delivered by a stopped Transport: {delivered:#?}"))
+        },
+    );
+    let row = c.cli_json(&["--server", "MBX1", "service", "start", "transport"]);
+    assert_eq!(row[0]["Status"], "Running", "{row}");
+    assert_success(&c.cli(&["--server", "MBX1", "queue", "retry", "DB2"]));
+    c.wait_delivered("queued across the stop", 1);
+    let sent = c.track(
+        Some("MBX1"),
+        &["--event-id", "SEND", "--subject", "queued across the stop"],
+    );
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0]["ServerHostname"], "mbx2.contoso.test", "{sent:#?}");
+    assert_eq!(inbox(&c, "MBX2", "bob@contoso.test").len(), 1);
+}
+
+#[test]
+fn queued_mail_of_a_stopped_transport_moves_at_the_next_serve() {
+    let mut c = started();
+    queued_on_mbx1_then_stopped(&mut c, "queued until serve");
+    // The process ends with Transport stopped; the next `serve` runs it again and
+    // resumes the queue database.
+    c.kill9("MBX1");
+    c.start("MBX1");
+    assert_eq!(services(&c, "MBX1"), listed("Running"));
+    c.wait_delivered("queued until serve", 1);
+    assert_eq!(inbox(&c, "MBX2", "bob@contoso.test").len(), 1);
+}
