@@ -5,6 +5,9 @@
 //! every listener first, then stops the services it owns, then waits for them (bounded)
 //! and closes the queue database. Owns what it spawns; sessions are spawned per
 //! connection by the listeners and bounded by their connection limits and timeouts.
+//! Transport alone can also be stopped and started while the rest runs (Stop-Service
+//! MSExchangeTransport, `TransportRole`), with the same steps as `shutdown` and the
+//! receive connectors `start` bound.
 //!
 //! A top-level module that may import every service; nothing but main and cli may
 //! import it (scripts/check-arrows).
@@ -585,14 +588,15 @@ impl Server {
     }
 
     /// Stops this server: first every listener stops accepting (its accept loop is
-    /// aborted and awaited, so its port refuses connections), then Submission and
-    /// Pickup/Replay stop between polls and Active Manager's watcher is aborted, then
-    /// Transport's categorizer, transmitters and sweepers stop between messages
-    /// (`TransportService::stop`); every task is awaited within SHUTDOWN_TIMEOUT in all
-    /// (those that did not stop are logged), then the logs are flushed and the queue
-    /// database closed. Sessions
-    /// already running are not waited for: what they accepted is durable, and what they
-    /// had not yet acknowledged the client sends again, as after kill -9.
+    /// aborted and awaited, so its port refuses connections), then Submission and log
+    /// retention stop between polls and Active Manager's watcher is aborted, then
+    /// Pickup/Replay and Transport's categorizer, transmitters and sweepers
+    /// (`TransportRole::stop_tasks`, which Stop-Service uses too; nothing more to do if
+    /// Transport was stopped already); every task is awaited within SHUTDOWN_TIMEOUT in
+    /// all (those that did not stop are logged), then the logs are flushed and the queue
+    /// database closed. Sessions already running are not waited for: what they
+    /// accepted is durable, and what they had not yet acknowledged the client sends
+    /// again, as after kill -9.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
         // Held to the end: no Start-Service meanwhile.
