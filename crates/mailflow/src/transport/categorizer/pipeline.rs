@@ -89,12 +89,14 @@ impl TransportService {
         let delay = self.retry.interval(crashes - 1);
         let submit = self.submit_tx.clone();
         // One-shot, bounded by the retry interval; the message stays in the queue
-        // database, so a shutdown meanwhile loses nothing (it is resumed at start).
+        // database, so a shutdown meanwhile loses nothing (it is resumed at start). At
+        // a stop it goes back to the Submission queue at once, where the categorizer of
+        // the next Start-Service finds it.
         let service = self.clone();
         self.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = service.stopping() => return,
+                _ = service.stopping() => {}
             }
             let _ = submit.send(Submission {
                 origin: submission.origin.deferred(),
