@@ -193,3 +193,52 @@ pub fn test_panic_hook(stage: Stage, subject: &str) {
         panic!("test hook: panic while {stage:?} a message");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that runs until its run stops, counting itself in `alive`.
+    fn waiter(tasks: &Tasks, alive: &Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        let (owner, alive) = (tasks.clone(), alive.clone());
+        alive.fetch_add(1, Ordering::SeqCst);
+        tasks.spawn_on(&tokio::runtime::Handle::current(), async move {
+            owner.stopping().await;
+            alive.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    #[tokio::test]
+    async fn a_restarted_run_owns_new_tasks_and_every_clone_stops_it() {
+        use std::sync::atomic::Ordering;
+        let tasks = Tasks::default();
+        let clone = tasks.clone();
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        waiter(&tasks, &alive);
+        tasks.stop();
+        tokio::time::timeout(Duration::from_secs(5), tasks.stopped())
+            .await
+            .expect("the first run's task ends at the stop");
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+        assert!(clone.is_stopping());
+
+        tasks.restart();
+        assert!(!clone.is_stopping(), "a clone sees the new run");
+        // Spawned through the clone (as the transmitters do): owned by the new run.
+        waiter(&clone, &alive);
+        tokio::task::yield_now().await;
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), tasks.stopped())
+                .await
+                .is_err(),
+            "the new run's task keeps running until its stop"
+        );
+        clone.stop();
+        tokio::time::timeout(Duration::from_secs(5), tasks.stopped())
+            .await
+            .expect("the second run's task ends at the stop through a clone");
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+}
