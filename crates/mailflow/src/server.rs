@@ -440,8 +440,6 @@ impl Server {
         }
         let (fe_addr, f) = frontend.bind().await?;
         listener_tasks.push((format!("Default Frontend {}", server.name), f));
-        // Off loopback the admin API is HTTPS with this server's certificate (and does not
-        // start without an organisation CA to verify it by).
         let (kept, tasks): (Vec<_>, Vec<_>) = transport_listeners.into_iter().unzip();
         let transport_role = Arc::new(TransportRole {
             server: server.name.clone(),
@@ -457,6 +455,8 @@ impl Server {
                 pickup: None,
             }),
         });
+        // Off loopback the admin API is HTTPS with this server's certificate (and does not
+        // start without an organisation CA to verify it by).
         let admin = Arc::new(AdminState {
             directory: live.clone(),
             transport: transport.clone(),
