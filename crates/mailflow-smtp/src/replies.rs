@@ -24,6 +24,17 @@ pub fn too_many_connections() -> Reply {
     )
 }
 
+/// `421 4.3.2`: the service is stopping or stopped (Stop-Service); a session opened
+/// before the stop is told at its next MAIL and closed, so the client tries another
+/// server.
+pub fn service_not_available() -> Reply {
+    Reply::new(
+        421,
+        Enhanced(4, 3, 2),
+        "Service not available, closing transmission channel",
+    )
+}
+
 /// `421 4.3.2`: past MaxInboundConnectionPerSource (Exchange's text).
 pub fn too_many_connections_from_source() -> Reply {
     Reply::new(

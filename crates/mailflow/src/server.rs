@@ -5,6 +5,9 @@
 //! every listener first, then stops the services it owns, then waits for them (bounded)
 //! and closes the queue database. Owns what it spawns; sessions are spawned per
 //! connection by the listeners and bounded by their connection limits and timeouts.
+//! Transport alone can also be stopped and started while the rest runs (Stop-Service
+//! MSExchangeTransport, `TransportRole`), with the same steps as `shutdown` and the
+//! receive connectors `start` bound.
 //!
 //! A top-level module that may import every service; nothing but main and cli may
 //! import it (scripts/check-arrows).
@@ -19,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
+use crate::admin::services::{Service, ServiceControl, ServiceInfo, Status};
 use crate::directory::active_copies::ActiveCopyRecord;
 use crate::directory::credentials::{AuthThrottle, PasswordBook};
 use crate::directory::live::LiveDirectory;
@@ -36,6 +40,7 @@ use crate::net::receive::{AuthPolicy, Limits, ReceiveConnector};
 use crate::transport::TransportService;
 use crate::transport::context::TransportContext;
 use crate::transport::receive::TransportReceive;
+use futures_util::future::BoxFuture;
 
 /// How long `shutdown` waits for the tasks it stopped before it logs them and goes on.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,11 +73,14 @@ pub struct Server {
     pub pickup_dir: PathBuf,
     pub replay_dir: PathBuf,
     pub addresses: Addresses,
-    /// Every listener's accept loop, by connector name: aborted first at shutdown, which
-    /// drops (closes) the listening socket.
+    /// Every listener's accept loop but Transport's, by connector name: aborted first at
+    /// shutdown, which drops (closes) the listening socket.
     listener_tasks: Vec<(String, JoinHandle<()>)>,
-    /// Mailbox Transport Submission and the Pickup/Replay watchers: they stop between
-    /// polls when `stop` turns true.
+    /// The Transport service's listeners, tasks and Pickup/Replay, which Stop-Service
+    /// and Start-Service MSExchangeTransport stop and start alone.
+    transport_role: Arc<TransportRole>,
+    /// Mailbox Transport Submission and log retention: they stop between polls when
+    /// `stop` turns true.
     service_tasks: Vec<(String, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
     /// Active Manager's watcher of the active copies and Transport's follower of its
@@ -291,8 +299,10 @@ impl Server {
             .spawn(async move { delivery.bind().await })
             .await??;
         listener_tasks.push((format!("Default Mailbox Delivery {}", server.name), d));
-        let (hub_addr, h) = hub.bind().await?;
-        listener_tasks.push((format!("Default {}", server.name), h));
+        // Transport's receive connectors are kept as bound, to bind again at
+        // Start-Service (TransportRole).
+        let mut transport_listeners = Vec::new();
+        let hub_addr = bind_kept(hub, &mut transport_listeners).await?;
         let op_ctx = frontend_ctx.clone();
         let mut outbound_proxy = connector(
             format!("Outbound Proxy Frontend {}", server.name),
@@ -330,8 +340,7 @@ impl Server {
             limits[2],
         );
         client_proxy.tls = Some(server_tls.internal.clone());
-        let (client_proxy_addr, cp) = client_proxy.bind().await?;
-        listener_tasks.push((format!("Client Proxy {}", server.name), cp));
+        let client_proxy_addr = bind_kept(client_proxy, &mut transport_listeners).await?;
         let cf_ctx = frontend_ctx.clone();
         let client_frontend = connector(
             format!("Client Frontend {}", server.name),
@@ -420,18 +429,39 @@ impl Server {
             rconn.bind = bind;
             rconn.implicit_tls = rc.tls == ReceiveTls::Implicit;
             rconn.remote_ranges = ranges;
-            let (addr, task) = rconn.bind().await?;
-            listener_tasks.push((rc.name.clone(), task));
+            let addr = if rc.service == ReceiveService::Transport {
+                bind_kept(rconn, &mut transport_listeners).await?
+            } else {
+                let (addr, task) = rconn.bind().await?;
+                listener_tasks.push((rc.name.clone(), task));
+                addr
+            };
             custom.push((addr, rc.name.clone(), rconn_kind(rc)));
         }
         let (fe_addr, f) = frontend.bind().await?;
         listener_tasks.push((format!("Default Frontend {}", server.name), f));
+        let (kept, tasks): (Vec<_>, Vec<_>) = transport_listeners.into_iter().unzip();
+        let transport_role = Arc::new(TransportRole {
+            server: server.name.clone(),
+            transport: transport.clone(),
+            connectors: kept,
+            delivery_runtime: delivery_runtime.clone(),
+            pickup_dir: pickup_dir.clone(),
+            replay_dir: replay_dir.clone(),
+            pickup_poll: dir.transport().pickup_directory_poll_interval,
+            run: tokio::sync::Mutex::new(TransportRun {
+                running: true,
+                listeners: tasks,
+                pickup: None,
+            }),
+        });
         // Off loopback the admin API is HTTPS with this server's certificate (and does not
         // start without an organisation CA to verify it by).
         let admin = Arc::new(AdminState {
             directory: live.clone(),
             transport: transport.clone(),
             active: active.clone(),
+            services: transport_role.clone(),
         });
         let (admin_addr, admin_https, a) = crate::admin::start(
             SocketAddr::new(ip, server.ports.admin),
@@ -515,21 +545,10 @@ impl Server {
             log_retention(
                 logs.retention.clone(),
                 dir.transport().log_retention_interval,
-                stopping.clone(),
+                stopping,
             ),
         ));
-        let watchers = crate::transport::pickup::start(
-            transport.clone(),
-            pickup_dir.clone(),
-            replay_dir.clone(),
-            dir.transport().pickup_directory_poll_interval,
-            stopping,
-        );
-        service_tasks.extend(
-            watchers
-                .into_iter()
-                .map(|task| ("Pickup/Replay watcher".to_string(), task)),
-        );
+        transport_role.run.lock().await.pickup = Some(transport_role.start_pickup());
         Ok(Server {
             dir,
             entry: server,
@@ -551,6 +570,7 @@ impl Server {
                 custom,
             },
             listener_tasks,
+            transport_role,
             service_tasks,
             stop,
             aborted_at_stop: vec![
@@ -568,20 +588,22 @@ impl Server {
     }
 
     /// Stops this server: first every listener stops accepting (its accept loop is
-    /// aborted and awaited, so its port refuses connections), then Submission and
-    /// Pickup/Replay stop between polls and Active Manager's watcher is aborted, then
-    /// Transport's categorizer, transmitters and sweepers stop between messages
-    /// (`TransportService::stop`); every task is awaited within SHUTDOWN_TIMEOUT in all
-    /// (those that did not stop are logged), then the logs are flushed and the queue
-    /// database closed. Sessions
-    /// already running are not waited for: what they accepted is durable, and what they
-    /// had not yet acknowledged the client sends again, as after kill -9.
+    /// aborted and awaited, so its port refuses connections), then Submission and log
+    /// retention stop between polls and Active Manager's watcher is aborted, then
+    /// Pickup/Replay and Transport's categorizer, transmitters and sweepers
+    /// (`TransportRole::stop_tasks`, which Stop-Service uses too; nothing more to do if
+    /// Transport was stopped already); every task is awaited within SHUTDOWN_TIMEOUT in
+    /// all (those that did not stop are logged), then the logs are flushed and the queue
+    /// database closed. Sessions already running are not waited for: what they
+    /// accepted is durable, and what they had not yet acknowledged the client sends
+    /// again, as after kill -9.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
-        for (_, task) in &self.listener_tasks {
-            task.abort();
-        }
-        await_all(deadline, self.listener_tasks).await;
+        // Held to the end: no Start-Service meanwhile.
+        let mut transport = self.transport_role.run.lock().await;
+        let mut listeners = self.listener_tasks;
+        listeners.append(&mut transport.listeners);
+        close_listeners(deadline, listeners).await;
         tracing::info!("every listener closed");
         let _ = self.stop.send(true);
         for (_, task) in &self.aborted_at_stop {
@@ -590,6 +612,76 @@ impl Server {
         let mut services = self.service_tasks;
         services.extend(self.aborted_at_stop);
         await_all(deadline, services).await;
+        self.transport_role
+            .stop_tasks(deadline, &mut transport)
+            .await;
+        self.logs.flush();
+        self.transport.queues.db.barrier().await;
+        tracing::info!(
+            transactions = self.transport.queues.db.transactions(),
+            "queue database closed"
+        );
+    }
+}
+
+/// The Transport service (MSExchangeTransport) as Stop-Service and Start-Service see
+/// it: its receive connectors (`Default <server>`, `Client Proxy <server>`, custom
+/// connectors bound to Transport), its categorizer, transmitters and sweepers, and the
+/// Pickup/Replay watchers. Stopped, its ports refuse connections and its tasks end
+/// between messages; its queues stay as they are, in memory and in the queue database,
+/// and move again when it starts. The other services of the server go on: the Front End
+/// and Mailbox Transport Submission try the next Transport server when this one
+/// refuses.
+struct TransportRole {
+    server: String,
+    transport: Arc<TransportService>,
+    /// Each receive connector as it was bound at start, its port fixed.
+    connectors: Vec<ReceiveConnector>,
+    /// Where the categorizer runs (see `Server::start`).
+    delivery_runtime: tokio::runtime::Handle,
+    pickup_dir: PathBuf,
+    replay_dir: PathBuf,
+    pickup_poll: Duration,
+    /// Locked by each stop, start and the server's shutdown, one at a time.
+    run: tokio::sync::Mutex<TransportRun>,
+}
+
+/// What one run of the Transport service holds.
+struct TransportRun {
+    running: bool,
+    /// The receive connectors' accept loops.
+    listeners: Vec<(String, JoinHandle<()>)>,
+    /// The Pickup/Replay watchers and their stop signal.
+    pickup: Option<Watchers>,
+}
+
+/// Tasks that stop between polls when their signal turns true.
+type Watchers = (watch::Sender<bool>, Vec<(String, JoinHandle<()>)>);
+
+impl TransportRole {
+    fn start_pickup(&self) -> Watchers {
+        let (stop, stopping) = watch::channel(false);
+        let watchers = crate::transport::pickup::start(
+            self.transport.clone(),
+            self.pickup_dir.clone(),
+            self.replay_dir.clone(),
+            self.pickup_poll,
+            stopping,
+        );
+        let tasks = watchers
+            .into_iter()
+            .map(|task| ("Pickup/Replay watcher".to_string(), task))
+            .collect();
+        (stop, tasks)
+    }
+
+    /// After the listeners are closed: Pickup/Replay stop between polls, then the
+    /// categorizer, transmitters and sweepers between messages, all by `deadline`.
+    async fn stop_tasks(&self, deadline: tokio::time::Instant, run: &mut TransportRun) {
+        if let Some((stop, tasks)) = run.pickup.take() {
+            let _ = stop.send(true);
+            await_all(deadline, tasks).await;
+        }
         // Transport's own tasks (categorizer, transmitters, sweepers) end between
         // messages; what they had not finished is in the queue database.
         self.transport.stop();
@@ -601,13 +693,120 @@ impl Server {
         } else {
             tracing::info!("Transport's categorizer, transmitters and sweepers stopped");
         }
-        self.logs.flush();
-        self.transport.queues.db.barrier().await;
-        tracing::info!(
-            transactions = self.transport.queues.db.transactions(),
-            "queue database closed"
-        );
+        run.running = false;
     }
+
+    fn info(&self, running: bool) -> ServiceInfo {
+        let status = if running {
+            Status::Running
+        } else {
+            Status::Stopped
+        };
+        ServiceInfo::new(&self.server, Service::Transport, status)
+    }
+
+    /// Stop-Service MSExchangeTransport: as the server's shutdown does for Transport.
+    async fn stop(&self) -> anyhow::Result<ServiceInfo> {
+        let mut run = self.run.lock().await;
+        if !run.running {
+            return Ok(self.info(false));
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
+        close_listeners(deadline, std::mem::take(&mut run.listeners)).await;
+        self.stop_tasks(deadline, &mut run).await;
+        tracing::info!(server = %self.server, "Transport service stopped");
+        Ok(self.info(false))
+    }
+
+    /// Start-Service MSExchangeTransport: binds its receive connectors again on the
+    /// ports they had, then starts its tasks, so queued mail moves again, and
+    /// Pickup/Replay. Refused while the last stop's tasks are still ending.
+    async fn start(&self) -> anyhow::Result<ServiceInfo> {
+        let mut run = self.run.lock().await;
+        if run.running {
+            return Ok(self.info(true));
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
+        if tokio::time::timeout_at(deadline, self.transport.stopped())
+            .await
+            .is_err()
+        {
+            anyhow::bail!(
+                "Transport's tasks have not all stopped yet (a message in hand); try again"
+            );
+        }
+        let mut listeners = Vec::new();
+        for connector in &self.connectors {
+            let name = connector.id.to_string();
+            match connector.clone().bind().await {
+                Ok((_, task)) => listeners.push((name, task)),
+                Err(e) => {
+                    close_listeners(deadline, listeners).await;
+                    return Err(e.context("Transport service not started"));
+                }
+            }
+        }
+        run.listeners = listeners;
+        {
+            let _delivery = self.delivery_runtime.enter();
+            self.transport.restart();
+        }
+        run.pickup = Some(self.start_pickup());
+        run.running = true;
+        tracing::info!(server = %self.server, "Transport service started");
+        Ok(self.info(true))
+    }
+}
+
+impl ServiceControl for TransportRole {
+    fn list(&self) -> BoxFuture<'_, Vec<ServiceInfo>> {
+        Box::pin(async move {
+            let transport = self.run.lock().await.running;
+            Service::ALL
+                .into_iter()
+                .map(|service| match service {
+                    Service::Transport => self.info(transport),
+                    // They run as long as the server does.
+                    other => ServiceInfo::new(&self.server, other, Status::Running),
+                })
+                .collect()
+        })
+    }
+
+    fn stop(&self, service: Service) -> BoxFuture<'_, anyhow::Result<ServiceInfo>> {
+        Box::pin(async move {
+            anyhow::ensure!(service.can_stop(), "{} cannot stop alone", service.name());
+            TransportRole::stop(self).await
+        })
+    }
+
+    fn start(&self, service: Service) -> BoxFuture<'_, anyhow::Result<ServiceInfo>> {
+        Box::pin(async move {
+            anyhow::ensure!(service.can_stop(), "{} cannot start alone", service.name());
+            TransportRole::start(self).await
+        })
+    }
+}
+
+/// Binds `connector` and keeps it, with the port it got, beside its accept loop.
+async fn bind_kept(
+    connector: ReceiveConnector,
+    kept: &mut Vec<(ReceiveConnector, (String, JoinHandle<()>))>,
+) -> anyhow::Result<SocketAddr> {
+    let mut again = connector.clone();
+    let (addr, task) = connector.bind().await?;
+    again.bind = addr;
+    let name = again.id.to_string();
+    kept.push((again, (name, task)));
+    Ok(addr)
+}
+
+/// Aborts each accept loop and awaits it, so its port refuses connections on return.
+async fn close_listeners(deadline: tokio::time::Instant, listeners: Vec<(String, JoinHandle<()>)>) {
+    for (_, task) in &listeners {
+        task.abort();
+    }
+    await_all(deadline, listeners).await;
 }
 
 /// The Front End's and Mailbox Transport's routing table logs (Exchange writes one per

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod listener;
+pub mod services;
 pub mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
@@ -40,11 +41,12 @@ pub fn uses_tls(ip: IpAddr) -> bool {
 }
 
 /// What the API acts on: the server's directory, its Transport service (queues,
-/// routing) and its Active Manager (database copies).
+/// routing), its Active Manager (database copies) and its services (Stop-Service).
 pub struct AdminState {
     pub directory: Arc<LiveDirectory>,
     pub transport: Arc<TransportService>,
     pub active: Arc<ActiveCopyRecord>,
+    pub services: Arc<dyn services::ServiceControl>,
 }
 
 impl AdminState {
@@ -93,6 +95,8 @@ pub async fn start(
         .route("/api/queues/{identity}/{action}", post(queue_action))
         .route("/api/routes", get(routes))
         .route("/api/reload", post(reload))
+        .route("/api/services", get(list_services))
+        .route("/api/services/{name}/{action}", post(service_action))
         .route("/api/messages", get(list_messages))
         .route("/api/messages/{id}/remove", post(remove_message))
         .route("/api/messages/{id}/export", get(export_message))
@@ -229,6 +233,50 @@ async fn reload(
     Ok(Json(
         serde_json::json!({ "Server": t.directory.name(), "RestartNeeded": restart }),
     ))
+}
+
+/// Get-Service: each transport service of this server, Running or Stopped.
+async fn list_services(State(t): State<Arc<AdminState>>) -> Json<Vec<services::ServiceInfo>> {
+    Json(t.services.list().await)
+}
+
+/// Stop-Service / Start-Service for one service (`stop` or `start`; only Transport
+/// can be stopped alone). Answers with the service's row afterwards.
+async fn service_action(
+    State(t): State<Arc<AdminState>>,
+    UrlPath((name, action)): UrlPath<(String, String)>,
+) -> Result<Json<services::ServiceInfo>, (StatusCode, String)> {
+    let service = services::Service::parse(&name).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no service {name:?}: {}",
+                services::Service::ALL.map(|s| s.name()).join(", ")
+            ),
+        )
+    })?;
+    if !service.can_stop() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} cannot be stopped or started alone: only MSExchangeTransport can; stop the \
+                 whole server to stop the others",
+                service.name()
+            ),
+        ));
+    }
+    let done = match action.as_str() {
+        "stop" => t.services.stop(service).await,
+        "start" => t.services.start(service).await,
+        _ => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("unknown action {action:?}: stop or start"),
+            ));
+        }
+    };
+    done.map(Json)
+        .map_err(|e| (StatusCode::CONFLICT, format!("{e:#}")))
 }
 
 /// Get-MailboxDatabaseCopyStatus, in short: each database, its copies and the active

@@ -13,6 +13,7 @@ mod queue;
 mod reload;
 mod route;
 mod serve;
+mod service;
 mod test_mailflow;
 mod track;
 
@@ -86,6 +87,10 @@ pub enum Command {
     TestMailflow(test_mailflow::TestMailflowArgs),
     /// Make running servers read the organisation file again (each, or `--server`).
     Reload,
+    /// The server's transport services (Get-Service, Stop-Service, Start-Service
+    /// MSExchangeTransport).
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// The admin API's operator tokens (`admin token create|list|revoke`).
     #[command(subcommand)]
     Admin(admin_token::AdminCommand),
@@ -107,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Database(c) => database::run(&g, c),
         Command::TestMailflow(a) => test_mailflow::run(&g, a),
         Command::Reload => reload::run(&g),
+        Command::Service(c) => service::run(&g, c),
         Command::Admin(c) => admin_token::run(&g, c),
     }
 }

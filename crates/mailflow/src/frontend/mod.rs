@@ -252,6 +252,12 @@ impl SmtpHandler for FrontendSession {
                     ));
                     break;
                 }
+                Err(BeginError::Refused(reply)) if reply.code == 421 => {
+                    // That Transport is stopping or stopped (Stop-Service): the next
+                    // server, as for a refused connection.
+                    self.proxy = None;
+                    last_error = reply.one_line();
+                }
                 Err(BeginError::Refused(reply)) => {
                     // The proxy session's state is unknown after a refusal: start afresh.
                     self.proxy = None;

@@ -559,6 +559,11 @@ impl ReceiveConnector {
                                 }
                                 _ => handler.mail(&info, from, params).await,
                             };
+                            // 421 from the service (stopped meanwhile) ends the session.
+                            if reply.code == 421 {
+                                session.close_with(reply);
+                                continue;
+                            }
                             in_transaction = reply.is_positive();
                             if in_transaction {
                                 messages += 1;

@@ -89,6 +89,10 @@ pub struct TransportService {
     retry: RetryPolicy,
     /// Every task this service spawns, and their stop signal (`stop`, `stopped`).
     tasks: supervisor::Tasks,
+    /// The Submission queue's receiving end: the categorizer holds it while it runs,
+    /// and the next run's categorizer takes it up after a stop (what waits in it is in
+    /// the queue database too).
+    submissions: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Submission>>>,
 }
 
 /// Messages read from the queue database at start, waiting for
@@ -217,17 +221,36 @@ impl TransportService {
             poison_marker: PoisonMarker::open(ctx.data_dir().join("Queue").join("categorizing")),
             retry: retry_policy(&ctx),
             tasks,
+            submissions: Arc::new(tokio::sync::Mutex::new(submit_rx)),
         });
         // It stops between messages (stopping mid-message would count a crash against
         // the message: the poison marker).
-        service.spawn(categorizer::pipeline::categorizer_loop(
-            service.clone(),
-            submit_rx,
-        ));
-        if service.queues.is_logged() {
-            service.spawn(queue_log_snapshots(service.clone()));
-        }
+        service.spawn_categorizer();
         Ok((service, Resume(loaded)))
+    }
+
+    /// Starts the service again after [`Self::stop`] and [`Self::stopped`]
+    /// (Start-Service MSExchangeTransport): the transmitters and sweeper of every
+    /// delivery queue, then the categorizer, so what stayed queued moves again. Call it
+    /// inside the runtime the categorizer runs on (the transmitters keep their own).
+    pub fn restart(self: &Arc<Self>) {
+        self.tasks.restart();
+        self.queues.restart_transmitters();
+        self.spawn_categorizer();
+    }
+
+    /// The categorizer, and the queue log's snapshots when the queue log is on: the
+    /// tasks that run while the service runs, besides the queues' own.
+    fn spawn_categorizer(self: &Arc<Self>) {
+        self.spawn(categorizer::pipeline::categorizer_loop(self.clone()));
+        if self.queues.is_logged() {
+            self.spawn(queue_log_snapshots(self.clone()));
+        }
+    }
+
+    /// Whether the service's tasks are stopped or stopping (Stop-Service).
+    pub fn is_stopped(&self) -> bool {
+        self.tasks.is_stopping()
     }
 
     /// Spawns `task` on the current runtime, owned by this service (stopped by

@@ -54,6 +54,11 @@ impl SmtpHandler for TransportReceive {
         from: Option<Address>,
         params: MailParams,
     ) -> Reply {
+        // Stop-Service MSExchangeTransport: sessions opened before the stop take no
+        // new message (their sender tries another Transport server).
+        if self.service.is_stopped() {
+            return replies::service_not_available();
+        }
         self.from = from;
         self.params = params;
         replies::sender_ok()

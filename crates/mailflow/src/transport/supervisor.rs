@@ -36,41 +36,61 @@ pub fn panic_text(panic: &(dyn Any + Send)) -> &str {
 /// delivery queue's transmitters and sweeper, one-shot resubmissions — and their stop
 /// signal. `TransportService::stop` cancels it; the tasks end at their next waiting
 /// point (never in the middle of a message), and `server.rs` awaits them before it
-/// closes the queue database.
+/// closes the queue database. Clones share one run: after [`Tasks::restart`]
+/// (Start-Service MSExchangeTransport) every clone spawns into, and stops, the new one.
 #[derive(Clone, Default)]
 pub struct Tasks {
+    run: Arc<std::sync::Mutex<Run>>,
+}
+
+/// One run of the service, from its start to its stop.
+#[derive(Clone, Default)]
+struct Run {
     tracker: tokio_util::task::TaskTracker,
     stop: tokio_util::sync::CancellationToken,
 }
 
 impl Tasks {
+    fn current(&self) -> Run {
+        self.run.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Spawns `task` on `runtime`, owned here.
     pub fn spawn_on<F>(&self, runtime: &tokio::runtime::Handle, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn_on(task, runtime);
+        self.current().tracker.spawn_on(task, runtime);
     }
 
     /// Resolves once the service is stopping: every task's waits select on it.
     pub async fn stopping(&self) {
-        self.stop.cancelled().await
+        let stop = self.current().stop;
+        stop.cancelled().await
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stop.is_cancelled()
+        self.current().stop.is_cancelled()
     }
 
     /// Tells every task to stop at its next waiting point; no new task is counted as
     /// running after this for [`Tasks::stopped`].
     pub fn stop(&self) {
-        self.stop.cancel();
-        self.tracker.close();
+        let run = self.current();
+        run.stop.cancel();
+        run.tracker.close();
     }
 
     /// Resolves when every task spawned here has ended.
     pub async fn stopped(&self) {
-        self.tracker.wait().await
+        let tracker = self.current().tracker;
+        tracker.wait().await
+    }
+
+    /// A new run after [`Tasks::stop`]: tasks spawned from now on are owned by it and
+    /// run until the next stop. The caller makes sure the old run's tasks have ended.
+    pub fn restart(&self) {
+        *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Run::default();
     }
 }
 
@@ -171,5 +191,54 @@ pub fn test_panic_hook(stage: Stage, subject: &str) {
         && subject.starts_with(prefix.as_str())
     {
         panic!("test hook: panic while {stage:?} a message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that runs until its run stops, counting itself in `alive`.
+    fn waiter(tasks: &Tasks, alive: &Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        let (owner, alive) = (tasks.clone(), alive.clone());
+        alive.fetch_add(1, Ordering::SeqCst);
+        tasks.spawn_on(&tokio::runtime::Handle::current(), async move {
+            owner.stopping().await;
+            alive.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    #[tokio::test]
+    async fn a_restarted_run_owns_new_tasks_and_every_clone_stops_it() {
+        use std::sync::atomic::Ordering;
+        let tasks = Tasks::default();
+        let clone = tasks.clone();
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        waiter(&tasks, &alive);
+        tasks.stop();
+        tokio::time::timeout(Duration::from_secs(5), tasks.stopped())
+            .await
+            .expect("the first run's task ends at the stop");
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+        assert!(clone.is_stopping());
+
+        tasks.restart();
+        assert!(!clone.is_stopping(), "a clone sees the new run");
+        // Spawned through the clone (as the transmitters do): owned by the new run.
+        waiter(&clone, &alive);
+        tokio::task::yield_now().await;
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), tasks.stopped())
+                .await
+                .is_err(),
+            "the new run's task keeps running until its stop"
+        );
+        clone.stop();
+        tokio::time::timeout(Duration::from_secs(5), tasks.stopped())
+            .await
+            .expect("the second run's task ends at the stop through a clone");
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
     }
 }

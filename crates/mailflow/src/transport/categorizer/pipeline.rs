@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
 
 use crate::transport::queue::store::{QueuedRecipient, RecipientState};
 use crate::transport::queue::{Item, QueuedMessage};
@@ -19,10 +18,10 @@ use crate::transport::{
 
 /// Takes one message at a time from the Submission queue (reference §3.1). A panic
 /// while handling one is caught here (DESIGN §7): the loop goes on with the next.
-pub(crate) async fn categorizer_loop(
-    service: Arc<TransportService>,
-    mut rx: mpsc::UnboundedReceiver<Submission>,
-) {
+pub(crate) async fn categorizer_loop(service: Arc<TransportService>) {
+    // Held while this run lasts; a restart's categorizer waits for it.
+    let submissions = service.submissions.clone();
+    let mut rx = submissions.lock().await;
     loop {
         // Stops between messages when the service stops; what waits in the channel is
         // in the queue database and is resumed at the next start.
@@ -90,12 +89,14 @@ impl TransportService {
         let delay = self.retry.interval(crashes - 1);
         let submit = self.submit_tx.clone();
         // One-shot, bounded by the retry interval; the message stays in the queue
-        // database, so a shutdown meanwhile loses nothing (it is resumed at start).
+        // database, so a shutdown meanwhile loses nothing (it is resumed at start). At
+        // a stop it goes back to the Submission queue at once, where the categorizer of
+        // the next Start-Service finds it.
         let service = self.clone();
         self.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = service.stopping() => return,
+                _ = service.stopping() => {}
             }
             let _ = submit.send(Submission {
                 origin: submission.origin.deferred(),

@@ -96,6 +96,17 @@ impl Queues {
         queue
     }
 
+    /// Starts the transmitters of every queue again, after the Transport service's
+    /// tasks stopped (Start-Service MSExchangeTransport).
+    /// The poison queue has none: it stays as the operator left it.
+    pub fn restart_transmitters(&self) {
+        for queue in self.all() {
+            if queue.next_hop.delivery_type != super::DeliveryType::Poison {
+                self.transmitters.created(queue);
+            }
+        }
+    }
+
     /// Puts `item` in the queue for `next_hop`. A queue retired for idleness meanwhile
     /// gives it back and a new queue is made for it (a retired queue is out of the map
     /// before it refuses items, so the second try finds a live one).
