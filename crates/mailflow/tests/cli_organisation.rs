@@ -46,6 +46,13 @@ fn run(config: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `mailflow test-mailflow --from FROM --to TO` with `extra` arguments.
+fn test_mailflow(config: &Path, from: &str, to: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["test-mailflow", "--from", from, "--to", to];
+    args.extend_from_slice(extra);
+    run(config, &args)
+}
+
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -171,17 +178,11 @@ fn track_all_servers_merges_the_rows_of_two_machines_in_time_order_and_filters_b
 
     // test-mailflow where the databases are (the Outbox path) and from the
     // administrator's machine (by SMTP to a Front End): delivered, every hop shown.
-    let out = run(
+    let out = test_mailflow(
         &c.config(),
-        &[
-            "test-mailflow",
-            "--from",
-            "alice@contoso.test",
-            "--to",
-            "bob@contoso.test",
-            "--timeout",
-            "30",
-        ],
+        "alice@contoso.test",
+        "bob@contoso.test",
+        &["--timeout", "30"],
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -202,18 +203,11 @@ fn track_all_servers_merges_the_rows_of_two_machines_in_time_order_and_filters_b
         hop_line("MBX1", "SUBMIT") && hop_line("MBX2", "DELIVER"),
         "{text}"
     );
-    let out = run(
+    let out = test_mailflow(
         &remote,
-        &[
-            "test-mailflow",
-            "--from",
-            "alice@contoso.test",
-            "--to",
-            "bob@contoso.test",
-            "--timeout",
-            "30",
-            "--json",
-        ],
+        "alice@contoso.test",
+        "bob@contoso.test",
+        &["--timeout", "30", "--json"],
     );
     assert!(out.status.success());
     let r = json(&out);
@@ -229,16 +223,11 @@ fn track_all_servers_merges_the_rows_of_two_machines_in_time_order_and_filters_b
     assert!(hops.iter().all(|h| h["Elapsed"].as_f64().unwrap() < 30.0));
 
     // No such recipient: by SMTP the Front End refuses it, the first hop fails.
-    let out = run(
+    let out = test_mailflow(
         &remote,
-        &[
-            "test-mailflow",
-            "--from",
-            "alice@contoso.test",
-            "--to",
-            "nobody@contoso.test",
-            "--json",
-        ],
+        "alice@contoso.test",
+        "nobody@contoso.test",
+        &["--json"],
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let r = json(&out);
@@ -255,18 +244,11 @@ fn track_all_servers_merges_the_rows_of_two_machines_in_time_order_and_filters_b
         "{r:#}"
     );
     // From its Outbox, Transport's categorizer fails it: the FAIL hop and its status.
-    let out = run(
+    let out = test_mailflow(
         &c.config(),
-        &[
-            "test-mailflow",
-            "--from",
-            "alice@contoso.test",
-            "--to",
-            "nobody@contoso.test",
-            "--timeout",
-            "30",
-            "--json",
-        ],
+        "alice@contoso.test",
+        "nobody@contoso.test",
+        &["--timeout", "30", "--json"],
     );
     assert_eq!(
         out.status.code(),
@@ -294,18 +276,11 @@ fn track_all_servers_merges_the_rows_of_two_machines_in_time_order_and_filters_b
     // MBX2 stopped: the probe waits on MBX1, the command says so and that MBX2 is
     // silent; track --all-servers still prints MBX1's rows and exits 1.
     c.kill9("MBX2");
-    let out = run(
+    let out = test_mailflow(
         &remote,
-        &[
-            "test-mailflow",
-            "--from",
-            "alice@contoso.test",
-            "--to",
-            "bob@contoso.test",
-            "--timeout",
-            "6",
-            "--json",
-        ],
+        "alice@contoso.test",
+        "bob@contoso.test",
+        &["--timeout", "6", "--json"],
     );
     assert_eq!(out.status.code(), Some(1));
     let r = json(&out);

@@ -144,7 +144,10 @@ pub fn header_len(content: &[u8]) -> usize {
     if content.starts_with(b"\r\n") {
         return 2;
     }
-    memchr::memmem::find(content, b"\r\n\r\n")
+    static BLANK_LINE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    BLANK_LINE
+        .find(content)
         .map(|p| p + 4)
         .unwrap_or(content.len())
 }
@@ -157,9 +160,7 @@ pub fn fields(content: &[u8]) -> Vec<(&str, &[u8])> {
     let mut start = 0;
     let mut pos = 0;
     while pos < head.len() {
-        let end = memchr::memmem::find(&head[pos..], b"\r\n")
-            .map(|p| pos + p + 2)
-            .unwrap_or(head.len());
+        let end = line_end(head, pos);
         let line = &head[pos..end];
         let continuation = matches!(line.first(), Some(b' ' | b'\t'));
         if !continuation && pos != start {
@@ -175,6 +176,20 @@ pub fn fields(content: &[u8]) -> Vec<(&str, &[u8])> {
         push_field(&mut out, &head[start..]);
     }
     out
+}
+
+/// Where the line starting at `pos` ends: past its CRLF, or at the end of `head`. A
+/// bare LF is part of the line.
+fn line_end(head: &[u8], pos: usize) -> usize {
+    let mut from = pos;
+    while let Some(i) = memchr::memchr(b'\n', &head[from..]) {
+        let lf = from + i;
+        if lf > pos && head[lf - 1] == b'\r' {
+            return lf + 1;
+        }
+        from = lf + 1;
+    }
+    head.len()
 }
 
 fn push_field<'a>(out: &mut Vec<(&'a str, &'a [u8])>, raw: &'a [u8]) {
@@ -331,6 +346,18 @@ mod tests {
     use super::*;
 
     const MSG: &[u8] = b"Received: from a\r\n by b; date\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nX-MS-Exchange-Organization-Network-Message-Id: forged\r\nFrom: Alice <alice@x.test>\r\n\r\nbody\r\nX-Not-A-Header: no\r\n";
+
+    #[test]
+    fn a_line_ends_at_crlf_only() {
+        let head = b"A: 1\nstill A\r\nB: 2\r\n\r\n";
+        assert_eq!(line_end(head, 0), 14);
+        assert_eq!(line_end(head, 14), 20);
+        assert_eq!(line_end(b"\r\n", 0), 2);
+        assert_eq!(line_end(b"no end", 0), 6);
+        assert_eq!(line_end(b"x\n\r\n", 1), 4);
+        let names: Vec<&str> = fields(head).iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["A", "B"]);
+    }
 
     /// Parsing only Subject, Sender and From gives what parsing the whole header gave:
     /// folded and encoded values, repeated fields, a header without them.

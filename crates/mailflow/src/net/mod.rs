@@ -17,10 +17,22 @@ pub mod stream;
 pub mod tls;
 
 /// Exchange's `Received:` date format (RFC 5322 §3.3), e.g. `Thu, 9 Jun 2022 01:30:37 +0000`.
+///
+/// Every greeting and every `Received:` line takes one, so it is formatted once per
+/// second and thread (chrono parses its pattern on each call).
 pub fn rfc2822_now() -> String {
-    chrono::Utc::now()
-        .format("%a, %-d %b %Y %H:%M:%S +0000")
-        .to_string()
+    thread_local! {
+        static SECOND: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != now.timestamp() {
+            *second = now.timestamp();
+            *text = now.format("%a, %-d %b %Y %H:%M:%S +0000").to_string();
+        }
+        text.clone()
+    })
 }
 
 /// A `Received:` header line in the shape Exchange writes (reference §11.3).
