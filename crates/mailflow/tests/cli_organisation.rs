@@ -12,14 +12,11 @@ use common::*;
 
 /// MBX1 and MBX2 in one site, alice on MBX1's database, bob on MBX2's.
 fn two_servers(p: &HashMap<String, Ports>) -> String {
-    let mut org = String::from(
-        "[organization]\nname = \"contoso\"\nsecret_file = \"secret.key\"\naccepted_domains = [\"contoso.test\"]\n\n[transport]\nqueue_glitch_retry_interval = \"1s\"\ntransient_failure_retry_interval = \"2s\"\n\n[[sites]]\nname = \"Site-A\"\n",
-    );
-    for name in ["MBX1", "MBX2"] {
-        org.push_str(&server_entry(name, "Site-A", &p[name]));
-    }
-    org.push_str("\n[[databases]]\nname = \"DB1\"\ncopies = [\"MBX1\"]\n\n[[databases]]\nname = \"DB2\"\ncopies = [\"MBX2\"]\n\n[[mailboxes]]\naddress = \"alice@contoso.test\"\ndatabase = \"DB1\"\n\n[[mailboxes]]\naddress = \"bob@contoso.test\"\ndatabase = \"DB2\"\n");
-    org
+    seed_003_org(
+        p,
+        "queue_glitch_retry_interval = \"1s\"\ntransient_failure_retry_interval = \"2s\"\n",
+        &[],
+    )
 }
 
 /// The same organisation as an administrator's machine sees it: the servers' data

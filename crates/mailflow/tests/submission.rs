@@ -51,16 +51,7 @@ fn a_message_in_an_outbox_is_delivered_without_bcc_and_moves_to_sent_items() {
 
 #[test]
 fn a_message_from_mbx1_to_a_mailbox_on_mbx2_gives_the_seeds_tracking_sequence() {
-    let org = |p: &HashMap<String, Ports>| {
-        let mut org = String::from(
-            "[organization]\nname = \"contoso\"\nsecret_file = \"secret.key\"\naccepted_domains = [\"contoso.test\"]\n\n[[sites]]\nname = \"Site-A\"\n",
-        );
-        for name in ["MBX1", "MBX2"] {
-            org.push_str(&server_entry(name, "Site-A", &p[name]));
-        }
-        org.push_str("\n[[databases]]\nname = \"DB1\"\ncopies = [\"MBX1\"]\n\n[[databases]]\nname = \"DB2\"\ncopies = [\"MBX2\"]\n\n[[mailboxes]]\naddress = \"alice@contoso.test\"\ndatabase = \"DB1\"\n\n[[mailboxes]]\naddress = \"bob@contoso.test\"\ndatabase = \"DB2\"\n");
-        org
-    };
+    let org = |p: &HashMap<String, Ports>| seed_003_org(p, "", &[]);
     let mut c = Cluster::new(&["MBX1", "MBX2"], org);
     c.start_all();
     c.send_from_outbox(

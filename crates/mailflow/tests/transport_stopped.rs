@@ -13,14 +13,11 @@ use std::time::Duration;
 use common::*;
 
 fn seed_003(p: &HashMap<String, Ports>) -> String {
-    let mut org = String::from(
-        "[organization]\nname = \"contoso\"\nsecret_file = \"secret.key\"\naccepted_domains = [\"contoso.test\"]\n\n[transport]\npickup_directory_poll_interval = \"200ms\"\n\n[[sites]]\nname = \"Site-A\"\n",
-    );
-    for name in ["MBX1", "MBX2"] {
-        org.push_str(&server_entry(name, "Site-A", &p[name]));
-    }
-    org.push_str("\n[[databases]]\nname = \"DB1\"\ncopies = [\"MBX1\"]\n\n[[databases]]\nname = \"DB2\"\ncopies = [\"MBX2\"]\n\n[[mailboxes]]\naddress = \"alice@contoso.test\"\ndatabase = \"DB1\"\n\n[[mailboxes]]\naddress = \"carol@contoso.test\"\ndatabase = \"DB1\"\n\n[[mailboxes]]\naddress = \"bob@contoso.test\"\ndatabase = \"DB2\"\n");
-    org
+    seed_003_org(
+        p,
+        "pickup_directory_poll_interval = \"200ms\"\n",
+        &[("carol@contoso.test", "DB1")],
+    )
 }
 
 fn started() -> Cluster {

@@ -96,6 +96,32 @@ pub fn server_entry(name: &str, site: &str, ports: &Ports) -> String {
     )
 }
 
+/// Seed 003's organisation: MBX1 and MBX2 in one site, DB1 on MBX1 with alice, DB2 on
+/// MBX2 with bob; `transport` is the `[transport]` table's lines and `mailboxes` more
+/// `(address, database)` pairs.
+pub fn seed_003_org(
+    p: &std::collections::HashMap<String, Ports>,
+    transport: &str,
+    mailboxes: &[(&str, &str)],
+) -> String {
+    let mut org = format!(
+        "[organization]\nname = \"contoso\"\nsecret_file = \"secret.key\"\naccepted_domains = [\"contoso.test\"]\n\n[transport]\n{transport}\n[[sites]]\nname = \"Site-A\"\n",
+    );
+    for name in ["MBX1", "MBX2"] {
+        org.push_str(&server_entry(name, "Site-A", &p[name]));
+    }
+    org.push_str("\n[[databases]]\nname = \"DB1\"\ncopies = [\"MBX1\"]\n\n[[databases]]\nname = \"DB2\"\ncopies = [\"MBX2\"]\n");
+    for (address, database) in [("alice@contoso.test", "DB1"), ("bob@contoso.test", "DB2")]
+        .iter()
+        .chain(mailboxes)
+    {
+        org.push_str(&format!(
+            "\n[[mailboxes]]\naddress = \"{address}\"\ndatabase = \"{database}\"\n"
+        ));
+    }
+    org
+}
+
 /// A `[[send_connectors]]` table named `name` that sends the mail for `domain` from
 /// server `source` to the smart host 127.0.0.1:`port`, then the lines `more` (tls,
 /// front_end_proxy, protocol_logging…).
