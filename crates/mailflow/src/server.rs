@@ -548,7 +548,13 @@ impl Server {
                 stopping,
             ),
         ));
-        transport_role.run.lock().await.pickup = Some(transport_role.start_pickup());
+        {
+            // A `service stop transport` may have come in since the admin API listens.
+            let mut run = transport_role.run.lock().await;
+            if run.running {
+                run.pickup = Some(transport_role.start_pickup());
+            }
+        }
         Ok(Server {
             dir,
             entry: server,
