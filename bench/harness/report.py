@@ -270,9 +270,11 @@ def report_idle(w, ctx):
             w(f"**Only {i['capped']:,} connections were opened**: `ulimit -n` is {i['nofile']} and could not be raised "
               f"(the harness keeps 200 descriptors for itself).")
             w("")
-        w(f"mailflow runs with `max_inbound_connections = {MAX_INBOUND}` (MaxInboundConnection of each "
-          f"receive connector; Exchange's default, 5,000, would refuse the rest with 421 4.3.2) and no "
-          f"per-source limit on Default Frontend (every generator connects from 127.0.0.1).")
+        w(f"Default Frontend runs with MaxInboundConnection {MAX_INBOUND_FRONTEND:,} (Exchange's default, "
+          f"5,000, would refuse the rest with 421 4.3.2), the server's other receive connectors with "
+          f"{MAX_INBOUND} and the relay connector with {MAX_INBOUND_RELAY:,}, so that the sum fits what mailflow "
+          f"leaves for sessions of the open-files limit; no per-source limit on Default Frontend (every "
+          f"generator connects from 127.0.0.1).")
         w("")
         if i["waiting"] and per is not None:
             w(f"**The server stopped accepting after {i['bannered']:,} sessions**: the rest of the connections "

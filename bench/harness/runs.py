@@ -256,6 +256,7 @@ def idle_sessions(mf, mf_sys, count, plan):
                 data = None
             if not data:
                 sel.unregister(s)
+                s.close()  # a refused session must not hold a descriptor
                 pending -= 1
                 failed += 1
                 continue
@@ -265,12 +266,15 @@ def idle_sessions(mf, mf_sys, count, plan):
                 if data.startswith(b"220"):
                     bannered += 1
                 else:
+                    s.close()  # 421 4.3.2: the connector's cap
                     failed += 1
                 last_progress = time.time()
             else:
                 sel.modify(s, selectors.EVENT_READ, data)
         if time.time() - last_progress > 5:
             break  # the rest wait in the kernel's backlog: the server stopped accepting
+        if failed >= 200:
+            break  # the server refuses more (its connection cap): stop asking
     res["open_seconds"] = time.time() - t0
     res["bannered"] = bannered
     res["waiting"] = pending

@@ -396,14 +396,18 @@ class Mailflow:
         text, n = re.subn(r"(?m)^smart_hosts = \[\]$", f'smart_hosts = ["[127.0.0.1]:{sink_port}"]', text)
         if n != 1:
             raise RuntimeError("mailflow init wrote no `smart_hosts = []` send connector line")
-        # MaxInboundConnection (default 5,000, Exchange's) raised so the idle-session
-        # test's 10,000 connections are all served; an administrator's setting.
+        # MaxInboundConnection (default 5,000, Exchange's) raised on Default Frontend so
+        # the idle-session test's 10,000 connections are all served, lowered on the
+        # others so the sum fits the open-files limit (common.py); an administrator's
+        # settings.
         # Every benchmark client connects from 127.0.0.1: no per-source limit on the
         # Front End (Exchange's 20 would refuse the load's own concurrency).
         text, n = re.subn(
             r'(?m)^(data_dir = "data/[^"]+")$',
             rf"\1\nmax_inbound_connections = {MAX_INBOUND}\n"
-            r'connector_limits.frontend = { max_inbound_connection_per_source = "unlimited", max_inbound_connection_percentage_per_source = 100 }',
+            r"connector_limits.frontend = { "
+            rf"max_inbound_connection = {MAX_INBOUND_FRONTEND}, "
+            r'max_inbound_connection_per_source = "unlimited", max_inbound_connection_percentage_per_source = 100 }',
             text,
         )
         if n != 1:
@@ -416,6 +420,7 @@ service = "transport"
 bind = "127.0.0.1:{self.relay_port}"
 remote_ranges = ["127.0.0.0/8"]
 permissions = ["anonymous", "relay"]
+max_inbound_connection = {MAX_INBOUND_RELAY}
 max_inbound_connection_per_source = "unlimited"
 max_inbound_connection_percentage_per_source = 100
 """
